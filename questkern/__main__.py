@@ -1,0 +1,5 @@
+import sys
+
+from questkern.cli import main
+
+sys.exit(main())

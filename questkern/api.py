@@ -1,0 +1,166 @@
+"""Public decode API: ``plan()`` once (validation, configs, buffers), ``run(q)`` per step.
+
+    wrapper = questkern.QuestDecode(budget=2048, gqa_mode="shared")
+    wrapper.plan(cache, num_q_heads=32)      # hoist out of the decode loop
+    out = wrapper.run(q)                     # q [B, Hq, D] -> out [B, Hq, D]
+
+``run`` allocates nothing and never synchronizes, so a whole step can be captured in
+a CUDA graph. It reads ``page_table`` and ``seq_lens`` at launch: an engine may update
+them in place between steps (e.g. ``PagedKVCache.append_decode``) as long as no
+sequence outgrows the page table width that was planned. Call ``plan`` again when the
+batch changes shape or crosses into another sequence-length bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from questkern import validate as V
+from questkern.config import DecodeConfig, SelectConfig
+from questkern.ops.decode import decode_workspace, paged_decode
+from questkern.ops.decode.kernel import decode_num_splits
+from questkern.ops.select import select_pages, select_workspace
+from questkern.profiling import annotate
+from questkern.tuning import resolve_config
+
+
+@dataclass
+class Plan:
+    """What ``plan()`` decided; ``sources`` says where each config came from."""
+
+    batch: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    page_size: int
+    max_seq_len: int
+    k_pages: int  # pages attended per selection row (0 = dense)
+    select_config: SelectConfig | None
+    decode_config: DecodeConfig
+    num_splits: int
+    sources: dict
+
+
+class QuestDecode:
+    """Quest sparse decode (``budget`` tokens per step) or dense decode (``budget=None``).
+
+    gqa_mode: ``"shared"`` (one page set per KV head from the group's aggregated
+        score; each page is loaded once for the whole group) or ``"per_head"`` (exact
+        Quest: one page set per query head).
+    aggregate: how ``shared`` combines the group's scores: ``"sum"`` or ``"max"``.
+    configs: optional ``{"select": SelectConfig, "sparse_decode"|"dense_decode": DecodeConfig}``
+        overrides (the tuner uses this); by default the tuning table or heuristic decides.
+    """
+
+    def __init__(self, budget: int | None, *, gqa_mode: str = "shared", aggregate: str = "sum",
+                 sm_scale: float | None = None, configs: dict | None = None):
+        if budget is not None:
+            V.check_positive_int("budget", budget)
+        V.check_choice("gqa_mode", gqa_mode, V.GQA_MODES)
+        V.check_choice("aggregate", aggregate, V.AGGREGATES)
+        if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and sm_scale > 0):
+            raise ValueError(f"sm_scale must be a positive number or None, got {sm_scale!r}")
+        self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
+        self.configs = dict(configs or {})
+        self._plan: Plan | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.budget is None
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, cache=None, *, num_q_heads: int, k_cache=None, v_cache=None, kmin=None, kmax=None,
+             page_table=None, seq_lens=None, page_size: int | None = None, max_seq_len: int | None = None) -> Plan:
+        """Validate the cache and batch, choose configs, allocate buffers.
+
+        Pass a :class:`questkern.PagedKVCache` or the raw tensors. ``page_size``, when
+        given, must match the cache. ``max_seq_len`` (>= the current longest sequence)
+        picks the tuning bucket for a loop that will grow the sequences.
+        """
+        if cache is not None:
+            k_cache, v_cache, kmin, kmax = cache.k_cache, cache.v_cache, cache.kmin, cache.kmax
+            page_table, seq_lens = cache.page_table, cache.seq_lens
+        V.check_kv_cache(k_cache, v_cache, kmin, kmax)
+        P, Hkv, PAGE, D = k_cache.shape
+        if page_size is not None and page_size != PAGE:
+            raise ValueError(f"page_size = {page_size} does not match the cache's page size k_cache.shape[2] = {PAGE}")
+        V.check_positive_int("num_q_heads", num_q_heads)
+        if num_q_heads % Hkv:
+            raise ValueError(f"num_q_heads = {num_q_heads} must be a multiple of num_kv_heads = {Hkv}")
+        longest = V.check_batch(page_table, seq_lens, P, PAGE, k_cache.device)
+        if max_seq_len is not None:
+            V.check_positive_int("max_seq_len", max_seq_len)
+            if max_seq_len < longest:
+                raise ValueError(f"max_seq_len = {max_seq_len} is shorter than the longest sequence ({longest})")
+        bucket_len = max_seq_len or longest
+        B, max_pages = page_table.shape
+        G = num_q_heads // Hkv
+        key = dict(device=k_cache.device, dtype=k_cache.dtype, head_dim=D, group=G, page_size=PAGE,
+                   seq_len=bucket_len, batch=B)
+        sources = {}
+        sel_cfg = None
+        k_pages = 0
+        if not self.dense:
+            k_pages = min(-(-self.budget // PAGE), max_pages)
+            sel_cfg, sources["select"] = self._config("select", key)
+        op = "dense_decode" if self.dense else "sparse_decode"
+        dec_cfg, sources[op] = self._config(op, key)
+        per_head = self.gqa_mode == "per_head" and G > 1 and not self.dense
+        n_slots = max_pages if self.dense else k_pages
+        splits = decode_num_splits(dec_cfg, B, num_q_heads, Hkv, per_head, n_slots, k_cache.device)
+
+        dev = k_cache.device
+        self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
+        self._dec_ws = decode_workspace(B, num_q_heads, splits, D, dev) if splits > 1 else None
+        if not self.dense:
+            rows = Hkv if self.gqa_mode == "shared" else num_q_heads
+            self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
+            self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
+        self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
+        return self._plan
+
+    def _config(self, op: str, key: dict):
+        if op in self.configs:
+            return self.configs[op], "override"
+        return resolve_config(op, **key)
+
+    # ------------------------------------------------------------------ run
+    def run(self, q: torch.Tensor, *, return_selected: bool = False):
+        """One decode step: q [B, Hq, D] -> out [B, Hq, D] (a buffer owned by the plan,
+        overwritten by the next run). With ``return_selected`` also the selected
+        logical pages [B, Hkv or Hq, K] (int32, ascending, -1 padded)."""
+        p = self._plan
+        if p is None:
+            raise RuntimeError("QuestDecode.run() called before plan()")
+        k_cache, v_cache, kmin, kmax, page_table, seq_lens = self._tensors
+        V.check_query(q, p.batch, p.num_kv_heads, p.head_dim, k_cache.dtype, k_cache.device, p.num_q_heads)
+        selected = None
+        if not self.dense:
+            with annotate("questkern.select", batch=p.batch, pages=page_table.shape[1], k=p.k_pages):
+                selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
+                                        self.gqa_mode, self.aggregate, p.select_config,
+                                        out=self._selected, workspace=self._sel_ws)
+        name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
+        with annotate(name, batch=p.batch, splits=p.num_splits):
+            paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
+                         num_splits=p.num_splits, out=self._out, workspace=self._dec_ws)
+        return (self._out, selected) if return_selected else self._out
+
+
+def quest_decode(q: torch.Tensor, cache, budget: int | None, **kwargs):
+    """One-shot convenience: plan + run (plans every call; hoist QuestDecode.plan in loops)."""
+    run_kw = {"return_selected": kwargs.pop("return_selected", False)}
+    w = QuestDecode(budget, **kwargs)
+    w.plan(cache, num_q_heads=q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 3 else -1)
+    return w.run(q, **run_kw)
+
+
+def dense_decode(q: torch.Tensor, cache, **kwargs):
+    """Dense paged decode over every page (the in-house baseline)."""
+    return quest_decode(q, cache, None, **kwargs)
+
+
+__all__ = ["QuestDecode", "Plan", "quest_decode", "dense_decode"]

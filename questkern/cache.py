@@ -1,0 +1,142 @@
+"""A paged KV cache with Quest page metadata kept in step with every write.
+
+Layout (HND): ``k_cache, v_cache: [num_pages, Hkv, page_size, D]``; metadata
+``kmin, kmax: [num_pages, Hkv, D]``; ``page_table: [batch, max_pages]`` int32 of
+physical page ids; ``seq_lens: [batch]`` int32. Serving engines that own their page
+tables can skip this class and call :class:`questkern.QuestDecode` with raw tensors.
+
+Pages are taken from a free list as sequences grow (host bookkeeping, no device
+sync); ``shuffle=True`` hands them out in random order, as a long-running server does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from questkern import validate as V
+from questkern.ops.metadata import append_decode, metadata_build
+from questkern.profiling import annotate
+from questkern.tuning import resolve_config
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        page_size: int = 16,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+        num_pages: int | None = None,
+        meta_dtype: torch.dtype | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ):
+        V.check_positive_int("batch_size", batch_size)
+        V.check_positive_int("max_seq_len", max_seq_len)
+        V.check_positive_int("num_kv_heads", num_kv_heads)
+        V.check_choice("head_dim", head_dim, V.HEAD_DIMS)
+        V.check_choice("page_size", page_size, V.PAGE_SIZES)
+        V.check_choice("dtype", dtype, V.KV_DTYPES)
+        meta_dtype = meta_dtype or dtype
+        if meta_dtype not in (torch.float32, dtype):
+            raise ValueError(f"meta_dtype must be torch.float32 or the cache dtype {dtype} (exact min/max), got {meta_dtype}")
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
+        self.max_pages = -(-max_seq_len // page_size)
+        self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
+        V.check_positive_int("num_pages", self.num_pages)
+        shape = (self.num_pages, num_kv_heads, page_size, head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [P, Hkv, PAGE, D]
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.kmin = torch.zeros(self.num_pages, num_kv_heads, head_dim, dtype=meta_dtype, device=device)  # [P, Hkv, D]
+        self.kmax = torch.zeros_like(self.kmin)
+        self.page_table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32, device=device)  # [B, max_pages]
+        self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)  # [B]
+        self._table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32)  # host mirror
+        self._lens = [0] * batch_size
+        order = torch.randperm(self.num_pages, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(self.num_pages)
+        self._free = order.tolist()[::-1]  # pop() from the end
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._lens)
+
+    @property
+    def lens(self) -> list[int]:
+        """Host copy of the sequence lengths."""
+        return list(self._lens)
+
+    # ------------------------------------------------------------------ pages
+    def _reserve(self, new_lens: list[int]) -> None:
+        changed = False
+        for b, n in enumerate(new_lens):
+            if n > self.max_pages * self.page_size:
+                raise ValueError(f"sequence {b} would reach {n} tokens, more than max_seq_len capacity {self.max_pages * self.page_size}")
+            have = -(-self._lens[b] // self.page_size)
+            need = -(-n // self.page_size)
+            for p in range(have, need):
+                if not self._free:
+                    raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all); raise num_pages or release sequences")
+                self._table[b, p] = self._free.pop()
+                changed = True
+        if changed:
+            self.page_table.copy_(self._table)
+
+    def release(self, b: int) -> None:
+        """Free sequence b's pages and set its length to 0."""
+        for p in range(-(-self._lens[b] // self.page_size)):
+            self._free.append(int(self._table[b, p]))
+        self._lens[b] = 0
+        self.seq_lens[b] = 0
+
+    # ------------------------------------------------------------------ writes
+    def append(self, k: torch.Tensor, v: torch.Tensor, lens: list[int] | torch.Tensor | None = None) -> None:
+        """Append a chunk of tokens (prefill): k, v [B, T, Hkv, D]; ``lens[b]`` <= T of them are valid.
+
+        Metadata of every page touched is rebuilt from its keys.
+        """
+        B = self.batch_size
+        V.check_tensor("k", k, ndim=4, dtypes=(self.dtype,), device=self.device, shape=(B, None, self.num_kv_heads, self.head_dim), contiguous=False, what="[batch, tokens, num_kv_heads, head_dim]")
+        V.check_tensor("v", v, ndim=4, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape), contiguous=False)
+        T = k.shape[1]
+        lens = [T] * B if lens is None else [int(x) for x in lens]
+        if len(lens) != B or any(n < 0 or n > T for n in lens):
+            raise ValueError(f"lens must hold {B} values in [0, {T}], got {lens}")
+        old = list(self._lens)
+        new = [o + n for o, n in zip(old, lens)]
+        self._reserve(new)
+        ps = self.page_size
+        for b in range(B):
+            if lens[b] == 0:
+                continue
+            pos = torch.arange(old[b], new[b])
+            pages = self._table[b, pos // ps].to(self.device, torch.long)
+            slots = (pos % ps).to(self.device)
+            self.k_cache[pages, :, slots, :] = k[b, : lens[b]]
+            self.v_cache[pages, :, slots, :] = v[b, : lens[b]]
+        self._lens = new
+        self.seq_lens.copy_(torch.tensor(new, dtype=torch.int32))
+        first = [o // ps for o in old]
+        n_build = max(-(-n // ps) - f for n, f in zip(new, first))
+        cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
+                                page_size=ps, seq_len=max(new), batch=B)
+        with annotate("questkern.metadata", op="build", batch=B):
+            metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
+                           torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
+
+    def append_decode(self, k: torch.Tensor, v: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Append one token per sequence: k, v [B, Hkv, D]. Updates only the page written."""
+        B = self.batch_size
+        V.check_tensor("k", k, ndim=3, dtypes=(self.dtype,), device=self.device, shape=(B, self.num_kv_heads, self.head_dim), what="[batch, num_kv_heads, head_dim]")
+        V.check_tensor("v", v, ndim=3, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape))
+        act = [True] * B if active is None else [bool(x) for x in active.tolist()]
+        new = [n + int(a) for n, a in zip(self._lens, act)]
+        self._reserve(new)
+        act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
+        with annotate("questkern.metadata", op="append", batch=B):
+            append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
+        self._lens = new

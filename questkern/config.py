@@ -1,0 +1,150 @@
+"""Launch parameters of every kernel, as plain data.
+
+Each op takes one frozen dataclass. The tuner searches their fields; the runtime
+looks them up in a per-GPU table (:mod:`questkern.tuning`) and falls back to the
+documented heuristics below when no table entry matches.
+
+Heuristics (used when no tuning table matches):
+
+* ``metadata``: one program per (page, kv head); ``num_warps`` 2 for d=64, 4 for d=128.
+* ``select``: tiles of ``chunk_pages`` pages per program (256, or the whole context
+  rounded up to a power of two when it is shorter); one stage when a single tile
+  covers the context, else per-tile top-K then a merge kernel.
+* ``decode``: ``pages_per_block`` so that one iteration covers 64 tokens, and enough
+  splits that ``batch x head programs x splits`` is about twice the SM count, capped so
+  that every split has at least one block of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+class _ConfigBase:
+    """Shared helpers: dict round trip with unknown-key checks."""
+
+    op: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MetadataConfig(_ConfigBase):
+    op: ClassVar[str] = "metadata"
+    num_warps: int = 4
+
+    def __post_init__(self):
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"MetadataConfig.num_warps must be one of 1,2,4,8,16, got {self.num_warps}")
+
+
+@dataclass(frozen=True)
+class SelectConfig(_ConfigBase):
+    """Fused estimate + top-K.
+
+    chunk_pages: pages scored per program (power of two). A context of at most
+        ``chunk_pages + 1`` pages runs in one launch; longer contexts run per-chunk
+        top-K and then a merge launch (the two-stage path).
+    block_d: head-dim slice loaded per step (power of two, <= head_dim).
+    """
+
+    op: ClassVar[str] = "select"
+    chunk_pages: int = 256
+    block_d: int = 64
+    num_warps: int = 4
+    num_stages: int = 1
+    merge_warps: int = 4
+
+    def __post_init__(self):
+        for name in ("chunk_pages", "block_d"):
+            v = getattr(self, name)
+            if not _is_pow2(v) or v < 16:
+                raise ValueError(f"SelectConfig.{name} must be a power of two >= 16, got {v}")
+        for name in ("num_warps", "merge_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16):
+                raise ValueError(f"SelectConfig.{name} must be one of 1,2,4,8,16, got {getattr(self, name)}")
+        if not 1 <= self.num_stages <= 5:
+            raise ValueError(f"SelectConfig.num_stages must be in 1..5, got {self.num_stages}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig(_ConfigBase):
+    """Split-K decode over pages (sparse: the selected ones; dense: all).
+
+    pages_per_block: pages loaded per inner iteration (power of two).
+    num_splits: programs along the page axis per (sequence, head group); 0 means
+        "choose from the SM count at plan time" (the heuristic).
+    """
+
+    op: ClassVar[str] = "decode"
+    pages_per_block: int = 4
+    num_splits: int = 0
+    num_warps: int = 4
+    num_stages: int = 2
+    combine_warps: int = 4
+
+    def __post_init__(self):
+        if not _is_pow2(self.pages_per_block):
+            raise ValueError(f"DecodeConfig.pages_per_block must be a power of two, got {self.pages_per_block}")
+        if self.num_splits < 0 or self.num_splits > 1024:
+            raise ValueError(f"DecodeConfig.num_splits must be in 0..1024 (0 = heuristic), got {self.num_splits}")
+        for name in ("num_warps", "combine_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16):
+                raise ValueError(f"DecodeConfig.{name} must be one of 1,2,4,8,16, got {getattr(self, name)}")
+        if not 1 <= self.num_stages <= 5:
+            raise ValueError(f"DecodeConfig.num_stages must be in 1..5, got {self.num_stages}")
+
+
+CONFIG_TYPES: dict[str, type] = {
+    "metadata": MetadataConfig,
+    "select": SelectConfig,
+    "sparse_decode": DecodeConfig,
+    "dense_decode": DecodeConfig,
+}
+
+
+# ----------------------------------------------------------------------------- heuristics
+
+
+def default_metadata_config(head_dim: int) -> MetadataConfig:
+    return MetadataConfig(num_warps=2 if head_dim <= 64 else 4)
+
+
+def default_select_config(max_pages: int, head_dim: int) -> SelectConfig:
+    chunk = max(16, min(256, next_pow2(max(1, max_pages - 1))))
+    return SelectConfig(chunk_pages=chunk, block_d=min(64, head_dim), num_warps=4 if chunk <= 128 else 8)
+
+
+def default_decode_config(page_size: int, head_dim: int) -> DecodeConfig:
+    return DecodeConfig(pages_per_block=max(1, 64 // page_size), num_splits=0, num_warps=4, num_stages=2)
+
+
+def choose_num_splits(cfg: DecodeConfig, batch: int, head_programs: int, max_slots: int, num_sms: int) -> int:
+    """Splits along the page axis: the config's value, or ~2 waves of programs.
+
+    Capped so that every split owns at least one block of ``pages_per_block`` pages.
+    """
+    max_useful = max(1, -(-max_slots // cfg.pages_per_block))
+    if cfg.num_splits > 0:
+        return min(cfg.num_splits, max_useful)
+    want = -(-2 * num_sms // max(1, batch * head_programs))
+    return int(max(1, min(want, max_useful, 256)))

@@ -1,0 +1,229 @@
+"""Split-K paged decode attention (sparse over selected pages, or dense) + combine.
+
+Grid: (batch, head programs, splits). A head program serves one KV head and all
+``GROUP`` query heads that share it ("shared" selection and dense decode), so each
+K/V page is loaded once per group; in "per_head" mode it serves one query head with
+its own page list. Each split walks ``PAGES_PER_BLOCK`` pages per iteration with an
+online softmax in float32 and writes a partial output plus its log-sum-exp; the
+combine kernel merges the splits (FlashDecoding / SGLang two-stage pattern). With a
+single split the decode kernel writes the final output itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from questkern._details import dot_upcast
+from questkern.config import DecodeConfig, choose_num_splits, next_pow2
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_split_kernel(
+    q,  # [B, Hq, D]
+    k_cache, v_cache,  # [P, Hkv, PAGE, D]
+    page_table,  # [B, max_pages] int32
+    seq_lens,  # [B] int32
+    sel,  # [B, Hsel, K] int32 logical pages, -1 padded (ignored when DENSE)
+    o_part,  # [B, Hq, S, D] float32
+    lse_part,  # [B, Hq, S] float32 (log2 units)
+    out,  # [B, Hq, D] (written when S == 1)
+    qk_scale,  # sm_scale * log2(e)
+    n_slots,  # K (sparse) or max_pages (dense)
+    stride_qb, stride_qh,
+    stride_kp, stride_kh, stride_kt,
+    stride_tb,
+    stride_sb, stride_sh,
+    stride_pb, stride_ph, stride_ps,
+    stride_lb, stride_lh,
+    stride_ob, stride_oh,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,  # query heads served per program
+    BLOCK_H: tl.constexpr,
+    PER_HEAD: tl.constexpr,  # program axis 1 = query head (per_head) or KV head
+    KV_GROUP: tl.constexpr,  # Hq // Hkv
+    PAGES_PER_BLOCK: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    DENSE: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    i_b, i_x, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BLOCK_N: tl.constexpr = PAGES_PER_BLOCK * PAGE
+    if PER_HEAD:
+        i_kv = i_x // KV_GROUP
+        h0 = i_x
+    else:
+        i_kv = i_x
+        h0 = i_x * KV_GROUP
+    seq_len = tl.load(seq_lens + i_b)
+    n_pages = tl.cdiv(seq_len, PAGE)
+    n_valid = tl.minimum(n_pages, n_slots)  # selected rows hold min(K, n_pages) pages
+    per_split = tl.cdiv(tl.cdiv(n_valid, NUM_SPLITS), PAGES_PER_BLOCK) * PAGES_PER_BLOCK
+    lo = i_s * per_split
+    hi = tl.minimum(lo + per_split, n_valid)
+
+    o_h = tl.arange(0, BLOCK_H)
+    m_h = o_h < GROUP
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    p_q = q + i_b.to(tl.int64) * stride_qb + (h0 + o_h)[:, None] * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_h[:, None] & m_d[None, :], other=0.0)  # [BLOCK_H, BLOCK_D]
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+
+    o_n = tl.arange(0, BLOCK_N)
+    o_slot = o_n // PAGE  # page slot of each token within the block
+    o_t = o_n % PAGE
+    p_sel = sel + i_b.to(tl.int64) * stride_sb + i_x * stride_sh
+    p_tab = page_table + i_b.to(tl.int64) * stride_tb
+    p_kv = k_cache + i_kv * stride_kh + o_t[:, None] * stride_kt + o_d[None, :]
+    p_vv = v_cache + i_kv * stride_kh + o_t[:, None] * stride_kt + o_d[None, :]
+
+    b_m = tl.zeros([BLOCK_H], dtype=tl.float32) - 1.0e30
+    b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for start in range(lo, hi, PAGES_PER_BLOCK):
+        slot = start + o_slot
+        m_slot = slot < hi
+        if DENSE:
+            page = slot
+        else:
+            page = tl.load(p_sel + slot, mask=m_slot, other=0)
+        phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
+        m_tok = m_slot & (page * PAGE + o_t < seq_len)  # [BLOCK_N]
+        b_k = tl.load(p_kv + phys[:, None] * stride_kp, mask=m_tok[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(p_vv + phys[:, None] * stride_kp, mask=m_tok[:, None] & m_d[None, :], other=0.0)
+        if UPCAST:
+            b_k = b_k.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        if USE_DOT:
+            b_s = tl.dot(b_q, tl.trans(b_k))  # [BLOCK_H, BLOCK_N]
+        else:
+            b_s = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :], axis=2)
+        b_s = tl.where(m_tok[None, :], b_s * qk_scale, float("-inf"))
+        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+        alpha = tl.exp2(b_m - m_new)
+        b_p = tl.exp2(b_s - m_new[:, None])
+        b_l = b_l * alpha + tl.sum(b_p, axis=1)
+        if USE_DOT:
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        else:
+            b_acc = b_acc * alpha[:, None] + tl.sum(b_p[:, :, None] * b_v.to(tl.float32)[None, :, :], axis=1)
+        b_m = m_new
+
+    b_o = b_acc / tl.maximum(b_l, 1e-30)[:, None]
+    heads = (h0 + o_h).to(tl.int64)
+    if NUM_SPLITS == 1:
+        p_out = out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :]
+        tl.store(p_out, b_o.to(out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+    else:
+        p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
+        tl.store(p_o + o_d[None, :], b_o, mask=m_h[:, None] & m_d[None, :])
+        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        tl.store(lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh + i_s, lse, mask=m_h)
+
+
+@triton.jit
+def _combine_kernel(
+    o_part,  # [B, Hq, S, D] float32
+    lse_part,  # [B, Hq, S] float32 (log2 units)
+    out,  # [B, Hq, D]
+    NUM_SPLITS,
+    stride_pb, stride_ph, stride_ps,
+    stride_lb, stride_lh,
+    stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    o_s = tl.arange(0, BLOCK_S)
+    m_s = o_s < NUM_SPLITS
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    b_lse = tl.load(lse_part + i_b.to(tl.int64) * stride_lb + i_h * stride_lh + o_s, mask=m_s, other=float("-inf"))
+    m = tl.max(b_lse, axis=0)
+    w = tl.where(m_s & (b_lse > float("-inf")), tl.exp2(b_lse - m), 0.0)  # [BLOCK_S]
+    p_o = o_part + i_b.to(tl.int64) * stride_pb + i_h * stride_ph + o_s[:, None] * stride_ps + o_d[None, :]
+    b_o = tl.load(p_o, mask=(w > 0)[:, None] & m_d[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    res = tl.sum(b_o * w[:, None], axis=0) / tl.sum(w, axis=0)
+    tl.store(out + i_b.to(tl.int64) * stride_ob + i_h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d)
+
+
+def decode_workspace(B: int, Hq: int, num_splits: int, D: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial outputs [B, Hq, S, D] and log-sum-exps [B, Hq, S] for split-K."""
+    return (torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=device),
+            torch.empty(B, Hq, num_splits, dtype=torch.float32, device=device))
+
+
+def decode_num_splits(config: DecodeConfig, B: int, Hq: int, Hkv: int, per_head: bool, n_slots: int, device) -> int:
+    head_programs = Hq if per_head else Hkv
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return choose_num_splits(config, B, head_programs, n_slots, num_sms)
+
+
+def paged_decode(
+    q: torch.Tensor,  # [B, Hq, D]
+    k_cache: torch.Tensor,  # [P, Hkv, PAGE, D]
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,  # [B, max_pages] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    selected: torch.Tensor | None = None,  # [B, Hsel, K] int32; None = dense over all pages
+    sm_scale: float | None = None,
+    config: DecodeConfig | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api)."""
+    B, Hq, D = q.shape
+    _, Hkv, PAGE, _ = k_cache.shape
+    G = Hq // Hkv
+    cfg = config or DecodeConfig()
+    dense = selected is None
+    per_head = (not dense) and selected.shape[1] == Hq and G > 1
+    n_slots = page_table.shape[1] if dense else min(selected.shape[2], page_table.shape[1])
+    S = num_splits or decode_num_splits(cfg, B, Hq, Hkv, per_head, n_slots, q.device)
+    if out is None:
+        out = torch.empty_like(q)
+    if S > 1 and workspace is None:
+        workspace = decode_workspace(B, Hq, S, D, q.device)
+    o_part, lse_part = workspace if S > 1 else (out, out)
+    group = 1 if per_head else G
+    use_dot = group > 1
+    block_h = max(16, next_pow2(group)) if use_dot else 1
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
+    sel = selected if not dense else page_table  # placeholder pointer when dense
+    grid = (B, Hq if per_head else Hkv, S)
+    _decode_split_kernel[grid](
+        q, k_cache, v_cache, page_table, seq_lens, sel, o_part, lse_part, out,
+        scale * _LOG2E, n_slots,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        page_table.stride(0),
+        sel.stride(0), sel.stride(1),
+        *(o_part.stride()[:3] if S > 1 else (0, 0, 0)),
+        *(lse_part.stride()[:2] if S > 1 else (0, 0)),
+        out.stride(0), out.stride(1),
+        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
+        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, NUM_SPLITS=S,
+        DENSE=dense, USE_DOT=use_dot, UPCAST=dot_upcast(q.dtype) and use_dot,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if S > 1:
+        _combine_kernel[(B, Hq)](
+            o_part, lse_part, out, S,
+            o_part.stride(0), o_part.stride(1), o_part.stride(2),
+            lse_part.stride(0), lse_part.stride(1),
+            out.stride(0), out.stride(1),
+            HEAD_DIM=D, BLOCK_D=next_pow2(D), BLOCK_S=next_pow2(S), num_warps=cfg.combine_warps,
+        )
+    return out

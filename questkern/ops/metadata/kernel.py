@@ -1,0 +1,161 @@
+"""Page metadata kernels: build (prefill) and append (decode, running min/max).
+
+Layout contract (HND, used throughout questkern):
+    k_cache, v_cache: [num_pages, Hkv, PAGE, D]   (each (page, head) tile contiguous)
+    kmin, kmax:       [num_pages, Hkv, D]          float32 or the key dtype
+Metadata stored in the key dtype is exact (min/max of keys are keys), so no rounding
+can tighten the bound; other narrowings are rejected by the public API.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from questkern.config import MetadataConfig
+
+
+@triton.jit
+def _metadata_build_kernel(
+    k_cache,  # [P, Hkv, PAGE, D]
+    kmin,  # [P, Hkv, D]
+    kmax,  # [P, Hkv, D]
+    page_table,  # [B, max_pages] int32
+    seq_lens,  # [B] int32
+    first_page,  # [B] int32: first logical page to (re)build
+    stride_kp, stride_kh, stride_kt,
+    stride_mp, stride_mh,
+    stride_tb,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_p, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq_len = tl.load(seq_lens + i_b)
+    n_pages = tl.cdiv(seq_len, PAGE)
+    page = tl.load(first_page + i_b) + i_p
+    live = page < n_pages
+    phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + page, mask=live, other=0).to(tl.int64)
+    n_valid = tl.minimum(seq_len - page * PAGE, PAGE)
+
+    o_t = tl.arange(0, PAGE)
+    o_d = tl.arange(0, BLOCK_D)
+    m_t = (o_t < n_valid) & live
+    p_k = k_cache + phys * stride_kp + i_h * stride_kh
+    p_meta = phys * stride_mp + i_h * stride_mh
+    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
+        m_d = (d0 + o_d) < HEAD_DIM
+        b_k = tl.load(p_k + o_t[:, None] * stride_kt + (d0 + o_d)[None, :],
+                      mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [PAGE, BLOCK_D]
+        b_min = tl.min(tl.where(m_t[:, None], b_k, float("inf")), axis=0)
+        b_max = tl.max(tl.where(m_t[:, None], b_k, float("-inf")), axis=0)
+        tl.store(kmin + p_meta + d0 + o_d, b_min.to(kmin.dtype.element_ty), mask=m_d & live)
+        tl.store(kmax + p_meta + d0 + o_d, b_max.to(kmax.dtype.element_ty), mask=m_d & live)
+
+
+@triton.jit
+def _append_kernel(
+    k_new,  # [B, Hkv, D]
+    v_new,  # [B, Hkv, D]
+    k_cache, v_cache,  # [P, Hkv, PAGE, D]
+    kmin, kmax,  # [P, Hkv, D]
+    page_table,  # [B, max_pages]
+    seq_lens,  # [B] int32: read as the position to write, then incremented
+    active,  # [B] int32: 0 skips the sequence
+    stride_nb, stride_nh,
+    stride_kp, stride_kh, stride_kt,
+    stride_mp, stride_mh,
+    stride_tb,
+    NUM_KV_HEADS: tl.constexpr,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # One program per sequence: it reads seq_lens[b] once and writes it last, so the
+    # update needs no second launch and no host round trip (CUDA-graph friendly).
+    i_b = tl.program_id(0)
+    live = tl.load(active + i_b) != 0
+    pos = tl.load(seq_lens + i_b)
+    page = pos // PAGE
+    slot = pos % PAGE
+    phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + page, mask=live, other=0).to(tl.int64)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = (o_d < HEAD_DIM) & live
+    first = slot == 0  # the first token of a page starts its min/max afresh
+    for i_h in tl.static_range(NUM_KV_HEADS):
+        p_new = i_b.to(tl.int64) * stride_nb + i_h * stride_nh + o_d
+        b_k = tl.load(k_new + p_new, mask=m_d, other=0.0)  # [D]
+        b_v = tl.load(v_new + p_new, mask=m_d, other=0.0)
+        p_kv = phys * stride_kp + i_h * stride_kh + slot * stride_kt + o_d
+        tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_d)
+        tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_d)
+        p_meta = phys * stride_mp + i_h * stride_mh + o_d
+        b_kf = b_k.to(kmin.dtype.element_ty)
+        old_min = tl.load(kmin + p_meta, mask=m_d & (slot > 0), other=0.0)
+        old_max = tl.load(kmax + p_meta, mask=m_d & (slot > 0), other=0.0)
+        tl.store(kmin + p_meta, tl.where(first, b_kf, tl.minimum(old_min, b_kf)), mask=m_d)
+        tl.store(kmax + p_meta, tl.where(first, b_kf, tl.maximum(old_max, b_kf)), mask=m_d)
+    tl.store(seq_lens + i_b, pos + 1, mask=live)
+
+
+def metadata_build(
+    k_cache: torch.Tensor,  # [P, Hkv, PAGE, D]
+    kmin: torch.Tensor,  # [P, Hkv, D]
+    kmax: torch.Tensor,  # [P, Hkv, D]
+    page_table: torch.Tensor,  # [B, max_pages] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    first_page: torch.Tensor | None = None,  # [B] int32
+    max_new_pages: int | None = None,
+    config: MetadataConfig | None = None,
+) -> None:
+    """(Re)build kmin/kmax in place for logical pages ``first_page[b] ..`` of each sequence.
+
+    ``max_new_pages`` bounds the grid (defaults to the page-table width).
+    """
+    P, H, PAGE, D = k_cache.shape
+    B = page_table.shape[0]
+    cfg = config or MetadataConfig()
+    if first_page is None:
+        first_page = torch.zeros(B, dtype=torch.int32, device=k_cache.device)
+    n = max_new_pages if max_new_pages is not None else page_table.shape[1]
+    if n <= 0 or B == 0:
+        return
+    _metadata_build_kernel[(n, B, H)](
+        k_cache, kmin, kmax, page_table, seq_lens, first_page,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        kmin.stride(0), kmin.stride(1),
+        page_table.stride(0),
+        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=min(triton.next_power_of_2(D), 64),
+        num_warps=cfg.num_warps,
+    )
+
+
+def append_decode(
+    k_new: torch.Tensor,  # [B, Hkv, D]
+    v_new: torch.Tensor,  # [B, Hkv, D]
+    k_cache: torch.Tensor,  # [P, Hkv, PAGE, D]
+    v_cache: torch.Tensor,
+    kmin: torch.Tensor,  # [P, Hkv, D]
+    kmax: torch.Tensor,
+    page_table: torch.Tensor,  # [B, max_pages] int32 (the page for position seq_lens[b] must be mapped)
+    seq_lens: torch.Tensor,  # [B] int32, incremented in place for active sequences
+    active: torch.Tensor | None = None,  # [B] int32, nonzero = append
+    config: MetadataConfig | None = None,
+) -> None:
+    """Write one token per sequence at position seq_lens[b], update that page's running
+    min/max, and increment seq_lens[b]."""
+    B, H, D = k_new.shape
+    PAGE = k_cache.shape[2]
+    cfg = config or MetadataConfig()
+    if active is None:
+        active = torch.ones(B, dtype=torch.int32, device=k_new.device)
+    _append_kernel[(B,)](
+        k_new, v_new, k_cache, v_cache, kmin, kmax, page_table, seq_lens, active,
+        k_new.stride(0), k_new.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        kmin.stride(0), kmin.stride(1),
+        page_table.stride(0),
+        NUM_KV_HEADS=H, PAGE=PAGE, HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
+        num_warps=min(cfg.num_warps, 4),
+    )

@@ -1,0 +1,246 @@
+"""Fused Quest estimate + top-K page selection (see naive.py for the exact rules).
+
+One launch when one tile of ``chunk_pages`` pages covers every context in the batch;
+otherwise two: per-tile top-K writing (score, page) candidates, then a merge launch.
+Page scores never round-trip through global memory in the one-stage path, and in the
+two-stage path only each tile's K best are written.
+
+Top-K without sorting: scores are mapped to order-preserving integer keys and each
+row's K-th largest key is found by a 32-step bitwise bisection (counts by reduction);
+entries above it are taken, then entries equal to it from the lowest page index up.
+The score of a page is computed as ``dot(relu(q), kmax) + dot(min(q, 0), kmin)``,
+which equals ``sum_c max(q_c kmin_c, q_c kmax_c)`` term by term and runs on tensor
+cores; with metadata in the key dtype every product is exact in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from questkern._details import dot_upcast
+from questkern.config import SelectConfig, next_pow2
+
+
+@triton.jit
+def _topk_mask(scores, valid, k):
+    """[R, N] scores, [R, N] valid -> mask of each row's k best valid entries.
+
+    Ties break toward the lower column. k may exceed the number of valid entries.
+    """
+    s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
+    bits = s.to(tl.int32, bitcast=True)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648  # [R, N] in [0, 2^32)
+    thr = tl.sum(key, axis=1) * 0  # [R] int64
+    for i in tl.static_range(32):
+        cand = thr + (1 << (31 - i))
+        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+        thr = tl.where(cnt >= k, cand, thr)
+    gt = key > thr[:, None]
+    eq = key == thr[:, None]
+    n_gt = tl.sum(gt.to(tl.int32), axis=1)
+    rank = tl.cumsum(eq.to(tl.int32), axis=1)
+    return (gt | (eq & (rank <= (k - n_gt)[:, None]))) & valid
+
+
+@triton.jit
+def _emit_selection(p_rows, m_rows, sel, ids, n_pages, K, FILL: tl.constexpr):
+    """Write each row: selected ids ascending, then the last page, then -1 up to K."""
+    sel_i = sel.to(tl.int32)
+    pos = tl.cumsum(sel_i, axis=1) - 1
+    tl.store(p_rows[:, None] + pos, ids, mask=sel & m_rows[:, None])
+    n_sel = tl.sum(sel_i, axis=1)  # [R]
+    tl.store(p_rows + n_sel, n_sel * 0 + (n_pages - 1), mask=m_rows & (n_sel < K))
+    o_f = tl.arange(0, FILL)  # FILL = next_pow2(K): one block covers the row
+    m_f = m_rows[:, None] & (o_f[None, :] > n_sel[:, None]) & (o_f[None, :] < K)
+    tl.store(p_rows[:, None] + o_f[None, :], o_f[None, :] * 0 - 1 + n_sel[:, None] * 0, mask=m_f)
+
+
+@triton.jit
+def _select_tile_kernel(
+    q,  # [B, Hq, D]
+    kmin, kmax,  # [P, Hkv, D]
+    page_table,  # [B, max_pages] int32
+    seq_lens,  # [B] int32
+    out_idx,  # one stage: [B, Hsel, K]; two stages: candidates [B, Hsel, NC * KC]
+    out_score,  # two stages: [B, Hsel, NC * KC] float32 (unused in one stage)
+    K,  # pages per selection, the last page included
+    stride_qb, stride_qh,
+    stride_mp, stride_mh,
+    stride_tb,
+    stride_ob, stride_oh,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    SHARED: tl.constexpr,
+    AGG_MAX: tl.constexpr,
+    CHUNK: tl.constexpr,
+    KC: tl.constexpr,
+    ONE_STAGE: tl.constexpr,
+    FILL: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq_len = tl.load(seq_lens + i_b)
+    n_pages = tl.cdiv(seq_len, PAGE)
+    sparse = n_pages > K
+
+    o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
+    m_c = o_c < n_pages - 1  # candidates: every page but the last
+    m_load = m_c & sparse  # a dense sequence needs no scores
+    phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + o_c, mask=m_load, other=0).to(tl.int64)
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < GROUP
+    p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
+    p_meta = phys[:, None] * stride_mp + i_h * stride_mh
+
+    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
+    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
+        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
+        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
+        zero = tl.zeros_like(b_q)
+        q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
+        q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
+        if IEEE:
+            b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
+            b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
+        else:
+            b_s += tl.dot(q_pos, tl.trans(b_hi))
+            b_s += tl.dot(q_neg, tl.trans(b_lo))
+
+    if SHARED:
+        m_gc = m_g[:, None] & m_c[None, :]
+        if AGG_MAX:
+            b_agg = tl.max(tl.where(m_gc, b_s, float("-inf")), axis=0)
+        else:
+            b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
+        scores = b_agg[None, :]  # [1, CHUNK]
+        valid = m_c[None, :]
+        rows = i_h + tl.arange(0, 1)
+        m_rows = rows >= 0
+    else:
+        scores = b_s  # [BLOCK_G, CHUNK]
+        valid = m_g[:, None] & m_c[None, :]
+        rows = i_h * GROUP + o_g
+        m_rows = m_g
+    ids = o_c[None, :] + (valid.to(tl.int32) * 0)  # [R, CHUNK]
+    p_rows = out_idx + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh
+
+    if ONE_STAGE:
+        sel = _topk_mask(scores, valid, K - 1)
+        _emit_selection(p_rows, m_rows, sel, ids, n_pages, K, FILL)
+    else:
+        sel = _topk_mask(scores, valid, K - 1)  # at most KC entries: KC >= min(K - 1, CHUNK)
+        sel_i = sel.to(tl.int32)
+        pos = tl.cumsum(sel_i, axis=1) - 1
+        p_rows = p_rows + i_c * KC
+        p_srows = out_score + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh + i_c * KC
+        tl.store(p_rows[:, None] + pos, ids, mask=sel & m_rows[:, None])
+        tl.store(p_srows[:, None] + pos, scores, mask=sel & m_rows[:, None])
+        n_sel = tl.sum(sel_i, axis=1)
+        o_k = tl.arange(0, KC)
+        m_fill = m_rows[:, None] & (o_k[None, :] >= n_sel[:, None])
+        tl.store(p_rows[:, None] + o_k[None, :], o_k[None, :] * 0 - 1 + n_sel[:, None] * 0, mask=m_fill)
+        tl.store(p_srows[:, None] + o_k[None, :], tl.zeros([1, KC], tl.float32) + float("-inf") + n_sel[:, None] * 0.0, mask=m_fill)
+
+
+@triton.jit
+def _select_merge_kernel(
+    cand_idx,  # [B, Hsel, N_CAND] int32, -1 = empty
+    cand_score,  # [B, Hsel, N_CAND] float32
+    out_idx,  # [B, Hsel, K] int32
+    seq_lens,  # [B]
+    K, N_CAND,
+    stride_cb, stride_ch,
+    stride_ob, stride_oh,
+    PAGE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    FILL: tl.constexpr,
+):
+    i_b, i_r = tl.program_id(0), tl.program_id(1)
+    n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N_CAND
+    p_c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch + o_n
+    ids = tl.load(cand_idx + p_c, mask=m_n, other=-1)[None, :]  # [1, BLOCK_N]
+    scores = tl.load(cand_score + p_c, mask=m_n, other=float("-inf"))[None, :]
+    valid = ids >= 0
+    sel = _topk_mask(scores, valid, K - 1)
+    rows = i_r + tl.arange(0, 1)
+    p_rows = out_idx + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh
+    _emit_selection(p_rows, rows >= 0, sel, ids, n_pages, K, FILL)
+
+
+def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int, int]:
+    """(number of tiles, candidates kept per tile) for a batch whose longest context has max_pages."""
+    n_chunks = max(1, -(-max(1, max_pages - 1) // config.chunk_pages))
+    kc = min(next_pow2(max(1, k_pages - 1)), config.chunk_pages)
+    return n_chunks, kc
+
+
+def select_pages(
+    q: torch.Tensor,  # [B, Hq, D]
+    kmin: torch.Tensor,  # [P, Hkv, D]
+    kmax: torch.Tensor,  # [P, Hkv, D]
+    page_table: torch.Tensor,  # [B, max_pages] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    page_size: int,
+    k_pages: int,
+    gqa_mode: str = "shared",
+    aggregate: str = "sum",
+    config: SelectConfig | None = None,
+    out: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Launch the selection. Inputs are assumed validated (see questkern.api)."""
+    B, Hq, D = q.shape
+    Hkv = kmin.shape[1]
+    G = Hq // Hkv
+    shared = gqa_mode == "shared"
+    rows = Hkv if shared else Hq
+    cfg = config or SelectConfig()
+    max_pages = page_table.shape[1]
+    n_chunks, kc = select_plan(max_pages, k_pages, cfg)
+    if out is None:
+        out = torch.empty(B, rows, k_pages, dtype=torch.int32, device=q.device)
+    block_d = min(cfg.block_d, D)
+    common = dict(
+        PAGE=page_size, HEAD_DIM=D, BLOCK_D=block_d, GROUP=G, BLOCK_G=max(16, next_pow2(G)),
+        SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
+        FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if n_chunks == 1:
+        _select_tile_kernel[(B, Hkv, 1)](
+            q, kmin, kmax, page_table, seq_lens, out, out, k_pages,
+            q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
+            out.stride(0), out.stride(1), ONE_STAGE=True, **common,
+        )
+        return out
+    if workspace is None:
+        workspace = select_workspace(B, rows, max_pages, k_pages, cfg, q.device)
+    cand_idx, cand_score = workspace  # [B, rows, n_chunks * kc]
+    _select_tile_kernel[(B, Hkv, n_chunks)](
+        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, k_pages,
+        q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
+        cand_idx.stride(0), cand_idx.stride(1), ONE_STAGE=False, **common,
+    )
+    n_cand = n_chunks * kc
+    _select_merge_kernel[(B, rows)](
+        cand_idx, cand_score, out, seq_lens, k_pages, n_cand,
+        cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
+        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], num_warps=cfg.merge_warps,
+    )
+    return out
+
+
+def select_workspace(B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n_chunks, kc = select_plan(max_pages, k_pages, config)
+    n = n_chunks * kc
+    return (torch.empty(B, rows, n, dtype=torch.int32, device=device),
+            torch.empty(B, rows, n, dtype=torch.float32, device=device))

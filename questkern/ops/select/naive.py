@@ -1,0 +1,79 @@
+"""Float32 reference for Quest page selection (estimate + top-K).
+
+Rules (DESIGN.md §1), shared by the kernels and this reference:
+* score of a page for query q: sum_c max(q_c * kmin_c, q_c * kmax_c);
+* K = ceil(budget / page_size); a sequence of <= K pages attends all of them;
+* otherwise the last page is always attended and the K-1 best of the others are
+  added; **ties break toward the lower logical page index**;
+* output rows list logical page ids in ascending order, padded with -1 to width K.
+GQA: ``per_head`` gives one row per query head; ``shared`` one row per KV head from
+the group's aggregated score (``sum`` or ``max`` over the group's query heads).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def page_scores_ref(
+    q: torch.Tensor,  # [B, Hq, D]
+    kmin: torch.Tensor,  # [P, Hkv, D]
+    kmax: torch.Tensor,  # [P, Hkv, D]
+    page_table: torch.Tensor,  # [B, max_pages]
+    seq_lens: torch.Tensor,  # [B]
+    page_size: int,
+) -> list[torch.Tensor]:
+    """Per sequence: scores [Hq, n_pages] float32 (upper bounds of q.k per page)."""
+    B, Hq, D = q.shape
+    Hkv = kmin.shape[1]
+    G = Hq // Hkv
+    out = []
+    for b in range(B):
+        n = -(-int(seq_lens[b]) // page_size)
+        phys = page_table[b, :n].long()
+        lo = kmin[phys].float().repeat_interleave(G, dim=1)  # [n, Hq, D]
+        hi = kmax[phys].float().repeat_interleave(G, dim=1)
+        qq = q[b].float()[None]  # [1, Hq, D]
+        s = torch.maximum(qq * lo, qq * hi).sum(-1)  # [n, Hq]
+        out.append(s.t().contiguous())
+    return out
+
+
+def topk_pages_ref(scores: torch.Tensor, k_pages: int) -> torch.Tensor:
+    """scores [R, n] -> [R, k_pages] int32 ascending logical ids, -1 padded."""
+    R, n = scores.shape
+    out = torch.full((R, k_pages), -1, dtype=torch.int32)
+    for r in range(R):
+        if n <= k_pages:
+            ids = torch.arange(n)
+        else:
+            order = torch.sort(scores[r, : n - 1].cpu(), descending=True, stable=True).indices
+            ids = torch.cat([order[: k_pages - 1].sort().values, torch.tensor([n - 1])])
+        out[r, : len(ids)] = ids.to(torch.int32)
+    return out
+
+
+def select_pages_ref(
+    q: torch.Tensor,
+    kmin: torch.Tensor,
+    kmax: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    page_size: int,
+    budget: int,
+    gqa_mode: str = "shared",
+    aggregate: str = "sum",
+) -> torch.Tensor:
+    """[B, Hsel, K] int32 selected logical pages (see module doc)."""
+    B, Hq, _ = q.shape
+    Hkv = kmin.shape[1]
+    G = Hq // Hkv
+    k_pages = -(-budget // page_size)
+    rows = Hkv if gqa_mode == "shared" else Hq
+    out = torch.full((B, rows, k_pages), -1, dtype=torch.int32)
+    for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)):
+        if gqa_mode == "shared":
+            s = s.view(Hkv, G, -1)
+            s = s.sum(1) if aggregate == "sum" else s.amax(1)
+        out[b] = topk_pages_ref(s, k_pages)
+    return out.to(q.device)

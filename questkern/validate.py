@@ -1,0 +1,98 @@
+"""Input checks run before any launch. Each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import torch
+
+KV_DTYPES = (torch.float16, torch.bfloat16)
+HEAD_DIMS = (32, 64, 128, 256)
+PAGE_SIZES = (8, 16, 32, 64)
+GQA_MODES = ("shared", "per_head")
+AGGREGATES = ("sum", "max")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    ndim: int | None = None,
+    dtypes: tuple | None = None,
+    device: torch.device | None = None,
+    shape: tuple | None = None,
+    contiguous: bool = True,
+    what: str = "",
+) -> None:
+    """Type, rank, dtype, device, shape (None entries = any) and contiguity of one tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{what and ' ' + what}, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D{what and ' ' + what}, got shape {_shape(t)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device} (where the KV cache is), got {t.device}")
+    if shape is not None:
+        for i, (want, got) in enumerate(zip(shape, t.shape)):
+            if want is not None and want != got:
+                exp = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+                raise ValueError(f"{name} must have shape {exp}{what and ' ' + what}, got {_shape(t)} (dim {i})")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous()), got strides {tuple(t.stride())}")
+
+
+def check_positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def check_choice(name: str, v, choices) -> None:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
+
+
+def check_kv_cache(k_cache, v_cache, kmin, kmax) -> None:
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=KV_DTYPES, what="[num_pages, num_kv_heads, page_size, head_dim]")
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=(k_cache.dtype,), device=k_cache.device, shape=tuple(k_cache.shape))
+    P, H, PAGE, D = k_cache.shape
+    check_choice("page_size (k_cache.shape[2])", PAGE, PAGE_SIZES)
+    check_choice("head_dim (k_cache.shape[3])", D, HEAD_DIMS)
+    meta = (torch.float32, k_cache.dtype)
+    check_tensor("kmin", kmin, ndim=3, dtypes=meta, device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
+    check_tensor("kmax", kmax, ndim=3, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
+
+
+def check_batch(page_table, seq_lens, num_pages: int, page_size: int, device) -> int:
+    """Check the page table and lengths (reads them on the host once). Returns max seq_len."""
+    check_tensor("page_table", page_table, ndim=2, dtypes=(torch.int32,), device=device, what="[batch, max_pages]")
+    B, max_pages = page_table.shape
+    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,), device=device, shape=(B,), what="[batch]")
+    if B == 0:
+        raise ValueError("page_table must have at least one row (batch >= 1)")
+    lens = seq_lens.cpu()
+    if int(lens.min()) <= 0:
+        b = int(torch.argmin(lens))
+        raise ValueError(f"seq_lens must be >= 1 for every sequence, got seq_lens[{b}] = {int(lens[b])}")
+    cap = max_pages * page_size
+    if int(lens.max()) > cap:
+        b = int(torch.argmax(lens))
+        raise ValueError(f"seq_lens[{b}] = {int(lens[b])} exceeds the page table capacity {max_pages} pages x {page_size} = {cap} tokens")
+    n_pages = (lens + page_size - 1) // page_size
+    used = torch.arange(max_pages)[None, :] < n_pages[:, None]
+    ids = page_table.cpu()[used]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_pages):
+        bad = ids[(ids < 0) | (ids >= num_pages)][0]
+        raise ValueError(f"page_table holds page id {int(bad)} outside [0, {num_pages}) (num_pages of k_cache) in a page in use")
+    return int(lens.max())
+
+
+def check_query(q, batch: int, num_kv_heads: int, head_dim: int, dtype, device, num_q_heads: int | None = None) -> None:
+    check_tensor("q", q, ndim=3, dtypes=(dtype,), device=device, shape=(batch, num_q_heads, head_dim), what="[batch, num_q_heads, head_dim]")
+    if q.shape[1] % num_kv_heads:
+        raise ValueError(f"q.shape[1] (num_q_heads = {q.shape[1]}) must be a multiple of num_kv_heads = {num_kv_heads}")
