@@ -9,6 +9,6 @@ PY=${PYTHON:-python3}
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   TORCH_SPEC=${TORCH_SPEC:-torch}
 else
-  TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+  TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0 triton==3.6.0}
 fi
-.venv/bin/python -m pip install -q "$TORCH_SPEC" -e ".[test,interpreter]"
+.venv/bin/python -m pip install -q $TORCH_SPEC -e ".[test,interpreter]"
