@@ -200,6 +200,9 @@ def paged_decode(
     group = 1 if per_head else G
     use_dot = group > 1
     block_h = max(16, next_pow2(group)) if use_dot else 1
+    if use_dot and cfg.pages_per_block * PAGE < 16:
+        raise ValueError(f"DecodeConfig.pages_per_block * page_size must be >= 16 for grouped heads (tl.dot), "
+                         f"got {cfg.pages_per_block} x {PAGE}")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)

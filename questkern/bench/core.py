@@ -1,0 +1,160 @@
+"""One benchmark case: every op of a decode step and its baselines, timed in one run.
+
+Ops (CSV column ``op``):
+    select          fused estimate + top-K (questkern.ops.select)
+    topk_torch      torch.topk over a score tensor of the same shape (what select replaces)
+    sparse_decode   split-K decode over the selected pages + combine
+    quest_step      select + sparse_decode + combine, the whole Quest step (CUDA graph)
+    dense_decode    in-house dense paged decode (same kernel, all pages)
+    sdpa            torch.nn.functional.scaled_dot_product_attention over the whole context
+Bytes are the fewest a kernel must move (each input read once); ``gbps`` is bytes over
+the median time and ``pct_copy_bw`` compares it with the copy bandwidth of the same run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from questkern.api import QuestDecode
+from questkern.bench.timing import time_fn
+from questkern.cache import PagedKVCache
+from questkern.ops.decode import paged_attention_ref, paged_decode
+from questkern.ops.select import select_pages, select_pages_ref
+
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    seq_len: int
+    page_size: int
+    budget: int
+    gqa_mode: str = "shared"
+    lens: tuple[int, ...] | None = None  # per-sequence lengths (mixed batch); default all seq_len
+
+    def seq_lens(self) -> list[int]:
+        return list(self.lens) if self.lens else [self.seq_len] * self.batch
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["dtype"] = DTYPE_NAMES[self.dtype]
+        d["lens"] = "mixed" if self.lens else ""
+        return d
+
+
+def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0) -> PagedKVCache:
+    """A cache filled with random keys/values (shuffled pages), prefilled chunk by chunk."""
+    lens = case.seq_lens()
+    cache = PagedKVCache(case.batch, max(lens), case.kv_heads, case.head_dim, page_size=case.page_size,
+                         dtype=case.dtype, device=device, shuffle=True, seed=seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    chunk = 8192
+    for start in range(0, max(lens), chunk):
+        T = min(chunk, max(lens) - start)
+        n = [max(0, min(T, L - start)) for L in lens]
+        shape = (case.batch, T, case.kv_heads, case.head_dim)
+        if integer_keys:  # exact scores: selection can be compared bit for bit
+            k = torch.randint(-8, 8, shape, generator=gen, device=device).to(case.dtype)
+        else:
+            k = torch.randn(shape, generator=gen, device=device).to(case.dtype)
+        v = torch.randn(shape, generator=gen, device=device).to(case.dtype)
+        cache.append(k, v, n)
+        del k, v
+    return cache
+
+
+def _contiguous_kv(cache: PagedKVCache, L: int):
+    """K, V as [B, Hkv, L, D] in logical order (for SDPA), from the paged cache."""
+    B = cache.batch_size
+    n_pages = -(-L // cache.page_size)
+    tab = cache.page_table[:, :n_pages].long()  # [B, n]
+    def gather(pages):
+        x = pages[tab]  # [B, n, Hkv, PAGE, D]
+        return x.permute(0, 2, 1, 3, 4).reshape(B, cache.num_kv_heads, n_pages * cache.page_size, cache.head_dim)[:, :, :L].contiguous()
+    return gather(cache.k_cache), gather(cache.v_cache)
+
+
+def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
+    """Fewest bytes each op must move."""
+    elt = case.dtype.itemsize
+    B, Hq, Hkv, D, PS = case.batch, case.q_heads, case.kv_heads, case.head_dim, case.page_size
+    lens = case.seq_lens()
+    pages = [-(-L // PS) for L in lens]
+    k_pages = -(-case.budget // PS)
+    rows_kv = Hkv if (case.gqa_mode == "shared" or Hq == Hkv) else Hq
+    q_out = 2 * B * Hq * D * elt
+    meta = sum(pages) * Hkv * D * 2 * meta_elt
+    sel_tokens = sum(min(p, k_pages) * PS for p in pages)  # attended tokens, padded to pages
+    sparse = sel_tokens * rows_kv * D * 2 * elt
+    dense = sum(lens) * Hkv * D * 2 * elt
+    return {"select": meta + B * Hq * D * elt, "topk_torch": sum(pages) * (Hkv if case.gqa_mode == "shared" else Hq) * 4,
+            "sparse_decode": sparse + q_out, "quest_step": meta + sparse + q_out,
+            "dense_decode": dense + q_out, "sdpa": dense + q_out}
+
+
+def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> tuple[list[dict], dict]:
+    """Time every op of ``case``. Returns (rows, check results)."""
+    cache = build_cache(case, device, integer_keys=check)
+    lens = case.seq_lens()
+    B, Hq, D = case.batch, case.q_heads, case.head_dim
+    gen = torch.Generator(device=device).manual_seed(1)
+    if check:
+        q = torch.randint(-4, 5, (B, Hq, D), generator=gen, device=device).to(case.dtype)
+    else:
+        q = torch.randn(B, Hq, D, generator=gen, device=device).to(case.dtype)
+    graph = device.type == "cuda"
+    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode)
+    plan = quest.plan(cache, num_q_heads=Hq)
+    dense = QuestDecode(None)
+    dense_plan = dense.plan(cache, num_q_heads=Hq)
+    _, selected = quest.run(q, return_selected=True)
+    selected = selected.clone()
+    sel_buf = torch.empty_like(selected)
+    times = {}
+    times["select"] = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
+                                                   plan.k_pages, case.gqa_mode, "sum", plan.select_config, out=sel_buf,
+                                                   workspace=quest._sel_ws), graph=graph, rep_ms=rep_ms)
+    n_pages_max = cache.page_table.shape[1]
+    scores = torch.randn(B, selected.shape[1], n_pages_max, device=device)
+    times["topk_torch"] = time_fn(lambda: torch.topk(scores, min(plan.k_pages, n_pages_max), dim=-1), graph=graph, rep_ms=rep_ms)
+    out_buf = torch.empty_like(q)
+    times["sparse_decode"] = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected,
+                                                          None, plan.decode_config, num_splits=plan.num_splits, out=out_buf,
+                                                          workspace=quest._dec_ws), graph=graph, rep_ms=rep_ms)
+    times["quest_step"] = time_fn(lambda: quest.run(q), graph=graph, rep_ms=rep_ms)
+    times["dense_decode"] = time_fn(lambda: dense.run(q), graph=graph, rep_ms=rep_ms)
+    checks = {}
+    if case.lens is None:
+        k_c, v_c = _contiguous_kv(cache, case.seq_len)
+        q4 = q[:, :, None, :]  # [B, Hq, 1, D]
+        gqa = Hq != case.kv_heads
+        times["sdpa"] = time_fn(lambda: F.scaled_dot_product_attention(q4, k_c, v_c, enable_gqa=gqa), graph=graph, rep_ms=rep_ms)
+        if check:
+            sdpa_out = F.scaled_dot_product_attention(q4, k_c, v_c, enable_gqa=gqa)[:, :, 0].float()
+            checks["dense_vs_sdpa_maxerr"] = (dense.run(q).float() - sdpa_out).abs().max().item()
+        del k_c, v_c
+    if check:
+        ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
+                                   case.budget, case.gqa_mode)[:, :, : plan.k_pages]
+        checks["select_exact"] = bool(torch.equal(selected, ref_sel))
+        out = quest.run(q).float()
+        ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected)
+        checks["quest_maxerr"] = (out - ref).abs().max().item()
+    nbytes = case_bytes(case, cache.kmin.element_size())
+    rows = []
+    for op, us in times.items():
+        rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op],
+                     "splits": plan.num_splits if op in ("sparse_decode", "quest_step") else (dense_plan.num_splits if op == "dense_decode" else ""),
+                     "config_source": ",".join(f"{k}={v}" for k, v in {**plan.sources, **dense_plan.sources}.items())})
+    del cache
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows, checks

@@ -1,0 +1,126 @@
+"""``questkern bench``: time a Quest decode step against its baselines on this device.
+
+Writes ``reports/data/<gpu-key>/bench.csv`` (appending rows of earlier runs for other
+shapes is left to the user: each run writes its own file unless --out is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from questkern.cli._shapes import add_shape_args
+
+CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
+
+COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
+           "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
+           "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "splits", "config_source", "timestamp", "command"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(p)
+    p.add_argument("--mixed", type=str, default="", help="also a mixed-length batch: 'B:LO-HI', e.g. 32:4k-64k")
+    p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
+    p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
+    p.set_defaults(func=run)
+
+
+def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
+    from questkern.cli._shapes import parse_size
+
+    b, rng = spec.split(":")
+    lo, hi = (parse_size(x) for x in rng.split("-"))
+    g = torch.Generator().manual_seed(seed)
+    # log-uniform lengths in [lo, hi]
+    u = torch.rand(int(b), generator=g)
+    lens = (math.log(lo) + u * (math.log(hi) - math.log(lo))).exp().round().long().tolist()
+    return int(b), lens
+
+
+def run(args) -> int:
+    from questkern._details import select_backend
+
+    note = select_backend()
+    from questkern.bench.core import Case, run_case
+    from questkern.bench.timing import copy_bandwidth_gbps, device_info
+    from questkern.tuning.gpus import current_gpu_key
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        print(f"NOTE: {note or 'no CUDA device: Triton interpreter'}. Running a toy size; the timings mean nothing.")
+        toy = argparse.Namespace(**vars(args))
+        defaults = argparse.ArgumentParser()
+        add_shape_args(defaults, defaults=CPU_TOY)
+        d = vars(defaults.parse_args([]))
+        user = set(a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--"))
+        for k, v in d.items():
+            if k not in user:
+                setattr(toy, k, v)
+        args = toy
+    device = torch.device("cuda" if on_gpu else "cpu")
+    info = device_info()
+    gpu = current_gpu_key()
+    copy_gbps = copy_bandwidth_gbps()
+    print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
+          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
+    cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode)
+             for d in args.head_dim for ps in args.page_size for bud in args.budget
+             for hq, hkv in args.heads for b in args.batch for L in args.seq]
+    if args.mixed:
+        b, lens = _mixed_lens(args.mixed)
+        for d in args.head_dim:
+            for ps in args.page_size:
+                for bud in args.budget:
+                    for hq, hkv in args.heads:
+                        cases.append(Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens)))
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    command = "questkern " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("questkern") else " ".join(map(shlex.quote, sys.argv))
+    rows, failures = [], []
+    for case in cases:
+        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms)
+        by_op = {r["op"]: r["median_us"] for r in case_rows}
+        for r in case_rows:
+            r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],
+                     cuda=info["cuda"], timestamp=stamp, command=command, copy_gbps=round(copy_gbps, 1))
+            r["gbps"] = r["bytes"] / (r["median_us"] * 1e-6) / 1e9
+            r["pct_copy_bw"] = 100 * r["gbps"] / copy_gbps if on_gpu else float("nan")
+            r["speedup_vs_sdpa"] = by_op["sdpa"] / r["median_us"] if "sdpa" in by_op else float("nan")
+            r["speedup_vs_dense"] = by_op["dense_decode"] / r["median_us"]
+        rows += case_rows
+        tag = f"B={case.batch:<3} H={case.q_heads}/{case.kv_heads} d={case.head_dim} L={'mixed' if case.lens else case.seq_len}"
+        line = "  ".join(f"{r['op']}={r['median_us']:.1f}us" for r in case_rows)
+        print(f"{tag}: {line}  | quest vs sdpa {by_op.get('sdpa', float('nan')) / by_op['quest_step']:.2f}x")
+        if checks:
+            print(f"    check: {checks}")
+            if checks.get("select_exact") is False or checks.get("quest_maxerr", 0) > 5e-2 or checks.get("dense_vs_sdpa_maxerr", 0) > 5e-2:
+                failures.append((tag, checks))
+    out = args.out or Path("reports") / "data" / gpu / "bench.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    print(f"wrote {len(rows)} rows to {out}")
+    if not on_gpu:
+        print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
+    if failures:
+        print(f"CHECK FAILED for {len(failures)} case(s): {failures}")
+        return 1
+    return 0
