@@ -51,6 +51,7 @@ class PagedKVCache:
         V.check_positive_int("num_pages", self.num_pages)
         shape = (self.num_pages, num_kv_heads, page_size, head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [P, Hkv, PAGE, D]
+        self.device = device = self.k_cache.device  # "cuda" -> "cuda:0": compare like with like
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.kmin = torch.zeros(self.num_pages, num_kv_heads, head_dim, dtype=meta_dtype, device=device)  # [P, Hkv, D]
         self.kmax = torch.zeros_like(self.kmin)
