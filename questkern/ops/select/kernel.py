@@ -25,36 +25,58 @@ from questkern.config import SelectConfig, next_pow2
 
 @triton.jit
 def _topk_mask(scores, valid, k):
-    """[R, N] scores, [R, N] valid -> mask of each row's k best valid entries.
+    """[N] scores, [N] valid -> mask of the k best valid entries; ties toward the lower index.
 
-    Ties break toward the lower column. k may exceed the number of valid entries.
+    k may exceed the number of valid entries. (1-D on purpose: Triton 3.6 fails to
+    lower a scan along the inner axis of some 2-D layouts.)
     """
     s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648  # [R, N] in [0, 2^32)
-    thr = tl.sum(key, axis=1) * 0  # [R] int64
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648  # [N], order-preserving, in [0, 2^32)
+    thr = tl.min(key, axis=0) * 0  # largest t with count(key >= t) >= k, built bit by bit
     for i in tl.static_range(32):
         cand = thr + (1 << (31 - i))
-        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+        cnt = tl.sum((key >= cand).to(tl.int32), axis=0)
         thr = tl.where(cnt >= k, cand, thr)
-    gt = key > thr[:, None]
-    eq = key == thr[:, None]
-    n_gt = tl.sum(gt.to(tl.int32), axis=1)
-    rank = tl.cumsum(eq.to(tl.int32), axis=1)
-    return (gt | (eq & (rank <= (k - n_gt)[:, None]))) & valid
+    gt = key > thr
+    eq = key == thr
+    n_gt = tl.sum(gt.to(tl.int32), axis=0)
+    rank = tl.cumsum(eq.to(tl.int32), axis=0)
+    return (gt | (eq & (rank <= k - n_gt))) & valid
 
 
 @triton.jit
-def _emit_selection(p_rows, m_rows, sel, ids, n_pages, K, FILL: tl.constexpr):
-    """Write each row: selected ids ascending, then the last page, then -1 up to K."""
+def _emit_selection(p_row, sel, ids, n_pages, K, FILL: tl.constexpr):
+    """Write one row: selected ids ascending, then the last page, then -1 up to K.
+
+    Every slot is written by exactly one store (no ordering between stores needed).
+    """
     sel_i = sel.to(tl.int32)
-    pos = tl.cumsum(sel_i, axis=1) - 1
-    tl.store(p_rows[:, None] + pos, ids, mask=sel & m_rows[:, None])
-    n_sel = tl.sum(sel_i, axis=1)  # [R]
-    tl.store(p_rows + n_sel, n_sel * 0 + (n_pages - 1), mask=m_rows & (n_sel < K))
+    pos = tl.cumsum(sel_i, axis=0) - 1
+    tl.store(p_row + pos, ids, mask=sel)
+    n_sel = tl.sum(sel_i, axis=0)
+    tl.store(p_row + n_sel, n_pages - 1, mask=n_sel < K)
     o_f = tl.arange(0, FILL)  # FILL = next_pow2(K): one block covers the row
-    m_f = m_rows[:, None] & (o_f[None, :] > n_sel[:, None]) & (o_f[None, :] < K)
-    tl.store(p_rows[:, None] + o_f[None, :], o_f[None, :] * 0 - 1 + n_sel[:, None] * 0, mask=m_f)
+    tl.store(p_row + o_f, o_f * 0 - 1, mask=(o_f > n_sel) & (o_f < K))
+
+
+@triton.jit
+def _tile_row(scores, valid, ids, p_row, p_srow, n_pages, K, KC: tl.constexpr, FILL: tl.constexpr,
+              ONE_STAGE: tl.constexpr):
+    """Top-K of one selection row within a tile: final output (one stage) or the tile's
+    KC best candidates with their scores (two stages)."""
+    sel = _topk_mask(scores, valid, K - 1)
+    if ONE_STAGE:
+        _emit_selection(p_row, sel, ids, n_pages, K, FILL)
+    else:  # at most KC entries are selected: KC >= min(K - 1, CHUNK)
+        sel_i = sel.to(tl.int32)
+        pos = tl.cumsum(sel_i, axis=0) - 1
+        tl.store(p_row + pos, ids, mask=sel)
+        tl.store(p_srow + pos, scores, mask=sel)
+        n_sel = tl.sum(sel_i, axis=0)
+        o_k = tl.arange(0, KC)
+        tl.store(p_row + o_k, o_k * 0 - 1, mask=o_k >= n_sel)
+        tl.store(p_srow + o_k, tl.zeros([KC], tl.float32) + float("-inf"), mask=o_k >= n_sel)
 
 
 @triton.jit
@@ -97,7 +119,7 @@ def _select_tile_kernel(
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
-    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
+    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)  # upper-bound scores, one row per query head
     for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
@@ -113,40 +135,23 @@ def _select_tile_kernel(
             b_s += tl.dot(q_pos, tl.trans(b_hi))
             b_s += tl.dot(q_neg, tl.trans(b_lo))
 
+    p_out = out_idx + i_b.to(tl.int64) * stride_ob
+    p_sco = out_score + i_b.to(tl.int64) * stride_ob
+    tile = 0 if ONE_STAGE else i_c * KC
     if SHARED:
         m_gc = m_g[:, None] & m_c[None, :]
         if AGG_MAX:
-            b_agg = tl.max(tl.where(m_gc, b_s, float("-inf")), axis=0)
+            b_agg = tl.max(tl.where(m_gc, b_s, float("-inf")), axis=0)  # [CHUNK]
         else:
             b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
-        scores = b_agg[None, :]  # [1, CHUNK]
-        valid = m_c[None, :]
-        rows = i_h + tl.arange(0, 1)
-        m_rows = rows >= 0
+        p_row = p_out + i_h * stride_oh + tile
+        _tile_row(b_agg, m_c, o_c, p_row, p_sco + i_h * stride_oh + tile, n_pages, K, KC, FILL, ONE_STAGE)
     else:
-        scores = b_s  # [BLOCK_G, CHUNK]
-        valid = m_g[:, None] & m_c[None, :]
-        rows = i_h * GROUP + o_g
-        m_rows = m_g
-    ids = o_c[None, :] + (valid.to(tl.int32) * 0)  # [R, CHUNK]
-    p_rows = out_idx + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh
-
-    if ONE_STAGE:
-        sel = _topk_mask(scores, valid, K - 1)
-        _emit_selection(p_rows, m_rows, sel, ids, n_pages, K, FILL)
-    else:
-        sel = _topk_mask(scores, valid, K - 1)  # at most KC entries: KC >= min(K - 1, CHUNK)
-        sel_i = sel.to(tl.int32)
-        pos = tl.cumsum(sel_i, axis=1) - 1
-        p_rows = p_rows + i_c * KC
-        p_srows = out_score + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh + i_c * KC
-        tl.store(p_rows[:, None] + pos, ids, mask=sel & m_rows[:, None])
-        tl.store(p_srows[:, None] + pos, scores, mask=sel & m_rows[:, None])
-        n_sel = tl.sum(sel_i, axis=1)
-        o_k = tl.arange(0, KC)
-        m_fill = m_rows[:, None] & (o_k[None, :] >= n_sel[:, None])
-        tl.store(p_rows[:, None] + o_k[None, :], o_k[None, :] * 0 - 1 + n_sel[:, None] * 0, mask=m_fill)
-        tl.store(p_srows[:, None] + o_k[None, :], tl.zeros([1, KC], tl.float32) + float("-inf") + n_sel[:, None] * 0.0, mask=m_fill)
+        for g in tl.static_range(GROUP):
+            b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
+            h = i_h * GROUP + g
+            _tile_row(b_row, m_c, o_c, p_out + h * stride_oh + tile, p_sco + h * stride_oh + tile,
+                      n_pages, K, KC, FILL, ONE_STAGE)
 
 
 @triton.jit
@@ -167,13 +172,10 @@ def _select_merge_kernel(
     o_n = tl.arange(0, BLOCK_N)
     m_n = o_n < N_CAND
     p_c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch + o_n
-    ids = tl.load(cand_idx + p_c, mask=m_n, other=-1)[None, :]  # [1, BLOCK_N]
-    scores = tl.load(cand_score + p_c, mask=m_n, other=float("-inf"))[None, :]
-    valid = ids >= 0
-    sel = _topk_mask(scores, valid, K - 1)
-    rows = i_r + tl.arange(0, 1)
-    p_rows = out_idx + i_b.to(tl.int64) * stride_ob + rows.to(tl.int64) * stride_oh
-    _emit_selection(p_rows, rows >= 0, sel, ids, n_pages, K, FILL)
+    ids = tl.load(cand_idx + p_c, mask=m_n, other=-1)  # [BLOCK_N], ascending page order
+    scores = tl.load(cand_score + p_c, mask=m_n, other=float("-inf"))
+    sel = _topk_mask(scores, ids >= 0, K - 1)
+    _emit_selection(out_idx + i_b.to(tl.int64) * stride_ob + i_r * stride_oh, sel, ids, n_pages, K, FILL)
 
 
 def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int, int]:
