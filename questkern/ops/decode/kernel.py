@@ -3,7 +3,8 @@
 Grid: (batch, head programs, splits). A head program serves one KV head and all
 ``GROUP`` query heads that share it ("shared" selection and dense decode), so each
 K/V page is loaded once per group; in "per_head" mode it serves one query head with
-its own page list. Each split walks ``PAGES_PER_BLOCK`` pages per iteration with an
+its own page list. Heads are padded to 16 rows so both products run on tensor cores
+(decode is memory-bound: the padding costs no bandwidth). Each split walks ``PAGES_PER_BLOCK`` pages per iteration with an
 online softmax in float32 and writes a partial output plus its log-sum-exp; the
 combine kernel merges the splits (FlashDecoding / SGLang two-stage pattern). With a
 single split the decode kernel writes the final output itself.
@@ -35,6 +36,7 @@ def _decode_split_kernel(
     out,  # [B, Hq, D] (written when S == 1)
     qk_scale,  # sm_scale * log2(e)
     n_slots,  # K (sparse) or max_pages (dense)
+    num_splits,
     stride_qb, stride_qh,
     stride_kp, stride_kh, stride_kt,
     stride_tb,
@@ -50,9 +52,8 @@ def _decode_split_kernel(
     PER_HEAD: tl.constexpr,  # program axis 1 = query head (per_head) or KV head
     KV_GROUP: tl.constexpr,  # Hq // Hkv
     PAGES_PER_BLOCK: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,  # one split: write the final output, skip the combine
     DENSE: tl.constexpr,
-    USE_DOT: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     i_b, i_x, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -66,7 +67,7 @@ def _decode_split_kernel(
     seq_len = tl.load(seq_lens + i_b)
     n_pages = tl.cdiv(seq_len, PAGE)
     n_valid = tl.minimum(n_pages, n_slots)  # selected rows hold min(K, n_pages) pages
-    per_split = tl.cdiv(tl.cdiv(n_valid, NUM_SPLITS), PAGES_PER_BLOCK) * PAGES_PER_BLOCK
+    per_split = tl.cdiv(tl.cdiv(n_valid, num_splits), PAGES_PER_BLOCK) * PAGES_PER_BLOCK
     lo = i_s * per_split
     hi = tl.minimum(lo + per_split, n_valid)
 
@@ -79,49 +80,45 @@ def _decode_split_kernel(
     if UPCAST:
         b_q = b_q.to(tl.float32)
 
-    o_n = tl.arange(0, BLOCK_N)
-    o_slot = o_n // PAGE  # page slot of each token within the block
-    o_t = o_n % PAGE
+    o_pb = tl.arange(0, PAGES_PER_BLOCK)
+    o_t = tl.arange(0, PAGE)
     p_sel = sel + i_b.to(tl.int64) * stride_sb + i_x * stride_sh
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
-    p_kv = k_cache + i_kv * stride_kh + o_t[:, None] * stride_kt + o_d[None, :]
-    p_vv = v_cache + i_kv * stride_kh + o_t[:, None] * stride_kt + o_d[None, :]
+    p_kv = i_kv * stride_kh + o_t[None, :, None] * stride_kt + o_d[None, None, :]  # [1, PAGE, BLOCK_D]
 
     b_m = tl.zeros([BLOCK_H], dtype=tl.float32) - 1.0e30
     b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for start in range(lo, hi, PAGES_PER_BLOCK):
-        slot = start + o_slot
+        slot = start + o_pb  # [PAGES_PER_BLOCK]
         m_slot = slot < hi
         if DENSE:
             page = slot
         else:
             page = tl.load(p_sel + slot, mask=m_slot, other=0)
         phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
-        m_tok = m_slot & (page * PAGE + o_t < seq_len)  # [BLOCK_N]
-        b_k = tl.load(p_kv + phys[:, None] * stride_kp, mask=m_tok[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(p_vv + phys[:, None] * stride_kp, mask=m_tok[:, None] & m_d[None, :], other=0.0)
+        pos = page[:, None] * PAGE + o_t[None, :]  # [PAGES_PER_BLOCK, PAGE] token positions
+        m_tok = m_slot[:, None] & (pos < seq_len)
+        p_tile = phys[:, None, None] * stride_kp + p_kv  # [PAGES_PER_BLOCK, PAGE, BLOCK_D]
+        m_tile = m_tok[:, :, None] & m_d[None, None, :]
+        b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+        b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+        m_n = tl.reshape(m_tok, [BLOCK_N])
         if UPCAST:
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
-        if USE_DOT:
-            b_s = tl.dot(b_q, tl.trans(b_k))  # [BLOCK_H, BLOCK_N]
-        else:
-            b_s = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :], axis=2)
-        b_s = tl.where(m_tok[None, :], b_s * qk_scale, float("-inf"))
+        b_s = tl.dot(b_q, tl.trans(b_k))  # [BLOCK_H, BLOCK_N]
+        b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
         m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
         alpha = tl.exp2(b_m - m_new)
         b_p = tl.exp2(b_s - m_new[:, None])
         b_l = b_l * alpha + tl.sum(b_p, axis=1)
-        if USE_DOT:
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-        else:
-            b_acc = b_acc * alpha[:, None] + tl.sum(b_p[:, :, None] * b_v.to(tl.float32)[None, :, :], axis=1)
+        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
         b_m = m_new
 
     b_o = b_acc / tl.maximum(b_l, 1e-30)[:, None]
     heads = (h0 + o_h).to(tl.int64)
-    if NUM_SPLITS == 1:
+    if SINGLE_SPLIT:
         p_out = out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :]
         tl.store(p_out, b_o.to(out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
     else:
@@ -198,17 +195,16 @@ def paged_decode(
         workspace = decode_workspace(B, Hq, S, D, q.device)
     o_part, lse_part = workspace if S > 1 else (out, out)
     group = 1 if per_head else G
-    use_dot = group > 1
-    block_h = max(16, next_pow2(group)) if use_dot else 1
-    if use_dot and cfg.pages_per_block * PAGE < 16:
-        raise ValueError(f"DecodeConfig.pages_per_block * page_size must be >= 16 for grouped heads (tl.dot), "
+    block_h = max(16, next_pow2(group))  # tl.dot needs >= 16 rows: pad the group with masked heads
+    if cfg.pages_per_block * PAGE < 16:
+        raise ValueError(f"DecodeConfig.pages_per_block * page_size must be >= 16 (tl.dot), "
                          f"got {cfg.pages_per_block} x {PAGE}")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)
     _decode_split_kernel[grid](
         q, k_cache, v_cache, page_table, seq_lens, sel, o_part, lse_part, out,
-        scale * _LOG2E, n_slots,
+        scale * _LOG2E, n_slots, S,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         page_table.stride(0),
@@ -217,8 +213,8 @@ def paged_decode(
         *(lse_part.stride()[:2] if S > 1 else (0, 0)),
         out.stride(0), out.stride(1),
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
-        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, NUM_SPLITS=S,
-        DENSE=dense, USE_DOT=use_dot, UPCAST=dot_upcast(q.dtype) and use_dot,
+        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1,
+        DENSE=dense, UPCAST=dot_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if S > 1:

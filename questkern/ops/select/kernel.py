@@ -62,10 +62,14 @@ def _emit_selection(p_row, sel, ids, n_pages, K, FILL: tl.constexpr):
 
 @triton.jit
 def _tile_row(scores, valid, ids, p_row, p_srow, n_pages, K, KC: tl.constexpr, FILL: tl.constexpr,
-              ONE_STAGE: tl.constexpr):
+              ONE_STAGE: tl.constexpr, TOPK: tl.constexpr):
     """Top-K of one selection row within a tile: final output (one stage) or the tile's
-    KC best candidates with their scores (two stages)."""
-    sel = _topk_mask(scores, valid, K - 1)
+    KC best candidates with their scores (two stages). Without TOPK (a tile no larger
+    than K - 1) every valid page is a candidate."""
+    if TOPK:
+        sel = _topk_mask(scores, valid, K - 1)
+    else:
+        sel = valid
     if ONE_STAGE:
         _emit_selection(p_row, sel, ids, n_pages, K, FILL)
     else:  # at most KC entries are selected: KC >= min(K - 1, CHUNK)
@@ -104,6 +108,7 @@ def _select_tile_kernel(
     ONE_STAGE: tl.constexpr,
     FILL: tl.constexpr,
     IEEE: tl.constexpr,
+    TOPK: tl.constexpr,
 ):
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens + i_b)
@@ -145,13 +150,13 @@ def _select_tile_kernel(
         else:
             b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
         p_row = p_out + i_h * stride_oh + tile
-        _tile_row(b_agg, m_c, o_c, p_row, p_sco + i_h * stride_oh + tile, n_pages, K, KC, FILL, ONE_STAGE)
+        _tile_row(b_agg, m_c, o_c, p_row, p_sco + i_h * stride_oh + tile, n_pages, K, KC, FILL, ONE_STAGE, TOPK)
     else:
         for g in tl.static_range(GROUP):
             b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
             h = i_h * GROUP + g
             _tile_row(b_row, m_c, o_c, p_out + h * stride_oh + tile, p_sco + h * stride_oh + tile,
-                      n_pages, K, KC, FILL, ONE_STAGE)
+                      n_pages, K, KC, FILL, ONE_STAGE, TOPK)
 
 
 @triton.jit
@@ -215,6 +220,7 @@ def select_pages(
         PAGE=page_size, HEAD_DIM=D, BLOCK_D=block_d, GROUP=G, BLOCK_G=max(16, next_pow2(G)),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
         FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
+        TOPK=cfg.chunk_pages > k_pages - 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if n_chunks == 1:
