@@ -118,6 +118,7 @@ class QuestDecode:
         if not self.dense:
             rows = Hkv if self.gqa_mode == "shared" else num_q_heads
             self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
+            self._selected_phys = torch.empty_like(self._selected)
             self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
         self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
         return self._plan
@@ -142,11 +143,12 @@ class QuestDecode:
             with annotate("questkern.select", batch=p.batch, pages=page_table.shape[1], k=p.k_pages):
                 selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
                                         self.gqa_mode, self.aggregate, p.select_config,
-                                        out=self._selected, workspace=self._sel_ws)
+                                        out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws)
         name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
         with annotate(name, batch=p.batch, splits=p.num_splits):
             paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
-                         num_splits=p.num_splits, out=self._out, workspace=self._dec_ws)
+                         num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
+                         selected_phys=None if self.dense else self._selected_phys)
         return (self._out, selected) if return_selected else self._out
 
 

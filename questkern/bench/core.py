@@ -117,6 +117,7 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
     dense_plan = dense.plan(cache, num_q_heads=Hq)
     _, selected = quest.run(q, return_selected=True)
     selected = selected.clone()
+    selected_phys = quest._selected_phys.clone()
     sel_buf = torch.empty_like(selected)
     times = {}
     times["select"] = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
@@ -128,7 +129,8 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
     out_buf = torch.empty_like(q)
     times["sparse_decode"] = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected,
                                                           None, plan.decode_config, num_splits=plan.num_splits, out=out_buf,
-                                                          workspace=quest._dec_ws), graph=graph, rep_ms=rep_ms)
+                                                          workspace=quest._dec_ws, selected_phys=selected_phys),
+                                  graph=graph, rep_ms=rep_ms)
     times["quest_step"] = time_fn(lambda: quest.run(q), graph=graph, rep_ms=rep_ms)
     times["dense_decode"] = time_fn(lambda: dense.run(q), graph=graph, rep_ms=rep_ms)
     checks = {}

@@ -21,12 +21,13 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     K = 128
     maxp = cache.page_table.shape[1]
     res = {}
-    for chunk, warps, bd in itertools.product([64, 128, 256, 512], [4, 8], [64, 128]):
-        cfg = SelectConfig(chunk_pages=chunk, block_d=bd, num_warps=warps, merge_warps=warps)
+    for chunk, warps, mw, bd in itertools.product([32, 64, 128, 256, 512], [4, 8], [1, 2, 4], [64, 128]):
+        cfg = SelectConfig(chunk_pages=chunk, block_d=bd, num_warps=warps, merge_warps=mw)
         ws = select_workspace(1, hkv, maxp, K, cfg, dev)
         out = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
+        outp = torch.empty_like(out)
         try:
-            us = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, workspace=ws), rep_ms=60)
+            us = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, out_phys=outp, workspace=ws), rep_ms=40)
         except Exception as e:
             us = float("nan"); print("fail", cfg, repr(e)[:200])
         res[cfg] = us
@@ -34,16 +35,19 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     dflt = default_select_config(maxp, 128)
     best = min(res, key=lambda c: res[c] if res[c] == res[c] else 1e9)
     print(f"select {hq}/{hkv} L={L}: default {dflt} {res.get(dflt, float('nan')):.1f}us | best {best} {res[best]:.1f}us")
-    sel = select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", best)
+    sel = torch.empty(1, hkv, K, dtype=torch.int32, device=dev); selp = torch.empty_like(sel)
+    select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", best, out=sel, out_phys=selp)
+    for r in sorted(res, key=lambda c: res[c] if res[c] == res[c] else 1e9)[:5]:
+        print("   ", r, f"{res[r]:.1f}")
     res = {}
-    for ppb, splits, warps, stages in itertools.product([2, 4, 8], [0, 16, 32, 64], [4], [1, 2]):
+    for ppb, splits, warps, stages in itertools.product([2, 4, 8], [0, 8, 16, 32], [4], [1, 2]):
         cfg = DecodeConfig(pages_per_block=ppb, num_splits=splits, num_warps=warps, num_stages=stages)
         o = torch.empty_like(q)
         from questkern.ops.decode.kernel import decode_num_splits
         S = decode_num_splits(cfg, 1, hq, hkv, False, K, dev)
         ws = decode_workspace(1, hq, S, 128, dev)
         try:
-            us = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, sel, None, cfg, num_splits=S, out=o, workspace=ws), rep_ms=60)
+            us = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, sel, None, cfg, num_splits=S, out=o, workspace=ws, selected_phys=selp), rep_ms=40)
         except Exception as e:
             us = float("nan"); print("fail", cfg, repr(e)[:200])
         res[(cfg, S)] = us

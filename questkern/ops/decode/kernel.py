@@ -31,6 +31,7 @@ def _decode_split_kernel(
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     sel,  # [B, Hsel, K] int32 logical pages, -1 padded (ignored when DENSE)
+    sel_phys,  # [B, Hsel, K] int32 physical pages of ``sel`` (read when HAS_PHYS)
     o_part,  # [B, Hq, S, D] float32
     lse_part,  # [B, Hq, S] float32 (log2 units)
     out,  # [B, Hq, D] (written when S == 1)
@@ -54,6 +55,7 @@ def _decode_split_kernel(
     PAGES_PER_BLOCK: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,  # one split: write the final output, skip the combine
     DENSE: tl.constexpr,
+    HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     i_b, i_x, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -65,8 +67,12 @@ def _decode_split_kernel(
         i_kv = i_x
         h0 = i_x * KV_GROUP
     seq_len = tl.load(seq_lens + i_b)
-    n_pages = tl.cdiv(seq_len, PAGE)
-    n_valid = tl.minimum(n_pages, n_slots)  # selected rows hold min(K, n_pages) pages
+    if DENSE:
+        n_valid = tl.cdiv(seq_len, PAGE)
+    else:
+        # the split range comes from the row width alone (slots past the sequence hold -1),
+        # so no load waits for seq_len: the row, its physical ids and seq_len load together
+        n_valid = n_slots
     per_split = tl.cdiv(tl.cdiv(n_valid, num_splits), PAGES_PER_BLOCK) * PAGES_PER_BLOCK
     lo = i_s * per_split
     hi = tl.minimum(lo + per_split, n_valid)
@@ -83,6 +89,7 @@ def _decode_split_kernel(
     o_pb = tl.arange(0, PAGES_PER_BLOCK)
     o_t = tl.arange(0, PAGE)
     p_sel = sel + i_b.to(tl.int64) * stride_sb + i_x * stride_sh
+    p_sphys = sel_phys + i_b.to(tl.int64) * stride_sb + i_x * stride_sh
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     p_kv = i_kv * stride_kh + o_t[None, :, None] * stride_kt + o_d[None, None, :]  # [1, PAGE, BLOCK_D]
 
@@ -95,8 +102,12 @@ def _decode_split_kernel(
         if DENSE:
             page = slot
         else:
-            page = tl.load(p_sel + slot, mask=m_slot, other=0)
-        phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
+            page = tl.load(p_sel + slot, mask=m_slot, other=-1)
+            m_slot = m_slot & (page >= 0)
+        if HAS_PHYS:
+            phys = tl.load(p_sphys + slot, mask=m_slot, other=0).to(tl.int64)
+        else:
+            phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
         pos = page[:, None] * PAGE + o_t[None, :]  # [PAGES_PER_BLOCK, PAGE] token positions
         m_tok = m_slot[:, None] & (pos < seq_len)
         p_tile = phys[:, None, None] * stride_kp + p_kv  # [PAGES_PER_BLOCK, PAGE, BLOCK_D]
@@ -179,6 +190,7 @@ def paged_decode(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    selected_phys: torch.Tensor | None = None,  # [B, Hsel, K] physical ids of ``selected`` (skips a lookup)
 ) -> torch.Tensor:
     """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api)."""
     B, Hq, D = q.shape
@@ -203,7 +215,8 @@ def paged_decode(
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)
     _decode_split_kernel[grid](
-        q, k_cache, v_cache, page_table, seq_lens, sel, o_part, lse_part, out,
+        q, k_cache, v_cache, page_table, seq_lens, sel, sel if selected_phys is None else selected_phys,
+        o_part, lse_part, out,
         scale * _LOG2E, n_slots, S,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -214,7 +227,7 @@ def paged_decode(
         out.stride(0), out.stride(1),
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1,
-        DENSE=dense, UPCAST=dot_upcast(q.dtype),
+        DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if S > 1:

@@ -32,9 +32,12 @@ def _topk_mask(scores, valid, k):
     """
     s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648  # [N], order-preserving, in [0, 2^32)
-    thr = tl.min(key, axis=0) * 0  # largest t with count(key >= t) >= k, built bit by bit
-    for i in tl.static_range(32):
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
+    # thr = largest t with count(key >= t) >= k, built bit by bit on t + 2^31 (offset
+    # binary), so every candidate fits in int32: first the sign bit, then 2^30 .. 2^0.
+    thr = tl.min(key, axis=0) * 0 - 2147483647 - 1
+    thr = tl.where(tl.sum((key >= 0).to(tl.int32), axis=0) >= k, 0, thr)
+    for i in tl.static_range(1, 32):
         cand = thr + (1 << (31 - i))
         cnt = tl.sum((key >= cand).to(tl.int32), axis=0)
         thr = tl.where(cnt >= k, cand, thr)
@@ -46,23 +49,29 @@ def _topk_mask(scores, valid, k):
 
 
 @triton.jit
-def _emit_selection(p_row, sel, ids, n_pages, K, FILL: tl.constexpr):
+def _emit_selection(p_row, p_prow, sel, ids, phys, n_pages, last_phys, K, FILL: tl.constexpr, WRITE_PHYS: tl.constexpr):
     """Write one row: selected ids ascending, then the last page, then -1 up to K.
 
-    Every slot is written by exactly one store (no ordering between stores needed).
+    With WRITE_PHYS the physical page ids go to the same slots of ``p_prow`` (decode
+    then needs no page-table lookup). Every slot is written by exactly one store.
     """
     sel_i = sel.to(tl.int32)
     pos = tl.cumsum(sel_i, axis=0) - 1
-    tl.store(p_row + pos, ids, mask=sel)
     n_sel = tl.sum(sel_i, axis=0)
-    tl.store(p_row + n_sel, n_pages - 1, mask=n_sel < K)
     o_f = tl.arange(0, FILL)  # FILL = next_pow2(K): one block covers the row
-    tl.store(p_row + o_f, o_f * 0 - 1, mask=(o_f > n_sel) & (o_f < K))
+    m_fill = (o_f > n_sel) & (o_f < K)
+    tl.store(p_row + pos, ids, mask=sel)
+    tl.store(p_row + n_sel, n_pages - 1, mask=n_sel < K)
+    tl.store(p_row + o_f, o_f * 0 - 1, mask=m_fill)
+    if WRITE_PHYS:
+        tl.store(p_prow + pos, phys.to(tl.int32), mask=sel)
+        tl.store(p_prow + n_sel, last_phys, mask=n_sel < K)
+        tl.store(p_prow + o_f, o_f * 0 - 1, mask=m_fill)
 
 
 @triton.jit
-def _tile_row(scores, valid, ids, p_row, p_srow, n_pages, K, KC: tl.constexpr, FILL: tl.constexpr,
-              ONE_STAGE: tl.constexpr, TOPK: tl.constexpr):
+def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phys, K, KC: tl.constexpr,
+              FILL: tl.constexpr, ONE_STAGE: tl.constexpr, TOPK: tl.constexpr, WRITE_PHYS: tl.constexpr):
     """Top-K of one selection row within a tile: final output (one stage) or the tile's
     KC best candidates with their scores (two stages). Without TOPK (a tile no larger
     than K - 1) every valid page is a candidate."""
@@ -71,16 +80,18 @@ def _tile_row(scores, valid, ids, p_row, p_srow, n_pages, K, KC: tl.constexpr, F
     else:
         sel = valid
     if ONE_STAGE:
-        _emit_selection(p_row, sel, ids, n_pages, K, FILL)
+        _emit_selection(p_row, p_prow, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
     else:  # at most KC entries are selected: KC >= min(K - 1, CHUNK)
         sel_i = sel.to(tl.int32)
         pos = tl.cumsum(sel_i, axis=0) - 1
-        tl.store(p_row + pos, ids, mask=sel)
-        tl.store(p_srow + pos, scores, mask=sel)
         n_sel = tl.sum(sel_i, axis=0)
         o_k = tl.arange(0, KC)
+        tl.store(p_row + pos, ids, mask=sel)
+        tl.store(p_srow + pos, scores, mask=sel)
         tl.store(p_row + o_k, o_k * 0 - 1, mask=o_k >= n_sel)
         tl.store(p_srow + o_k, tl.zeros([KC], tl.float32) + float("-inf"), mask=o_k >= n_sel)
+        if WRITE_PHYS:
+            tl.store(p_prow + pos, phys.to(tl.int32), mask=sel)
 
 
 @triton.jit
@@ -91,7 +102,9 @@ def _select_tile_kernel(
     seq_lens,  # [B] int32
     out_idx,  # one stage: [B, Hsel, K]; two stages: candidates [B, Hsel, NC * KC]
     out_score,  # two stages: [B, Hsel, NC * KC] float32 (unused in one stage)
+    out_phys,  # like out_idx, physical page ids (written when WRITE_PHYS)
     K,  # pages per selection, the last page included
+    max_pages, num_pages,
     stride_qb, stride_qh,
     stride_mp, stride_mh,
     stride_tb,
@@ -109,16 +122,20 @@ def _select_tile_kernel(
     FILL: tl.constexpr,
     IEEE: tl.constexpr,
     TOPK: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
 ):
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
+    p_tab = page_table + i_b.to(tl.int64) * stride_tb
+    # the page-table row is read without waiting for seq_len (ids past the sequence are
+    # clamped, never dereferenced unmasked): one dependent DRAM round trip fewer
+    phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
     seq_len = tl.load(seq_lens + i_b)
+    phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
     n_pages = tl.cdiv(seq_len, PAGE)
     sparse = n_pages > K
-
-    o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
     m_c = o_c < n_pages - 1  # candidates: every page but the last
     m_load = m_c & sparse  # a dense sequence needs no scores
-    phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + o_c, mask=m_load, other=0).to(tl.int64)
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < GROUP
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
@@ -142,35 +159,45 @@ def _select_tile_kernel(
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
+    p_phy = out_phys + i_b.to(tl.int64) * stride_ob
     tile = 0 if ONE_STAGE else i_c * KC
+    last_phys = 0
+    if ONE_STAGE and WRITE_PHYS:
+        last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
         m_gc = m_g[:, None] & m_c[None, :]
         if AGG_MAX:
             b_agg = tl.max(tl.where(m_gc, b_s, float("-inf")), axis=0)  # [CHUNK]
         else:
             b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
-        p_row = p_out + i_h * stride_oh + tile
-        _tile_row(b_agg, m_c, o_c, p_row, p_sco + i_h * stride_oh + tile, n_pages, K, KC, FILL, ONE_STAGE, TOPK)
+        r = i_h * stride_oh + tile
+        _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
+                  ONE_STAGE, TOPK, WRITE_PHYS)
     else:
         for g in tl.static_range(GROUP):
             b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
-            h = i_h * GROUP + g
-            _tile_row(b_row, m_c, o_c, p_out + h * stride_oh + tile, p_sco + h * stride_oh + tile,
-                      n_pages, K, KC, FILL, ONE_STAGE, TOPK)
+            r = (i_h * GROUP + g) * stride_oh + tile
+            _tile_row(b_row, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
+                      ONE_STAGE, TOPK, WRITE_PHYS)
 
 
 @triton.jit
 def _select_merge_kernel(
     cand_idx,  # [B, Hsel, N_CAND] int32, -1 = empty
     cand_score,  # [B, Hsel, N_CAND] float32
+    cand_phys,  # [B, Hsel, N_CAND] int32 (read when WRITE_PHYS)
     out_idx,  # [B, Hsel, K] int32
+    out_phys,  # [B, Hsel, K] int32 (written when WRITE_PHYS)
+    page_table,  # [B, max_pages]
     seq_lens,  # [B]
     K, N_CAND,
+    stride_tb,
     stride_cb, stride_ch,
     stride_ob, stride_oh,
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     FILL: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
 ):
     i_b, i_r = tl.program_id(0), tl.program_id(1)
     n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
@@ -179,8 +206,14 @@ def _select_merge_kernel(
     p_c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch + o_n
     ids = tl.load(cand_idx + p_c, mask=m_n, other=-1)  # [BLOCK_N], ascending page order
     scores = tl.load(cand_score + p_c, mask=m_n, other=float("-inf"))
+    phys = ids
+    last_phys = 0
+    if WRITE_PHYS:
+        phys = tl.load(cand_phys + p_c, mask=m_n, other=0)
+        last_phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + n_pages - 1)
     sel = _topk_mask(scores, ids >= 0, K - 1)
-    _emit_selection(out_idx + i_b.to(tl.int64) * stride_ob + i_r * stride_oh, sel, ids, n_pages, K, FILL)
+    r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
+    _emit_selection(out_idx + r, out_phys + r, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
 
 
 def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int, int]:
@@ -201,10 +234,11 @@ def select_pages(
     gqa_mode: str = "shared",
     aggregate: str = "sum",
     config: SelectConfig | None = None,
-    out: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 logical page ids
+    out_phys: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 physical ids (written when given)
+    workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Launch the selection. Inputs are assumed validated (see questkern.api)."""
+    """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api)."""
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -215,40 +249,45 @@ def select_pages(
     n_chunks, kc = select_plan(max_pages, k_pages, cfg)
     if out is None:
         out = torch.empty(B, rows, k_pages, dtype=torch.int32, device=q.device)
-    block_d = min(cfg.block_d, D)
+    write_phys = out_phys is not None
+    if not write_phys:
+        out_phys = out  # never written
     common = dict(
-        PAGE=page_size, HEAD_DIM=D, BLOCK_D=block_d, GROUP=G, BLOCK_G=max(16, next_pow2(G)),
+        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=max(16, next_pow2(G)),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
         FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
-        TOPK=cfg.chunk_pages > k_pages - 1,
+        TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
-            q, kmin, kmax, page_table, seq_lens, out, out, k_pages,
-            q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
-            out.stride(0), out.stride(1), ONE_STAGE=True, **common,
+            q, kmin, kmax, page_table, seq_lens, out, out, out_phys, k_pages, max_pages, kmin.shape[0],
+            *strides, out.stride(0), out.stride(1), ONE_STAGE=True, **common,
         )
         return out
     if workspace is None:
         workspace = select_workspace(B, rows, max_pages, k_pages, cfg, q.device)
-    cand_idx, cand_score = workspace  # [B, rows, n_chunks * kc]
+    cand_idx, cand_score, cand_phys = workspace  # [B, rows, n_chunks * kc]
     _select_tile_kernel[(B, Hkv, n_chunks)](
-        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, k_pages,
-        q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
-        cand_idx.stride(0), cand_idx.stride(1), ONE_STAGE=False, **common,
+        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, k_pages, max_pages, kmin.shape[0],
+        *strides, cand_idx.stride(0), cand_idx.stride(1), ONE_STAGE=False, **common,
     )
     n_cand = n_chunks * kc
     _select_merge_kernel[(B, rows)](
-        cand_idx, cand_score, out, seq_lens, k_pages, n_cand,
+        cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
-        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], num_warps=cfg.merge_warps,
+        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys,
+        num_warps=cfg.merge_warps,
     )
     return out
 
 
-def select_workspace(B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+def select_workspace(B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig,
+                     device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidate buffers of the two-stage path: (page ids, scores, physical ids), each [B, rows, tiles * KC]."""
     n_chunks, kc = select_plan(max_pages, k_pages, config)
     n = n_chunks * kc
     return (torch.empty(B, rows, n, dtype=torch.int32, device=device),
-            torch.empty(B, rows, n, dtype=torch.float32, device=device))
+            torch.empty(B, rows, n, dtype=torch.float32, device=device),
+            torch.empty(B, rows, n, dtype=torch.int32, device=device))
