@@ -65,6 +65,8 @@ class SelectConfig(_ConfigBase):
         ``chunk_pages + 1`` pages runs in one launch; longer contexts run per-chunk
         top-K and then a merge launch (the two-stage path).
     block_d: head-dim slice loaded per step (power of two, <= head_dim).
+    topk: top-K algorithm, ``"bisect"`` (bitwise threshold search by reductions) or
+        ``"radix"`` (8-bit radix select with histograms); both exact, same tie rule.
     """
 
     op: ClassVar[str] = "select"
@@ -73,8 +75,11 @@ class SelectConfig(_ConfigBase):
     num_warps: int = 4
     num_stages: int = 1
     merge_warps: int = 4
+    topk: str = "bisect"
 
     def __post_init__(self):
+        if self.topk not in ("bisect", "radix"):
+            raise ValueError(f"SelectConfig.topk must be 'bisect' or 'radix', got {self.topk!r}")
         for name in ("chunk_pages", "block_d"):
             v = getattr(self, name)
             if not _is_pow2(v) or v < 16:
@@ -130,8 +135,13 @@ def default_metadata_config(head_dim: int) -> MetadataConfig:
 
 
 def default_select_config(max_pages: int, head_dim: int) -> SelectConfig:
-    chunk = max(16, min(256, next_pow2(max(1, max_pages - 1))))
-    return SelectConfig(chunk_pages=chunk, block_d=min(64, head_dim), num_warps=4 if chunk <= 128 else 8)
+    # H100 exploration (reports/data/nvidia-h100-80gb-hbm3/runs/003-explore.csv): small
+    # tiles without a tile top-K win up to 4K pages (more programs in flight); past
+    # that, 512-page tiles with a tile top-K keep the merge small.
+    if max_pages <= 4096:
+        chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
+        return SelectConfig(chunk_pages=chunk, block_d=min(128, head_dim), num_warps=4)
+    return SelectConfig(chunk_pages=512, block_d=min(64, head_dim), num_warps=8)
 
 
 def default_decode_config(page_size: int, head_dim: int) -> DecodeConfig:

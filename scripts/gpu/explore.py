@@ -21,8 +21,8 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     K = 128
     maxp = cache.page_table.shape[1]
     res = {}
-    for chunk, warps, mw, bd in itertools.product([32, 64, 128, 256, 512], [4, 8], [1, 2, 4], [64, 128]):
-        cfg = SelectConfig(chunk_pages=chunk, block_d=bd, num_warps=warps, merge_warps=mw)
+    for topk, chunk, warps, mw in itertools.product(["bisect", "radix"], [64, 512], [4, 8], [4, 16]):
+        cfg = SelectConfig(chunk_pages=chunk, block_d=128 if chunk <= 128 else 64, num_warps=warps, merge_warps=mw, topk=topk)
         ws = select_workspace(1, hkv, maxp, K, cfg, dev)
         out = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
         outp = torch.empty_like(out)
@@ -40,7 +40,7 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     for r in sorted(res, key=lambda c: res[c] if res[c] == res[c] else 1e9)[:5]:
         print("   ", r, f"{res[r]:.1f}")
     res = {}
-    for ppb, splits, warps, stages in itertools.product([2, 4, 8], [0, 8, 16, 32], [4], [1, 2]):
+    for ppb, splits, warps, stages in itertools.product([2, 4, 8], [0], [4, 8], [1, 2]):
         cfg = DecodeConfig(pages_per_block=ppb, num_splits=splits, num_warps=warps, num_stages=stages)
         o = torch.empty_like(q)
         from questkern.ops.decode.kernel import decode_num_splits

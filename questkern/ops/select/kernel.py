@@ -33,19 +33,50 @@ def _topk_mask(scores, valid, k):
     s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
-    # thr = largest t with count(key >= t) >= k, built bit by bit on t + 2^31 (offset
-    # binary), so every candidate fits in int32: first the sign bit, then 2^30 .. 2^0.
+    # thr = largest t with count(key >= t) >= k, built on t + 2^31 (offset binary) so every
+    # candidate fits in int32: the sign bit, then two bits per step (3 candidates counted
+    # in one reduction: half the block-wide reduction chains of a bit-by-bit search),
+    # then the last bit.
     thr = tl.min(key, axis=0) * 0 - 2147483647 - 1
     thr = tl.where(tl.sum((key >= 0).to(tl.int32), axis=0) >= k, 0, thr)
-    for i in tl.static_range(1, 32):
-        cand = thr + (1 << (31 - i))
-        cnt = tl.sum((key >= cand).to(tl.int32), axis=0)
-        thr = tl.where(cnt >= k, cand, thr)
+    o_j = tl.arange(0, 4)
+    for i in tl.static_range(15):
+        cand = thr + (o_j << (29 - 2 * i))  # [4]; j = 0 is thr itself, always satisfied
+        cnt = tl.sum((key[:, None] >= cand[None, :]).to(tl.int32), axis=0)  # [4]
+        thr = thr + (tl.max(tl.where(cnt >= k, o_j, 0), axis=0) << (29 - 2 * i))
+    cand = thr + 1
+    thr = tl.where(tl.sum((key >= cand).to(tl.int32), axis=0) >= k, cand, thr)
     gt = key > thr
     eq = key == thr
     n_gt = tl.sum(gt.to(tl.int32), axis=0)
     rank = tl.cumsum(eq.to(tl.int32), axis=0)
     return (gt | (eq & (rank <= k - n_gt))) & valid
+
+
+@triton.jit
+def _topk_mask_radix(scores, valid, k):
+    """Same contract as ``_topk_mask``, by an 8-bit radix select: four histogram passes
+    (``tl.histogram`` over the active entries) find the k-th largest key byte by byte."""
+    s = tl.where(valid, scores, float("-inf")) + 0.0
+    bits = s.to(tl.int32, bitcast=True)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
+    u = key ^ (-2147483647 - 1)  # offset binary: byte-wise order of u == order of key
+    k_rem = tl.minimum(k, tl.sum((key == key).to(tl.int32), axis=0))  # entries to take at or below the prefix
+    active = key == key
+    prefix = k_rem * 0
+    o_b = tl.arange(0, 256)
+    for p in tl.static_range(4):
+        digit = (u >> (24 - 8 * p)) & 255
+        hist = tl.histogram(digit, 256, mask=active)  # [256]
+        suffix = tl.cumsum(hist, axis=0, reverse=True)  # entries with digit >= d
+        d_star = tl.sum((suffix >= k_rem).to(tl.int32), axis=0) - 1
+        k_rem = k_rem - tl.sum(tl.where(o_b > d_star, hist, 0), axis=0)
+        active = active & (digit == d_star)
+        prefix = prefix | (d_star << (24 - 8 * p))
+    thr = prefix ^ (-2147483647 - 1)
+    eq = key == thr
+    rank = tl.cumsum(eq.to(tl.int32), axis=0)
+    return ((key > thr) | (eq & (rank <= k_rem))) & valid
 
 
 @triton.jit
@@ -71,14 +102,17 @@ def _emit_selection(p_row, p_prow, sel, ids, phys, n_pages, last_phys, K, FILL: 
 
 @triton.jit
 def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phys, K, KC: tl.constexpr,
-              FILL: tl.constexpr, ONE_STAGE: tl.constexpr, TOPK: tl.constexpr, WRITE_PHYS: tl.constexpr):
+              FILL: tl.constexpr, ONE_STAGE: tl.constexpr, TOPK: tl.constexpr, WRITE_PHYS: tl.constexpr,
+              RADIX: tl.constexpr):
     """Top-K of one selection row within a tile: final output (one stage) or the tile's
     KC best candidates with their scores (two stages). Without TOPK (a tile no larger
     than K - 1) every valid page is a candidate."""
-    if TOPK:
-        sel = _topk_mask(scores, valid, K - 1)
-    else:
+    if not TOPK:
         sel = valid
+    elif RADIX:
+        sel = _topk_mask_radix(scores, valid, K - 1)
+    else:
+        sel = _topk_mask(scores, valid, K - 1)
     if ONE_STAGE:
         _emit_selection(p_row, p_prow, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
     else:  # at most KC entries are selected: KC >= min(K - 1, CHUNK)
@@ -123,6 +157,7 @@ def _select_tile_kernel(
     IEEE: tl.constexpr,
     TOPK: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
+    RADIX: tl.constexpr,
 ):
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
@@ -172,13 +207,13 @@ def _select_tile_kernel(
             b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
         r = i_h * stride_oh + tile
         _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
-                  ONE_STAGE, TOPK, WRITE_PHYS)
+                  ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
     else:
         for g in tl.static_range(GROUP):
             b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
             r = (i_h * GROUP + g) * stride_oh + tile
             _tile_row(b_row, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
-                      ONE_STAGE, TOPK, WRITE_PHYS)
+                      ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
 
 
 @triton.jit
@@ -198,6 +233,7 @@ def _select_merge_kernel(
     BLOCK_N: tl.constexpr,
     FILL: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
+    RADIX: tl.constexpr,
 ):
     i_b, i_r = tl.program_id(0), tl.program_id(1)
     n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
@@ -211,7 +247,10 @@ def _select_merge_kernel(
     if WRITE_PHYS:
         phys = tl.load(cand_phys + p_c, mask=m_n, other=0)
         last_phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + n_pages - 1)
-    sel = _topk_mask(scores, ids >= 0, K - 1)
+    if RADIX:
+        sel = _topk_mask_radix(scores, ids >= 0, K - 1)
+    else:
+        sel = _topk_mask(scores, ids >= 0, K - 1)
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
     _emit_selection(out_idx + r, out_phys + r, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
 
@@ -256,7 +295,7 @@ def select_pages(
         PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=max(16, next_pow2(G)),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
         FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
-        TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys,
+        TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys, RADIX=cfg.topk == "radix",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
@@ -277,7 +316,7 @@ def select_pages(
     _select_merge_kernel[(B, rows)](
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
-        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys,
+        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
         num_warps=cfg.merge_warps,
     )
     return out
