@@ -3,5 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/report/test_browser.py renders the HTML report in Debian's headless Chromium
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian chromium for the report's browser test ..."
+  log=$(mktemp)
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >"$log" 2>&1 \
+    || { cat "$log"; echo "scripts/test.sh: could not install chromium" >&2; exit 1; }
+  rm -f "$log"
+fi
 export TRITON_INTERPRET=1
 exec .venv/bin/python -m pytest -q -m "not gpu" tests "$@"

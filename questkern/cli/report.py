@@ -1,0 +1,82 @@
+"""``questkern report``: bench CSVs, tuning tables and studies, profile summaries -> one
+self-contained HTML file (plotly.js inlined; opens with no network).
+
+    questkern report --name h100 --data reports/data/nvidia-h100-80gb-hbm3
+    questkern report --name example --data tests/fixtures/report --profiles tests/fixtures/report/profiles
+
+Data: every CSV under --data (bench CSVs are told apart from quality CSVs, named
+quality*.csv, by their columns). Tuning: tables under --tuning (default tuning/ and
+questkern/tuning/tables/). Optuna: --study-storage URL [--study NAME ...].
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from questkern.profiling.runner import NAME_RE
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="build reports/<name>.html from benchmarks, tuning and profiles",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="report name: writes <out-dir>/<name>.html")
+    p.add_argument("--data", type=Path, action="append", default=None,
+                   help="bench/quality CSV file or folder, repeatable (default reports/data)")
+    p.add_argument("--profiles", type=Path, action="append", default=None,
+                   help="folder searched for **/summary.csv, repeatable (default profiles)")
+    p.add_argument("--tuning", type=Path, action="append", default=None,
+                   help="tuning table file or folder, repeatable (default tuning and questkern/tuning/tables)")
+    p.add_argument("--no-tuning", action="store_true", help="leave tuning tables out (e.g. for a fixture report)")
+    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db")
+    p.add_argument("--study", action="append", default=None, help="study name in that storage (default: all)")
+    p.add_argument("--title", default=None, help="page title (default 'questkern performance report: <name>')")
+    p.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <name>.html goes (default %(default)s)")
+    p.add_argument("--screenshot", type=Path, default=None,
+                   help="also write a PNG of the main plot there (needs Debian's chromium)")
+    p.add_argument("--force", action="store_true", help="replace an existing <name>.html")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from questkern.profiling.files import write_text_atomic
+    from questkern.report import gather, render
+    from questkern.report.data import ReportDataError
+
+    if not NAME_RE.fullmatch(args.name):
+        raise SystemExit(f"questkern report: --name must be letters, digits, '.', '_' or '-' (1-64), got {args.name!r}")
+    out = args.out_dir / f"{args.name}.html"
+    if out.exists() and not args.force:
+        raise SystemExit(f"questkern report: {out} exists; pass --force to replace it (or choose another --name)")
+    data = args.data or [Path("reports/data")]
+    profiles = args.profiles or [Path("profiles")]
+    for t in args.tuning or []:
+        if not t.exists():
+            raise SystemExit(f"questkern report: --tuning {t}: no such file or folder")
+    if args.no_tuning:
+        tuning = []
+    else:  # defaults: missing folders are fine (no table yet)
+        tuning = args.tuning or [Path("tuning"), Path(__file__).resolve().parents[1] / "tuning" / "tables"]
+    try:
+        inputs = gather(data, profiles, tuning, args.study_storage, args.study)
+    except ReportDataError as e:
+        raise SystemExit(f"questkern report: {e}") from None
+    if inputs.bench.empty and not inputs.profiles and not inputs.studies:
+        raise SystemExit(f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
+                         f"no profile under {[str(p) for p in profiles]}, no --study-storage")
+    command = "questkern " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else ""
+    page, manifest = render(inputs, title=args.title or f"questkern performance report: {args.name}", command=command)
+    write_text_atomic(out, page)
+    print(f"wrote {out} ({len(page) / 1e6:.1f} MB, {len(manifest['plots'])} plots, "
+          f"sections: {', '.join(manifest['sections'])})")
+    if args.screenshot is not None:
+        from questkern.report.browser import screenshot_plot
+
+        pid = manifest["main"]  # latency vs context of the reference shape (see report.build)
+        if pid is None:
+            raise SystemExit("questkern report: no plot to screenshot")
+        screenshot_plot(out, pid, args.screenshot)
+        print(f"wrote {args.screenshot} (plot {pid})")
+    return 0

@@ -1,0 +1,154 @@
+"""`questkern report` from small committed fixtures: sections, plots, ratios per GPU, inputs."""
+
+import json
+import re
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from questkern.cli import main
+from questkern.report import gather, read_manifest, render
+from questkern.report import figures as F
+from questkern.report.data import ReportDataError, load_bench
+
+from report_fixtures import DATA, EXPECTED_PLOTS, PROFILES
+
+
+def test_fixture_report_plots_and_sections(fixture_report):
+    path, manifest = fixture_report
+    assert manifest["plots"] == EXPECTED_PLOTS
+    assert manifest["sections"] == ["environment", "latency", "speedup", "bandwidth", "breakdown", "tuning", "quality",
+                                    "mixed"]
+    assert manifest["main"] == "latency-fixture-gpu-a-1-32-32-128-bf16"  # MHA d=128 batch 1, 3 lengths
+    assert manifest["gpus"] == ["fixture-gpu-a", "fixture-gpu-b"]
+
+
+def test_report_is_self_contained(fixture_report):
+    page = fixture_report[0].read_text(encoding="utf-8")
+    assert page.count(get_plotlyjs()[:2000]) == 1  # plotly.js inlined exactly once
+    assert not re.search(r"<script[^>]+src=", page) and "<link" not in page
+    assert "cdn.plot.ly" not in page.split("</head>")[1]  # the body loads nothing from a CDN
+    for pid in EXPECTED_PLOTS:
+        assert page.count(f'id="{pid}"') == 1
+    assert "Synthetic fixture data" in page  # fixture numbers are labelled as such
+
+
+def test_environment_table(fixture_report):
+    page = fixture_report[0].read_text(encoding="utf-8")
+    env = page.split('id="environment"')[1].split("</table>")[0]
+    for cell in ("fixture-gpu-a", "fixture-gpu-b", "000.00", "3.6.0", "2.11.0", "profile 20260101T000000Z-decode-32k"):
+        assert f"<td>{cell}</td>" in env, cell  # versions kept as text ("000.00", not 0.0)
+
+
+def test_every_figure_titled_with_units():
+    bench = load_bench([DATA / "fixture-gpu-a" / "bench.csv", DATA / "fixture-gpu-b" / "bench.csv"])
+    plots = F.latency_plots(bench) + F.speedup_plots(bench) + F.bandwidth_plots(bench) + F.step_breakdown_plots(bench)
+    assert plots
+    for p in plots:
+        lay = p.fig.layout
+        assert lay.title.text and lay.xaxis.title.text and lay.yaxis.title.text
+        assert "(" in lay.yaxis.title.text, p.id  # a unit in parentheses
+        gpus = {g for g in ("GPU A", "GPU B") if g in lay.title.text}
+        assert len(gpus) == 1, p.id  # one GPU per figure
+    with pytest.raises(ValueError, match="no title"):
+        F.check_figure(F.Plot("x", "", go.Figure(go.Scatter(x=[1], y=[1]))))
+    with pytest.raises(ValueError, match="axis y"):
+        F.check_figure(F.Plot("x", "t", go.Figure(go.Scatter(x=[1], y=[1]), layout=dict(title="t", xaxis_title="s"))))
+
+
+def test_ratios_never_mix_gpus():
+    bench = load_bench([DATA / "fixture-gpu-a" / "bench.csv", DATA / "fixture-gpu-b" / "bench.csv"])
+    tab = F.speedup_table(bench)
+    for gpu in ("fixture-gpu-a", "fixture-gpu-b"):
+        raw = pd.read_csv(DATA / gpu / "bench.csv")
+        raw = raw[(raw["q_heads"] == 32) & (raw["kv_heads"] == 32) & (raw["seq_len"] == 32768)].set_index("op")
+        row = tab[(tab["gpu"] == gpu) & (tab["kv_heads"] == 32) & (tab["seq_len"] == 32768)].iloc[0]
+        assert row["speedup_vs_dense"] == pytest.approx(raw.loc["dense_decode", "median_us"] / raw.loc["quest_step", "median_us"])
+        assert row["speedup_vs_sdpa"] == pytest.approx(raw.loc["sdpa", "median_us"] / raw.loc["quest_step", "median_us"])
+        assert row["byte_bound"] == pytest.approx(raw.loc["dense_decode", "bytes"] / raw.loc["quest_step", "bytes"])
+    # the two GPUs measured the same case with different times: the ratios differ
+    a, b = (tab[(tab["gpu"] == g) & (tab["kv_heads"] == 32) & (tab["seq_len"] == 32768)].iloc[0] for g in
+            ("fixture-gpu-a", "fixture-gpu-b"))
+    assert a["speedup_vs_dense"] != pytest.approx(b["speedup_vs_dense"])
+    assert a["byte_bound"] == pytest.approx(b["byte_bound"])  # bytes do not depend on the GPU
+
+
+def test_latest_run_wins(tmp_path):
+    raw = pd.read_csv(DATA / "fixture-gpu-b" / "bench.csv", dtype=str)
+    newer = raw.copy()
+    newer["timestamp"] = "2026-02-01T00:00:00+00:00"
+    newer["median_us"] = "1.0"
+    raw.to_csv(tmp_path / "old.csv", index=False)
+    newer.to_csv(tmp_path / "new.csv", index=False)
+    bench = load_bench([tmp_path / "new.csv", tmp_path / "old.csv"])
+    assert len(bench) == len(raw) and (bench["median_us"] == 1.0).all()
+
+
+def test_bad_bench_csv_names_the_file(tmp_path):
+    bad = tmp_path / "bench.csv"
+    bad.write_text("gpu,op,seq_len\nx,select,8\n")
+    with pytest.raises(ReportDataError, match=r"bench.csv.*median_us"):
+        load_bench([bad])
+    bad.write_text("gpu,op,seq_len,median_us\nx,select,8,-1\n")
+    with pytest.raises(ReportDataError, match="positive"):
+        load_bench([bad])
+
+
+def test_bench_only_report_tolerates_absence(tmp_path):
+    inputs = gather([DATA / "fixture-gpu-b"], [tmp_path / "none"], [tmp_path / "none"])
+    page, manifest = render(inputs, title="t")
+    assert "quality" not in manifest["sections"] and "profile-fixture-gpu-a" not in manifest["plots"]
+    assert "No tuning table found" in page and "No Optuna study given" in page and "No profile summaries" in page
+
+
+def _study(storage: str) -> None:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    study = optuna.create_study(study_name="select-h100", storage=storage, directions=["minimize", "maximize"])
+    study.set_metric_names(["latency_us", "recall"])
+    dist = {"num_warps": CategoricalDistribution([2, 4, 8]), "chunk_pages": IntDistribution(8, 64, log=True)}
+    for i, (w, c) in enumerate([(2, 8), (4, 16), (8, 32), (4, 64), (2, 32), (8, 8), (4, 8), (2, 64)]):
+        lat = 10.0 + 3 * (w == 8) + 0.05 * c + 0.3 * i % 2
+        rec = 0.8 + 0.002 * c
+        study.add_trial(optuna.trial.create_trial(params={"num_warps": w, "chunk_pages": c}, distributions=dist,
+                                                  values=[lat, rec]))
+
+
+def test_tuning_sections_from_table_and_study(tmp_path):
+    from questkern.tuning.keys import EntryKey
+    from questkern.tuning.table import make_entry, new_table
+
+    table = new_table("fixture-gpu-a", "Synthetic fixture GPU A")
+    key = EntryKey.for_call("select", dtype="bfloat16", head_dim=128, group=1, page_size=16, seq_len=32768, batch=1,
+                            budget=2048, gqa_mode="shared")
+    table["entries"].append(make_entry(key, {"chunk_pages": 32, "block_d": 128, "num_warps": 4, "num_stages": 1,
+                                             "merge_warps": 4}, 9.5, 12.0, trials=8))
+    (tmp_path / "fixture-gpu-a.json").write_text(json.dumps(table))
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    _study(storage)
+    inputs = gather([DATA / "fixture-gpu-a"], [tmp_path / "none"], [tmp_path], storage)
+    page, manifest = render(inputs, title="t")
+    for pid in ("history-select-h100-latency-us", "history-select-h100-recall", "importance-select-h100-latency-us",
+                "pareto-select-h100"):
+        assert pid in manifest["plots"], manifest["plots"]
+    assert "chunk_pages=32" in page and "speedup_vs_default" in page
+    with pytest.raises(ReportDataError, match="not in"):
+        gather([DATA], [], [], storage, ["no-such-study"])
+
+
+def test_cli_never_overwrites(tmp_path, fixture_report):
+    args = ["report", "--name", "example", "--data", str(DATA / "fixture-gpu-b"), "--profiles", str(PROFILES),
+            "--tuning", str(tmp_path), "--out-dir", str(fixture_report[0].parent)]
+    before = fixture_report[0].read_bytes()
+    with pytest.raises(SystemExit, match="exists; pass --force"):
+        main(args)
+    assert fixture_report[0].read_bytes() == before
+    with pytest.raises(SystemExit, match="--name"):
+        main(["report", "--name", "../evil", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["report", "--name", "x", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
+    assert main([*args[:-1], str(tmp_path), "--force"]) == 0
+    assert read_manifest((tmp_path / "example.html").read_text())["gpus"] == ["fixture-gpu-b"]
