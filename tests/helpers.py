@@ -1,0 +1,20 @@
+"""Shared builders for the kernel tests (tiny shapes: the kernels run in the Triton interpreter)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_page_table(B: int, lens: list[int], page_size: int, extra_pages: int = 3, seed: int = 0):
+    """A shuffled page table (physical ids not in logical order) with spare pages."""
+    g = torch.Generator().manual_seed(seed)
+    max_pages = max(1, max(-(-n // page_size) for n in lens))
+    P = B * max_pages + extra_pages
+    table = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).to(torch.int32)
+    return table, P, torch.tensor(lens, dtype=torch.int32)
+
+
+def integer_tensor(shape, lo: int, hi: int, dtype, seed: int):
+    """Small integers: exactly representable in fp16/bf16, so scores are exact in float32."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi, shape, generator=g).to(dtype)

@@ -1,0 +1,78 @@
+"""metadata.build / metadata.append against the float32 reference (exact: min/max)."""
+
+import pytest
+import torch
+from helpers import random_page_table
+
+from questkern.cache import PagedKVCache
+from questkern.ops.metadata import append_decode, metadata_build, metadata_build_ref
+
+
+@pytest.mark.parametrize("page_size,lens,D,dtype,meta", [
+    (16, [37, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one single-page sequence
+    (8, [8, 1, 23], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
+    (32, [100], 64, torch.float16, torch.float16),
+])
+def test_build_matches_reference(page_size, lens, D, dtype, meta):
+    B, H = len(lens), 2
+    table, P, seq_lens = random_page_table(B, lens, page_size)
+    k = torch.randn(P, H, page_size, D).to(dtype)
+    kmin = torch.full((P, H, D), 7.0, dtype=meta)
+    kmax = torch.full((P, H, D), 7.0, dtype=meta)
+    metadata_build(k, kmin, kmax, table, seq_lens)
+    ref_min, ref_max = metadata_build_ref(k, table, seq_lens)
+    used = torch.cat([table[b, : -(-n // page_size)] for b, n in enumerate(lens)]).long()
+    torch.testing.assert_close(kmin[used].float(), ref_min[used], rtol=0, atol=0)
+    torch.testing.assert_close(kmax[used].float(), ref_max[used], rtol=0, atol=0)
+    unused = torch.ones(P, dtype=torch.bool)
+    unused[used] = False
+    assert torch.all(kmin[unused] == 7.0), "pages no sequence uses must be left alone"
+
+
+def test_build_from_first_page_leaves_earlier_pages():
+    table, P, seq_lens = random_page_table(1, [40], 16)
+    k = torch.randn(P, 1, 16, 64).bfloat16()
+    kmin = torch.full((P, 1, 64), 9.0).bfloat16()
+    kmax = kmin.clone()
+    metadata_build(k, kmin, kmax, table, seq_lens, first_page=torch.tensor([1], dtype=torch.int32), max_new_pages=2)
+    assert torch.all(kmin[table[0, 0].long()] == 9.0)
+    ref_min, _ = metadata_build_ref(k, table, seq_lens)
+    for p in (1, 2):
+        phys = table[0, p].long()
+        assert torch.equal(kmin[phys].float(), ref_min[phys])
+
+
+@pytest.mark.parametrize("dtype,meta", [(torch.bfloat16, None), (torch.float16, torch.float32)])
+def test_append_equals_rebuild(dtype, meta):
+    """Running min/max over decode appends equals a rebuild from the keys, across page boundaries."""
+    torch.manual_seed(0)
+    B, H, D, PS = 3, 2, 64, 8
+    cache = PagedKVCache(B, 64, H, D, page_size=PS, dtype=dtype, device="cpu", meta_dtype=meta, shuffle=True)
+    cache.append(torch.randn(B, 13, H, D).to(dtype), torch.randn(B, 13, H, D).to(dtype), [13, 8, 1])
+    for _ in range(9):  # crosses a page boundary for every sequence
+        cache.append_decode(torch.randn(B, H, D).to(dtype), torch.randn(B, H, D).to(dtype))
+    assert cache.lens == [22, 17, 10]
+    assert cache.seq_lens.tolist() == [22, 17, 10]
+    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens)
+    for b, n in enumerate(cache.lens):
+        pages = cache.page_table[b, : -(-n // PS)].long()
+        assert torch.equal(cache.kmin[pages].float(), ref_min[pages])
+        assert torch.equal(cache.kmax[pages].float(), ref_max[pages])
+
+
+def test_append_writes_slot_and_skips_inactive():
+    B, H, D, PS = 2, 1, 64, 16
+    table, P, _ = random_page_table(B, [32, 32], PS)
+    k_cache = torch.zeros(P, H, PS, D).half()
+    v_cache = torch.zeros_like(k_cache)
+    kmin = torch.zeros(P, H, D).half()
+    kmax = torch.zeros_like(kmin)
+    seq_lens = torch.tensor([16, 5], dtype=torch.int32)
+    k_new = torch.randn(B, H, D).half()
+    v_new = torch.randn(B, H, D).half()
+    append_decode(k_new, v_new, k_cache, v_cache, kmin, kmax, table, seq_lens, torch.tensor([1, 0], dtype=torch.int32))
+    assert seq_lens.tolist() == [17, 5]
+    phys = table[0, 1].long()  # position 16 opens the second page
+    assert torch.equal(k_cache[phys, 0, 0], k_new[0, 0]) and torch.equal(v_cache[phys, 0, 0], v_new[0, 0])
+    assert torch.equal(kmin[phys, 0], k_new[0, 0]) and torch.equal(kmax[phys, 0], k_new[0, 0])
+    assert torch.count_nonzero(k_cache[table[1].long()]) == 0, "inactive sequence must not be written"

@@ -1,0 +1,98 @@
+"""Fused estimate + top-K against the float32 reference: selected page ids compared exactly.
+
+Inputs are small integers so every score is exact in float32 whatever the summation
+order; ties are real and must break toward the lower page index.
+"""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from helpers import integer_tensor, random_page_table
+
+from questkern.config import SelectConfig
+from questkern.ops.select import select_pages, select_pages_ref
+from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix
+
+CASES = [
+    # B, Hq, Hkv, D, page, lens, budget, mode, agg, dtype, chunk, topk
+    (1, 4, 1, 64, 16, [300], 64, "per_head", "sum", torch.bfloat16, 32, "bisect"),  # not a page multiple; one stage
+    (1, 1, 1, 64, 16, [9], 64, "shared", "sum", torch.float16, 16, "bisect"),  # a single page
+    (2, 8, 2, 64, 16, [200, 33], 4096, "shared", "sum", torch.float16, 16, "bisect"),  # budget > context: all pages
+    (3, 8, 1, 64, 8, [700, 1, 333], 200, "shared", "max", torch.bfloat16, 16, "bisect"),  # mixed, two stages, GQA 8
+    (2, 8, 2, 128, 16, [1000, 100], 64, "per_head", "sum", torch.float16, 16, "radix"),  # GQA 4, two stages, radix
+    (2, 2, 2, 128, 32, [2000, 47], 256, "shared", "sum", torch.bfloat16, 16, "radix"),  # MHA, page 32
+    (1, 4, 4, 64, 64, [1500], 128, "per_head", "sum", torch.float16, 16, "bisect"),  # page 64, one-page budget + last
+]
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk", CASES)
+def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtype, chunk, topk):
+    table, P, seq_lens = random_page_table(B, lens, PS)
+    kmin = integer_tensor((P, Hkv, D), -4, 4, dtype, seed=1)
+    kmax = kmin + integer_tensor((P, Hkv, D), 0, 4, dtype, seed=2)
+    q = integer_tensor((B, Hq, D), -3, 4, dtype, seed=3)
+    k_pages = -(-budget // PS)
+    phys = torch.full((B, Hkv if mode == "shared" else Hq, k_pages), -7, dtype=torch.int32)
+    cfg = SelectConfig(chunk_pages=chunk, block_d=min(64, D), topk=topk)
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys)
+    ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg)
+    assert torch.equal(out, ref)
+    expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
+                                                     out.clamp(min=0).long()).int(), -1)
+    assert torch.equal(phys, expect_phys)
+    for b, n in enumerate(lens):  # the last page is always attended
+        assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
+
+
+def test_select_fp32_metadata():
+    table, P, seq_lens = random_page_table(2, [500, 70], 16)
+    kmin = integer_tensor((P, 2, 64), -4, 4, torch.float32, seed=4)
+    kmax = kmin + 1
+    q = integer_tensor((2, 4, 64), -3, 4, torch.bfloat16, seed=5)
+    out = select_pages(q, kmin, kmax, table, seq_lens, 16, 5, "shared", "sum", SelectConfig(chunk_pages=16))
+    assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, 16, 80, "shared", "sum"))
+
+
+def test_ties_break_toward_lower_page_index():
+    table, P, seq_lens = random_page_table(1, [160], 16)  # 10 pages, all with equal bounds
+    kmin = torch.zeros(P, 1, 64, dtype=torch.float16)
+    kmax = torch.ones(P, 1, 64, dtype=torch.float16)
+    q = torch.ones(1, 1, 64, dtype=torch.float16)
+    for chunk in (16, 64):
+        out = select_pages(q, kmin, kmax, table, seq_lens, 16, 4, config=SelectConfig(chunk_pages=chunk))
+        assert out.tolist() == [[[0, 1, 2, 9]]]
+
+
+@triton.jit
+def _topk_probe(s_ptr, v_ptr, o_ptr, k, N: tl.constexpr, RADIX: tl.constexpr):
+    o = tl.arange(0, N)
+    s = tl.load(s_ptr + o)
+    v = tl.load(v_ptr + o) != 0
+    if RADIX:
+        m = _topk_mask_radix(s, v, k)
+    else:
+        m = _topk_mask(s, v, k)
+    tl.store(o_ptr + o, m.to(tl.int32))
+
+
+def _topk_ref(s, v, k):
+    s = torch.where(v, s, torch.tensor(float("-inf")))
+    m = torch.zeros_like(v)
+    m[torch.sort(s, descending=True, stable=True).indices[:k]] = True
+    return m & v
+
+
+@pytest.mark.parametrize("radix", [False, True])
+def test_topk_mask_on_awkward_floats(radix):
+    """Negative, -0.0, +-inf, subnormal, duplicate scores; k from 0 to past N."""
+    g = torch.Generator().manual_seed(0)
+    pools = [torch.randn(64, generator=g) * 1e3, torch.randint(-3, 3, (64,), generator=g).float(),
+             torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 3.0, -3.0] * 8),
+             -torch.rand(64, generator=g)]
+    for i, s in enumerate(pools):
+        for k in (0, 1, 7, 63, 64, 80):
+            v = torch.rand(64, generator=g) > 0.2
+            o = torch.empty(64, dtype=torch.int32)
+            _topk_probe[(1,)](s, v.int(), o, k, N=64, RADIX=radix)
+            assert torch.equal(o.bool(), _topk_ref(s, v, k)), (i, k)

@@ -1,0 +1,113 @@
+"""Public decode API: end-to-end correctness and input validation before any launch."""
+
+import pytest
+import torch
+
+import questkern
+from questkern.ops.decode import paged_attention_ref
+from questkern.ops.select import select_pages_ref
+
+
+@pytest.fixture(scope="module")
+def cache():
+    torch.manual_seed(0)
+    c = questkern.PagedKVCache(3, 300, 2, 64, page_size=16, dtype=torch.bfloat16, device="cpu", shuffle=True)
+    # integer keys: exact scores, so the selection can be compared exactly
+    k = torch.randint(-4, 5, (3, 200, 2, 64)).bfloat16()
+    c.append(k, torch.randn(3, 200, 2, 64).bfloat16(), [200, 17, 1])
+    return c
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_head"])
+def test_quest_step_matches_reference(cache, mode):
+    q = torch.randint(-3, 4, (3, 8, 64)).bfloat16()
+    w = questkern.QuestDecode(64, gqa_mode=mode)
+    plan = w.plan(cache, num_q_heads=8)
+    assert plan.k_pages == 4 and set(plan.sources) == {"select", "sparse_decode"}
+    out, sel = w.run(q, return_selected=True)
+    ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, 64, mode)
+    assert torch.equal(sel, ref_sel)
+    ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, ref_sel)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_budget_covering_context_equals_dense(cache):
+    q = torch.randn(3, 4, 64).bfloat16()
+    quest = questkern.quest_decode(q, cache, budget=10_000).clone()
+    dense = questkern.dense_decode(q, cache)
+    ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, None)
+    torch.testing.assert_close(quest.float(), ref, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(dense.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def _plan(cache, **kw):
+    w = questkern.QuestDecode(kw.pop("budget", 64))
+    heads = kw.pop("num_q_heads", 4)
+    tensors = dict(k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmin, kmax=cache.kmax,
+                   page_table=cache.page_table, seq_lens=cache.seq_lens)
+    tensors.update(kw)
+    return w.plan(num_q_heads=heads, **tensors)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(k_cache=torch.zeros(4, 2, 16, 64)), "k_cache must have dtype"),
+    (dict(k_cache=torch.zeros(4, 2, 16, 64, dtype=torch.bfloat16)), "v_cache must have shape"),
+    (dict(kmin=torch.zeros(1, 2, 64, dtype=torch.float16)), "kmin must have dtype"),
+    (dict(page_table=torch.zeros(3, 19, dtype=torch.int64)), "page_table must have dtype"),
+    (dict(seq_lens=torch.tensor([5, 0, 1], dtype=torch.int32)), r"seq_lens must be >= 1.*seq_lens\[1\] = 0"),
+    (dict(seq_lens=torch.tensor([5, 10_000, 1], dtype=torch.int32)), "exceeds the page table capacity"),
+    (dict(seq_lens=torch.tensor([5, 1], dtype=torch.int32)), r"seq_lens must have shape \[3\]"),
+    (dict(page_size=32), "page_size = 32 does not match"),
+    (dict(num_q_heads=3), "must be a multiple of num_kv_heads"),
+])
+def test_plan_rejects_bad_input(cache, kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _plan(cache, **kw)
+
+
+def test_plan_rejects_page_ids_out_of_range(cache):
+    bad = cache.page_table.clone()
+    bad[0, 0] = cache.num_pages + 5
+    with pytest.raises(ValueError, match="outside"):
+        _plan(cache, page_table=bad)
+
+
+def test_plan_rejects_non_contiguous(cache):
+    t = torch.zeros(3, 40, dtype=torch.int32)[:, ::2]
+    with pytest.raises(ValueError, match="page_table must be contiguous"):
+        _plan(cache, page_table=t)
+
+
+@pytest.mark.parametrize("budget,err", [(0, ValueError), (-5, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_budget_must_be_positive_int(budget, err):
+    with pytest.raises(err, match="budget"):
+        questkern.QuestDecode(budget)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(gqa_mode="both"), "gqa_mode"), (dict(aggregate="mean"), "aggregate"),
+                                      (dict(sm_scale=-1.0), "sm_scale")])
+def test_constructor_rejects_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        questkern.QuestDecode(64, **kw)
+
+
+def test_run_validates_query(cache):
+    w = questkern.QuestDecode(64)
+    with pytest.raises(RuntimeError, match="before plan"):
+        w.run(torch.zeros(3, 4, 64, dtype=torch.bfloat16))
+    w.plan(cache, num_q_heads=4)
+    with pytest.raises(TypeError, match="q must have dtype"):
+        w.run(torch.zeros(3, 4, 64))
+    with pytest.raises(ValueError, match=r"q must have shape \[3, 4, 64\]"):
+        w.run(torch.zeros(3, 8, 64, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="q must be contiguous"):
+        w.run(torch.zeros(3, 64, 4, dtype=torch.bfloat16).transpose(1, 2))
+    with pytest.raises(ValueError, match="q must be on"):
+        w.run(torch.zeros(3, 4, 64, dtype=torch.bfloat16, device="meta"))
+
+
+def test_plan_max_seq_len_hint(cache):
+    w = questkern.QuestDecode(64)
+    assert w.plan(cache, num_q_heads=4, max_seq_len=299).max_seq_len == 299
+    with pytest.raises(ValueError, match="shorter than the longest sequence"):
+        w.plan(cache, num_q_heads=4, max_seq_len=10)

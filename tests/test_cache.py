@@ -1,0 +1,72 @@
+"""PagedKVCache: page allocation, prefill in chunks, decode appends, limits."""
+
+import pytest
+import torch
+
+import questkern
+from questkern.ops.metadata import metadata_build_ref
+
+
+def _logical(cache, b, pages=None):
+    n = cache.lens[b]
+    tab = cache.page_table[b, : -(-n // cache.page_size)].long()
+    return cache.k_cache[tab].permute(1, 0, 2, 3).reshape(cache.num_kv_heads, -1, cache.head_dim)[:, :n]
+
+
+def test_chunked_prefill_equals_one_shot():
+    torch.manual_seed(0)
+    k = torch.randn(2, 50, 2, 64).half()
+    v = torch.randn(2, 50, 2, 64).half()
+    one = questkern.PagedKVCache(2, 64, 2, 64, page_size=8, dtype=torch.float16, device="cpu")
+    one.append(k, v, [50, 21])
+    many = questkern.PagedKVCache(2, 64, 2, 64, page_size=8, dtype=torch.float16, device="cpu", shuffle=True)
+    many.append(k[:, :13], v[:, :13], [13, 13])
+    many.append(k[:, 13:], v[:, 13:], [37, 8])
+    assert one.lens == many.lens == [50, 21]
+    for b in range(2):
+        assert torch.equal(_logical(one, b), _logical(many, b))
+        assert torch.equal(_logical(one, b), k[b, : one.lens[b]].transpose(0, 1))
+    ref_min, ref_max = metadata_build_ref(many.k_cache, many.page_table, many.seq_lens)
+    for b in range(2):
+        pages = many.page_table[b, : -(-many.lens[b] // 8)].long()
+        assert torch.equal(many.kmin[pages].float(), ref_min[pages])
+        assert torch.equal(many.kmax[pages].float(), ref_max[pages])
+
+
+def test_out_of_pages_and_capacity_errors():
+    c = questkern.PagedKVCache(2, 32, 1, 64, page_size=16, dtype=torch.float16, device="cpu", num_pages=3)
+    c.append(torch.zeros(2, 16, 1, 64).half(), torch.zeros(2, 16, 1, 64).half())
+    with pytest.raises(RuntimeError, match="out of pages"):
+        c.append(torch.zeros(2, 16, 1, 64).half(), torch.zeros(2, 16, 1, 64).half())
+    with pytest.raises(ValueError, match="max_seq_len capacity"):
+        c.append(torch.zeros(2, 40, 1, 64).half(), torch.zeros(2, 40, 1, 64).half(), [40, 0])
+
+
+def test_release_returns_pages():
+    c = questkern.PagedKVCache(1, 64, 1, 64, page_size=16, dtype=torch.float16, device="cpu", num_pages=2)
+    c.append(torch.zeros(1, 32, 1, 64).half(), torch.zeros(1, 32, 1, 64).half())
+    c.release(0)
+    assert c.lens == [0] and c.seq_lens.tolist() == [0]
+    c.append(torch.zeros(1, 32, 1, 64).half(), torch.zeros(1, 32, 1, 64).half())  # pages were freed
+    assert c.lens == [32]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(head_dim=96), "head_dim"), (dict(page_size=12), "page_size"), (dict(dtype=torch.float32), "dtype"),
+    (dict(meta_dtype=torch.float16), "meta_dtype"), (dict(num_kv_heads=0), "num_kv_heads"),
+])
+def test_constructor_validation(kw, match):
+    args = dict(batch_size=1, max_seq_len=64, num_kv_heads=1, head_dim=64, page_size=16, dtype=torch.bfloat16, device="cpu")
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        questkern.PagedKVCache(**args)
+
+
+def test_append_validation():
+    c = questkern.PagedKVCache(2, 64, 1, 64, page_size=16, dtype=torch.bfloat16, device="cpu")
+    with pytest.raises(ValueError, match=r"k must have shape \[2, \*, 1, 64\]"):
+        c.append(torch.zeros(3, 4, 1, 64).bfloat16(), torch.zeros(3, 4, 1, 64).bfloat16())
+    with pytest.raises(TypeError, match="k must have dtype"):
+        c.append_decode(torch.zeros(2, 1, 64), torch.zeros(2, 1, 64))
+    with pytest.raises(ValueError, match="lens must hold 2 values"):
+        c.append(torch.zeros(2, 4, 1, 64).bfloat16(), torch.zeros(2, 4, 1, 64).bfloat16(), [5, 1])
