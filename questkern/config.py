@@ -98,6 +98,8 @@ class DecodeConfig(_ConfigBase):
     pages_per_block: pages loaded per inner iteration (power of two).
     num_splits: programs along the page axis per (sequence, head group); 0 means
         "choose from the SM count at plan time" (the heuristic).
+    fuse_combine: the last split to finish merges the splits (one launch fewer) instead
+        of a separate combine kernel.
     """
 
     op: ClassVar[str] = "decode"
@@ -106,8 +108,11 @@ class DecodeConfig(_ConfigBase):
     num_warps: int = 4
     num_stages: int = 2
     combine_warps: int = 4
+    fuse_combine: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.fuse_combine, bool):
+            raise ValueError(f"DecodeConfig.fuse_combine must be a bool, got {self.fuse_combine!r}")
         if not _is_pow2(self.pages_per_block):
             raise ValueError(f"DecodeConfig.pages_per_block must be a power of two, got {self.pages_per_block}")
         if self.num_splits < 0 or self.num_splits > 1024:

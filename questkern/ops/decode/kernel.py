@@ -34,7 +34,8 @@ def _decode_split_kernel(
     sel_phys,  # [B, Hsel, K] int32 physical pages of ``sel`` (read when HAS_PHYS)
     o_part,  # [B, Hq, S, D] float32
     lse_part,  # [B, Hq, S] float32 (log2 units)
-    out,  # [B, Hq, D] (written when S == 1)
+    out,  # [B, Hq, D] (written when S == 1, or by the last split when FUSE_COMBINE)
+    counters,  # [B, head programs] int32 arrival counters, zero between calls (FUSE_COMBINE)
     qk_scale,  # sm_scale * log2(e)
     n_slots,  # K (sparse) or max_pages (dense)
     num_splits,
@@ -54,6 +55,7 @@ def _decode_split_kernel(
     KV_GROUP: tl.constexpr,  # Hq // Hkv
     PAGES_PER_BLOCK: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,  # one split: write the final output, skip the combine
+    FUSE_COMBINE: tl.constexpr,  # the last split to finish merges all splits (no combine launch)
     DENSE: tl.constexpr,
     HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -136,7 +138,33 @@ def _decode_split_kernel(
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_h[:, None] & m_d[None, :])
         lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
-        tl.store(lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh + i_s, lse, mask=m_h)
+        p_lse = lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh
+        tl.store(p_lse + i_s, lse, mask=m_h)
+        if FUSE_COMBINE:
+            # Split-K "last block merges": every thread's stores are ordered before one
+            # acq_rel arrival (bar.sync + a cumulative release at GPU scope); the split
+            # that arrives last reads all partials from L2 (.cg) and writes the output,
+            # then rearms the counter for the next call.
+            tl.debug_barrier()
+            p_cnt = counters + i_b * tl.num_programs(1) + i_x
+            arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                m_all = tl.zeros([BLOCK_H], dtype=tl.float32) + float("-inf")
+                for s in range(0, num_splits):
+                    m_all = tl.maximum(m_all, tl.load(p_lse + s, mask=m_h, other=float("-inf"), cache_modifier=".cg"))
+                m_all = tl.where(m_all > float("-inf"), m_all, 0.0)
+                b_den = tl.zeros([BLOCK_H], dtype=tl.float32)
+                b_res = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+                p_o0 = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + o_d[None, :]
+                for s in range(0, num_splits):
+                    w = tl.exp2(tl.load(p_lse + s, mask=m_h, other=float("-inf"), cache_modifier=".cg") - m_all)
+                    b_os = tl.load(p_o0 + s * stride_ps, mask=m_h[:, None] & m_d[None, :], other=0.0, cache_modifier=".cg")
+                    b_den += w
+                    b_res += w[:, None] * b_os
+                p_out = out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :]
+                tl.store(p_out, (b_res / tl.maximum(b_den, 1e-30)[:, None]).to(out.dtype.element_ty),
+                         mask=m_h[:, None] & m_d[None, :])
+                tl.atomic_xchg(p_cnt, 0)
 
 
 @triton.jit
@@ -166,10 +194,12 @@ def _combine_kernel(
     tl.store(out + i_b.to(tl.int64) * stride_ob + i_h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d)
 
 
-def decode_workspace(B: int, Hq: int, num_splits: int, D: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partial outputs [B, Hq, S, D] and log-sum-exps [B, Hq, S] for split-K."""
+def decode_workspace(B: int, Hq: int, num_splits: int, D: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split-K buffers: partial outputs [B, Hq, S, D], log-sum-exps [B, Hq, S] and the
+    arrival counters [B, Hq] of the fused combine (zeroed here; each call leaves them zero)."""
     return (torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=device),
-            torch.empty(B, Hq, num_splits, dtype=torch.float32, device=device))
+            torch.empty(B, Hq, num_splits, dtype=torch.float32, device=device),
+            torch.zeros(B, Hq, dtype=torch.int32, device=device))
 
 
 def decode_num_splits(config: DecodeConfig, B: int, Hq: int, Hkv: int, per_head: bool, n_slots: int, device) -> int:
@@ -189,7 +219,7 @@ def paged_decode(
     config: DecodeConfig | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     selected_phys: torch.Tensor | None = None,  # [B, Hsel, K] physical ids of ``selected`` (skips a lookup)
 ) -> torch.Tensor:
     """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api)."""
@@ -205,7 +235,7 @@ def paged_decode(
         out = torch.empty_like(q)
     if S > 1 and workspace is None:
         workspace = decode_workspace(B, Hq, S, D, q.device)
-    o_part, lse_part = workspace if S > 1 else (out, out)
+    o_part, lse_part, counters = workspace if S > 1 else (out, out, out)
     group = 1 if per_head else G
     block_h = max(16, next_pow2(group))  # tl.dot needs >= 16 rows: pad the group with masked heads
     if cfg.pages_per_block * PAGE < 16:
@@ -216,7 +246,7 @@ def paged_decode(
     grid = (B, Hq if per_head else Hkv, S)
     _decode_split_kernel[grid](
         q, k_cache, v_cache, page_table, seq_lens, sel, sel if selected_phys is None else selected_phys,
-        o_part, lse_part, out,
+        o_part, lse_part, out, counters,
         scale * _LOG2E, n_slots, S,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -227,10 +257,11 @@ def paged_decode(
         out.stride(0), out.stride(1),
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1,
+        FUSE_COMBINE=cfg.fuse_combine,
         DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if S > 1:
+    if S > 1 and not cfg.fuse_combine:
         _combine_kernel[(B, Hq)](
             o_part, lse_part, out, S,
             o_part.stride(0), o_part.stride(1), o_part.stride(2),

@@ -21,6 +21,7 @@ def _inputs(B, Hq, Hkv, D, PS, lens, dtype, seed=0):
     return q, k, v, table, seq_lens
 
 
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,dtype,ppb,splits", [
     (1, 2, 1, 64, 16, [100], None, None, torch.float16, 2, 1),  # dense, one split (no combine)
     (3, 4, 1, 64, 16, [100, 37, 1], None, None, torch.bfloat16, 2, 3),  # dense, mixed, a 1-token sequence
@@ -30,16 +31,29 @@ def _inputs(B, Hq, Hkv, D, PS, lens, dtype, seed=0):
     (2, 2, 2, 128, 8, [300, 1], 64, "per_head", torch.float16, 4, 4),  # MHA, more splits than work
     (1, 8, 1, 64, 32, [333], 96, "shared", torch.float16, 1, 2),  # page 32, one page per block
 ])
-def test_decode_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, dtype, ppb, splits):
+def test_decode_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, dtype, ppb, splits, fuse):
     q, k, v, table, seq_lens = _inputs(B, Hq, Hkv, D, PS, lens, dtype)
     sel = None
     if budget:
         kmin = torch.randn(table.max() + 1, Hkv, D)
         sel = select_pages_ref(q, kmin, kmin + 1, table, seq_lens, PS, budget, mode)
     out = torch.full_like(q, float("nan"))  # every element must be written
-    paged_decode(q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=ppb), num_splits=splits, out=out)
+    paged_decode(q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=ppb, fuse_combine=fuse), num_splits=splits, out=out)
     ref = paged_attention_ref(q, k, v, table, seq_lens, sel)
     torch.testing.assert_close(out.float(), ref, **TOL[dtype])
+
+
+def test_fused_combine_rearms_its_counters():
+    """Repeated calls on one workspace (as in CUDA-graph replays) stay correct."""
+    from questkern.ops.decode import decode_workspace
+    q, k, v, table, seq_lens = _inputs(2, 4, 2, 64, 16, [90, 40], torch.float16, seed=7)
+    ws = decode_workspace(2, 4, 3, 64, q.device)
+    ref = paged_attention_ref(q, k, v, table, seq_lens, None)
+    for _ in range(3):
+        out = torch.full_like(q, float("nan"))
+        paged_decode(q, k, v, table, seq_lens, None, num_splits=3, out=out, workspace=ws)
+        torch.testing.assert_close(out.float(), ref, **TOL[torch.float16])
+        assert torch.count_nonzero(ws[2]) == 0
 
 
 def test_dense_decode_equals_sdpa():
