@@ -140,13 +140,14 @@ def default_metadata_config(head_dim: int) -> MetadataConfig:
 
 
 def default_select_config(max_pages: int, head_dim: int) -> SelectConfig:
-    # H100 exploration (reports/data/nvidia-h100-80gb-hbm3/runs/003-explore.csv): small
-    # tiles without a tile top-K win up to 4K pages (more programs in flight); past
-    # that, 512-page tiles with a tile top-K keep the merge small.
-    if max_pages <= 4096:
-        chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
-        return SelectConfig(chunk_pages=chunk, block_d=min(128, head_dim), num_warps=4)
-    return SelectConfig(chunk_pages=512, block_d=min(64, head_dim), num_warps=8)
+    # H100 exploration (reports/data/nvidia-h100-80gb-hbm3/runs/003..006): 64-page
+    # tiles without a tile top-K keep many programs streaming metadata; a tile top-K
+    # (larger tiles) costs more than the bigger merge it saves, except at GQA 128K.
+    # Merge: its top-K over every candidate page is one CTA per row; 16 warps keep
+    # 8192 candidates in registers (4 warps spill: 5x slower, runs/006), 8 are best at 2048.
+    chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
+    merge_warps = 4 if max_pages <= 1024 else (8 if max_pages <= 2048 else 16)
+    return SelectConfig(chunk_pages=chunk, block_d=min(128, head_dim), num_warps=4, merge_warps=merge_warps)
 
 
 def default_decode_config(page_size: int, head_dim: int) -> DecodeConfig:

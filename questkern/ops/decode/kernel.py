@@ -56,6 +56,7 @@ def _decode_split_kernel(
     PAGES_PER_BLOCK: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,  # one split: write the final output, skip the combine
     FUSE_COMBINE: tl.constexpr,  # the last split to finish merges all splits (no combine launch)
+    BLOCK_S: tl.constexpr,  # next_pow2(num_splits), for the fused combine
     DENSE: tl.constexpr,
     HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -149,21 +150,20 @@ def _decode_split_kernel(
             p_cnt = counters + i_b * tl.num_programs(1) + i_x
             arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
             if arrived == num_splits - 1:
-                m_all = tl.zeros([BLOCK_H], dtype=tl.float32) + float("-inf")
-                for s in range(0, num_splits):
-                    m_all = tl.maximum(m_all, tl.load(p_lse + s, mask=m_h, other=float("-inf"), cache_modifier=".cg"))
-                m_all = tl.where(m_all > float("-inf"), m_all, 0.0)
-                b_den = tl.zeros([BLOCK_H], dtype=tl.float32)
-                b_res = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-                p_o0 = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + o_d[None, :]
-                for s in range(0, num_splits):
-                    w = tl.exp2(tl.load(p_lse + s, mask=m_h, other=float("-inf"), cache_modifier=".cg") - m_all)
-                    b_os = tl.load(p_o0 + s * stride_ps, mask=m_h[:, None] & m_d[None, :], other=0.0, cache_modifier=".cg")
-                    b_den += w
-                    b_res += w[:, None] * b_os
-                p_out = out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :]
-                tl.store(p_out, (b_res / tl.maximum(b_den, 1e-30)[:, None]).to(out.dtype.element_ty),
-                         mask=m_h[:, None] & m_d[None, :])
+                o_s = tl.arange(0, BLOCK_S)
+                m_s = o_s < num_splits
+                for g in tl.static_range(GROUP):  # unrolled: the heads' loads overlap
+                    h = (h0 + g).to(tl.int64)
+                    b_lse = tl.load(lse_part + i_b.to(tl.int64) * stride_lb + h * stride_lh + o_s, mask=m_s,
+                                    other=float("-inf"), cache_modifier=".cg")  # [BLOCK_S]
+                    b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + h * stride_ph + o_s[:, None] * stride_ps
+                                   + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.0,
+                                   cache_modifier=".cg")  # [BLOCK_S, BLOCK_D]
+                    m_all = tl.max(b_lse, axis=0)
+                    w = tl.where(b_lse > float("-inf"), tl.exp2(b_lse - tl.where(m_all > float("-inf"), m_all, 0.0)), 0.0)
+                    res = tl.sum(w[:, None] * b_os, axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+                    tl.store(out + i_b.to(tl.int64) * stride_ob + h * stride_oh + o_d, res.to(out.dtype.element_ty),
+                             mask=m_d)
                 tl.atomic_xchg(p_cnt, 0)
 
 
@@ -257,7 +257,7 @@ def paged_decode(
         out.stride(0), out.stride(1),
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1,
-        FUSE_COMBINE=cfg.fuse_combine,
+        FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
         DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
