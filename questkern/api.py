@@ -126,7 +126,7 @@ class QuestDecode:
     def _config(self, op: str, key: dict):
         if op in self.configs:
             return self.configs[op], "override"
-        return resolve_config(op, **key)
+        return resolve_config(op, **key, budget=self.budget, gqa_mode=self.gqa_mode)
 
     # ------------------------------------------------------------------ run
     def run(self, q: torch.Tensor, *, return_selected: bool = False):

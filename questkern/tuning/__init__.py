@@ -1,5 +1,19 @@
-"""Per-GPU tuning tables: lookup at run time (runtime.py)."""
+"""Per-GPU tuning: the Optuna tuner (``questkern tune``) and the lookup tables it writes.
 
-from questkern.tuning.runtime import resolve_config
+Layout (Kernel Tuner style: strategy, runner and observer are separate):
 
-__all__ = ["resolve_config"]
+* :mod:`~questkern.tuning.gpus`     GPU name normalization and ``--gpu`` checks
+* :mod:`~questkern.tuning.keys`     table keys, log2 buckets, distance between shapes
+* :mod:`~questkern.tuning.space`    search space per op, constraints, heuristic defaults
+* :mod:`~questkern.tuning.runner`   build inputs, run a candidate, check it, time it
+* :mod:`~questkern.tuning.strategy` Optuna samplers, studies, the trial objective
+* :mod:`~questkern.tuning.observer` progress and the final report
+* :mod:`~questkern.tuning.quality`  synthetic attention recall (second objective)
+* :mod:`~questkern.tuning.tuner`    orchestration: buckets -> studies -> table
+* :mod:`~questkern.tuning.table`, :mod:`~questkern.tuning.schema`  the JSON tables
+* :mod:`~questkern.tuning.runtime`  ``resolve_config``: table lookup at run time
+"""
+
+from questkern.tuning.runtime import clear_cache, explain_config, resolve_config
+
+__all__ = ["resolve_config", "explain_config", "clear_cache"]

@@ -1,0 +1,95 @@
+"""``questkern show-config``: which tuned entry (or heuristic) a call would use, and why.
+
+    questkern show-config --op select --seq 32k --batch 8 --heads 32/8 --head-dim 128 --page-size 16
+
+Prints the GPU key, every table source searched (environment variable, user cache,
+shipped) with what was found there, the chosen entry (file, buckets, distance) or the
+reason for the heuristic fallback, and the config. Reads tables only; never tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from questkern.cli._shapes import parse_dtype, parse_heads, parse_size
+
+
+def _one_heads(text: str) -> tuple[int, int]:
+    heads = parse_heads(text)
+    if len(heads) != 1:
+        raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
+    return heads[0]
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def register(sub) -> None:
+    from questkern.tuning.keys import OPS
+
+    p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", choices=OPS, required=True, help="kernel op")
+    p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
+    p.add_argument("--head-dim", type=_positive, default=128, help="head dim (default 128)")
+    p.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"), help="bf16 or fp16 (default bf16)")
+    p.add_argument("--page-size", type=_positive, default=16, help="page size (default 16)")
+    p.add_argument("--budget", type=_positive, default=None, help="token budget (select/sparse_decode; default: any)")
+    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
+    p.add_argument("--gpu", default=None, help="GPU key whose tables to read (default: this device)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from questkern._details import select_backend
+
+    select_backend()
+    from questkern.tuning.gpus import current_gpu_key, normalize_gpu_name
+    from questkern.tuning.runtime import explain_config
+
+    hq, hkv = args.heads
+    key = normalize_gpu_name(args.gpu) if args.gpu else current_gpu_key()
+    r = explain_config(args.op, dtype=args.dtype, head_dim=args.head_dim, group=hq // hkv, page_size=args.page_size,
+                       seq_len=args.seq, batch=args.batch, budget=args.budget, gqa_mode=args.gqa_mode, gpu_key=key,
+                       warn=False)
+    sources = [{"label": s.label, "path": str(s.path) if s.path else None, "status": s.status, "detail": s.detail}
+               for s in r.tables.sources]
+    if args.json:
+        print(json.dumps({"gpu_key": r.gpu_key, "key": r.key.to_dict(), "source": r.source,
+                          "path": str(r.path) if r.path else None, "distance": r.distance, "reason": r.reason,
+                          "config": r.config.to_dict(), "entry": r.entry, "sources": sources}, indent=1))
+        return 0
+    out = sys.stdout
+    print(f"gpu key:   {r.gpu_key}", file=out)
+    print(f"call:      {args.op} {r.key.dtype} d{args.head_dim} heads {hq}/{hkv} (group {hq // hkv}) page {args.page_size} "
+          f"seq {args.seq} (bucket 2^{r.key.seq_bucket}) batch {args.batch} (bucket 2^{r.key.batch_bucket})"
+          + (f" budget {args.budget}" if args.budget else ""), file=out)
+    print("tables searched (first wins):", file=out)
+    for i, s in enumerate(sources, 1):
+        print(f"  {i}. {s['label']:<22} {s['path'] or '(not set)'}: {s['status']}"
+              + (f" ({s['detail']})" if s["detail"] else ""), file=out)
+    if r.entry is not None:
+        e = r.entry
+        print(f"chosen:    {r.path}", file=out)
+        print(f"           entry seq 2^{e['seq_bucket']} batch 2^{e['batch_bucket']}"
+              + (f" budget {e['budget']}" if e.get("budget") else "") + (f" {e['gqa_mode']}" if e.get("gqa_mode") else "")
+              + f" ({r.reason})", file=out)
+        dl = e.get("default_latency_us")
+        sp = f", {dl / e['latency_us']:.3f}x over the default ({dl:.2f} us)" if dl else ""
+        print(f"           tuned {e['date']}: {e['latency_us']:.2f} us{sp}, {e['trials']} trials", file=out)
+    else:
+        print(f"chosen:    heuristic ({r.reason})", file=out)
+    print(f"config:    {r.config}", file=out)
+    return 0

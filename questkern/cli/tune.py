@@ -1,0 +1,174 @@
+"""``questkern tune``: search kernel configs with Optuna on this GPU and write its table.
+
+    questkern tune --gpu h100 --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8
+
+One study per bucket (op x dtype x head dim x heads x seq x batch; page sizes and
+budgets are searched inside a bucket when several are given, with attention recall as
+a second objective). Every candidate is checked against the float32 reference before
+it is timed. Winners are merged into ``<out>/<gpu-key>.json`` (default: the user cache
+directory, which ``import questkern`` reads automatically); an existing faster entry
+is kept unless --force. Studies live in --storage (SQLite in the user data directory by
+default): rerun the same command to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from questkern.cli._shapes import parse_dtype, parse_heads, parse_ints, parse_sizes
+
+
+def parse_ops(text: str) -> list[str]:
+    from questkern.tuning.keys import OPS
+
+    ops = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if not ops or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(OPS)}, got {text!r}")
+    return list(dict.fromkeys(ops))
+
+
+def parse_dtypes(text: str) -> list:
+    """'bf16' or 'bf16,fp16' -> [torch dtypes]."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected bf16, fp16 or bf16,fp16, got {text!r}")
+    return list(dict.fromkeys(parse_dtype(p) for p in parts))
+
+
+def parse_fix(text: str) -> dict:
+    """'num_stages=2,fuse_combine=false,topk=radix' -> {'num_stages': 2, 'fuse_combine': False, 'topk': 'radix'}."""
+    out: dict = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name or not value:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {part!r}")
+        if value.lower() in ("true", "false"):
+            out[name] = value.lower() == "true"
+        else:
+            try:
+                out[name] = int(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def register(sub) -> None:
+    from questkern.tuning.keys import OPS
+    from questkern.tuning.strategy import SAMPLERS
+
+    p = sub.add_parser("tune", help="tune kernel configs on this GPU and write its lookup table",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", required=True,
+                   help="GPU family (a100, h100, h200, l40s, l4, 4090, ...; 'cpu' for the interpreter) or full key; "
+                        "must match the detected device unless --dry-run")
+    p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k")
+    p.add_argument("--batch", type=parse_ints, default=[1, 8], help="batch sizes (default 1,8)")
+    p.add_argument("--heads", type=parse_heads, default=[(32, 32), (32, 8)], help="Q/KV heads (default 32/32,32/8)")
+    p.add_argument("--head-dim", type=parse_ints, default=[128], help="head dims (default 128)")
+    p.add_argument("--dtype", type=parse_dtypes, default=parse_dtypes("bf16"), help="bf16, fp16 or bf16,fp16 (default bf16)")
+    p.add_argument("--page-size", type=parse_ints, default=[16], help="page sizes; several = searched (default 16)")
+    p.add_argument("--budget", type=parse_ints, default=[2048], help="token budgets; several = searched (default 2048)")
+    p.add_argument("--ops", type=parse_ops, default=list(OPS), help=f"ops to tune (default {','.join(OPS)})")
+    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
+    p.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="shared-mode score aggregate (default sum)")
+    p.add_argument("--trials", type=_positive_int, default=None,
+                   help="evaluated trials per bucket study, resumed count (default 40 when --timeout is not given)")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="seconds per bucket (with --trials: whichever first)")
+    p.add_argument("--max-time", type=_positive_float, default=None,
+                   help="seconds for the whole run, shared out over the buckets left (time-boxed runs)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default $QUESTKERN_STORAGE or "
+                   "sqlite:///~/.local/share/questkern/studies.db); 'inmemory' keeps nothing")
+    p.add_argument("--study", default=None, help="study name prefix (default: the GPU key); each bucket adds ':<bucket>'")
+    p.add_argument("--out", type=Path, default=None, help="table directory (default ~/.cache/questkern/tuning, read at "
+                   "import; the tables shipped with questkern live in questkern/tuning/tables)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and input seed (default 0)")
+    p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect")
+    p.add_argument("--verify-rounds", type=int, default=3,
+                   help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
+    p.add_argument("--rep-ms", type=_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
+    p.add_argument("--warmup-ms", type=_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
+    p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here")
+    p.add_argument("--force", action="store_true", help="replace existing table entries even when they are faster")
+    p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from questkern._details import select_backend
+
+    note = select_backend()
+    import optuna
+
+    from questkern.tuning.gpus import CPU_KEY, check_gpu_arg, current_gpu_name, normalize_gpu_name
+    from questkern.tuning.observer import ConsoleObserver
+    from questkern.tuning.runner import FatalDeviceError
+    from questkern.tuning.schema import TableError
+    from questkern.tuning.tuner import TuneSpec, plan_lines, tune, write_summary
+
+    detected = current_gpu_name()
+    try:
+        key = check_gpu_arg(args.gpu, detected)
+        device_name = detected
+    except ValueError as exc:
+        if not args.dry_run:
+            print(f"questkern tune: error: {exc}", file=sys.stderr)
+            return 2
+        key, device_name = normalize_gpu_name(args.gpu), f"{args.gpu} (not this machine: dry run)"
+        print(f"dry run: {exc}")
+    if device_name == CPU_KEY:
+        print(f"NOTE: {note or 'no CUDA device: kernels run in the Triton interpreter'}; the timings mean nothing "
+              "(use --gpu cpu only to test the pipeline)")
+    try:
+        spec = TuneSpec(
+            gpu_key=key, device_name=device_name, seqs=tuple(args.seq), batches=tuple(args.batch),
+            heads=tuple(args.heads), head_dims=tuple(args.head_dim), dtypes=tuple(args.dtype),
+            page_sizes=tuple(args.page_size), budgets=tuple(args.budget), ops=tuple(args.ops),
+            gqa_mode=args.gqa_mode, aggregate=args.aggregate,
+            n_trials=args.trials if (args.trials or args.timeout) else 40, timeout=args.timeout,
+            max_time=args.max_time, storage=args.storage, study_prefix=args.study, out_dir=args.out,
+            sampler=args.sampler, seed=args.seed, force=args.force, fixed=args.fix,
+            verify_rounds=max(0, args.verify_rounds), rep_ms=args.rep_ms, warmup_ms=args.warmup_ms)
+    except ValueError as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for line in plan_lines(spec):
+            print(line)
+        return 0
+    try:
+        report = tune(spec, observer=ConsoleObserver())
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished buckets are in the table; rerun the same command to resume the studies",
+              file=sys.stderr)
+        return 130
+    except (TableError, ValueError, FatalDeviceError, optuna.exceptions.OptunaError) as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 1
+    if args.summary:
+        write_summary(report, args.summary)
+        print(f"wrote {args.summary}")
+    return 1 if any(b.error for b in report.buckets) else 0

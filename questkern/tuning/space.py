@@ -1,0 +1,382 @@
+"""Search spaces: what the tuner varies for each op, which combinations are invalid, and
+the heuristic default expressed as a point of the space.
+
+A :class:`Bucket` is one study: one op at one shape (dtype, head dim, heads, sequence
+length, batch); page size and token budget are searched too when several are given.
+:class:`OpSpace` turns a bucket into Optuna parameters. Parameters are the fields of the
+op's config dataclass (:mod:`questkern.config`), with static choice lists per bucket so
+that Optuna's distributions never change within a study; combinations that cannot work
+or that duplicate another point are rejected by :meth:`OpSpace.violation` *before*
+anything is compiled (the trial is pruned, not failed):
+
+* select: ``block_d <= head_dim`` (by the choices); ``chunk_pages`` no larger than the
+  context needs (``max(16, next_pow2(pages - 1))``: a larger tile is the same one-stage
+  launch with more masked lanes); register budget ``2 * chunk_pages * block_d /
+  (32 * num_warps) <= 256`` elements per thread for the kmin/kmax tiles (more spills).
+  ``num_stages`` is fixed to 1: the kernel's only loop (over head-dim slices) is a
+  ``static_range``, unrolled at compile time, so there is nothing to pipeline.
+  ``merge_warps`` is searched only when the launch is two-stage; ``topk`` (bisection or
+  radix select, both exact) always.
+* sparse/dense decode: ``16 <= pages_per_block * page_size <= 256`` tokens per inner
+  step (``tl.dot`` needs 16; beyond 256 the K/V tiles spill); register budget
+  ``2 * tokens * head_dim / (32 * num_warps) <= 256``; ``num_splits`` no more than the
+  blocks of work (``ceil(slots / pages_per_block)``, beyond which the launcher caps it
+  anyway); ``fuse_combine`` searched only with more than one split, ``combine_warps``
+  only when a separate combine kernel runs.
+* metadata: ``num_warps`` only.
+
+The heuristic default (``questkern.config.default_*``) always lies in the space and
+satisfies the constraints (tests check this), so it can be enqueued as trial 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from questkern import config as C
+from questkern.config import next_pow2
+from questkern.tuning.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
+
+SELECT_TOPK = ("bisect", "radix")  # SelectConfig.topk choices (searched when the field exists)
+REG_BUDGET = 256  # operand elements per thread above which a tile is considered to spill
+POW2_SPLITS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One study: ``op`` at one shape; several page sizes / budgets become search params."""
+
+    op: str
+    dtype: str
+    head_dim: int
+    num_q_heads: int
+    num_kv_heads: int
+    seq_len: int
+    batch: int
+    page_sizes: tuple[int, ...] = (16,)
+    budgets: tuple[int, ...] = (2048,)
+    gqa_mode: str = "shared"
+    aggregate: str = "sum"
+
+    def __post_init__(self):
+        check_op(self.op)
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        object.__setattr__(self, "page_sizes", tuple(sorted(set(self.page_sizes))))
+        object.__setattr__(self, "budgets", tuple(sorted(set(self.budgets))) if self.op in BUDGET_OPS else ())
+        if self.num_q_heads % self.num_kv_heads:
+            raise ValueError(f"num_q_heads = {self.num_q_heads} must be a multiple of num_kv_heads = {self.num_kv_heads}")
+        if not self.page_sizes:
+            raise ValueError("page_sizes must not be empty")
+        if self.op in BUDGET_OPS and not self.budgets:
+            raise ValueError(f"{self.op} needs at least one budget")
+
+    @property
+    def group(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def per_head(self) -> bool:
+        """Whether selection and sparse decode run one row per query head."""
+        return self.gqa_mode == "per_head" and self.group > 1 and self.op in BUDGET_OPS
+
+    @property
+    def multi_objective(self) -> bool:
+        """Latency and quality, when page size or budget vary for an op that selects pages."""
+        return self.op in BUDGET_OPS and (len(self.page_sizes) > 1 or len(self.budgets) > 1)
+
+    def max_pages(self, page_size: int) -> int:
+        return -(-self.seq_len // page_size)
+
+    def k_pages(self, page_size: int, budget: int) -> int:
+        return min(-(-budget // page_size), self.max_pages(page_size))
+
+    def slots(self, page_size: int, budget: int | None) -> int:
+        """Page slots a decode walks: the selection width (sparse) or every page (dense)."""
+        return self.k_pages(page_size, budget) if self.op == "sparse_decode" else self.max_pages(page_size)
+
+    def head_programs(self) -> int:
+        return self.num_q_heads if self.per_head else self.num_kv_heads
+
+    def entry_key(self, page_size: int, budget: int | None) -> EntryKey:
+        return EntryKey.for_call(self.op, dtype=self.dtype, head_dim=self.head_dim, group=self.group,
+                                 page_size=page_size, seq_len=self.seq_len, batch=self.batch, budget=budget,
+                                 gqa_mode=self.gqa_mode)
+
+    def name(self) -> str:
+        """Stable study-name suffix (no '/': it also names NVTX ranges and files)."""
+        s = (f"{self.op}:{self.dtype}:d{self.head_dim}:h{self.num_q_heads}-{self.num_kv_heads}:"
+             f"s{self.seq_len}:b{self.batch}:p{'-'.join(map(str, self.page_sizes))}")
+        if self.op in BUDGET_OPS:
+            s += f":k{'-'.join(map(str, self.budgets))}:{self.gqa_mode}"
+            if self.gqa_mode == "shared" and self.group > 1:
+                s += f"-{self.aggregate}"
+        return s
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["page_sizes"], d["budgets"] = list(self.page_sizes), list(self.budgets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Bucket":
+        d = dict(d)
+        d["page_sizes"], d["budgets"] = tuple(d["page_sizes"]), tuple(d["budgets"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter; ``active(params so far)`` makes it conditional."""
+
+    name: str
+    choices: tuple
+    active: Callable[[dict], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point of the space, decoded: the op's config plus the algorithm knobs."""
+
+    config: object
+    page_size: int
+    budget: int | None
+    params: dict = field(hash=False, compare=False)
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
+    out, v = [], lo
+    while v <= hi:
+        out.append(v)
+        v *= 2
+    return tuple(out)
+
+
+class OpSpace:
+    """The search space of one bucket on a device with ``num_sms`` SMs.
+
+    ``fixed`` pins parameters to one value each (``{"num_stages": 2}``); a name the op
+    does not search is an error.
+    """
+
+    def __init__(self, bucket: Bucket, *, num_sms: int, fixed: dict | None = None):
+        self.bucket = bucket
+        self.num_sms = int(num_sms)
+        self.params: list[Param] = self._with_defaults(self._build())
+        fixed = dict(fixed or {})
+        names = [p.name for p in self.params]
+        unknown = set(fixed) - set(names)
+        if unknown:
+            raise ValueError(f"cannot fix {sorted(unknown)} for op {bucket.op}: it searches {names}")
+        self.params = [Param(p.name, (fixed[p.name],), p.active) if p.name in fixed else p for p in self.params]
+        self.fixed = fixed
+
+    # ------------------------------------------------------------------ definition
+    def _build(self) -> list[Param]:
+        b = self.bucket
+        params: list[Param] = []
+        if len(b.page_sizes) > 1:
+            params.append(Param("page_size", b.page_sizes))
+        if b.op in BUDGET_OPS and len(b.budgets) > 1:
+            params.append(Param("budget", b.budgets))
+        if b.op == "metadata":
+            params.append(Param("num_warps", (1, 2, 4, 8)))
+        elif b.op == "select":
+            cap = max(max(16, next_pow2(b.max_pages(ps) - 1)) for ps in b.page_sizes)
+            params += [
+                Param("chunk_pages", _pow2_range(16, min(cap, 1024))),
+                Param("block_d", _pow2_range(16, min(b.head_dim, 128))),
+                Param("num_warps", (2, 4, 8, 16)),
+                Param("merge_warps", (1, 2, 4, 8, 16), active=lambda p: not self._one_stage(p)),
+            ]
+            if "topk" in _field_names(C.SelectConfig):  # top-K algorithm (bisection / radix select)
+                params.append(Param("topk", SELECT_TOPK))
+        else:
+            max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,)))
+            splits = {s for s in POW2_SPLITS if s <= max_useful}
+            splits |= {self._default_splits(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,))}
+            params += [
+                Param("pages_per_block", (1, 2, 4, 8, 16, 32)),
+                Param("num_splits", tuple(sorted(splits))),
+                Param("num_warps", (1, 2, 4, 8)),
+                Param("num_stages", (1, 2, 3, 4)),
+            ]
+            if "fuse_combine" in _field_names(C.DecodeConfig):  # last split merges vs a combine launch
+                params.append(Param("fuse_combine", (True, False), active=lambda p: p["num_splits"] > 1))
+            params.append(Param("combine_warps", (1, 2, 4, 8), active=self._separate_combine))
+        return params
+
+    @staticmethod
+    def _separate_combine(params: dict) -> bool:
+        """Whether a separate combine kernel runs (so that combine_warps matters)."""
+        return params["num_splits"] > 1 and not params.get("fuse_combine", False)
+
+    def _with_defaults(self, params: list[Param]) -> list[Param]:
+        """Add any heuristic default value missing from a choice list, so the default is
+        always a point of the space (the heuristics in config.py evolve)."""
+        self.params, self.fixed = params, {}
+        extra: dict[str, set] = {}
+        for point in self.default_points():
+            for name, v in point.items():
+                extra.setdefault(name, set()).add(v)
+        out = []
+        for p in params:
+            missing = [v for v in extra.get(p.name, ()) if v not in p.choices]
+            choices = p.choices + tuple(missing)
+            if missing and all(isinstance(v, int) and not isinstance(v, bool) for v in choices):
+                choices = tuple(sorted(choices))
+            out.append(Param(p.name, choices, p.active))
+        return out
+
+    def _page_budget(self, params: dict) -> tuple[int, int | None]:
+        b = self.bucket
+        ps = params.get("page_size", b.page_sizes[0])
+        bud = params.get("budget", b.budgets[0]) if b.op in BUDGET_OPS else None
+        return ps, bud
+
+    def _one_stage(self, params: dict) -> bool:
+        """Whether select runs as one launch (then merge_warps is unused); asks the launcher."""
+        from questkern.ops.select.kernel import select_plan
+
+        ps, bud = self._page_budget(params)
+        n_chunks, _ = select_plan(self.bucket.max_pages(ps), self.bucket.k_pages(ps, bud),
+                                  C.SelectConfig(chunk_pages=params["chunk_pages"]))
+        return n_chunks == 1
+
+    def _default_splits(self, page_size: int, budget: int | None) -> int:
+        cfg = C.default_decode_config(page_size, self.bucket.head_dim)
+        return C.choose_num_splits(cfg, self.bucket.batch, self.bucket.head_programs(),
+                                   self.bucket.slots(page_size, budget), self.num_sms)
+
+    # ------------------------------------------------------------------ points
+    def default_params(self, page_size: int | None = None, budget: int | None = None) -> dict:
+        """The heuristic default config as a point of this space (for one page size/budget)."""
+        b = self.bucket
+        ps = page_size if page_size is not None else b.page_sizes[0]
+        bud = (budget if budget is not None else b.budgets[0]) if b.op in BUDGET_OPS else None
+        p: dict = {}
+        if len(b.page_sizes) > 1:
+            p["page_size"] = ps
+        if b.op in BUDGET_OPS and len(b.budgets) > 1:
+            p["budget"] = bud
+        if b.op == "metadata":
+            p["num_warps"] = C.default_metadata_config(b.head_dim).num_warps
+        elif b.op == "select":
+            cfg = C.default_select_config(b.max_pages(ps), b.head_dim)
+            p.update(chunk_pages=cfg.chunk_pages, block_d=cfg.block_d, num_warps=cfg.num_warps)
+            if not self._one_stage(p):
+                p["merge_warps"] = cfg.merge_warps
+            if "topk" in _field_names(C.SelectConfig):
+                p["topk"] = cfg.topk
+        else:
+            cfg = C.default_decode_config(ps, b.head_dim)
+            p.update(pages_per_block=cfg.pages_per_block, num_splits=self._default_splits(ps, bud),
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            if p["num_splits"] > 1 and "fuse_combine" in _field_names(C.DecodeConfig):
+                p["fuse_combine"] = cfg.fuse_combine
+            if self._separate_combine(p):
+                p["combine_warps"] = cfg.combine_warps
+        for name, v in self.fixed.items():  # a pinned parameter overrides the heuristic's value
+            if name in p:
+                p[name] = v
+        return p
+
+    def default_points(self) -> list[dict]:
+        """One heuristic default per (page size, budget) combination."""
+        b = self.bucket
+        return [self.default_params(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,))]
+
+    def suggest(self, trial) -> dict:
+        """Ask an Optuna trial for a point (conditional params only when active)."""
+        p: dict = {}
+        for prm in self.params:
+            if prm.active is None or prm.active(p):
+                p[prm.name] = trial.suggest_categorical(prm.name, list(prm.choices))
+        return p
+
+    def violation(self, params: dict) -> str | None:
+        """Why ``params`` is invalid or redundant (pruned before compiling), or None."""
+        b = self.bucket
+        ps, bud = self._page_budget(params)
+        if b.op == "select":
+            need = max(16, next_pow2(b.max_pages(ps) - 1))
+            if params["chunk_pages"] > need:
+                return f"chunk_pages {params['chunk_pages']} > {need}, all a {b.max_pages(ps)}-page context needs"
+            if params["block_d"] > b.head_dim:
+                return f"block_d {params['block_d']} > head_dim {b.head_dim}"
+            per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["num_warps"])
+            if per_thread > REG_BUDGET:
+                return f"chunk_pages*block_d tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
+        elif b.op in ("sparse_decode", "dense_decode"):
+            tokens = params["pages_per_block"] * ps
+            if not 16 <= tokens <= 256:
+                return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
+            per_thread = 2 * tokens * b.head_dim / (32 * params["num_warps"])
+            if per_thread > REG_BUDGET:
+                return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
+            useful = -(-b.slots(ps, bud) // params["pages_per_block"])
+            if params["num_splits"] > useful:
+                return f"num_splits {params['num_splits']} > {useful} blocks of work"
+        return None
+
+    def candidate(self, params: dict) -> Candidate:
+        """Decode a point into the op's config (raises ValueError for an invalid config)."""
+        b = self.bucket
+        ps, bud = self._page_budget(params)
+        if b.op == "metadata":
+            cfg = C.MetadataConfig(num_warps=params["num_warps"])
+        elif b.op == "select":
+            extra = {"topk": params["topk"]} if "topk" in params else {}
+            cfg = C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
+                                 num_warps=params["num_warps"], num_stages=1,
+                                 merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
+        else:
+            extra = {"fuse_combine": params["fuse_combine"]} if "fuse_combine" in params else {}
+            cfg = C.DecodeConfig(pages_per_block=params["pages_per_block"], num_splits=params["num_splits"],
+                                 num_warps=params["num_warps"], num_stages=params["num_stages"],
+                                 combine_warps=params.get("combine_warps", C.DecodeConfig.combine_warps), **extra)
+        return Candidate(cfg, ps, bud, dict(params))
+
+    def grid(self) -> dict[str, list]:
+        """Every parameter with all its choices (for Optuna's GridSampler)."""
+        return {p.name: list(p.choices) for p in self.params}
+
+    def enumerate(self) -> list[dict]:
+        """Every valid point (conditional params only where active), in a fixed order."""
+        out: list[dict] = []
+
+        def rec(i: int, p: dict) -> None:
+            if i == len(self.params):
+                if self.violation(p) is None:
+                    out.append(dict(p))
+                return
+            prm = self.params[i]
+            if prm.active is not None and not prm.active(p):
+                rec(i + 1, p)
+                return
+            for v in prm.choices:
+                p[prm.name] = v
+                rec(i + 1, p)
+                del p[prm.name]
+
+        rec(0, {})
+        return out
+
+    def size(self) -> int:
+        return len(self.enumerate())
+
+
+def params_key(params: dict) -> tuple:
+    """Hashable identity of a point (for duplicates)."""
+    return tuple(sorted(params.items()))
+
+
+def product_size(space: OpSpace) -> int:
+    """Size of the unconstrained Cartesian product (for reports)."""
+    return math.prod(len(p.choices) for p in space.params)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Time-boxed real tuning on this GPU (one command, ~8 minutes; run from anywhere).
+#
+# Sweep: seq 8k,32k,128k x batch 1,8 x heads 32/32,32/8, d=128, bf16, page 16,
+# budget 2048, ops select,sparse_decode,dense_decode = 36 buckets sharing MAX_TIME
+# seconds (default 420). Writes, under the repository:
+#   questkern/tuning/tables/<gpu-key>.json   the shipped lookup table (merged; faster existing entries kept)
+#   tuning/studies/<gpu-key>.db              the Optuna studies (rerun this script to resume/extend them)
+#   tuning/runs/<gpu-key>-tune.json|.log     the run summary: per-bucket winners and speedups
+# and prints tuned-vs-heuristic speedups and their geometric mean, both configs timed
+# back to back in this run (--verify-rounds 3). Then shows that the lookup picks the table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python}
+KEY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
+FAMILY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f; print(f(k()) or k())")
+echo "device key: $KEY (family $FAMILY)"
+mkdir -p tuning/studies tuning/runs
+$PY -m questkern tune --gpu "$FAMILY" \
+  --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 128 --dtype bf16 \
+  --page-size 16 --budget 2048 --ops select,sparse_decode,dense_decode \
+  --timeout 15 --max-time "${MAX_TIME:-420}" --rep-ms 40 --warmup-ms 10 --verify-rounds 3 \
+  --storage "sqlite:///tuning/studies/$KEY.db" --out questkern/tuning/tables \
+  --summary "tuning/runs/$KEY-tune.json" 2>&1 | tee "tuning/runs/$KEY-tune.log"
+$PY -m questkern show-config --op sparse_decode --seq 32k --batch 8 --heads 32/8 --head-dim 128 \
+  --page-size 16 --budget 2048 | tee -a "tuning/runs/$KEY-tune.log"

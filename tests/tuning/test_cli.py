@@ -1,0 +1,112 @@
+"""``questkern tune`` and ``questkern show-config`` from the command line (CPU interpreter)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from questkern.cli import build_parser, main
+from questkern.tuning import paths
+from questkern.tuning.gpus import CPU_KEY
+from questkern.tuning.table import load_table
+
+from tuning_helpers import entry, write_doc
+
+TINY = ["--seq", "64", "--batch", "1", "--heads", "2/1", "--head-dim", "32", "--page-size", "16", "--budget", "32"]
+
+
+def parse(*argv):
+    return build_parser().parse_args(["tune", "--gpu", "cpu", *argv])
+
+
+@pytest.mark.parametrize("text,want", [("32k", [32768]), ("32768", [32768]), ("8k,32k,128k", [8192, 32768, 131072]),
+                                       ("1m", [1048576]), (" 4K ", [4096])])
+def test_seq_parsing(text, want):
+    assert parse("--seq", text).seq == want
+
+
+@pytest.mark.parametrize("text,expect", [("32q", "expected a size like 32k or 32768, got '32q'"),
+                                          ("0", "size must be > 0"), ("1.5k", "expected a size like"),
+                                          ("8k,x", "got 'x'"), (",", "comma-separated list of sizes")])
+def test_bad_seq_is_a_clear_error(text, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("--seq", text)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seq" in err and expect in err
+
+
+@pytest.mark.parametrize("flag,value,expect", [("--ops", "select,topk", "expected a comma-separated subset of"),
+                                               ("--fix", "num_stages", "expected NAME=VALUE"),
+                                               ("--trials", "0", "expected a positive integer"),
+                                               ("--timeout", "-5", "expected a positive number of seconds"),
+                                               ("--sampler", "cmaes", "invalid choice"),
+                                               ("--dtype", "fp8", "dtype must be one of")])
+def test_other_bad_flags(flag, value, expect, capsys):
+    with pytest.raises(SystemExit):
+        parse("--seq", "32k", flag, value)
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and expect in err
+
+
+def test_fix_values():
+    assert parse("--seq", "1k", "--fix", "num_stages=2, fuse_combine=False,topk=radix").fix == {
+        "num_stages": 2, "fuse_combine": False, "topk": "radix"}
+
+
+def test_dtype_list():
+    import torch
+
+    assert parse("--seq", "1k", "--dtype", "bf16,fp16").dtype == [torch.bfloat16, torch.float16]
+    assert parse("--seq", "1k").dtype == [torch.bfloat16]
+
+
+def test_gpu_mismatch_is_an_error_naming_both(dirs, capsys):
+    assert main(["tune", "--gpu", "h100", "--seq", "32k"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu 'h100' (family h100) does not match the detected device 'cpu-interpreter'" in err
+
+
+def test_dry_run_plans_for_another_gpu(dirs, capsys):
+    assert main(["tune", "--gpu", "h100", "--seq", "8k,32k", "--batch", "1,8", "--heads", "32/8", "--dry-run",
+                 "--out", str(dirs["env"])]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: --gpu 'h100'" in out and "16 buckets" in out
+    assert "h100:select:bfloat16:d128:h32-8:s32768:b8:p16:k2048:shared-sum" in out
+    assert not list(dirs["env"].iterdir()) and not list(dirs["data"].iterdir())  # nothing run, nothing written
+
+
+def test_tune_cli_end_to_end_with_real_timing(dirs, capsys):
+    argv = ["tune", "--gpu", "cpu", *TINY, "--ops", "metadata", "--trials", "2", "--verify-rounds", "0",
+            "--storage", f"sqlite:///{dirs['data'] / 's.db'}", "--out", str(dirs["env"]),
+            "--summary", str(dirs["data"] / "summary.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "geometric mean speedup over the heuristic default" in out and "the timings mean nothing" in out
+    (e,) = load_table(paths.table_path(dirs["env"], CPU_KEY))["entries"]
+    assert e["op"] == "metadata" and e["trials"] == 2 and e["latency_us"] > 0
+    summary = json.loads((dirs["data"] / "summary.json").read_text())
+    assert summary["buckets"][0]["n_evaluated"] == 2 and summary["gpu_key"] == CPU_KEY
+
+    # show-config now reports the entry, its file and the bucket distance
+    assert main(["show-config", "--op", "metadata", "--seq", "100", "--batch", "2", "--heads", "2/1",
+                 "--head-dim", "32", "--page-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"chosen:    {paths.table_path(dirs['env'], CPU_KEY)}" in out
+    assert "entry seq 2^6 batch 2^0 (nearest, distance 2)" in out
+    assert "$QUESTKERN_TUNING_DIR" in out and "loaded" in out
+
+
+def test_show_config_heuristic_reason_and_json(dirs, capsys):
+    write_doc(dirs["shipped"], [entry("select", seq=32768, batch=8)])
+    assert main(["show-config", "--op", "select", "--seq", "32k", "--batch", "8", "--heads", "32/8",
+                 "--gpu", "nvidia-h100-80gb-hbm3", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["distance"] == 0 and d["source"].endswith("(exact)") and d["config"]["chunk_pages"] == 128
+    assert main(["show-config", "--op", "select", "--seq", "32k", "--page-size", "32",
+                 "--gpu", "nvidia-h100-80gb-hbm3"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen:    heuristic (no entry for select bfloat16 d128 group 4 page 32 in" in out
+    assert main(["show-config", "--op", "dense_decode", "--seq", "32k", "--gpu", "NVIDIA L4"]) == 0
+    assert "heuristic (no tuning table for GPU nvidia-l4 (family l4))" in capsys.readouterr().out
