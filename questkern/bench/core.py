@@ -7,6 +7,9 @@ Ops (CSV column ``op``):
     quest_step      select + sparse_decode + combine, the whole Quest step (CUDA graph)
     dense_decode    in-house dense paged decode (same kernel, all pages)
     sdpa            torch.nn.functional.scaled_dot_product_attention over the whole context
+    flex_quest      torch.compile'd FlexAttention over the same selected pages (a block mask of
+                    them at page granularity, or 128-token blocks if the page size is refused),
+                    the peer a user would otherwise reach for; GPU only
 Bytes are the fewest a kernel must move (each input read once); ``gbps`` is bytes over
 the median time and ``pct_copy_bw`` compares it with the copy bandwidth of the same run.
 """
@@ -95,9 +98,10 @@ def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
     sel_tokens = sum(min(p, k_pages) * PS for p in pages)  # attended tokens, padded to pages
     sparse = sel_tokens * rows_kv * D * 2 * elt
     dense = sum(lens) * Hkv * D * 2 * elt
+    padded = B * max(lens) * Hkv * D * 2 * elt
     return {"select": meta + B * Hq * D * elt, "topk_torch": sum(pages) * (Hkv if case.gqa_mode == "shared" else Hq) * 4,
             "sparse_decode": sparse + q_out, "quest_step": meta + sparse + q_out,
-            "dense_decode": dense + q_out, "sdpa": dense + q_out}
+            "dense_decode": dense + q_out, "sdpa": padded + q_out}
 
 
 def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> tuple[list[dict], dict]:
@@ -134,15 +138,29 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
     times["quest_step"] = time_fn(lambda: quest.run(q), graph=graph, rep_ms=rep_ms)
     times["dense_decode"] = time_fn(lambda: dense.run(q), graph=graph, rep_ms=rep_ms)
     checks = {}
-    if case.lens is None:
-        k_c, v_c = _contiguous_kv(cache, case.seq_len)
-        q4 = q[:, :, None, :]  # [B, Hq, 1, D]
-        gqa = Hq != case.kv_heads
-        times["sdpa"] = time_fn(lambda: F.scaled_dot_product_attention(q4, k_c, v_c, enable_gqa=gqa), graph=graph, rep_ms=rep_ms)
-        if check:
-            sdpa_out = F.scaled_dot_product_attention(q4, k_c, v_c, enable_gqa=gqa)[:, :, 0].float()
-            checks["dense_vs_sdpa_maxerr"] = (dense.run(q).float() - sdpa_out).abs().max().item()
-        del k_c, v_c
+    # SDPA over the whole context in logical order; a mixed-length batch is padded to its
+    # longest sequence with a boolean mask (what a user without a paged kernel would run)
+    L = max(lens)
+    k_c, v_c = _contiguous_kv(cache, L)
+    q4 = q[:, :, None, :]  # [B, Hq, 1, D]
+    gqa = Hq != case.kv_heads
+    mask = None
+    if case.lens is not None:
+        mask = (torch.arange(L, device=device)[None, :] < torch.tensor(lens, device=device)[:, None])[:, None, None, :]
+    times["sdpa"] = time_fn(lambda: F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa),
+                            graph=graph, rep_ms=rep_ms)
+    if check:
+        sdpa_out = F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa)[:, :, 0].float()
+        checks["dense_vs_sdpa_maxerr"] = (dense.run(q).float() - sdpa_out).abs().max().item()
+    if device.type == "cuda":
+        flex = _flex_peer(q4, k_c, v_c, selected, cache.seq_lens, case.page_size, gqa)
+        if flex is not None:
+            fn, block = flex
+            times["flex_quest"] = time_fn(fn, graph=graph, rep_ms=rep_ms)
+            if check:
+                checks["flex_vs_quest_maxerr"] = (fn()[:, :, 0].float() - quest.run(q).float()).abs().max().item()
+            checks["flex_block"] = block
+    del k_c, v_c
     if check:
         ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
                                    case.budget, case.gqa_mode)[:, :, : plan.k_pages]
@@ -151,6 +169,7 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
         ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected)
         checks["quest_maxerr"] = (out - ref).abs().max().item()
     nbytes = case_bytes(case, cache.kmin.element_size())
+    nbytes["flex_quest"] = nbytes["sparse_decode"]
     rows = []
     for op, us in times.items():
         rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op],
@@ -160,3 +179,47 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows, checks
+
+
+_FLEX = None
+
+
+def _flex_peer(q4, k_c, v_c, selected, seq_lens, page_size: int, gqa: bool):
+    """FlexAttention restricted to the selected pages: (callable, kv block size) or None.
+
+    The mask is exact at token level (selected page and position < seq_len); the block
+    mask lets FlexAttention skip unselected blocks. A refusal or compile failure is
+    printed and the peer is left out rather than failing the run.
+    """
+    global _FLEX
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except Exception as e:  # pragma: no cover - old torch
+        print(f"    flex_quest skipped: {e!r}")
+        return None
+    if _FLEX is None:
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    B, Hq, _, D = q4.shape
+    L = k_c.shape[2]
+    n_pages = -(-L // page_size)
+    rows = selected.shape[1]
+    allowed = torch.zeros(B, rows, n_pages + 1, dtype=torch.bool, device=q4.device)
+    allowed.scatter_(2, torch.where(selected >= 0, selected, n_pages).long(), True)
+    allowed = allowed[:, :, :n_pages]
+    if rows != Hq:  # shared selection: one row per KV head serves its query heads
+        allowed = allowed.repeat_interleave(Hq // rows, dim=1)
+    lens = seq_lens.to(q4.device)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed[b, h, kv_idx // page_size] & (kv_idx < lens[b])
+
+    for block in (page_size, 128):
+        try:
+            bm = create_block_mask(mask_mod, B, Hq, 1, L, device=q4.device, BLOCK_SIZE=(128, block) if block != 128 else 128)
+            fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731
+            fn()
+            torch.cuda.synchronize()
+            return fn, block
+        except Exception as e:
+            print(f"    flex_quest with {block}-token KV blocks failed: {str(e).splitlines()[0][:200]}")
+    return None
