@@ -104,7 +104,7 @@ def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
             "dense_decode": dense + q_out, "sdpa": padded + q_out}
 
 
-def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> tuple[list[dict], dict]:
+def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False) -> tuple[list[dict], dict]:
     """Time every op of ``case``. Returns (rows, check results)."""
     cache = build_cache(case, device, integer_keys=check)
     lens = case.seq_lens()
@@ -152,10 +152,10 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200) -> t
     if check:
         sdpa_out = F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa)[:, :, 0].float()
         checks["dense_vs_sdpa_maxerr"] = (dense.run(q).float() - sdpa_out).abs().max().item()
-    if device.type == "cuda":
-        flex = _flex_peer(q4, k_c, v_c, selected, cache.seq_lens, case.page_size, gqa)
-        if flex is not None:
-            fn, block = flex
+    if flex and device.type == "cuda":
+        peer = _flex_peer(q4, k_c, v_c, selected, cache.seq_lens, case.page_size, gqa)
+        if peer is not None:
+            fn, block = peer
             times["flex_quest"] = time_fn(fn, graph=graph, rep_ms=rep_ms)
             if check:
                 checks["flex_vs_quest_maxerr"] = (fn()[:, :, 0].float() - quest.run(q).float()).abs().max().item()

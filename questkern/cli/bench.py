@@ -30,7 +30,10 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p)
-    p.add_argument("--mixed", type=str, default="", help="also a mixed-length batch: 'B:LO-HI', e.g. 32:4k-64k")
+    p.add_argument("--mixed", type=str, default="",
+                   help="bench a mixed-length batch instead of --seq/--batch: 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths)")
+    p.add_argument("--flex", action="store_true",
+                   help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
@@ -75,21 +78,20 @@ def run(args) -> int:
     copy_gbps = copy_bandwidth_gbps()
     print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
           f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
-    cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode)
-             for d in args.head_dim for ps in args.page_size for bud in args.budget
-             for hq, hkv in args.heads for b in args.batch for L in args.seq]
     if args.mixed:
         b, lens = _mixed_lens(args.mixed)
-        for d in args.head_dim:
-            for ps in args.page_size:
-                for bud in args.budget:
-                    for hq, hkv in args.heads:
-                        cases.append(Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens)))
+        cases = [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens))
+                 for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads]
+        print(f"mixed batch of {b}: lengths {sorted(lens)}")
+    else:
+        cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode)
+                 for d in args.head_dim for ps in args.page_size for bud in args.budget
+                 for hq, hkv in args.heads for b in args.batch for L in args.seq]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = "questkern " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("questkern") else " ".join(map(shlex.quote, sys.argv))
     rows, failures = [], []
     for case in cases:
-        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms)
+        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
             r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],

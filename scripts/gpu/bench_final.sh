@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The committed H100 bench CSVs (issues 3 and 7), each with --check (exact selection, outputs
+# vs float32 references). Run from the repo root on the GPU machine; writes under reports/data/<gpu-key>/.
+set -uo pipefail
+export PYTHONPATH=.:${PYTHONPATH:-}
+KEY=$(python3 -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
+D=reports/data/$KEY
+mkdir -p "$D"
+case "${1:-main}" in
+main)
+  python3 -m questkern bench --check --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 128 --dtype bf16 \
+    --budget 2048 --page-size 16 --out "$D/bench.csv" 2>&1 | tee "$D/bench.log"
+  python3 -m questkern bench --check --mixed 32:4k-64k --heads 32/8 --head-dim 128 --dtype bf16 --budget 2048 \
+    --page-size 16 --out "$D/bench_mixed32.csv" 2>&1 | tee "$D/bench_mixed32.log"
+  python3 -m questkern bench --check --flex --seq 32k,128k --batch 1 --heads 32/32,32/8 --head-dim 128 --dtype bf16 \
+    --budget 2048 --page-size 16 --out "$D/bench_flex.csv" 2>&1 | tee "$D/bench_flex.log" ;;
+fp16)
+  python3 -m questkern bench --check --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 64 --dtype fp16 \
+    --budget 2048 --page-size 16 --out "$D/bench_fp16_d64.csv" 2>&1 | tee "$D/bench_fp16_d64.log" ;;
+esac
