@@ -70,6 +70,7 @@ def _append_kernel(
     NUM_KV_HEADS: tl.constexpr,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # One program per sequence: it reads seq_lens[b] once and writes it last, so the
@@ -80,22 +81,23 @@ def _append_kernel(
     page = pos // PAGE
     slot = pos % PAGE
     phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + page, mask=live, other=0).to(tl.int64)
+    o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
-    m_d = (o_d < HEAD_DIM) & live
+    m_hd = (o_h[:, None] < NUM_KV_HEADS) & (o_d[None, :] < HEAD_DIM) & live  # [BLOCK_H, BLOCK_D]
     first = slot == 0  # the first token of a page starts its min/max afresh
-    for i_h in tl.static_range(NUM_KV_HEADS):
-        p_new = i_b.to(tl.int64) * stride_nb + i_h * stride_nh + o_d
-        b_k = tl.load(k_new + p_new, mask=m_d, other=0.0)  # [D]
-        b_v = tl.load(v_new + p_new, mask=m_d, other=0.0)
-        p_kv = phys * stride_kp + i_h * stride_kh + slot * stride_kt + o_d
-        tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_d)
-        tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_d)
-        p_meta = phys * stride_mp + i_h * stride_mh + o_d
-        b_kf = b_k.to(kmin.dtype.element_ty)
-        old_min = tl.load(kmin + p_meta, mask=m_d & (slot > 0), other=0.0)
-        old_max = tl.load(kmax + p_meta, mask=m_d & (slot > 0), other=0.0)
-        tl.store(kmin + p_meta, tl.where(first, b_kf, tl.minimum(old_min, b_kf)), mask=m_d)
-        tl.store(kmax + p_meta, tl.where(first, b_kf, tl.maximum(old_max, b_kf)), mask=m_d)
+    # all heads in one tile: one round of loads instead of a chain per head
+    p_new = i_b.to(tl.int64) * stride_nb + o_h[:, None] * stride_nh + o_d[None, :]
+    b_k = tl.load(k_new + p_new, mask=m_hd, other=0.0)  # [BLOCK_H, BLOCK_D]
+    b_v = tl.load(v_new + p_new, mask=m_hd, other=0.0)
+    p_meta = phys * stride_mp + o_h[:, None] * stride_mh + o_d[None, :]
+    old_min = tl.load(kmin + p_meta, mask=m_hd & (slot > 0), other=0.0)
+    old_max = tl.load(kmax + p_meta, mask=m_hd & (slot > 0), other=0.0)
+    p_kv = phys * stride_kp + o_h[:, None] * stride_kh + slot * stride_kt + o_d[None, :]
+    tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_hd)
+    tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_hd)
+    b_kf = b_k.to(kmin.dtype.element_ty)
+    tl.store(kmin + p_meta, tl.where(first, b_kf, tl.minimum(old_min, b_kf)), mask=m_hd)
+    tl.store(kmax + p_meta, tl.where(first, b_kf, tl.maximum(old_max, b_kf)), mask=m_hd)
     tl.store(seq_lens + i_b, pos + 1, mask=live)
 
 
@@ -156,6 +158,6 @@ def append_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         kmin.stride(0), kmin.stride(1),
         page_table.stride(0),
-        NUM_KV_HEADS=H, PAGE=PAGE, HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
+        NUM_KV_HEADS=H, PAGE=PAGE, HEAD_DIM=D, BLOCK_H=triton.next_power_of_2(H), BLOCK_D=triton.next_power_of_2(D),
         num_warps=min(cfg.num_warps, 4),
     )
