@@ -25,6 +25,44 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
+                  seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
+                  PAGE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGES_PER_BLOCK: tl.constexpr,
+                  DENSE: tl.constexpr, HAS_PHYS: tl.constexpr, UPCAST: tl.constexpr):
+    """One block of PAGES_PER_BLOCK pages: gather K/V, online-softmax update of (m, l, acc)."""
+    slot = start + o_pb  # [PAGES_PER_BLOCK]
+    m_slot = slot < hi
+    if DENSE:
+        page = slot
+    else:
+        page = tl.load(p_sel + slot, mask=m_slot, other=-1)
+        m_slot = m_slot & (page >= 0)
+    if HAS_PHYS:
+        phys = tl.load(p_sphys + slot, mask=m_slot, other=0).to(tl.int64)
+    else:
+        phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
+    pos = page[:, None] * PAGE + o_t[None, :]  # [PAGES_PER_BLOCK, PAGE] token positions
+    m_tok = m_slot[:, None] & (pos < seq_len)
+    p_tile = phys[:, None, None] * stride_kp + p_kv  # [PAGES_PER_BLOCK, PAGE, BLOCK_D]
+    m_tile = m_tok[:, :, None] & m_d[None, None, :]
+    b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+    b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+    m_n = tl.reshape(m_tok, [BLOCK_N])
+    if UPCAST:
+        b_k = b_k.to(tl.float32)
+        b_v = b_v.to(tl.float32)
+    b_s = tl.dot(b_q, tl.trans(b_k))  # [BLOCK_H, BLOCK_N]
+    b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
+    m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+    alpha = tl.exp2(b_m - m_new)
+    b_p = tl.exp2(b_s - m_new[:, None])
+    b_l = b_l * alpha + tl.sum(b_p, axis=1)
+    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+    b_m = m_new
+    return b_m, b_l, b_acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q,  # [B, Hq, D]
     k_cache, v_cache,  # [P, Hkv, PAGE, D]
@@ -55,6 +93,7 @@ def _decode_split_kernel(
     KV_GROUP: tl.constexpr,  # Hq // Hkv
     PAGES_PER_BLOCK: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,  # one split: write the final output, skip the combine
+    STATIC_ITERS: tl.constexpr,  # > 0: blocks per split, known at compile time (sparse rows)
     FUSE_COMBINE: tl.constexpr,  # the last split to finish merges all splits (no combine launch)
     BLOCK_S: tl.constexpr,  # next_pow2(num_splits), for the fused combine
     DENSE: tl.constexpr,
@@ -99,36 +138,21 @@ def _decode_split_kernel(
     b_m = tl.zeros([BLOCK_H], dtype=tl.float32) - 1.0e30
     b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for start in range(lo, hi, PAGES_PER_BLOCK):
-        slot = start + o_pb  # [PAGES_PER_BLOCK]
-        m_slot = slot < hi
-        if DENSE:
-            page = slot
-        else:
-            page = tl.load(p_sel + slot, mask=m_slot, other=-1)
-            m_slot = m_slot & (page >= 0)
-        if HAS_PHYS:
-            phys = tl.load(p_sphys + slot, mask=m_slot, other=0).to(tl.int64)
-        else:
-            phys = tl.load(p_tab + page, mask=m_slot, other=0).to(tl.int64)
-        pos = page[:, None] * PAGE + o_t[None, :]  # [PAGES_PER_BLOCK, PAGE] token positions
-        m_tok = m_slot[:, None] & (pos < seq_len)
-        p_tile = phys[:, None, None] * stride_kp + p_kv  # [PAGES_PER_BLOCK, PAGE, BLOCK_D]
-        m_tile = m_tok[:, :, None] & m_d[None, None, :]
-        b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
-        b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
-        m_n = tl.reshape(m_tok, [BLOCK_N])
-        if UPCAST:
-            b_k = b_k.to(tl.float32)
-            b_v = b_v.to(tl.float32)
-        b_s = tl.dot(b_q, tl.trans(b_k))  # [BLOCK_H, BLOCK_N]
-        b_s = tl.where(m_n[None, :], b_s * qk_scale, float("-inf"))
-        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
-        alpha = tl.exp2(b_m - m_new)
-        b_p = tl.exp2(b_s - m_new[:, None])
-        b_l = b_l * alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-        b_m = m_new
+    if STATIC_ITERS > 0:
+        # sparse rows: the split's iteration count is known at compile time; unrolled, the
+        # iterations' page-id and K/V loads have no loop-carried dependence and can be
+        # issued ahead of the previous iteration's math
+        for it in tl.static_range(STATIC_ITERS):
+            b_m, b_l, b_acc = _decode_block(
+                lo + it * PAGES_PER_BLOCK, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
+                seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
+                PAGE, BLOCK_D, BLOCK_N, PAGES_PER_BLOCK, DENSE, HAS_PHYS, UPCAST)
+    else:
+        for start in range(lo, hi, PAGES_PER_BLOCK):
+            b_m, b_l, b_acc = _decode_block(
+                start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
+                seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
+                PAGE, BLOCK_D, BLOCK_N, PAGES_PER_BLOCK, DENSE, HAS_PHYS, UPCAST)
 
     b_o = b_acc / tl.maximum(b_l, 1e-30)[:, None]
     heads = (h0 + o_h).to(tl.int64)
@@ -244,6 +268,10 @@ def paged_decode(
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)
+    # sparse rows have a fixed width, so each split's block count is a compile-time
+    # constant; unroll it when short (dense splits follow seq_len: a runtime loop)
+    blocks_per_split = -(-(-(-n_slots // S)) // cfg.pages_per_block)
+    static_iters = blocks_per_split if (not dense and blocks_per_split <= 8) else 0
     _decode_split_kernel[grid](
         q, k_cache, v_cache, page_table, seq_lens, sel, sel if selected_phys is None else selected_phys,
         o_part, lse_part, out, counters,
@@ -256,7 +284,7 @@ def paged_decode(
         *(lse_part.stride()[:2] if S > 1 else (0, 0)),
         out.stride(0), out.stride(1),
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
-        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1,
+        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1, STATIC_ITERS=static_iters,
         FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
         DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
