@@ -271,7 +271,7 @@ def paged_decode(
     # sparse rows have a fixed width, so each split's block count is a compile-time
     # constant; unroll it when short (dense splits follow seq_len: a runtime loop)
     blocks_per_split = -(-(-(-n_slots // S)) // cfg.pages_per_block)
-    static_iters = blocks_per_split if (not dense and blocks_per_split <= 8) else 0
+    static_iters = blocks_per_split if (not dense and blocks_per_split <= 2) else 0  # more spills (runs/008)
     _decode_split_kernel[grid](
         q, k_cache, v_cache, page_table, seq_lens, sel, sel if selected_phys is None else selected_phys,
         o_part, lse_part, out, counters,
