@@ -67,6 +67,8 @@ class SelectConfig(_ConfigBase):
     block_d: head-dim slice loaded per step (power of two, <= head_dim).
     topk: top-K algorithm, ``"bisect"`` (bitwise threshold search by reductions) or
         ``"radix"`` (8-bit radix select with histograms); both exact, same tie rule.
+    fused_merge: in the two-stage path the last tile of a row to finish merges that row
+        (no merge launch; one row's merge overlaps other rows' tiles).
     """
 
     op: ClassVar[str] = "select"
@@ -76,8 +78,11 @@ class SelectConfig(_ConfigBase):
     num_stages: int = 1
     merge_warps: int = 4
     topk: str = "bisect"
+    fused_merge: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.fused_merge, bool):
+            raise ValueError(f"SelectConfig.fused_merge must be a bool, got {self.fused_merge!r}")
         if self.topk not in ("bisect", "radix"):
             raise ValueError(f"SelectConfig.topk must be 'bisect' or 'radix', got {self.topk!r}")
         for name in ("chunk_pages", "block_d"):

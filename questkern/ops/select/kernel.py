@@ -137,8 +137,12 @@ def _select_tile_kernel(
     out_idx,  # one stage: [B, Hsel, K]; two stages: candidates [B, Hsel, NC * KC]
     out_score,  # two stages: [B, Hsel, NC * KC] float32 (unused in one stage)
     out_phys,  # like out_idx, physical page ids (written when WRITE_PHYS)
+    final_idx,  # FUSED_MERGE: [B, Hsel, K] final rows (the two-stage path's out)
+    final_phys,  # FUSED_MERGE: [B, Hsel, K] their physical ids
+    counters,  # FUSED_MERGE: [B, Hkv] int32 tile arrival counters, zero between calls
     K,  # pages per selection, the last page included
     max_pages, num_pages,
+    stride_fb, stride_fh,
     stride_qb, stride_qh,
     stride_mp, stride_mh,
     stride_tb,
@@ -158,6 +162,8 @@ def _select_tile_kernel(
     TOPK: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
     RADIX: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,  # the last tile of a row to finish merges it (no merge launch)
+    BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(tiles * KC)
 ):
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
@@ -215,6 +221,49 @@ def _select_tile_kernel(
             _tile_row(b_row, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
                       ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
 
+    if FUSED_MERGE:
+        # Rows finish at different times, so one row's merge overlaps other rows' tiles.
+        # Candidate stores are ordered before one acq_rel arrival per CTA (bar.sync + a
+        # cumulative release); the last tile reads every tile's candidates from L2.
+        tl.debug_barrier()
+        p_cnt = counters + i_b * tl.num_programs(1) + i_h
+        arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(2) - 1:
+            n_cand = tl.num_programs(2) * KC
+            if SHARED:
+                c = i_h * stride_oh
+                f = i_b.to(tl.int64) * stride_fb + i_h * stride_fh
+                _merge_row(p_out + c, p_sco + c, p_phy + c, final_idx + f, final_phys + f, p_tab, n_pages, K,
+                           n_cand, BLOCK_M, FILL, WRITE_PHYS, RADIX)
+            else:
+                for g in tl.static_range(GROUP):
+                    c = (i_h * GROUP + g) * stride_oh
+                    f = i_b.to(tl.int64) * stride_fb + (i_h * GROUP + g) * stride_fh
+                    _merge_row(p_out + c, p_sco + c, p_phy + c, final_idx + f, final_phys + f, p_tab, n_pages, K,
+                               n_cand, BLOCK_M, FILL, WRITE_PHYS, RADIX)
+            tl.atomic_xchg(p_cnt, 0)
+
+
+@triton.jit
+def _merge_row(p_cidx, p_csco, p_cphys, p_out, p_oph, p_tab, n_pages, K, N_CAND,
+               BLOCK_N: tl.constexpr, FILL: tl.constexpr, WRITE_PHYS: tl.constexpr, RADIX: tl.constexpr):
+    """Final top-K of one row over its tiles' candidates (read from L2: they may come from
+    other CTAs of the same launch), then the row's output."""
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N_CAND
+    ids = tl.load(p_cidx + o_n, mask=m_n, other=-1, cache_modifier=".cg")  # [BLOCK_N], ascending page order
+    scores = tl.load(p_csco + o_n, mask=m_n, other=float("-inf"), cache_modifier=".cg")
+    phys = ids
+    last_phys = 0
+    if WRITE_PHYS:
+        phys = tl.load(p_cphys + o_n, mask=m_n, other=0, cache_modifier=".cg")
+        last_phys = tl.load(p_tab + n_pages - 1)
+    if RADIX:
+        sel = _topk_mask_radix(scores, ids >= 0, K - 1)
+    else:
+        sel = _topk_mask(scores, ids >= 0, K - 1)
+    _emit_selection(p_out, p_oph, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
+
 
 @triton.jit
 def _select_merge_kernel(
@@ -237,22 +286,10 @@ def _select_merge_kernel(
 ):
     i_b, i_r = tl.program_id(0), tl.program_id(1)
     n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N_CAND
-    p_c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch + o_n
-    ids = tl.load(cand_idx + p_c, mask=m_n, other=-1)  # [BLOCK_N], ascending page order
-    scores = tl.load(cand_score + p_c, mask=m_n, other=float("-inf"))
-    phys = ids
-    last_phys = 0
-    if WRITE_PHYS:
-        phys = tl.load(cand_phys + p_c, mask=m_n, other=0)
-        last_phys = tl.load(page_table + i_b.to(tl.int64) * stride_tb + n_pages - 1)
-    if RADIX:
-        sel = _topk_mask_radix(scores, ids >= 0, K - 1)
-    else:
-        sel = _topk_mask(scores, ids >= 0, K - 1)
+    c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
-    _emit_selection(out_idx + r, out_phys + r, sel, ids, phys, n_pages, last_phys, K, FILL, WRITE_PHYS)
+    _merge_row(cand_idx + c, cand_score + c, cand_phys + c, out_idx + r, out_phys + r,
+               page_table + i_b.to(tl.int64) * stride_tb, n_pages, K, N_CAND, BLOCK_N, FILL, WRITE_PHYS, RADIX)
 
 
 def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int, int]:
@@ -301,18 +338,22 @@ def select_pages(
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
-            q, kmin, kmax, page_table, seq_lens, out, out, out_phys, k_pages, max_pages, kmin.shape[0],
-            *strides, out.stride(0), out.stride(1), ONE_STAGE=True, **common,
+            q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
+            kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
+            BLOCK_M=16, **common,
         )
         return out
     if workspace is None:
         workspace = select_workspace(B, rows, max_pages, k_pages, cfg, q.device)
-    cand_idx, cand_score, cand_phys = workspace  # [B, rows, n_chunks * kc]
-    _select_tile_kernel[(B, Hkv, n_chunks)](
-        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, k_pages, max_pages, kmin.shape[0],
-        *strides, cand_idx.stride(0), cand_idx.stride(1), ONE_STAGE=False, **common,
-    )
+    cand_idx, cand_score, cand_phys, counters = workspace  # [B, rows, n_chunks * kc] x3, [B, Hkv]
     n_cand = n_chunks * kc
+    _select_tile_kernel[(B, Hkv, n_chunks)](
+        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
+        max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
+        ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), **common,
+    )
+    if cfg.fused_merge:
+        return out
     _select_merge_kernel[(B, rows)](
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
@@ -323,10 +364,13 @@ def select_pages(
 
 
 def select_workspace(B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig,
-                     device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Candidate buffers of the two-stage path: (page ids, scores, physical ids), each [B, rows, tiles * KC]."""
+                     device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Buffers of the two-stage path: candidate (page ids, scores, physical ids), each
+    [B, rows, tiles * KC], and the fused merge's arrival counters [B, rows] (zeroed here;
+    every call leaves them zero)."""
     n_chunks, kc = select_plan(max_pages, k_pages, config)
     n = n_chunks * kc
     return (torch.empty(B, rows, n, dtype=torch.int32, device=device),
             torch.empty(B, rows, n, dtype=torch.float32, device=device),
-            torch.empty(B, rows, n, dtype=torch.int32, device=device))
+            torch.empty(B, rows, n, dtype=torch.int32, device=device),
+            torch.zeros(B, rows, dtype=torch.int32, device=device))

@@ -11,7 +11,7 @@ import triton.language as tl
 from helpers import integer_tensor, random_page_table
 
 from questkern.config import SelectConfig
-from questkern.ops.select import select_pages, select_pages_ref
+from questkern.ops.select import select_pages, select_pages_ref, select_workspace
 from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix
 
 CASES = [
@@ -24,18 +24,23 @@ CASES = [
     (2, 2, 2, 128, 32, [2000, 47], 256, "shared", "sum", torch.bfloat16, 16, "radix"),  # MHA, page 32
     (1, 4, 4, 64, 64, [1500], 128, "per_head", "sum", torch.float16, 16, "bisect"),  # page 64, one-page budget + last
 ]
+FUSED = {3, 4, 5}  # two-stage cases also run with the merge fused into the tile kernel
 
 
-@pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk", CASES)
-def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtype, chunk, topk):
+@pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk,fused",
+                         [c + (False,) for c in CASES] + [CASES[i] + (True,) for i in sorted(FUSED)])
+def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtype, chunk, topk, fused):
     table, P, seq_lens = random_page_table(B, lens, PS)
     kmin = integer_tensor((P, Hkv, D), -4, 4, dtype, seed=1)
     kmax = kmin + integer_tensor((P, Hkv, D), 0, 4, dtype, seed=2)
     q = integer_tensor((B, Hq, D), -3, 4, dtype, seed=3)
     k_pages = -(-budget // PS)
     phys = torch.full((B, Hkv if mode == "shared" else Hq, k_pages), -7, dtype=torch.int32)
-    cfg = SelectConfig(chunk_pages=chunk, block_d=min(64, D), topk=topk)
-    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys)
+    cfg = SelectConfig(chunk_pages=chunk, block_d=min(64, D), topk=topk, fused_merge=fused)
+    ws = select_workspace(B, phys.shape[1], table.shape[1], k_pages, cfg, q.device)
+    for _ in range(2 if fused else 1):  # a second call on the same workspace: counters were rearmed
+        out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys, workspace=ws)
+    assert torch.count_nonzero(ws[3]) == 0
     ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg)
     assert torch.equal(out, ref)
     expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
