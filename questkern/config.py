@@ -68,7 +68,9 @@ class SelectConfig(_ConfigBase):
     topk: top-K algorithm, ``"bisect"`` (bitwise threshold search by reductions) or
         ``"radix"`` (8-bit radix select with histograms); both exact, same tie rule.
     fused_merge: in the two-stage path the last tile of a row to finish merges that row
-        (no merge launch; one row's merge overlaps other rows' tiles).
+        (no merge launch; one row's merge overlaps other rows' tiles). Off by default: on
+        the H100 it was slower at every shape measured (runs/009: the merge then runs with
+        the tile kernel's registers and warps; 2-3x slower at 128K).
     """
 
     op: ClassVar[str] = "select"
