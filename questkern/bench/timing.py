@@ -14,6 +14,20 @@ from typing import Callable
 import torch
 
 
+def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
+    """Capture ``fn`` in a CUDA graph (after a warm-up on a side stream, as capture
+    requires) and return the graph's replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
 def time_fn(fn: Callable[[], object], *, graph: bool = True, rep_ms: int = 200, warmup_ms: int = 50) -> float:
     """Median time of ``fn`` in microseconds.
 
@@ -30,17 +44,7 @@ def time_fn(fn: Callable[[], object], *, graph: bool = True, rep_ms: int = 200, 
 
     fn()
     torch.cuda.synchronize()
-    target = fn
-    if graph:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graph capture requires
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        target = g.replay
+    target = graph_replay(fn) if graph else fn
     ms = triton.testing.do_bench(target, warmup=warmup_ms, rep=rep_ms, return_mode="median")
     return float(ms) * 1e3
 

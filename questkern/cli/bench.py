@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import io
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli._shapes import add_shape_args
+from questkern.profiling.files import write_text_atomic
 
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
@@ -113,15 +114,12 @@ def run(args) -> int:
                 failures.append((tag, checks))
     out = args.out or Path("reports") / "data" / gpu / "bench.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(out, buf.getvalue())
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")

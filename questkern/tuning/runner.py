@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from questkern.bench.timing import graph_replay
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
@@ -85,15 +86,7 @@ def cuda_graph_timer(rep_ms: int = 100, warmup_ms: int = 25, graph: bool = True)
         target = fn
         if graph:
             try:
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):  # capture needs a warm-up off the default stream
-                    fn()
-                torch.cuda.current_stream().wait_stream(stream)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    fn()
-                target = g.replay
+                target = graph_replay(fn)
             except Exception:  # not capturable: time it eagerly rather than fail the trial
                 torch.cuda.synchronize()
                 target = fn
