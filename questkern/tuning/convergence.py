@@ -85,14 +85,19 @@ def _lookup_evaluator(doc: dict):
     return evaluate
 
 
-def trials_to_target(doc: dict, sampler: str, seed: int, target: float) -> dict:
+def trials_to_target(doc: dict, sampler: str, seed: int, target: float, with_default: bool = True) -> dict:
     """Replay one seeded search on the sweep; evaluated trials (and distinct points)
-    until the best is within ``target`` of the sweep's best."""
+    until the best is within ``target`` of the sweep's best. ``with_default=False``
+    replays the sampler alone, without the heuristic default enqueued as trial 0
+    (its own search efficiency, when the default is already near the best)."""
     bucket = Bucket.from_dict(doc["bucket"])
     space = OpSpace(bucket, num_sms=doc["num_sms"], fixed=doc["fixed"])
     best = min(p["latency_us"] for p in doc["points"] if p["latency_us"])
     name = f"sim:{bucket.name()}"
-    study = open_study(optuna.storages.InMemoryStorage(), name, bucket, space, make_sampler(sampler, seed, space, name))
+    if with_default:
+        study = open_study(optuna.storages.InMemoryStorage(), name, bucket, space, make_sampler(sampler, seed, space, name))
+    else:
+        study = optuna.create_study(sampler=make_sampler(sampler, seed, space, name), direction="minimize")
     objective = make_objective(space, _lookup_evaluator(doc), lambda *a: 1.0)
     state = {"n": 0, "unique": set(), "hit": None}
 
@@ -112,7 +117,8 @@ def trials_to_target(doc: dict, sampler: str, seed: int, target: float) -> dict:
     return {"seed": seed, "trials": n, "distinct_points": u}
 
 
-def simulate(doc: dict, *, seeds: int = 50, target: float = 1.03, samplers=("tpe", "random")) -> dict:
+def simulate(doc: dict, *, seeds: int = 50, target: float = 1.03, samplers=("tpe", "random"),
+             with_default: bool = True) -> dict:
     """Trials-to-target statistics over ``seeds`` replays per sampler."""
     if not doc.get("complete"):
         raise ValueError("the sweep is incomplete: rerun the sweep command to finish it first")
@@ -128,10 +134,11 @@ def simulate(doc: dict, *, seeds: int = 50, target: float = 1.03, samplers=("tpe
     within = sum(x <= target * best for x in lat)
     res = {"gpu_key": doc["gpu_key"], "bucket": doc["bucket"], "fixed": doc["fixed"], "space_size": doc["space_size"],
            "failed_points": sum(1 for p in doc["points"] if not p["latency_us"]), "best_us": best,
-           "default_us": default_lat, "points_within_target": within, "target": target, "samplers": {}}
+           "default_us": default_lat, "points_within_target": within, "target": target,
+           "default_enqueued": with_default, "samplers": {}}
     with _quiet():
         for s in samplers:
-            runs = [trials_to_target(doc, s, seed, target) for seed in range(seeds)]
+            runs = [trials_to_target(doc, s, seed, target, with_default) for seed in range(seeds)]
             ns = sorted(r["trials"] if r["trials"] is not None else float("inf") for r in runs)
             fin = lambda x: x if x != float("inf") else None  # noqa: E731 - JSON has no infinity
             med = statistics.median(ns)
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     si.add_argument("--seeds", type=int, default=50)
     si.add_argument("--target", type=float, default=1.03)
     si.add_argument("--out", type=Path, default=None)
+    si.add_argument("--without-default", action="store_true",
+                    help="replay the samplers without the heuristic default enqueued as trial 0")
     args = ap.parse_args(argv)
     if args.cmd == "sweep":
         hq, hkv = args.heads[0]
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if doc["complete"] else 3
     doc = read_json(args.sweep)
     try:
-        res = simulate(doc, seeds=args.seeds, target=args.target)
+        res = simulate(doc, seeds=args.seeds, target=args.target, with_default=not args.without_default)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

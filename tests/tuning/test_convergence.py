@@ -30,6 +30,15 @@ def test_default_best_needs_one_trial():
         assert trials_to_target(doc, sampler, 0, 1.03) == {"seed": 0, "trials": 1, "distinct_points": 1}
 
 
+def test_without_default_the_sampler_searches_on_its_own():
+    """One good point among many: the sampler alone needs several trials to find it."""
+    doc, space = synthetic_doc(lambda p: 50.0, fixed={"num_stages": 2, "fuse_combine": False})
+    doc["points"][len(doc["points"]) // 2]["latency_us"] = 5.0
+    runs = [trials_to_target(doc, "random", seed, 1.03, with_default=False) for seed in range(3)]
+    assert all(r["trials"] is not None for r in runs) and max(r["trials"] for r in runs) > 1
+    assert simulate(doc, seeds=1, samplers=("random",), with_default=False)["default_enqueued"] is False
+
+
 def test_simulation_statistics_on_a_smooth_landscape():
     def lat(p):  # best at 4 pages per block, 8 splits, 4 warps; failures count as failed trials
         if p["num_warps"] == 1 and p["pages_per_block"] == 1:
