@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from questkern._io import write_json_atomic
 from questkern.tuning import paths
 from questkern.tuning.gpus import gpu_family
 from questkern.tuning.keys import EntryKey
@@ -81,33 +81,9 @@ def load_table(path: Path) -> dict:
 
 
 def atomic_write_json(path: Path, doc: dict) -> None:
-    """Write ``doc`` to ``path`` atomically: a temp file in the same directory, fsync,
-    os.replace, fsync of the directory. On any failure the old file is untouched and
-    the temp file removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is done
-        pass
+    """Write ``doc`` to ``path`` atomically (:mod:`questkern._io`): on any failure the
+    old file is untouched and the temp file removed. NaN is refused (not JSON)."""
+    write_json_atomic(path, doc, indent=1, sort_keys=False, allow_nan=False)
 
 
 @dataclass
