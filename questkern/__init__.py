@@ -2,7 +2,8 @@
 
 Public API:
     PagedKVCache      paged K/V storage with Quest page metadata kept in step
-    QuestDecode       plan() once, run(q) per decode step (sparse, or dense with budget=None)
+    QuestDecode       plan() once, run(q) per decode step (sparse, adaptive, or dense with budget=None)
+    AdaptiveBudget    per-query budget: smallest page set whose estimated score mass passes a threshold
     quest_decode      one-shot plan + run
     dense_decode      dense paged decode baseline
 Kernels and their float32 references live in ``questkern.ops.<op>``.
@@ -15,8 +16,9 @@ _select_backend()  # before any kernel module is imported
 from questkern.api import Plan, QuestDecode, dense_decode, quest_decode
 from questkern.cache import PagedKVCache
 from questkern.config import DecodeConfig, MetadataConfig, SelectConfig
+from questkern.ops.select.adaptive_naive import AdaptiveBudget
 
 __version__ = "0.1.0"
 
-__all__ = ["PagedKVCache", "QuestDecode", "Plan", "quest_decode", "dense_decode",
+__all__ = ["PagedKVCache", "QuestDecode", "Plan", "quest_decode", "dense_decode", "AdaptiveBudget",
            "SelectConfig", "DecodeConfig", "MetadataConfig", "__version__"]

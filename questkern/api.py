@@ -22,6 +22,8 @@ from questkern.config import DecodeConfig, SelectConfig
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
+from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
+from questkern.ops.select.adaptive_naive import AdaptiveBudget
 from questkern.profiling import annotate
 from questkern.tuning import resolve_config
 
@@ -50,14 +52,23 @@ class QuestDecode:
         score; each page is loaded once for the whole group) or ``"per_head"`` (exact
         Quest: one page set per query head).
     aggregate: how ``shared`` combines the group's scores: ``"sum"`` or ``"max"``.
+    adaptive: an :class:`AdaptiveBudget` instead of ``budget``: per query, the smallest
+        page set whose estimated score mass passes ``threshold``, between ``min_budget``
+        and ``max_budget`` tokens (``questkern.ops.select.adaptive_naive`` has the rule).
     configs: optional ``{"select": SelectConfig, "sparse_decode"|"dense_decode": DecodeConfig}``
         overrides (the tuner uses this); by default the tuning table or heuristic decides.
     """
 
     def __init__(self, budget: int | None, *, gqa_mode: str = "shared", aggregate: str = "sum",
-                 sm_scale: float | None = None, configs: dict | None = None):
+                 sm_scale: float | None = None, configs: dict | None = None, adaptive: AdaptiveBudget | None = None):
         if budget is not None:
             V.check_positive_int("budget", budget)
+        if adaptive is not None:
+            if not isinstance(adaptive, AdaptiveBudget):
+                raise TypeError(f"adaptive must be an AdaptiveBudget or None, got {type(adaptive).__name__}")
+            if budget is not None:
+                raise ValueError("pass either budget or adaptive (whose max_budget bounds the pages), not both")
+        self.adaptive = adaptive
         V.check_choice("gqa_mode", gqa_mode, V.GQA_MODES)
         V.check_choice("aggregate", aggregate, V.AGGREGATES)
         if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and sm_scale > 0):
@@ -68,7 +79,7 @@ class QuestDecode:
 
     @property
     def dense(self) -> bool:
-        return self.budget is None
+        return self.budget is None and self.adaptive is None
 
     # ------------------------------------------------------------------ plan
     def plan(self, cache=None, *, num_q_heads: int, k_cache=None, v_cache=None, kmin=None, kmax=None,
@@ -103,7 +114,8 @@ class QuestDecode:
         sel_cfg = None
         k_pages = 0
         if not self.dense:
-            k_pages = min(-(-self.budget // PAGE), max_pages)
+            budget = self.adaptive.max_budget if self.adaptive is not None else self.budget
+            k_pages = min(-(-budget // PAGE), max_pages)
             sel_cfg, sources["select"] = self._config("select", key)
         op = "dense_decode" if self.dense else "sparse_decode"
         dec_cfg, sources[op] = self._config(op, key)
@@ -119,7 +131,10 @@ class QuestDecode:
             rows = Hkv if self.gqa_mode == "shared" else num_q_heads
             self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
             self._selected_phys = torch.empty_like(self._selected)
-            self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
+            if self.adaptive is not None:
+                self._sel_ws = adaptive_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
+            else:
+                self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
         self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
         return self._plan
 
@@ -141,9 +156,15 @@ class QuestDecode:
         selected = None
         if not self.dense:
             with annotate("questkern.select", batch=p.batch, pages=page_table.shape[1], k=p.k_pages):
-                selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
-                                        self.gqa_mode, self.aggregate, p.select_config,
-                                        out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws)
+                if self.adaptive is not None:  # rows hold <= k_pages pages, -1 padded (decode skips -1)
+                    selected = select_pages_adaptive(q, kmin, kmax, page_table, seq_lens, p.page_size, self.adaptive,
+                                                     self.gqa_mode, self.aggregate, sm_scale=self.sm_scale,
+                                                     config=p.select_config, out=self._selected,
+                                                     out_phys=self._selected_phys, workspace=self._sel_ws)
+                else:
+                    selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
+                                            self.gqa_mode, self.aggregate, p.select_config,
+                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws)
         name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
         with annotate(name, batch=p.batch, splits=p.num_splits):
             paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,

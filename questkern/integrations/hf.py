@@ -1,0 +1,246 @@
+"""questkern as the decode attention of a Hugging Face ``transformers`` model.
+
+    from questkern.integrations.hf import QuestAttention, enable_quest
+    enable_quest(model, QuestAttention(budget=256, page_size=16, dense_layers=2))
+    model.generate(...)            # decode steps of layers >= 2 use Quest selection
+
+How it hooks in: transformers calls the attention function registered under the
+model's ``config._attn_implementation`` with post-RoPE ``query [B, Hq, T, D]`` and the
+whole cached ``key, value [B, Hkv, S, D]`` (after the cache update). ``enable_quest``
+registers :func:`questkern_attention` as ``"questkern"`` in ``AttentionInterface`` (and
+the SDPA mask builder under the same name in ``AttentionMaskInterface``), switches the
+model to it and attaches the settings to every attention module. Prefill (T > 1), the
+first ``dense_layers`` layers and ``budget=None`` run dense SDPA, as Quest does.
+
+Backends for the sparse decode step:
+
+* ``"reference"`` (default; CPU friendly): the float32 torch references of questkern —
+  metadata per page of the cached keys (optionally narrowed with safe rounding),
+  :func:`questkern.ops.select.select_pages_ref` (or the adaptive reference) and
+  :func:`questkern.ops.decode.naive.paged_attention_ref`. Metadata is recomputed from
+  the keys at every step, which costs O(S) per layer but needs no state.
+* ``"kernels"``: the Triton kernels through the public API. Each layer mirrors the HF
+  cache into a :class:`questkern.PagedKVCache` (bf16 or fp16, built at the first
+  decode step, then one ``append_decode`` per step) and runs
+  :class:`questkern.QuestDecode`. Adaptive budgets call the adaptive selection kernel
+  and the sparse decode kernel directly (``QuestDecode`` gains an ``adaptive`` option
+  in the issue 6 patch; until then this is the wiring).
+
+Batches: decode steps need sequences of equal length (no padding mask); prefill may
+be padded (the SDPA mask is used).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from questkern import validate as V
+from questkern.ops.decode.naive import paged_attention_ref
+from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_adaptive_ref
+from questkern.ops.select.naive import select_pages_ref
+from questkern.quality.metadata import META_DTYPES, page_minmax, round_meta
+
+NAME = "questkern"
+BACKENDS = ("reference", "kernels")
+
+
+@dataclass
+class QuestAttention:
+    """Settings of the questkern attention hook.
+
+    budget: tokens attended per decode step (None = dense everywhere); ignored when
+        ``adaptive`` is given.
+    page_size: tokens per page (8, 16, 32 or 64).
+    dense_layers: the first this many layers stay dense (Quest keeps 2).
+    gqa_mode / aggregate: as in :class:`questkern.QuestDecode`.
+    adaptive: an :class:`AdaptiveBudget` to pick K per query (see adaptive_naive).
+    meta: metadata type for the reference backend ("fp32", "bf16", "fp16",
+        "fp8_e5m2"; narrow types are safe-rounded).
+    backend: "reference" or "kernels" (see module doc).
+    kv_dtype: K/V dtype of the kernels backend's paged cache (bf16 or fp16).
+    on_select: optional callback ``(layer_idx, selected [B, Hsel, K]) -> None`` (for
+        studies: which pages each step read).
+    on_query: optional callback ``(layer_idx, q [B, Hq, D]) -> None`` called at every
+        decode step of every layer, dense or sparse (trace capture uses it).
+    """
+
+    budget: int | None = 2048
+    page_size: int = 16
+    dense_layers: int = 2
+    gqa_mode: str = "shared"
+    aggregate: str = "sum"
+    adaptive: AdaptiveBudget | None = None
+    meta: str = "fp32"
+    backend: str = "reference"
+    kv_dtype: torch.dtype = torch.bfloat16
+    on_select: Callable | None = None
+    on_query: Callable | None = None
+    _state: dict = field(default_factory=dict, repr=False)  # kernels backend: per-layer caches
+
+    def __post_init__(self):
+        if self.budget is not None:
+            V.check_positive_int("budget", self.budget)
+        V.check_choice("page_size", self.page_size, V.PAGE_SIZES)
+        if isinstance(self.dense_layers, bool) or not isinstance(self.dense_layers, int) or self.dense_layers < 0:
+            raise ValueError(f"dense_layers must be an int >= 0, got {self.dense_layers!r}")
+        V.check_choice("gqa_mode", self.gqa_mode, V.GQA_MODES)
+        V.check_choice("aggregate", self.aggregate, V.AGGREGATES)
+        if self.adaptive is not None and not isinstance(self.adaptive, AdaptiveBudget):
+            raise TypeError(f"adaptive must be an AdaptiveBudget or None, got {type(self.adaptive).__name__}")
+        V.check_choice("meta", self.meta, tuple(META_DTYPES))
+        V.check_choice("backend", self.backend, BACKENDS)
+        V.check_choice("kv_dtype", self.kv_dtype, V.KV_DTYPES)
+        if self.backend == "kernels" and self.meta != "fp32":
+            raise ValueError("meta must be 'fp32' with backend='kernels' (the paged cache keeps exact metadata in the kv dtype)")
+
+    @property
+    def sparse(self) -> bool:
+        return self.budget is not None or self.adaptive is not None
+
+    def reset(self) -> None:
+        """Drop the kernels backend's mirrored caches (call between unrelated generations)."""
+        self._state.clear()
+
+
+def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def questkern_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function. query [B, Hq, T, D], key/value [B, Hkv, S, D]
+    -> (out [B, T, Hq, D], None)."""
+    cfg: QuestAttention | None = getattr(module, "questkern", None)
+    layer = getattr(module, "layer_idx", 0)
+    T = query.shape[2]
+    if cfg is not None and cfg.on_query is not None and T == 1:
+        cfg.on_query(layer, query[:, :, 0, :])
+    if cfg is None or not cfg.sparse or T != 1 or layer < cfg.dense_layers:
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if _hides_keys(attention_mask):
+        raise NotImplementedError("questkern attention: decode steps need unpadded sequences of equal length "
+                                  "(the attention mask hides some keys); run one sequence per call")
+    D = query.shape[3]
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(D)
+    q = query[:, :, 0, :]  # [B, Hq, D]
+    if cfg.backend == "kernels":
+        out = _kernels_step(cfg, layer, q, key, value, scale)
+    else:
+        out = _reference_step(cfg, layer, q, key, value, scale)
+    return out.to(query.dtype)[:, None], None  # [B, 1, Hq, D]
+
+
+def _hides_keys(mask) -> bool:
+    """Whether an SDPA-style mask (bool: True = attend; float: additive) hides any key."""
+    if mask is None:
+        return False
+    if mask.dtype == torch.bool:
+        return not bool(mask.all())
+    return bool((mask < torch.finfo(mask.dtype).min / 2).any())
+
+
+def _reference_step(cfg: QuestAttention, layer: int, q, key, value, scale):
+    """Float32 references on a paged view of the contiguous HF cache (one page table per sequence)."""
+    B, Hkv, S, D = key.shape
+    P = cfg.page_size
+    n = -(-S // P)
+    pad = n * P - S
+    out = torch.empty(B, q.shape[1], D, dtype=torch.float32, device=q.device)
+    table = torch.arange(n, dtype=torch.int32, device=q.device)[None]  # [1, n]
+    lens = torch.tensor([S], dtype=torch.int32, device=q.device)
+    for b in range(B):
+        kmin, kmax = page_minmax(key[b], P)  # [n, Hkv, D]
+        kmin, kmax = round_meta(kmin, kmax, cfg.meta)
+        k_pages = torch.nn.functional.pad(key[b], (0, 0, 0, pad)).view(Hkv, n, P, D).transpose(0, 1)  # [n, Hkv, P, D]
+        v_pages = torch.nn.functional.pad(value[b], (0, 0, 0, pad)).view(Hkv, n, P, D).transpose(0, 1)
+        qb = q[b : b + 1].float()  # [1, Hq, D]
+        if cfg.adaptive is not None:
+            sel = select_pages_adaptive_ref(qb, kmin, kmax, table, lens, P, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale)
+        else:
+            sel = select_pages_ref(qb, kmin, kmax, table, lens, P, cfg.budget, cfg.gqa_mode, cfg.aggregate)
+        if cfg.on_select is not None:
+            cfg.on_select(layer, sel)
+        out[b] = paged_attention_ref(qb, k_pages, v_pages, table, lens, sel, scale)[0]
+    return out
+
+
+def _kernels_step(cfg: QuestAttention, layer: int, q, key, value, scale):
+    """Triton kernels on a paged mirror of the HF cache (kept per layer in cfg._state)."""
+    from questkern.api import QuestDecode
+    from questkern.cache import PagedKVCache
+
+    B, Hkv, S, D = key.shape
+    st = cfg._state.get(layer)
+    cache: PagedKVCache | None = st["cache"] if st else None
+    if cache is None or cache.batch_size != B or cache.lens != [S - 1] * B or cache.max_pages * cfg.page_size < S:
+        cap = max(S, (st or {}).get("cap", 0)) + 256  # room for the steps that follow
+        cache = PagedKVCache(B, cap, Hkv, D, page_size=cfg.page_size, dtype=cfg.kv_dtype, device=key.device)
+        cache.append(key[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype), value[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype))
+        st = cfg._state[layer] = {"cache": cache, "cap": cap}
+    cache.append_decode(key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous())
+    qk = q.to(cfg.kv_dtype).contiguous()  # [B, Hq, D]
+    if cfg.adaptive is not None:
+        from questkern.ops.select.adaptive import select_pages_adaptive
+
+        sel = select_pages_adaptive(qk, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, cfg.page_size,
+                                    cfg.adaptive, cfg.gqa_mode, cfg.aggregate, sm_scale=scale)
+        if cfg.on_select is not None:
+            cfg.on_select(layer, sel)
+        from questkern.ops.decode import paged_decode
+
+        return paged_decode(qk, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, sel, scale).float()
+    w = QuestDecode(cfg.budget, gqa_mode=cfg.gqa_mode, aggregate=cfg.aggregate, sm_scale=scale)
+    w.plan(cache, num_q_heads=q.shape[1])
+    out, sel = w.run(qk, return_selected=True)
+    if cfg.on_select is not None:
+        cfg.on_select(layer, sel)
+    return out.float()
+
+
+def register() -> str:
+    """Register ``"questkern"`` with transformers' attention and mask registries; returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, questkern_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
+
+
+def attention_modules(model) -> list:
+    """The attention modules of a transformers model (those with a ``layer_idx``)."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config") and
+            (hasattr(m, "q_proj") or hasattr(m, "qkv_proj"))]
+    if not mods:
+        raise ValueError("model has no attention modules with a layer_idx and q_proj: not a supported decoder")
+    return mods
+
+
+def enable_quest(model, settings: QuestAttention | None = None) -> QuestAttention:
+    """Switch ``model`` to questkern attention with ``settings`` (returned; mutate it
+    or call again to change the budget between generations)."""
+    settings = settings or QuestAttention()
+    if not isinstance(settings, QuestAttention):
+        raise TypeError(f"settings must be a QuestAttention, got {type(settings).__name__}")
+    register()
+    model.set_attn_implementation(NAME)
+    for m in attention_modules(model):
+        m.questkern = settings
+    settings.reset()
+    return settings
+
+
+def disable_quest(model, implementation: str = "sdpa") -> None:
+    """Back to a stock attention implementation; removes the settings from the modules."""
+    model.set_attn_implementation(implementation)
+    for m in attention_modules(model):
+        if hasattr(m, "questkern"):
+            del m.questkern
+
+
+__all__ = ["QuestAttention", "AdaptiveBudget", "enable_quest", "disable_quest", "register", "questkern_attention", "NAME"]
