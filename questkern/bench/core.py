@@ -160,7 +160,6 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
             if check:
                 checks["flex_vs_quest_maxerr"] = (fn()[:, :, 0].float() - quest.run(q).float()).abs().max().item()
             checks["flex_block"] = block
-    del k_c, v_c
     if check:
         ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
                                    case.budget, case.gqa_mode)[:, :, : plan.k_pages]
@@ -175,9 +174,6 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
         rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op],
                      "splits": plan.num_splits if op in ("sparse_decode", "quest_step") else (dense_plan.num_splits if op == "dense_decode" else ""),
                      "config_source": ",".join(f"{k}={v}" for k, v in {**plan.sources, **dense_plan.sources}.items())})
-    del cache
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rows, checks
 
 

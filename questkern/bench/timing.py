@@ -57,7 +57,6 @@ def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
     src = torch.empty(n, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
     us = time_fn(lambda: dst.copy_(src), graph=False, rep_ms=300)
-    del src, dst
     return 2 * n * 4 / (us * 1e-6) / 1e9
 
 

@@ -93,6 +93,8 @@ def run(args) -> int:
     rows, failures = [], []
     for case in cases:
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
+        if on_gpu:
+            torch.cuda.empty_cache()  # the case's cache is gone: give its memory back before the next
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
             r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],

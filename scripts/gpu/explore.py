@@ -3,7 +3,7 @@
 Prints, per case, the heuristic time and the best config of a small grid, each timed
 with CUDA graphs + do_bench (median, L2 flushed); writes explore.csv to $OUT.
 """
-import csv, itertools, os, sys, torch
+import csv, itertools, os, torch
 from questkern.bench.core import Case, build_cache
 from questkern.bench.timing import time_fn, device_info
 from questkern.config import SelectConfig, DecodeConfig, default_select_config, default_decode_config
@@ -55,6 +55,6 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     best = min(res, key=lambda c: res[c] if res[c] == res[c] else 1e9)
     dkey = [k for k in res if k[0] == default_decode_config(16, 128)][0]
     print(f"sparse {hq}/{hkv} L={L}: default {dkey} {res[dkey]:.1f}us | best {best} {res[best]:.1f}us")
-    del cache; torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
 with open(os.path.join(out_dir, "explore.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=["op", "hq", "hkv", "L", "cfg", "splits", "us"]); w.writeheader(); w.writerows(rows)

@@ -6,9 +6,9 @@ Times with CUDA graphs + do_bench (median, L2 flushed), on one device:
   merge_noTopK   same loads/stores, selection replaced by a trivial mask
   merge_topkOnly same loads + top-K, result reduced to one int per row (no scatter)
 """
-import sys, torch, triton, triton.language as tl
+import torch, triton, triton.language as tl
 from questkern.bench.timing import time_fn, device_info
-from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix, _emit_selection, _select_merge_kernel
+from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix, _emit_selection
 
 
 @triton.jit

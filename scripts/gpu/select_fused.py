@@ -29,6 +29,6 @@ for B, (hq, hkv), L in itertools.product([1, 8], [(32, 32), (32, 8)], [32768, 13
     same = all(torch.equal(a, b) for a, b in zip(outs[False], outs[True]))
     print(f"B={B} {hq}/{hkv} L={L}: separate merge {res[False]:.1f} us, fused {res[True]:.1f} us, identical={same}")
     rows.append(dict(batch=B, q_heads=hq, kv_heads=hkv, seq_len=L, separate_us=res[False], fused_us=res[True], identical=same))
-    del cache; torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
 with open(os.path.join(os.environ.get("OUT", "."), "select_fused.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
