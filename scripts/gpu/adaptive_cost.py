@@ -5,7 +5,7 @@ Run from the repo root: ``PYTHONPATH=. python3 scripts/gpu/adaptive_cost.py`` (o
 
 1. Correctness on the GPU: adaptive kernel == float64 reference on integer-valued keys
    (8K context, shared and per_head, one and two stages).
-2. Latency (triton.testing.do_bench, L2 flushed between reps), bf16, d=128, page 16,
+2. Latency (CUDA-graph replays timed by triton.testing.do_bench, median, L2 flushed between reps), bf16, d=128, page 16,
    Hq/Hkv 32/8 and 32/32, batch 1 and 8, contexts 8K/32K/128K:
    * ``select``: fixed top-K at budget 2048 vs adaptive (threshold 0.9, 256..2048 tokens);
    * ``step``: select + sparse decode (+ combine), fixed vs adaptive.
@@ -23,11 +23,11 @@ import sys
 import tempfile
 
 import torch
-import triton
 
 from questkern.cache import PagedKVCache
 from questkern.config import default_decode_config, default_select_config
-from questkern.ops.decode import paged_decode
+from questkern.bench.timing import time_fn
+from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages
 from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
@@ -107,8 +107,8 @@ def bench_case(B, L, hq, hkv, peaked):
         splits_f = decode_num_splits(d_cfg, B, hq, hkv, per_head, k_fixed, DEV)
         splits_a = decode_num_splits(d_cfg, B, hq, hkv, per_head, k_max, DEV)
         out = torch.empty(B, hq, D, dtype=torch.bfloat16, device=DEV)
-        ws_df = (torch.empty(B, hq, splits_f, D, device=DEV), torch.empty(B, hq, splits_f, device=DEV))
-        ws_da = (torch.empty(B, hq, splits_a, D, device=DEV), torch.empty(B, hq, splits_a, device=DEV))
+        ws_df = decode_workspace(B, hq, splits_f, D, DEV)
+        ws_da = decode_workspace(B, hq, splits_a, D, DEV)
 
         def step_f():
             sel_f()
@@ -122,7 +122,7 @@ def bench_case(B, L, hq, hkv, peaked):
 
         step_a()
         pages_a = float((out_a >= 0).sum(-1).float().mean())
-        t = {name: triton.testing.do_bench(fn, warmup=25, rep=200) * 1000
+        t = {name: time_fn(fn, rep_ms=100)  # CUDA graph replay, do_bench median, L2 flushed
              for name, fn in (("select_fixed_us", sel_f), ("select_adaptive_us", sel_a), ("step_fixed_us", step_f),
                               ("step_adaptive_us", step_a))}
         row = dict(gpu=torch.cuda.get_device_name(), batch=B, context=L, hq=hq, hkv=hkv, head_dim=D, page_size=PAGE,

@@ -100,10 +100,11 @@ def adaptive_k_ref(scores: torch.Tensor, threshold: float, k_min: int, k_max: in
 
     ``scale`` multiplies the scores into estimated logits (sm_scale / A).
     """
+    scores = scores.cpu()  # the reference runs on the CPU (stable sort, float64), whatever the inputs' device
     R, n = scores.shape
     z = scores.double() * scale
     m = torch.softmax(z, dim=1)  # [R, n] estimated mass
-    order = torch.sort(scores[:, : n - 1].cpu(), dim=1, descending=True, stable=True).indices  # [R, n-1]
+    order = torch.sort(scores[:, : n - 1], dim=1, descending=True, stable=True).indices  # [R, n-1]
     prefix = m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)  # [R, n-1]: k = 1..n-1
     mass0 = m[:, n - 1]  # k = 0
     reached = torch.cat([(mass0 >= threshold)[:, None], prefix >= threshold], dim=1)  # [R, n]
