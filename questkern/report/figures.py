@@ -352,9 +352,14 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         fig = go.Figure()
-        for (pol, ps), t in g.groupby(["policy", "page_size"], sort=True, dropna=False):
+        # one line per policy, page size and (adaptive) temperature: settings of one curve only
+        by = ["policy", "page_size"] + (["temperature"] if "temperature" in g.columns else [])
+        for vals, t in g.groupby(by, sort=True, dropna=False):
+            pol, ps = vals[0], vals[1]
+            temp = vals[2] if len(vals) > 2 else None
+            label = f"{pol}, page {_int(ps)}" + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
             t = t.sort_values(xcol)
-            fig.add_trace(go.Scatter(x=t[xcol], y=t["recall_mean"], mode="lines+markers", name=f"{pol}, page {_int(ps)}",
+            fig.add_trace(go.Scatter(x=t[xcol], y=t["recall_mean"], mode="lines+markers", name=label,
                                      line=dict(dash="dot" if pol == "oracle" else "solid")))
         if not fig.data:
             continue
