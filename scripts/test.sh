@@ -11,5 +11,11 @@ if ! command -v chromium >/dev/null 2>&1; then
     || { cat "$log"; echo "scripts/test.sh: could not install chromium" >&2; exit 1; }
   rm -f "$log"
 fi
+# tests/tuning/test_postgres.py runs distributed tuning against a real PostgreSQL server:
+# Debian's postgresql, on 127.0.0.1 with its own data dir (QUESTKERN_TEST_PG_DSN), stopped on exit
+source scripts/test_postgres.sh
+start_test_postgres
 export TRITON_INTERPRET=1
-exec .venv/bin/python -m pytest -q -m "not gpu" tests "$@"
+rc=0
+.venv/bin/python -m pytest -q -m "not gpu" tests "$@" || rc=$?
+exit "$rc"

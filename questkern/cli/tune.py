@@ -9,6 +9,11 @@ it is timed. Winners are merged into ``<out>/<gpu-key>.json`` (default: the user
 directory, which ``import questkern`` reads automatically); an existing faster entry
 is kept unless --force. Studies live in --storage (SQLite in the user data directory by
 default): rerun the same command to resume an interrupted run.
+
+Several GPUs: --devices 0,1,2,3 starts one worker process per GPU on the same studies
+(SQLite is fine on one host); with --storage postgresql://... other hosts join by
+running the same command. The launcher shows the whole study's progress and writes
+the table once at the end. See questkern/tuning/distributed.py.
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ def register(sub) -> None:
     p.add_argument("--max-time", type=_positive_float, default=None,
                    help="seconds for the whole run, shared out over the buckets left (time-boxed runs)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default $QUESTKERN_STORAGE or "
-                   "sqlite:///~/.local/share/questkern/studies.db); 'inmemory' keeps nothing")
+                   "sqlite:///~/.local/share/questkern/studies.db); postgresql://USER@HOST/DB for several hosts "
+                   "(pip install 'questkern[postgres]'); 'inmemory' keeps nothing")
     p.add_argument("--study", default=None, help="study name prefix (default: the GPU key); each bucket adds ':<bucket>'")
     p.add_argument("--out", type=Path, default=None, help="table directory (default ~/.cache/questkern/tuning, read at "
                    "import; the tables shipped with questkern live in questkern/tuning/tables)")
@@ -113,6 +119,24 @@ def register(sub) -> None:
     p.add_argument("--warmup-ms", type=_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
     p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here")
     p.add_argument("--force", action="store_true", help="replace existing table entries even when they are faster")
+    from questkern.tuning.distributed import parse_devices
+    from questkern.tuning.strategy import GRACE_S, HEARTBEAT_S
+
+    d = p.add_argument_group("several GPUs and hosts (one study, one worker process per GPU)")
+    d.add_argument("--devices", type=parse_devices, default=None,
+                   help="GPUs of this host to tune on, e.g. 0,1,2,3 or all: one worker process each (pinned with "
+                        "CUDA_VISIBLE_DEVICES), all on the same studies; other hosts join by running the same command "
+                        "with the same PostgreSQL --storage")
+    d.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_S,
+                   help=f"seconds between a worker's heartbeats (default {HEARTBEAT_S})")
+    d.add_argument("--grace", type=_positive_int, default=GRACE_S,
+                   help=f"a trial without a heartbeat for this many seconds is failed and retried by another worker "
+                        f"(default {GRACE_S})")
+    d.add_argument("--storage-retry", type=_positive_float, default=120.0,
+                   help="seconds a worker retries an unreachable storage (with back-off) before it exits (default 120)")
+    d.add_argument("--progress-every", type=_positive_float, default=10.0,
+                   help="seconds between the launcher's progress lines (default 10)")
+    d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
     p.set_defaults(func=run)
 
@@ -129,7 +153,16 @@ def run(args) -> int:
     from questkern.tuning.schema import TableError
     from questkern.tuning.tuner import TuneSpec, plan_lines, tune, write_summary
 
-    detected = current_gpu_name()
+    slots = None
+    if args.devices is not None:
+        from questkern.tuning.distributed import resolve_devices
+
+        try:
+            slots = resolve_devices(args.devices)
+        except ValueError as exc:
+            print(f"questkern tune: error: {exc}", file=sys.stderr)
+            return 2
+    detected = slots[0].name if slots else current_gpu_name()
     try:
         key = check_gpu_arg(args.gpu, detected)
         device_name = detected
@@ -155,10 +188,34 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"questkern tune: error: {exc}", file=sys.stderr)
         return 2
+    from questkern.tuning.storage import StorageError, check_storage, check_url
+
+    try:
+        check_url(spec.storage_url, distributed=slots is not None)
+    except StorageError as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for line in plan_lines(spec):
             print(line)
+        if slots:
+            print(f"  workers: {', '.join(f'{s.label} (CUDA_VISIBLE_DEVICES={s.visible!r})' for s in slots)}")
         return 0
+    if slots is not None:
+        from questkern.tuning.distributed import LaunchOptions, launch
+
+        opts = LaunchOptions(heartbeat_s=args.heartbeat, grace_s=args.grace, storage_retry_s=args.storage_retry,
+                             progress_s=args.progress_every, log_dir=args.log_dir, summary=args.summary)
+        try:
+            return launch(spec, slots, opts)
+        except (TableError, ValueError, optuna.exceptions.OptunaError) as exc:
+            print(f"questkern tune: error: {exc}", file=sys.stderr)
+            return 1
+    try:
+        check_storage(spec.storage_url)
+    except StorageError as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 2
     try:
         report = tune(spec, observer=ConsoleObserver())
     except KeyboardInterrupt:

@@ -41,8 +41,11 @@ def study_name(prefix: str, bucket: Bucket) -> str:
     return f"{prefix}:{bucket.name()}"
 
 
-def make_sampler(name: str, seed: int, space: OpSpace, study: str) -> optuna.samplers.BaseSampler:
-    """Seeded sampler; the seed is mixed with the study name so buckets explore differently."""
+def make_sampler(name: str, seed: int, space: OpSpace, study: str, *,
+                 constant_liar: bool = False) -> optuna.samplers.BaseSampler:
+    """Seeded sampler; the seed is mixed with the study name so buckets explore differently.
+    ``constant_liar`` (TPE, for several workers on one study): running trials count as
+    bad results, so concurrent workers do not all sample the same region."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
     s = (int(seed) + zlib.crc32(study.encode())) % (2**31)
@@ -52,7 +55,8 @@ def make_sampler(name: str, seed: int, space: OpSpace, study: str) -> optuna.sam
         return optuna.samplers.GridSampler(space.grid(), seed=s)
     with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna's terms
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=s, multivariate=True, group=True, n_startup_trials=tpe_startup(space))
+        return optuna.samplers.TPESampler(seed=s, multivariate=True, group=True, n_startup_trials=tpe_startup(space),
+                                          constant_liar=constant_liar)
 
 
 def tpe_startup(space: OpSpace) -> int:
@@ -128,8 +132,13 @@ def find_duplicate(study: optuna.Study, params: dict, number: int) -> FrozenTria
     return None
 
 
-def make_objective(space: OpSpace, evaluate: Evaluator, quality_fn: QualityFn | None):
-    """The Optuna objective: suggest -> constraints -> duplicate -> evaluate -> record."""
+def make_objective(space: OpSpace, evaluate: Evaluator, quality_fn: QualityFn | None, *,
+                   dedupe: Callable[[optuna.Trial, dict], FrozenTrial | None] | None = None):
+    """The Optuna objective: suggest -> constraints -> duplicate -> evaluate -> record.
+
+    ``dedupe(trial, params)`` returns the finished, evaluated trial whose result a
+    repeated point copies, or None to evaluate it (default: :func:`find_duplicate`;
+    the distributed worker also waits for a point another worker is evaluating)."""
     bucket = space.bucket
     multi = bucket.multi_objective
     nan = (math.nan, math.nan) if multi else math.nan
@@ -140,7 +149,7 @@ def make_objective(space: OpSpace, evaluate: Evaluator, quality_fn: QualityFn | 
         if why is not None:
             trial.set_user_attr("pruned_reason", why)
             raise optuna.TrialPruned(why)
-        dup = find_duplicate(trial.study, params, trial.number)
+        dup = dedupe(trial, params) if dedupe else find_duplicate(trial.study, params, trial.number)
         if dup is not None:
             trial.set_user_attr("duplicate_of", dup.number)
             for k in ("config", "page_size", "budget", "latency_us", "quality"):

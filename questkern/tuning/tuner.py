@@ -379,21 +379,14 @@ def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | 
                 overheads.append(max(0.0, result.seconds - t_opt))
             report.buckets.append(result)
             if result.groups:
-                entries = [make_entry(g.key, g.config, g.latency_us, g.default_latency_us, trials=result.n_evaluated,
-                                      default_config=g.default_config, seq_len=bucket.seq_len, batch=bucket.batch,
-                                      num_q_heads=bucket.num_q_heads, num_kv_heads=bucket.num_kv_heads,
-                                      study=name) for g in result.groups]
-                merged = write_table(spec.out, spec.gpu_key, spec.device_name, entries, force=spec.force)
+                merged = write_table(spec.out, spec.gpu_key, spec.device_name, bucket_entries(result), force=spec.force)
                 for a in merged.actions:
                     if a.action == "kept-existing":
                         observer.note(f"    kept the existing faster entry for {a.key.describe()} "
                                       f"({a.old_latency_us:.2f} us <= {a.new_latency_us:.2f} us; --force replaces it)")
                 table_written = True
                 if result.pareto:
-                    front = {"study": name, "bucket": bucket.to_dict(), "objectives": ["latency_us", "quality"],
-                             "quality_fn": getattr(quality_fn, "__qualname__", repr(quality_fn)),
-                             "points": result.pareto}
-                    p = write_pareto(spec.out, spec.gpu_key, [front])
+                    p = write_pareto(spec.out, spec.gpu_key, [pareto_front(result, quality_fn)])
                     if p not in report.written:
                         report.written.append(p)
                 runtime.clear_cache()  # the next lookup sees the new entries
@@ -403,6 +396,20 @@ def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | 
         report.written.insert(0, paths.table_path(spec.out, spec.gpu_key))
     observer.run_done(report)
     return report
+
+
+def bucket_entries(result: BucketResult) -> list[dict]:
+    """The table entries of a finished bucket (one per page size and budget)."""
+    b = result.bucket
+    return [make_entry(g.key, g.config, g.latency_us, g.default_latency_us, trials=result.n_evaluated,
+                       default_config=g.default_config, seq_len=b.seq_len, batch=b.batch, num_q_heads=b.num_q_heads,
+                       num_kv_heads=b.num_kv_heads, study=result.study_name) for g in result.groups]
+
+
+def pareto_front(result: BucketResult, quality_fn) -> dict:
+    """The Pareto-file record of a multi-objective bucket."""
+    return {"study": result.study_name, "bucket": result.bucket.to_dict(), "objectives": ["latency_us", "quality"],
+            "quality_fn": getattr(quality_fn, "__qualname__", repr(quality_fn)), "points": result.pareto}
 
 
 def write_summary(report: TuneReport, path: Path) -> None:
