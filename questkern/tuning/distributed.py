@@ -220,7 +220,9 @@ def build_report(spec: TuneSpec, storage, sms: int, *, finished_only: bool = Fal
     workers stored; the trials' own latencies where a bucket was not re-timed), merged
     into the table with one atomic write. ``finished_only``: skip unverified buckets
     (after Ctrl-C, as ``questkern tune`` writes only finished buckets)."""
-    from questkern.tuning.quality import synthetic_recall
+    from questkern.tuning.quality import default_quality_fn
+
+    quality_fn = default_quality_fn()  # what the workers used in this environment (for the record)
 
     buckets, notes = spec.buckets()
     report = TuneReport(spec, notes=list(notes))
@@ -262,7 +264,7 @@ def build_report(spec: TuneSpec, storage, sms: int, *, finished_only: bool = Fal
                          if ev else "no evaluated trial")
         elif bucket.multi_objective:
             res.pareto = pareto_points(study)
-            fronts.append(pareto_front(res, synthetic_recall))
+            fronts.append(pareto_front(res, quality_fn))
     entries = [e for r in report.buckets if r.groups for e in bucket_entries(r)]
     if entries:
         merged = write_table(spec.out, spec.gpu_key, spec.device_name, entries, force=spec.force)

@@ -1,8 +1,9 @@
 """Quality objective: attention recall of Quest's page selection on synthetic traces.
 
 ``quality_fn(page_size, budget, gqa_mode) -> float`` in [0, 1] is pluggable (the tuner
-takes any such callable); :func:`synthetic_recall` is the default until real traces
-land. Recall is the fraction of dense softmax attention mass that falls on the tokens
+takes any such callable). :func:`default_quality_fn` picks the tuner's default: recall on
+the real model traces of ``questkern quality traces`` when they are cached
+(:func:`questkern.quality.objective`), else :func:`synthetic_recall` below. Recall is the fraction of dense softmax attention mass that falls on the tokens
 of the selected pages, averaged over query heads and sequences.
 
 The synthetic trace plants a few high-attention spans in Gaussian keys: each span is a
@@ -101,3 +102,25 @@ def synthetic_recall(page_size: int, budget: int, gqa_mode: str = "shared") -> f
     """Default ``quality_fn``: attention recall on :data:`TRACE` (deterministic, cached)."""
     q, k = synthetic_trace(**TRACE)
     return attention_recall(q, k, int(page_size), int(budget), gqa_mode, probs=_trace_probs())
+
+
+def default_quality_fn():
+    """The tuner's quality objective: real cached traces if any, else the synthetic one.
+
+    Real traces live in ``$QUESTKERN_TRACE_DIR`` or ``~/.cache/questkern/traces`` (made by
+    ``questkern quality traces``); reading them needs the ``quality`` extra.
+    """
+    try:
+        from questkern.quality.objective import objective
+        from questkern.quality.traces import list_traces
+
+        if not list_traces(None):
+            return synthetic_recall
+    except ImportError:
+        return synthetic_recall
+
+    def trace_recall(page_size: int, budget: int, gqa_mode: str) -> float:
+        return objective(page_size, budget, gqa_mode)
+
+    trace_recall.__qualname__ = "questkern.quality.objective"
+    return trace_recall

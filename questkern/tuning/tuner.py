@@ -304,13 +304,14 @@ def _quiet_optuna():
 def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | None = None,
          observer: Observer | None = None, device: torch.device | None = None) -> TuneReport:
     """Run the sweep. ``timer(fn, info) -> us`` replaces real timing (tests);
-    ``quality_fn(page_size, budget, gqa_mode)`` the synthetic recall objective."""
+    ``quality_fn(page_size, budget, gqa_mode)`` the quality objective (default: real
+    traces when cached, else synthetic; see questkern.tuning.quality.default_quality_fn)."""
     from questkern.tuning import runtime
-    from questkern.tuning.quality import synthetic_recall
+    from questkern.tuning.quality import default_quality_fn
 
     device = device or _device()
     observer = observer or Observer()
-    quality_fn = quality_fn or synthetic_recall
+    quality_fn = quality_fn or default_quality_fn()
     timer = timer or default_timer(device, spec.rep_ms, spec.warmup_ms)
     preflight(spec)
     buckets, notes = spec.buckets()

@@ -217,7 +217,7 @@ class Worker:
 
     def __init__(self, job: WorkerJob, *, timer: Timer | None = None, quality_fn=None,
                  device: torch.device | None = None, log=None):
-        from questkern.tuning.quality import synthetic_recall
+        from questkern.tuning.quality import default_quality_fn
 
         self.job = job
         self.spec = spec_from_dict(job.spec)
@@ -227,7 +227,7 @@ class Worker:
         self.log = log or (lambda msg: print(msg, flush=True))
         self.timer = timer or fake_timer_from_env(self.label) or default_timer(self.device, self.spec.rep_ms,
                                                                                 self.spec.warmup_ms)
-        self.quality_fn = quality_fn or synthetic_recall
+        self.quality_fn = quality_fn or default_quality_fn()
         self.backoff = Backoff(job.storage_retry_s, redact(self.url), self.log, sleep=self._sleep)
         self.pool = WorkloadPool(self.device, seed=self.spec.seed)
         self.sms = num_sms(self.device)

@@ -18,6 +18,7 @@ def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(d["data"]))
     monkeypatch.delenv(paths.ENV_STORAGE, raising=False)
+    monkeypatch.setenv("QUESTKERN_TRACE_DIR", str(tmp_path / "no-traces"))  # quality: the synthetic objective
     monkeypatch.setattr(paths, "user_cache_dir", lambda: d["cache"])
     monkeypatch.setattr(paths, "SHIPPED_DIR", d["shipped"])
     runtime.clear_cache()

@@ -32,3 +32,15 @@ def test_synthetic_recall_behaves_like_recall():
     # at a small budget, bigger pages waste it on unimportant neighbours
     assert synthetic_recall(64, 256, "shared") < synthetic_recall(16, 256, "shared")
     assert synthetic_recall(64, 256, "per_head") >= synthetic_recall(64, 256, "shared")
+
+
+def test_default_quality_uses_cached_traces_when_present(tmp_path, monkeypatch):
+    from questkern.quality.traces import save_trace, synthetic_traces
+    from questkern.tuning.quality import default_quality_fn, synthetic_recall
+
+    monkeypatch.setenv("QUESTKERN_TRACE_DIR", str(tmp_path))
+    assert default_quality_fn() is synthetic_recall
+    save_trace(synthetic_traces(n=1, seq_len=256, layers=3, steps=1)[0], tmp_path / "t.safetensors")
+    fn = default_quality_fn()
+    assert fn is not synthetic_recall and fn.__qualname__ == "questkern.quality.objective"
+    assert 0.0 <= fn(16, 64, "shared") <= 1.0
