@@ -33,7 +33,7 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import _emit_selection, _topk_mask, select_plan
+from questkern.ops.select.kernel import _emit_selection, _page_scores, _topk_mask, select_plan
 
 _LOG2E = 1.4426950408889634
 
@@ -153,21 +153,8 @@ def _adaptive_tile_kernel(
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
-    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)  # upper-bound scores, one row per query head
-    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
-        o_d = d0 + tl.arange(0, BLOCK_D)
-        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
-        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
-        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
-        zero = tl.zeros_like(b_q)
-        q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
-        q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
-        if IEEE:
-            b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
-            b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
-        else:
-            b_s += tl.dot(q_pos, tl.trans(b_hi))
-            b_s += tl.dot(q_neg, tl.trans(b_lo))
+    # upper-bound scores [BLOCK_G, CHUNK], one row per query head
+    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob

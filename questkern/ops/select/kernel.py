@@ -129,6 +129,32 @@ def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phy
 
 
 @triton.jit
+def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr):
+    """Upper-bound scores [BLOCK_G, CHUNK] of a tile of pages for a group's query heads:
+    ``dot(relu(q), kmax) + dot(min(q, 0), kmin)`` over the head dim in BLOCK_D slices.
+
+    p_q: [BLOCK_G, 1] query-row pointers; p_meta: [CHUNK, 1] metadata offsets of the pages.
+    """
+    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
+    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
+        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
+        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
+        zero = tl.zeros_like(b_q)
+        q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
+        q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
+        if IEEE:
+            b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
+            b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
+        else:
+            b_s += tl.dot(q_pos, tl.trans(b_hi))
+            b_s += tl.dot(q_neg, tl.trans(b_lo))
+    return b_s
+
+
+@triton.jit
 def _select_tile_kernel(
     q,  # [B, Hq, D]
     kmin, kmax,  # [P, Hkv, D]
@@ -182,21 +208,8 @@ def _select_tile_kernel(
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
-    b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)  # upper-bound scores, one row per query head
-    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
-        o_d = d0 + tl.arange(0, BLOCK_D)
-        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
-        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
-        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
-        zero = tl.zeros_like(b_q)
-        q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
-        q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
-        if IEEE:
-            b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
-            b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
-        else:
-            b_s += tl.dot(q_pos, tl.trans(b_hi))
-            b_s += tl.dot(q_neg, tl.trans(b_lo))
+    # upper-bound scores [BLOCK_G, CHUNK], one row per query head
+    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
