@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from questkern.ops.select.naive import page_scores_ref
+from questkern.ops.select.naive import page_scores_ref, selection_rows_ref
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,8 @@ def _row_scores(q, kmin, kmax, page_table, seq_lens, page_size, gqa_mode, aggreg
     B, Hq, _ = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
-    out = []
-    for s in page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size):  # [Hq, n]
-        s = s.double()
-        if gqa_mode == "shared":
-            s = s.view(Hkv, G, -1)
-            s = s.sum(1) if aggregate == "sum" else s.amax(1)
-        out.append(s)
+    out = [selection_rows_ref(s.double(), Hkv, gqa_mode, aggregate)  # [R, n]
+           for s in page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)]
     div = G if (gqa_mode == "shared" and aggregate == "sum") else 1
     return out, div
 

@@ -39,6 +39,15 @@ def page_scores_ref(
     return out
 
 
+def selection_rows_ref(scores: torch.Tensor, num_kv_heads: int, gqa_mode: str, aggregate: str = "sum") -> torch.Tensor:
+    """[Hq, n] per-query-head scores -> [Hsel, n] selection-row scores: per_head keeps them;
+    shared aggregates each KV head's group by ``sum`` or ``max``."""
+    if gqa_mode != "shared":
+        return scores
+    s = scores.view(num_kv_heads, scores.shape[0] // num_kv_heads, -1)
+    return s.sum(1) if aggregate == "sum" else s.amax(1)
+
+
 def topk_pages_ref(scores: torch.Tensor, k_pages: int) -> torch.Tensor:
     """scores [R, n] -> [R, k_pages] int32 ascending logical ids, -1 padded."""
     R, n = scores.shape
@@ -67,13 +76,9 @@ def select_pages_ref(
     """[B, Hsel, K] int32 selected logical pages (see module doc)."""
     B, Hq, _ = q.shape
     Hkv = kmin.shape[1]
-    G = Hq // Hkv
     k_pages = -(-budget // page_size)
     rows = Hkv if gqa_mode == "shared" else Hq
     out = torch.full((B, rows, k_pages), -1, dtype=torch.int32)
     for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)):
-        if gqa_mode == "shared":
-            s = s.view(Hkv, G, -1)
-            s = s.sum(1) if aggregate == "sum" else s.amax(1)
-        out[b] = topk_pages_ref(s, k_pages)
+        out[b] = topk_pages_ref(selection_rows_ref(s, Hkv, gqa_mode, aggregate), k_pages)
     return out.to(q.device)
