@@ -8,8 +8,11 @@ Layout (Kernel Tuner style: strategy, runner and observer are separate):
 * :mod:`~questkern.tuning.runner`   build inputs, run a candidate, check it, time it
 * :mod:`~questkern.tuning.strategy` Optuna samplers, studies, the trial objective
 * :mod:`~questkern.tuning.observer` progress and the final report
-* :mod:`~questkern.tuning.quality`  synthetic attention recall (second objective)
+* :mod:`~questkern.tuning.quality`  the quality objective: real-trace recall when cached, else synthetic
 * :mod:`~questkern.tuning.tuner`    orchestration: buckets -> studies -> table
+* :mod:`~questkern.tuning.distributed`, :mod:`~questkern.tuning.worker`, :mod:`~questkern.tuning.storage`
+  several GPUs / hosts on one study: launcher, one worker process, shared storage and locks
+* :mod:`~questkern.tuning.convergence`  exhaustive sweep of a bucket and trials-to-target replays
 * :mod:`~questkern.tuning.table`, :mod:`~questkern.tuning.schema`  the JSON tables
 * :mod:`~questkern.tuning.runtime`  ``resolve_config``: table lookup at run time
 """
