@@ -49,6 +49,17 @@ def parse_dtype(text: str) -> torch.dtype:
     return DTYPES[text]
 
 
+def parse_positive_int(text: str) -> int:
+    """'8' -> 8; zero, negatives and non-integers are argparse errors."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def parse_ints(text: str) -> list[int]:
     try:
         vals = [int(p) for p in text.split(",") if p.strip()]

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_size
+from questkern.cli._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
 
 
 def _one_heads(text: str) -> tuple[int, int]:
@@ -23,16 +23,6 @@ def _one_heads(text: str) -> tuple[int, int]:
     return heads[0]
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def register(sub) -> None:
     from questkern.tuning.keys import OPS
 
@@ -40,12 +30,12 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
     p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
-    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--batch", type=parse_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
-    p.add_argument("--head-dim", type=_positive, default=128, help="head dim (default 128)")
+    p.add_argument("--head-dim", type=parse_positive_int, default=128, help="head dim (default 128)")
     p.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=_positive, default=16, help="page size (default 16)")
-    p.add_argument("--budget", type=_positive, default=None, help="token budget (select/sparse_decode; default: any)")
+    p.add_argument("--page-size", type=parse_positive_int, default=16, help="page size (default 16)")
+    p.add_argument("--budget", type=parse_positive_int, default=None, help="token budget (select/sparse_decode; default: any)")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
     p.add_argument("--gpu", default=None, help="GPU key whose tables to read (default: this device)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_ints, parse_sizes
+from questkern.cli._shapes import parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_sizes
 
 
 def parse_ops(text: str) -> list[str]:
@@ -70,16 +70,6 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def register(sub) -> None:
     from questkern.tuning.keys import OPS
     from questkern.tuning.strategy import SAMPLERS
@@ -99,7 +89,7 @@ def register(sub) -> None:
     p.add_argument("--ops", type=parse_ops, default=list(OPS), help=f"ops to tune (default {','.join(OPS)})")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
     p.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="shared-mode score aggregate (default sum)")
-    p.add_argument("--trials", type=_positive_int, default=None,
+    p.add_argument("--trials", type=parse_positive_int, default=None,
                    help="evaluated trials per bucket study, resumed count (default 40 when --timeout is not given)")
     p.add_argument("--timeout", type=_positive_float, default=None, help="seconds per bucket (with --trials: whichever first)")
     p.add_argument("--max-time", type=_positive_float, default=None,
@@ -115,8 +105,8 @@ def register(sub) -> None:
     p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect")
     p.add_argument("--verify-rounds", type=int, default=3,
                    help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
-    p.add_argument("--rep-ms", type=_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
-    p.add_argument("--warmup-ms", type=_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
+    p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
+    p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
     p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here")
     p.add_argument("--force", action="store_true", help="replace existing table entries even when they are faster")
     from questkern.tuning.distributed import parse_devices
@@ -127,9 +117,9 @@ def register(sub) -> None:
                    help="GPUs of this host to tune on, e.g. 0,1,2,3 or all: one worker process each (pinned with "
                         "CUDA_VISIBLE_DEVICES), all on the same studies; other hosts join by running the same command "
                         "with the same PostgreSQL --storage")
-    d.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_S,
+    d.add_argument("--heartbeat", type=parse_positive_int, default=HEARTBEAT_S,
                    help=f"seconds between a worker's heartbeats (default {HEARTBEAT_S})")
-    d.add_argument("--grace", type=_positive_int, default=GRACE_S,
+    d.add_argument("--grace", type=parse_positive_int, default=GRACE_S,
                    help=f"a trial without a heartbeat for this many seconds is failed and retried by another worker "
                         f"(default {GRACE_S})")
     d.add_argument("--storage-retry", type=_positive_float, default=120.0,

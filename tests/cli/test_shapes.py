@@ -26,3 +26,12 @@ def test_parse_heads_dtype_ints():
     assert parse_ints("1,8") == [1, 8]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_ints("1,x")
+
+
+def test_parse_positive_int():
+    from questkern.cli._shapes import parse_positive_int
+
+    assert parse_positive_int("8") == 8
+    for bad in ("0", "-3", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
+            parse_positive_int(bad)
