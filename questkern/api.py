@@ -176,8 +176,9 @@ class QuestDecode:
 def quest_decode(q: torch.Tensor, cache, budget: int | None, **kwargs):
     """One-shot convenience: plan + run (plans every call; hoist QuestDecode.plan in loops)."""
     run_kw = {"return_selected": kwargs.pop("return_selected", False)}
+    V.check_tensor("q", q, ndim=3, contiguous=False, what="[batch, num_q_heads, head_dim]")
     w = QuestDecode(budget, **kwargs)
-    w.plan(cache, num_q_heads=q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 3 else -1)
+    w.plan(cache, num_q_heads=q.shape[1])
     return w.run(q, **run_kw)
 
 

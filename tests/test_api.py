@@ -133,3 +133,10 @@ def test_adaptive_and_budget_are_exclusive():
         questkern.QuestDecode(64, adaptive=questkern.AdaptiveBudget(0.9, 16, 64))
     with pytest.raises(TypeError, match="adaptive must be an AdaptiveBudget"):
         questkern.QuestDecode(None, adaptive=0.9)
+
+
+def test_one_shot_call_names_a_bad_query(cache):
+    with pytest.raises(ValueError, match=r"q must be 3-D \[batch, num_q_heads, head_dim\]"):
+        questkern.quest_decode(torch.zeros(4, 64, dtype=torch.bfloat16), cache, budget=64)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        questkern.dense_decode([[0.0]], cache)
