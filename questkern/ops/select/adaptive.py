@@ -33,7 +33,7 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import _emit_selection, _page_scores, _topk_mask, select_plan
+from questkern.ops.select.kernel import _emit_selection, _group_scores, _page_scores, _topk_mask, select_plan
 
 _LOG2E = 1.4426950408889634
 
@@ -165,11 +165,7 @@ def _adaptive_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        m_ga = m_g[:, None] & m_all[None, :]
-        if AGG_MAX:
-            b_agg = tl.max(tl.where(m_ga, b_s, float("-inf")), axis=0)  # [CHUNK]
-        else:
-            b_agg = tl.sum(tl.where(m_ga, b_s, 0.0), axis=0)
+        b_agg = _group_scores(b_s, m_g, m_all, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _adaptive_row(b_agg, m_all, m_c, is_last, o_c, phys, p_out + r, p_sco + r, p_phy + r, p_aux + i_h * stride_ah,
                       i_c, n_pages, last_phys, K_MIN, K_MAX, threshold, zscale, NC, KC, FILL, ONE_STAGE, WRITE_PHYS)

@@ -155,6 +155,16 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
 
 
 @triton.jit
+def _group_scores(b_s, m_g, m_pages, AGG_MAX: tl.constexpr):
+    """[BLOCK_G, CHUNK] per-query-head scores -> [CHUNK] shared-selection score of the
+    group (max or sum over its valid heads; invalid pages/heads never contribute)."""
+    m = m_g[:, None] & m_pages[None, :]
+    if AGG_MAX:
+        return tl.max(tl.where(m, b_s, float("-inf")), axis=0)
+    return tl.sum(tl.where(m, b_s, 0.0), axis=0)
+
+
+@triton.jit
 def _select_tile_kernel(
     q,  # [B, Hq, D]
     kmin, kmax,  # [P, Hkv, D]
@@ -219,11 +229,7 @@ def _select_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        m_gc = m_g[:, None] & m_c[None, :]
-        if AGG_MAX:
-            b_agg = tl.max(tl.where(m_gc, b_s, float("-inf")), axis=0)  # [CHUNK]
-        else:
-            b_agg = tl.sum(tl.where(m_gc, b_s, 0.0), axis=0)
+        b_agg = _group_scores(b_s, m_g, m_c, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
                   ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
