@@ -22,6 +22,27 @@ def dot_upcast(dtype: torch.dtype) -> bool:
     return is_interpreter() and dtype == torch.bfloat16
 
 
+_pdl_capable: dict[int, bool] = {}
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether to launch dependent kernels with programmatic dependent launch (PDL).
+
+    On Hopper and later, a kernel launched with PDL may start while the kernel before it
+    drains; it calls ``gdc_wait()`` before touching anything, which blocks until that
+    kernel has completed and its writes are visible, so the launch latency and the CTA
+    start-up overlap the previous kernel's tail instead of following it (the kernels of
+    a decode step are short). Off under the interpreter (inline PTX) and before sm_90;
+    ``QUESTKERN_PDL=0`` turns it off.
+    """
+    if device.type != "cuda" or is_interpreter() or os.environ.get("QUESTKERN_PDL", "1") == "0":
+        return False
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _pdl_capable:
+        _pdl_capable[idx] = torch.cuda.get_device_capability(idx)[0] >= 9
+    return _pdl_capable[idx]
+
+
 _backend_note: str | None = None
 
 

@@ -67,6 +67,9 @@ class SelectConfig(_ConfigBase):
     block_d: head-dim slice loaded per step (power of two, <= head_dim).
     topk: top-K algorithm, ``"bisect"`` (bitwise threshold search by reductions) or
         ``"radix"`` (8-bit radix select with histograms); both exact, same tie rule.
+    tiles_per_program: two-stage path with tiles smaller than K (no tile top-K: stage 1
+        only scores pages): tiles each program streams, software-pipelined over
+        ``num_stages`` tiles. 1 = one program per tile.
     fused_merge: in the two-stage path the last tile of a row to finish merges that row
         (no merge launch; one row's merge overlaps other rows' tiles). Off by default: on
         the H100 it was slower at every shape measured (runs/009: the merge then runs with
@@ -81,12 +84,15 @@ class SelectConfig(_ConfigBase):
     merge_warps: int = 4
     topk: str = "bisect"
     fused_merge: bool = False
+    tiles_per_program: int = 1
 
     def __post_init__(self):
         if not isinstance(self.fused_merge, bool):
             raise ValueError(f"SelectConfig.fused_merge must be a bool, got {self.fused_merge!r}")
         if self.topk not in ("bisect", "radix"):
             raise ValueError(f"SelectConfig.topk must be 'bisect' or 'radix', got {self.topk!r}")
+        if self.tiles_per_program not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"SelectConfig.tiles_per_program must be one of 1,2,4,8,16,32, got {self.tiles_per_program}")
         for name in ("chunk_pages", "block_d"):
             v = getattr(self, name)
             if not _is_pow2(v) or v < 16:
@@ -151,10 +157,10 @@ def default_select_config(max_pages: int, head_dim: int) -> SelectConfig:
     # H100 exploration (reports/data/nvidia-h100-80gb-hbm3/runs/003..006): 64-page
     # tiles without a tile top-K keep many programs streaming metadata; a tile top-K
     # (larger tiles) costs more than the bigger merge it saves, except at GQA 128K.
-    # Merge: its top-K over every candidate page is one CTA per row; 16 warps keep
-    # 8192 candidates in registers (4 warps spill: 5x slower, runs/006), 8 are best at 2048.
+    # Merge: its top-K over every candidate page is one CTA per row; with the prefix
+    # search (runs/012) 4 warps are best up to 2048 candidates and 8 at 8192.
     chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
-    merge_warps = 4 if max_pages <= 1024 else (8 if max_pages <= 2048 else 16)
+    merge_warps = 4 if max_pages <= 2048 else 8
     return SelectConfig(chunk_pages=chunk, block_d=min(128, head_dim), num_warps=4, merge_warps=merge_warps)
 
 

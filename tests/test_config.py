@@ -25,7 +25,8 @@ def test_dict_round_trip_and_unknown_keys():
 def test_heuristics():
     assert default_select_config(2048, 128).chunk_pages == 64
     assert default_select_config(8192, 128).chunk_pages == 64
-    assert default_select_config(8192, 128).merge_warps == 16
+    assert default_select_config(8192, 128).merge_warps == 8
+    assert default_select_config(2048, 128).merge_warps == 4
     assert default_select_config(3, 64).chunk_pages == 16
     assert default_decode_config(16, 128).pages_per_block == 4
     assert default_decode_config(64, 128).pages_per_block == 1

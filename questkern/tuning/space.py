@@ -13,8 +13,9 @@ anything is compiled (the trial is pruned, not failed):
   context needs (``max(16, next_pow2(pages - 1))``: a larger tile is the same one-stage
   launch with more masked lanes); register budget ``2 * chunk_pages * block_d /
   (32 * num_warps) <= 256`` elements per thread for the kmin/kmax tiles (more spills).
-  ``num_stages`` is fixed to 1: the kernel's only loop (over head-dim slices) is a
-  ``static_range``, unrolled at compile time, so there is nothing to pipeline.
+  ``num_stages`` and ``tiles_per_program`` are searched only for the score stream (two
+  stages with tiles smaller than K, whose programs loop over tiles); elsewhere the only
+  loop (over head-dim slices) is unrolled at compile time and num_stages stays 1.
   ``merge_warps`` is searched only when the launch is two-stage; ``topk`` (bisection or
   radix select, both exact) always.
 * sparse/dense decode: ``16 <= pages_per_block * page_size <= 256`` tokens per inner
@@ -197,6 +198,9 @@ class OpSpace:
             ]
             if "topk" in _field_names(C.SelectConfig):  # top-K algorithm (bisection / radix select)
                 params.append(Param("topk", SELECT_TOPK))
+            if "tiles_per_program" in _field_names(C.SelectConfig):  # the score stream (tiles < K)
+                params += [Param("tiles_per_program", (1, 2, 4), active=self._score_stream),
+                           Param("num_stages", (1, 2, 3), active=self._score_stream)]
         else:
             max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,)))
             splits = {s for s in POW2_SPLITS if s <= max_useful}
@@ -249,6 +253,15 @@ class OpSpace:
                                   C.SelectConfig(chunk_pages=params["chunk_pages"]))
         return n_chunks == 1
 
+    def _score_stream(self, params: dict) -> bool:
+        """Whether select's stage 1 is the score stream (two stages, tiles smaller than K),
+        where tiles_per_program and num_stages apply; asks the launcher."""
+        from questkern.ops.select.kernel import stream_scores
+
+        ps, bud = self._page_budget(params)
+        return (not self._one_stage(params)) and stream_scores(C.SelectConfig(chunk_pages=params["chunk_pages"]),
+                                                                self.bucket.k_pages(ps, bud))
+
     def _default_splits(self, page_size: int, budget: int | None) -> int:
         cfg = C.default_decode_config(page_size, self.bucket.head_dim)
         return C.choose_num_splits(cfg, self.bucket.batch, self.bucket.head_programs(),
@@ -274,6 +287,8 @@ class OpSpace:
                 p["merge_warps"] = cfg.merge_warps
             if "topk" in _field_names(C.SelectConfig):
                 p["topk"] = cfg.topk
+            if "tiles_per_program" in _field_names(C.SelectConfig) and self._score_stream(p):
+                p.update(tiles_per_program=cfg.tiles_per_program, num_stages=cfg.num_stages)
         else:
             cfg = C.default_decode_config(ps, b.head_dim)
             p.update(pages_per_block=cfg.pages_per_block, num_splits=self._default_splits(ps, bud),
@@ -333,8 +348,9 @@ class OpSpace:
             cfg = C.MetadataConfig(num_warps=params["num_warps"])
         elif b.op == "select":
             extra = {"topk": params["topk"]} if "topk" in params else {}
+            extra.update({k: params[k] for k in ("tiles_per_program",) if k in params})
             cfg = C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
-                                 num_warps=params["num_warps"], num_stages=1,
+                                 num_warps=params["num_warps"], num_stages=params.get("num_stages", 1),
                                  merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
         else:
             extra = {"fuse_combine": params["fuse_combine"]} if "fuse_combine" in params else {}

@@ -17,8 +17,9 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from questkern._details import dot_upcast
+from questkern._details import dot_upcast, use_pdl
 from questkern.config import DecodeConfig, choose_num_splits, next_pow2
 
 _LOG2E = 1.4426950408889634
@@ -99,7 +100,11 @@ def _decode_split_kernel(
     DENSE: tl.constexpr,
     HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,  # launched with PDL: wait for the previous kernel, then let the combine launch
 ):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     i_b, i_x, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCK_N: tl.constexpr = PAGES_PER_BLOCK * PAGE
     if PER_HEAD:
@@ -203,7 +208,10 @@ def _combine_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr,  # launched with PDL: wait for the split kernel first
 ):
+    if PDL:
+        gdc_wait()
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     o_s = tl.arange(0, BLOCK_S)
     m_s = o_s < NUM_SPLITS
@@ -268,6 +276,7 @@ def paged_decode(
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)
+    pdl = use_pdl(q.device)  # each launch may overlap the previous kernel's tail (see _details.use_pdl)
     # sparse rows have a fixed width, so each split's block count is a compile-time
     # constant; unroll it when short (dense splits follow seq_len: a runtime loop)
     blocks_per_split = -(-(-(-n_slots // S)) // cfg.pages_per_block)
@@ -286,8 +295,8 @@ def paged_decode(
         PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1, STATIC_ITERS=static_iters,
         FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
-        DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype), PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if S > 1 and not cfg.fuse_combine:
         _combine_kernel[(B, Hq)](
@@ -295,6 +304,7 @@ def paged_decode(
             o_part.stride(0), o_part.stride(1), o_part.stride(2),
             lse_part.stride(0), lse_part.stride(1),
             out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=next_pow2(D), BLOCK_S=next_pow2(S), num_warps=cfg.combine_warps,
+            HEAD_DIM=D, BLOCK_D=next_pow2(D), BLOCK_S=next_pow2(S), PDL=pdl, num_warps=cfg.combine_warps,
+            launch_pdl=pdl,
         )
     return out

@@ -33,7 +33,7 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import _emit_selection, _group_scores, _page_scores, _topk_mask, select_plan
+from questkern.ops.select.kernel import _emit_selection, _group_scores, _page_scores, _topk_mask, select_block_g, select_plan
 
 _LOG2E = 1.4426950408889634
 
@@ -282,7 +282,7 @@ def select_pages_adaptive(
     if not write_phys:
         out_phys = out  # never written
     common = dict(
-        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=max(16, next_pow2(G)),
+        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc, NC=n_chunks,
         FILL=next_pow2(k_max), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype), WRITE_PHYS=write_phys,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

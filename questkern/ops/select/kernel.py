@@ -6,7 +6,8 @@ Page scores never round-trip through global memory in the one-stage path, and in
 two-stage path only each tile's K best are written.
 
 Top-K without sorting: scores are mapped to order-preserving integer keys and each
-row's K-th largest key is found by a 32-step bitwise bisection (counts by reduction);
+row's K-th largest key is found two bits per step (counts by reduction), only over the bits
+where the row's keys differ and only until exactly K keys lie at or above the prefix;
 entries above it are taken, then entries equal to it from the lowest page index up.
 The score of a page is computed as ``dot(relu(q), kmax) + dot(min(q, 0), kmin)``,
 which equals ``sum_c max(q_c kmin_c, q_c kmax_c)`` term by term and runs on tensor
@@ -18,39 +19,74 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
-from questkern._details import dot_upcast
+from questkern._details import dot_upcast, use_pdl
 from questkern.config import SelectConfig, next_pow2
+
+
+@triton.jit
+def _sum3(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, a1 + b1, a2 + b2
+
+
+@triton.jit
+def _count_max_min(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, tl.maximum(a1, b1), tl.minimum(a2, b2)
 
 
 @triton.jit
 def _topk_mask(scores, valid, k):
     """[N] scores, [N] valid -> mask of the k best valid entries; ties toward the lower index.
 
-    k may exceed the number of valid entries. (1-D on purpose: Triton 3.6 fails to
-    lower a scan along the inner axis of some 2-D layouts.)
+    k may exceed the number of valid entries. Scores map to order-preserving int32 keys
+    (invalid entries to INT_MIN, below every valid key); the threshold ``thr`` = the k-th
+    largest key is built in offset binary (``u = key ^ INT_MIN``), two bits per step
+    (three counts in one block-wide reduction), but only over the bits where the row's
+    keys differ (those above the highest bit where the smallest and largest valid key
+    differ are shared by every key) and only until ``count(key >= thr) == k`` (then the
+    keys >= thr are the answer, with no tie at the boundary). Typical rows of page
+    scores need ~7 reductions in all, not 16-32.
+    (1-D on purpose: Triton 3.6 fails to lower a scan along the inner axis of some 2-D layouts.)
     """
+    INT_MIN: tl.constexpr = -2147483647 - 1
+    INT_MAX: tl.constexpr = 2147483647
     s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
-    # thr = largest t with count(key >= t) >= k, built on t + 2^31 (offset binary) so every
-    # candidate fits in int32: the sign bit, then two bits per step (3 candidates counted
-    # in one reduction: half the block-wide reduction chains of a bit-by-bit search),
-    # then the last bit.
-    thr = tl.min(key, axis=0) * 0 - 2147483647 - 1
-    thr = tl.where(tl.sum((key >= 0).to(tl.int32), axis=0) >= k, 0, thr)
-    o_j = tl.arange(0, 4)
-    for i in tl.static_range(15):
-        cand = thr + (o_j << (29 - 2 * i))  # [4]; j = 0 is thr itself, always satisfied
-        cnt = tl.sum((key[:, None] >= cand[None, :]).to(tl.int32), axis=0)  # [4]
-        thr = thr + (tl.max(tl.where(cnt >= k, o_j, 0), axis=0) << (29 - 2 * i))
-    cand = thr + 1
-    thr = tl.where(tl.sum((key >= cand).to(tl.int32), axis=0) >= k, cand, thr)
-    gt = key > thr
-    eq = key == thr
-    n_gt = tl.sum(gt.to(tl.int32), axis=0)
-    rank = tl.cumsum(eq.to(tl.int32), axis=0)
-    return (gt | (eq & (rank <= k - n_gt))) & valid
+    key = tl.where(valid, key, INT_MIN)
+    n_valid, hi, lo = tl.reduce((valid.to(tl.int32), key, tl.where(valid, key, INT_MAX)), 0, _count_max_min)
+    diff = hi ^ lo  # valid keys can differ only at or below its highest set bit
+    # highest set bit by the float exponent (rounding up can overestimate by one: harmless)
+    top = tl.where(diff < 0, 31, (diff.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127)
+    top = tl.maximum(top, -1)
+    mask = tl.where(top >= 31, 0, -1 << tl.minimum(top + 1, 31))  # the shared high bits
+    c_thr = n_valid  # count(key >= thr), thr = the shared prefix: every valid key
+    bit = tl.where(n_valid > k, top, -1)  # k >= n_valid: every valid entry, no search
+    thr_u = tl.where(n_valid > k, (hi ^ INT_MIN) & mask, 0)
+    while (bit >= 0) & (c_thr != k):
+        # bits `bit` and `bit - 1` at once (only `bit` when it is bit 0)
+        sh = tl.maximum(bit - 1, 0)
+        c1 = thr_u | (1 << sh)
+        c2 = thr_u | (2 << sh)
+        c3 = thr_u | (3 << sh)
+        n1, n2, n3 = tl.reduce(((key >= (c1 ^ INT_MIN)).to(tl.int32), (key >= (c2 ^ INT_MIN)).to(tl.int32),
+                                (key >= (c3 ^ INT_MIN)).to(tl.int32)), 0, _sum3)
+        n2 = tl.where(bit >= 1, n2, 0)
+        n3 = tl.where(bit >= 1, n3, 0)
+        thr_u = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, thr_u)))
+        c_thr = tl.where(n3 >= k, n3, tl.where(n2 >= k, n2, tl.where(n1 >= k, n1, c_thr)))
+        bit -= 2
+    thr = thr_u ^ INT_MIN
+    if c_thr == k:  # no tie at the boundary: exactly the keys >= thr
+        sel = key >= thr
+    else:  # the keys above thr, then those equal to it from the lowest index up
+        gt = key > thr
+        eq = key == thr
+        n_gt = tl.sum(gt.to(tl.int32), axis=0)
+        rank = tl.cumsum(eq.to(tl.int32), axis=0)
+        sel = gt | (eq & (rank <= k - n_gt))
+    return sel & valid
 
 
 @triton.jit
@@ -132,7 +168,8 @@ def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phy
 def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr):
     """Upper-bound scores [BLOCK_G, CHUNK] of a tile of pages for a group's query heads:
-    ``dot(relu(q), kmax) + dot(min(q, 0), kmin)`` over the head dim in BLOCK_D slices.
+    ``dot(relu(q), kmax) + dot(min(q, 0), kmin)`` over the head dim in BLOCK_D slices
+    (tensor cores; BLOCK_G >= 16), or the same as products and a row sum when BLOCK_G == 1.
 
     p_q: [BLOCK_G, 1] query-row pointers; p_meta: [CHUNK, 1] metadata offsets of the pages.
     """
@@ -145,7 +182,10 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         zero = tl.zeros_like(b_q)
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
         q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
-        if IEEE:
+        if BLOCK_G == 1:  # one query head: float32 FMAs and a row sum (no dot operands staged in shared memory)
+            b_s += tl.sum(q_pos.to(tl.float32) * b_hi.to(tl.float32) + q_neg.to(tl.float32) * b_lo.to(tl.float32),
+                          axis=1)[None, :]
+        elif IEEE:
             b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
             b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
         else:
@@ -200,7 +240,10 @@ def _select_tile_kernel(
     RADIX: tl.constexpr,
     FUSED_MERGE: tl.constexpr,  # the last tile of a row to finish merges it (no merge launch)
     BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(tiles * KC)
+    TRIGGER: tl.constexpr,  # one stage: a decode launched with PDL may start now (it waits for this grid)
 ):
+    if TRIGGER:
+        gdc_launch_dependents()
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
@@ -264,6 +307,68 @@ def _select_tile_kernel(
 
 
 @triton.jit
+def _select_score_kernel(
+    q,  # [B, Hq, D]
+    kmin, kmax,  # [P, Hkv, D]
+    page_table,  # [B, max_pages] int32
+    seq_lens,  # [B] int32
+    cand_idx,  # [B, Hsel, NC * CHUNK] int32: page p at slot p, -1 = not a candidate
+    cand_score,  # [B, Hsel, NC * CHUNK] float32
+    cand_phys,  # [B, Hsel, NC * CHUNK] int32 (written when WRITE_PHYS)
+    K, max_pages, num_pages, n_chunks,
+    stride_qb, stride_qh,
+    stride_mp, stride_mh,
+    stride_tb,
+    stride_cb, stride_ch,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    SHARED: tl.constexpr,
+    AGG_MAX: tl.constexpr,
+    CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
+    no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
+    software-pipelined over ``NUM_STAGES`` tiles (page-table and metadata loads of the
+    next tiles in flight while this one is scored), and writes every candidate's score."""
+    i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    p_tab = page_table + i_b.to(tl.int64) * stride_tb
+    seq_len = tl.load(seq_lens + i_b)
+    n_pages = tl.cdiv(seq_len, PAGE)
+    sparse = n_pages > K
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < GROUP
+    p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
+    p_cand = i_b.to(tl.int64) * stride_cb
+    for i_c in tl.range(i_s, n_chunks, tl.num_programs(2), num_stages=NUM_STAGES):
+        o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
+        phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
+        phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
+        m_c = o_c < n_pages - 1  # candidates: every page but the last
+        p_meta = phys[:, None] * stride_mp + i_h * stride_mh
+        b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & sparse, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
+        ids = tl.where(m_c, o_c, -1)
+        if SHARED:
+            r = p_cand + i_h * stride_ch + o_c
+            tl.store(cand_idx + r, ids)
+            tl.store(cand_score + r, _group_scores(b_s, m_g, m_c, AGG_MAX))
+            if WRITE_PHYS:
+                tl.store(cand_phys + r, phys.to(tl.int32))
+        else:
+            for g in tl.static_range(GROUP):
+                r = p_cand + (i_h * GROUP + g) * stride_ch + o_c
+                tl.store(cand_idx + r, ids)
+                tl.store(cand_score + r, tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0))
+                if WRITE_PHYS:
+                    tl.store(cand_phys + r, phys.to(tl.int32))
+
+
+@triton.jit
 def _merge_row(p_cidx, p_csco, p_cphys, p_out, p_oph, p_tab, n_pages, K, N_CAND,
                BLOCK_N: tl.constexpr, FILL: tl.constexpr, WRITE_PHYS: tl.constexpr, RADIX: tl.constexpr):
     """Final top-K of one row over its tiles' candidates (read from L2: they may come from
@@ -302,7 +407,12 @@ def _select_merge_kernel(
     FILL: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
     RADIX: tl.constexpr,
+    TRIGGER: tl.constexpr,  # a decode launched with PDL may start now (it waits for this grid)
 ):
+    # Launched without PDL: on the H100 a merge launched with PDL (waiting in gdc_wait
+    # from the start) made the MHA 8K/32K select 10 us slower (runs/014).
+    if TRIGGER:
+        gdc_launch_dependents()
     i_b, i_r = tl.program_id(0), tl.program_id(1)
     n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
     c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
@@ -316,6 +426,21 @@ def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int
     n_chunks = max(1, -(-max(1, max_pages - 1) // config.chunk_pages))
     kc = min(next_pow2(max(1, k_pages - 1)), config.chunk_pages)
     return n_chunks, kc
+
+
+_MHA_ELEMENTWISE = True  # private A/B switch of scripts/gpu/topk_micro.py (runs/013: 0.6-1.7 us faster)
+
+
+def select_block_g(group: int) -> int:
+    """Query-head rows per program: 1 for MHA (scores as products and sums), else the
+    group padded to tl.dot's minimum of 16."""
+    return 1 if group == 1 and _MHA_ELEMENTWISE else max(16, next_pow2(group))
+
+
+def stream_scores(config: SelectConfig, k_pages: int) -> bool:
+    """Whether the two-stage path runs ``_select_score_kernel`` (tiles of fewer than K
+    pages keep every page, so stage 1 only scores; the fused merge needs the tile kernel)."""
+    return config.chunk_pages <= k_pages - 1 and not config.fused_merge
 
 
 def select_pages(
@@ -348,7 +473,7 @@ def select_pages(
     if not write_phys:
         out_phys = out  # never written
     common = dict(
-        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=max(16, next_pow2(G)),
+        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
         FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
         TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys, RADIX=cfg.topk == "radix",
@@ -359,25 +484,35 @@ def select_pages(
         _select_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
             kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
-            BLOCK_M=16, **common,
+            BLOCK_M=16, TRIGGER=use_pdl(q.device), **common,
         )
         return out
     if workspace is None:
         workspace = select_workspace(B, rows, max_pages, k_pages, cfg, q.device)
     cand_idx, cand_score, cand_phys, counters = workspace  # [B, rows, n_chunks * kc] x3, [B, Hkv]
     n_cand = n_chunks * kc
-    _select_tile_kernel[(B, Hkv, n_chunks)](
-        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
-        max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
-        ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), **common,
-    )
+    if stream_scores(cfg, k_pages):
+        progs = -(-n_chunks // cfg.tiles_per_program)
+        _select_score_kernel[(B, Hkv, progs)](
+            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, k_pages, max_pages,
+            kmin.shape[0], n_chunks, *strides, cand_idx.stride(0), cand_idx.stride(1),
+            PAGE=page_size, HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], GROUP=G, BLOCK_G=common["BLOCK_G"],
+            SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
+            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+        )
+    else:
+        _select_tile_kernel[(B, Hkv, n_chunks)](
+            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
+            max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
+            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **common,
+        )
     if cfg.fused_merge:
         return out
     _select_merge_kernel[(B, rows)](
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
         PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
-        num_warps=cfg.merge_warps,
+        TRIGGER=use_pdl(q.device), num_warps=cfg.merge_warps,
     )
     return out
 

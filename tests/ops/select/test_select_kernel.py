@@ -12,7 +12,7 @@ from helpers import integer_tensor, random_page_table
 
 from questkern.config import SelectConfig
 from questkern.ops.select import select_pages, select_pages_ref, select_workspace
-from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix
+from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix, stream_scores
 
 CASES = [
     # B, Hq, Hkv, D, page, lens, budget, mode, agg, dtype, chunk, topk
@@ -48,6 +48,27 @@ def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dt
     assert torch.equal(phys, expect_phys)
     for b, n in enumerate(lens):  # the last page is always attended
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
+
+
+@pytest.mark.parametrize("mode,agg,tiles,stages", [("shared", "sum", 1, 1), ("shared", "max", 2, 2), ("per_head", "sum", 4, 3),
+                                                    ("shared", "sum", 32, 2)])
+def test_select_score_stream_matches_reference(mode, agg, tiles, stages):
+    """Tiles smaller than K: stage 1 only scores (``_select_score_kernel``), each program
+    streaming ``tiles_per_program`` tiles (more than there are, too), mixed lengths, GQA 4."""
+    lens, PS, budget = [1100, 140, 17], 16, 400  # K = 25 pages > chunk 16; 69 pages: 5 tiles
+    table, P, seq_lens = random_page_table(3, lens, PS)
+    kmin = integer_tensor((P, 2, 64), -4, 4, torch.bfloat16, seed=11)
+    kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=12)
+    q = integer_tensor((3, 8, 64), -3, 4, torch.bfloat16, seed=13)
+    k_pages = budget // PS
+    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages)
+    assert stream_scores(cfg, k_pages)
+    phys = torch.full((3, 2 if mode == "shared" else 8, k_pages), -7, dtype=torch.int32)
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys)
+    assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg))
+    expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
+                                                     out.clamp(min=0).long()).int(), -1)
+    assert torch.equal(phys, expect_phys)
 
 
 def test_select_fp32_metadata():
@@ -90,14 +111,32 @@ def _topk_ref(s, v, k):
 
 @pytest.mark.parametrize("radix", [False, True])
 def test_topk_mask_on_awkward_floats(radix):
-    """Negative, -0.0, +-inf, subnormal, duplicate scores; k from 0 to past N."""
+    """Negative, -0.0, +-inf, subnormal, duplicate, all-equal and sign-split scores; k from 0 to past N."""
     g = torch.Generator().manual_seed(0)
     pools = [torch.randn(64, generator=g) * 1e3, torch.randint(-3, 3, (64,), generator=g).float(),
              torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 3.0, -3.0] * 8),
-             -torch.rand(64, generator=g)]
+             -torch.rand(64, generator=g),
+             torch.full((64,), 5.0),  # all equal: the search has no bit to find
+             torch.cat([torch.full((32,), -3e38), torch.full((32,), 3e38)]),  # keys differ in the sign bit
+             1.0 + torch.randint(0, 4, (64,), generator=g).float() * 2.0 ** -20,  # differ only in low bits
+             torch.randn(64, generator=g) * 1e-42]  # subnormal
     for i, s in enumerate(pools):
         for k in (0, 1, 7, 63, 64, 80):
             v = torch.rand(64, generator=g) > 0.2
             o = torch.empty(64, dtype=torch.int32)
             _topk_probe[(1,)](s, v.int(), o, k, N=64, RADIX=radix)
             assert torch.equal(o.bool(), _topk_ref(s, v, k)), (i, k)
+
+
+@pytest.mark.parametrize("radix", [False, True])
+def test_topk_mask_on_page_like_scores(radix):
+    """512 positive scores of similar size (the search starts low and stops early) and
+    the same rounded to a few values (ties at the boundary); k around a quarter of N."""
+    g = torch.Generator().manual_seed(1)
+    base = 20.0 + 3.0 * torch.randn(512, generator=g)
+    for s in (base, base.round() / 4):
+        for k in (1, 127, 128, 300, 511):
+            v = torch.rand(512, generator=g) > 0.05
+            o = torch.empty(512, dtype=torch.int32)
+            _topk_probe[(1,)](s, v.int(), o, k, N=512, RADIX=radix)
+            assert torch.equal(o.bool(), _topk_ref(s, v, k)), k
