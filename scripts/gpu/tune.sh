@@ -9,7 +9,7 @@
 #   tuning/runs/<gpu-key>-tune.json|.log     the run summary: per-bucket winners and speedups
 # and prints tuned-vs-heuristic speedups and their geometric mean, both configs timed
 # back to back in this run (--verify-rounds 3). Then shows that the lookup picks the table.
-# Overrides: OPS (default select,sparse_decode,dense_decode), TAG (suffix of the run files),
+# Overrides: OPS (default select,sparse_decode,dense_decode), TAG (suffix of the study and run files),
 # FORCE=1 (replace existing entries even when faster: after a kernel change made them stale).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +23,7 @@ $PY -m questkern tune --gpu "$FAMILY" \
   --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 128 --dtype bf16 \
   --page-size 16 --budget 2048 --ops "${OPS:-select,sparse_decode,dense_decode}" ${FORCE:+--force} \
   --timeout 15 --max-time "${MAX_TIME:-420}" --rep-ms 40 --warmup-ms 10 --verify-rounds 3 \
-  --storage "sqlite:///tuning/studies/$KEY.db" --out questkern/tuning/tables \
+  --storage "sqlite:///tuning/studies/$KEY${TAG:+-$TAG}.db" --out questkern/tuning/tables \
   --summary "tuning/runs/$KEY-tune${TAG:+-$TAG}.json" 2>&1 | tee "tuning/runs/$KEY-tune${TAG:+-$TAG}.log"
 $PY -m questkern show-config --op sparse_decode --seq 32k --batch 8 --heads 32/8 --head-dim 128 \
   --page-size 16 --budget 2048 | tee -a "tuning/runs/$KEY-tune${TAG:+-$TAG}.log"
