@@ -40,7 +40,10 @@ KERNEL_OPS = {
     "_metadata_build_kernel": "metadata",
     "_append_kernel": "metadata",
     "_select_tile_kernel": "select",
+    "_select_score_kernel": "select",
     "_select_merge_kernel": "select",
+    "_adaptive_tile_kernel": "select",
+    "_adaptive_merge_kernel": "select",
     "_decode_split_kernel": "{decode}",
     "_combine_kernel": "combine",
 }

@@ -57,6 +57,13 @@ def test_ncu_bad_exports(text, msg):
 
 def test_kernel_op_names():
     assert kernel_op("_select_tile_kernel") == "select"
+    # every Triton kernel of the package is named (a new kernel must not land in "other")
+    import questkern.ops.decode.kernel as dk, questkern.ops.metadata.kernel as mk, questkern.ops.select.kernel as sk
+    import questkern.ops.select.adaptive as ak
+    for mod in (dk, mk, sk, ak):
+        for name in dir(mod):
+            if name.endswith("_kernel") and name.startswith("_") and hasattr(getattr(mod, name), "run"):
+                assert kernel_op(name) != "other", name
     assert kernel_op("_decode_split_kernel", "quest") == "sparse_decode"
     assert kernel_op("_decode_split_kernel(float*)", "dense") == "dense_decode"
     assert kernel_op("ampere_sgemm") == "other"
