@@ -10,6 +10,8 @@
 Rows of N candidate scores, k = 127, emit included (as in the merge kernel). Then the
 whole select at 32K/128K (MHA 32/32 and GQA 32/8) over a grid of chunk/merge warps,
 next to torch.topk on the same scores. CUDA graphs + do_bench median, L2 flushed.
+Column ``ab`` holds the run's A/B flag (runs/013: MHA scores elementwise vs tl.dot, then a
+module switch since removed; runs/015: the score stream's row-major grid order).
 Writes topk_micro.csv to $OUT. ``python3 scripts/gpu/topk_micro.py select`` skips the merge micro-benchmark.
 """
 import csv, itertools, os, sys
@@ -141,15 +143,19 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     sc = sc.reshape(-1, sc.shape[-1]).contiguous().float()
     t_topk = time_fn(lambda: torch.topk(sc, K, dim=-1), rep_ms=40)
     dflt = default_select_config(maxp, 128)
-    # tile path (tile top-K when chunk >= K), the score stream (chunk < K), the fused merge
-    grid = [dflt] + [SelectConfig(chunk_pages=256, block_d=64, num_warps=4, merge_warps=8)]
-    grid += [SelectConfig(chunk_pages=c, block_d=128, num_warps=4, num_stages=st, merge_warps=mw, tiles_per_program=t)
-             for c, t, st, mw in itertools.product([16, 32, 64], [1, 2], [1, 2], [4, 8])]
-    grid += [SelectConfig(chunk_pages=c, block_d=128, num_warps=w, fused_merge=True) for c, w in itertools.product([32, 64], [4, 8])]
-    grid = [(cfg, ew) for cfg in grid for ew in ((True, False) if hq == hkv else (True,))]
+    # the score stream (chunk < K): grid order (row-major: a row's programs together) x fused merge
+    grid = [(dflt, True)]
+    for c, t, fused, rm in itertools.product([32, 64], [1, 2], [False, True], [True, False]):
+        for w in ((4, 8) if fused else (4,)):
+            for mw in ((4,) if fused else (4, 8)):
+                grid.append((SelectConfig(chunk_pages=c, block_d=128, num_warps=w, merge_warps=mw, tiles_per_program=t,
+                                          fused_merge=fused), rm))
+    ref = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
+    select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", dflt, out=ref)
     best = None
+    mismatches = 0
     for cfg, ew in grid:
-        kernel_mod._MHA_ELEMENTWISE = ew  # MHA scores as products and sums (True) or tl.dot (False)
+        kernel_mod._ROW_MAJOR = ew  # score-stream grid order: the A/B flag of this run (column ab)
         ws = select_workspace(1, hkv, maxp, K, cfg, dev)
         out = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
         outp = torch.empty_like(out)
@@ -157,14 +163,20 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
             us = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, out_phys=outp, workspace=ws), rep_ms=40)
         except Exception as e:
             us = float("nan"); print("fail", cfg, repr(e)[:200])
-        rows_out.append(dict(kind="select", hq=hq, hkv=hkv, L=L, cfg=cfg.to_dict(), elementwise=ew, us=us, topk_torch_us=t_topk))
+        out.fill_(-7)
+        select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, out_phys=outp, workspace=ws)
+        mismatches += int(not torch.equal(out, ref))
+        rows_out.append(dict(kind="select", hq=hq, hkv=hkv, L=L, cfg=cfg.to_dict(), ab=ew, us=us, topk_torch_us=t_topk))
         if us == us and (best is None or us < best[1]):
             best = (cfg, us, ew)
-    print(f"select {hq}/{hkv} L={L}: torch.topk {t_topk:.1f}us | default {rows_out[-len(grid)]['us']:.1f}us | best {best[1]:.1f}us {best[0]} elementwise={best[2]}")
+    print(f"select {hq}/{hkv} L={L}: torch.topk {t_topk:.1f}us | default {rows_out[-len(grid)]['us']:.1f}us | best {best[1]:.1f}us {best[0]} row_major={best[2]} | selections differing from the default config's: {mismatches}")
     for ew in sorted({e for _, e in grid}):
-        print(f"   best with elementwise={ew}: {min(r['us'] for r in rows_out[-len(grid):] if r['elementwise'] == ew):.1f}us")
+        for fu in (False, True):
+            sub = [r['us'] for r in rows_out[-len(grid):] if r['ab'] == ew and r['cfg']['fused_merge'] == fu]
+            print(f"   row_major={ew} fused_merge={fu}: best {min(sub):.1f}us")
+        print(f"   best with row_major={ew}: {min(r['us'] for r in rows_out[-len(grid):] if r['ab'] == ew):.1f}us")
     del cache; torch.cuda.empty_cache()
 with open(os.path.join(out_dir, "topk_micro.csv"), "w", newline="") as f:
-    keys = ["kind", "rows", "n", "dist", "variant", "warps", "hq", "hkv", "L", "cfg", "elementwise", "us", "topk_torch_us"]
+    keys = ["kind", "rows", "n", "dist", "variant", "warps", "hq", "hkv", "L", "cfg", "ab", "us", "topk_torch_us"]
     w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(rows_out)
     f.write(f"# {info}\n")

@@ -315,11 +315,15 @@ def _select_score_kernel(
     cand_idx,  # [B, Hsel, NC * CHUNK] int32: page p at slot p, -1 = not a candidate
     cand_score,  # [B, Hsel, NC * CHUNK] float32
     cand_phys,  # [B, Hsel, NC * CHUNK] int32 (written when WRITE_PHYS)
+    final_idx,  # FUSED_MERGE: [B, Hsel, K] the selection
+    final_phys,  # FUSED_MERGE: [B, Hsel, K] its physical ids (written when WRITE_PHYS)
+    counters,  # FUSED_MERGE: [B, Hkv] int32 program arrival counters, zero between calls
     K, max_pages, num_pages, n_chunks,
     stride_qb, stride_qh,
     stride_mp, stride_mh,
     stride_tb,
     stride_cb, stride_ch,
+    stride_fb, stride_fh,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -331,12 +335,26 @@ def _select_score_kernel(
     IEEE: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    ROW_MAJOR: tl.constexpr,  # grid (programs, Hkv, B): a row's programs are scheduled together
+    FUSED_MERGE: tl.constexpr,  # the last program of a row to finish merges it (no merge launch)
+    BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(NC * CHUNK)
+    FILL: tl.constexpr,
+    TRIGGER: tl.constexpr,  # FUSED_MERGE: a decode launched with PDL may start now
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
     software-pipelined over ``NUM_STAGES`` tiles (page-table and metadata loads of the
-    next tiles in flight while this one is scored), and writes every candidate's score."""
-    i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    next tiles in flight while this one is scored), and writes every candidate's score.
+    With FUSED_MERGE and ROW_MAJOR rows complete one after another, so each row's merge
+    overlaps the streaming of later rows."""
+    if TRIGGER:
+        gdc_launch_dependents()
+    if ROW_MAJOR:
+        i_s, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        n_progs = tl.num_programs(0)
+    else:
+        i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        n_progs = tl.num_programs(2)
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     seq_len = tl.load(seq_lens + i_b)
     n_pages = tl.cdiv(seq_len, PAGE)
@@ -345,7 +363,7 @@ def _select_score_kernel(
     m_g = o_g < GROUP
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_cand = i_b.to(tl.int64) * stride_cb
-    for i_c in tl.range(i_s, n_chunks, tl.num_programs(2), num_stages=NUM_STAGES):
+    for i_c in tl.range(i_s, n_chunks, n_progs, num_stages=NUM_STAGES):
         o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
         phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
         phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
@@ -366,6 +384,27 @@ def _select_score_kernel(
                 tl.store(cand_score + r, tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0))
                 if WRITE_PHYS:
                     tl.store(cand_phys + r, phys.to(tl.int32))
+
+    if FUSED_MERGE:
+        # candidate stores are ordered before one acq_rel arrival per program (bar.sync +
+        # a cumulative release); the last program reads every candidate of the row from L2
+        tl.debug_barrier()
+        p_cnt = counters + i_b * tl.num_programs(1) + i_h
+        arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
+        if arrived == n_progs - 1:
+            n_cand = n_chunks * CHUNK
+            if SHARED:
+                c = p_cand + i_h * stride_ch
+                f = i_b.to(tl.int64) * stride_fb + i_h * stride_fh
+                _merge_row(cand_idx + c, cand_score + c, cand_phys + c, final_idx + f, final_phys + f, p_tab, n_pages,
+                           K, n_cand, BLOCK_M, FILL, WRITE_PHYS, False)
+            else:
+                for g in tl.static_range(GROUP):
+                    c = p_cand + (i_h * GROUP + g) * stride_ch
+                    f = i_b.to(tl.int64) * stride_fb + (i_h * GROUP + g) * stride_fh
+                    _merge_row(cand_idx + c, cand_score + c, cand_phys + c, final_idx + f, final_phys + f, p_tab,
+                               n_pages, K, n_cand, BLOCK_M, FILL, WRITE_PHYS, False)
+            tl.atomic_xchg(p_cnt, 0)
 
 
 @triton.jit
@@ -428,19 +467,19 @@ def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int
     return n_chunks, kc
 
 
-_MHA_ELEMENTWISE = True  # private A/B switch of scripts/gpu/topk_micro.py (runs/013: 0.6-1.7 us faster)
-
-
 def select_block_g(group: int) -> int:
-    """Query-head rows per program: 1 for MHA (scores as products and sums), else the
-    group padded to tl.dot's minimum of 16."""
-    return 1 if group == 1 and _MHA_ELEMENTWISE else max(16, next_pow2(group))
+    """Query-head rows per program: 1 for MHA (scores as products and sums: 0.6-1.7 us
+    faster than tl.dot on the H100, runs/013), else the group padded to tl.dot's 16."""
+    return 1 if group == 1 else max(16, next_pow2(group))
+
+
+_ROW_MAJOR = True  # private A/B switch of scripts/gpu/topk_micro.py: score-stream grid order
 
 
 def stream_scores(config: SelectConfig, k_pages: int) -> bool:
     """Whether the two-stage path runs ``_select_score_kernel`` (tiles of fewer than K
-    pages keep every page, so stage 1 only scores; the fused merge needs the tile kernel)."""
-    return config.chunk_pages <= k_pages - 1 and not config.fused_merge
+    pages keep every page, so stage 1 only scores)."""
+    return config.chunk_pages <= k_pages - 1
 
 
 def select_pages(
@@ -493,12 +532,15 @@ def select_pages(
     n_cand = n_chunks * kc
     if stream_scores(cfg, k_pages):
         progs = -(-n_chunks // cfg.tiles_per_program)
-        _select_score_kernel[(B, Hkv, progs)](
-            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, k_pages, max_pages,
-            kmin.shape[0], n_chunks, *strides, cand_idx.stride(0), cand_idx.stride(1),
+        _select_score_kernel[(progs, Hkv, B) if _ROW_MAJOR else (B, Hkv, progs)](
+            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
+            max_pages, kmin.shape[0], n_chunks, *strides, cand_idx.stride(0), cand_idx.stride(1),
+            out.stride(0), out.stride(1),
             PAGE=page_size, HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], GROUP=G, BLOCK_G=common["BLOCK_G"],
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
-            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, ROW_MAJOR=_ROW_MAJOR, FUSED_MERGE=cfg.fused_merge,
+            BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], TRIGGER=False,
+            num_warps=cfg.num_warps,
         )
     else:
         _select_tile_kernel[(B, Hkv, n_chunks)](

@@ -50,21 +50,26 @@ def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dt
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
 
 
-@pytest.mark.parametrize("mode,agg,tiles,stages", [("shared", "sum", 1, 1), ("shared", "max", 2, 2), ("per_head", "sum", 4, 3),
-                                                    ("shared", "sum", 32, 2)])
-def test_select_score_stream_matches_reference(mode, agg, tiles, stages):
+@pytest.mark.parametrize("mode,agg,tiles,stages,fused", [("shared", "sum", 1, 1, False), ("shared", "max", 2, 2, False),
+                                                          ("per_head", "sum", 4, 3, False), ("shared", "sum", 32, 2, False),
+                                                          ("shared", "sum", 2, 1, True), ("per_head", "max", 1, 2, True)])
+def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused):
     """Tiles smaller than K: stage 1 only scores (``_select_score_kernel``), each program
-    streaming ``tiles_per_program`` tiles (more than there are, too), mixed lengths, GQA 4."""
+    streaming ``tiles_per_program`` tiles (more than there are, too), mixed lengths, GQA 4;
+    with the fused merge, the last program of each row merges it (twice: counters rearm)."""
     lens, PS, budget = [1100, 140, 17], 16, 400  # K = 25 pages > chunk 16; 69 pages: 5 tiles
     table, P, seq_lens = random_page_table(3, lens, PS)
     kmin = integer_tensor((P, 2, 64), -4, 4, torch.bfloat16, seed=11)
     kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=12)
     q = integer_tensor((3, 8, 64), -3, 4, torch.bfloat16, seed=13)
     k_pages = budget // PS
-    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages)
+    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages, fused_merge=fused)
     assert stream_scores(cfg, k_pages)
     phys = torch.full((3, 2 if mode == "shared" else 8, k_pages), -7, dtype=torch.int32)
-    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys)
+    ws = select_workspace(3, phys.shape[1], table.shape[1], k_pages, cfg, q.device)
+    for _ in range(2 if fused else 1):
+        out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys, workspace=ws)
+    assert torch.count_nonzero(ws[3]) == 0
     assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg))
     expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
                                                      out.clamp(min=0).long()).int(), -1)
