@@ -44,7 +44,7 @@ import optuna
 from optuna.trial import TrialState
 
 from questkern.tuning.observer import ConsoleObserver, format_config
-from questkern.tuning.space import OpSpace
+from questkern.tuning.space import OpSpace, params_key
 from questkern.tuning.storage import StorageError, absolute_sqlite, check_url, driver_url, open_storage, redact
 from questkern.tuning.strategy import evaluated, study_name
 from questkern.tuning.table import atomic_write_json, now_iso, write_pareto, write_table
@@ -239,7 +239,7 @@ def build_report(spec: TuneSpec, storage, sms: int, *, finished_only: bool = Fal
         trials = study.get_trials(deepcopy=False)
         ev = [t for t in trials if evaluated(t)]
         res.n_evaluated = len(ev)
-        res.n_distinct = len({tuple(sorted(t.params.items())) for t in ev})
+        res.n_distinct = len({params_key(t.params) for t in ev})
         res.n_failed = sum(t.state == TrialState.FAIL for t in trials)
         res.n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
         starts = [t.datetime_start for t in ev if t.datetime_start]

@@ -37,6 +37,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import optuna
+
 from questkern import config as C
 from questkern.config import next_pow2
 from questkern.tuning.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
@@ -308,12 +310,41 @@ class OpSpace:
         return [self.default_params(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,))]
 
     def suggest(self, trial) -> dict:
-        """Ask an Optuna trial for a point (conditional params only when active)."""
+        """Ask an Optuna trial for a point (conditional params only when active).
+
+        A parameter with more than two ordered integer choices (tile sizes, warps,
+        stages, splits, ...) is asked as the index into its sorted choices, under the
+        self-describing name ``name@c0/c1/...`` (:func:`decode_params` maps it back), so
+        TPE models it as ordered and learns that neighbours behave alike; unordered or
+        two-valued ones stay categorical, and so does everything for the grid sampler.
+        On the H100 sparse-decode sweep (106 points) TPE without the default enqueued
+        then needs a median 7 trials to come within 3% of the best, 6.6% of the sweep
+        (13.5 with every parameter categorical; ``tuning/runs/*convergence*``).
+        """
+        grid = isinstance(getattr(getattr(trial, "study", None), "sampler", None), optuna.samplers.GridSampler)
         p: dict = {}
         for prm in self.params:
             if prm.active is None or prm.active(p):
-                p[prm.name] = trial.suggest_categorical(prm.name, list(prm.choices))
+                if not grid and _ordinal(prm.choices):
+                    srt = sorted(prm.choices)
+                    p[prm.name] = srt[trial.suggest_int(_ordinal_name(prm.name, srt), 0, len(srt) - 1)]
+                else:
+                    p[prm.name] = trial.suggest_categorical(prm.name, list(prm.choices))
         return p
+
+    def encode(self, params: dict, *, grid: bool = False) -> dict:
+        """A point as :meth:`suggest` asks for it (for ``enqueue_trial``); ``grid``: for
+        the grid sampler (every parameter categorical)."""
+        out = {}
+        for prm in self.params:
+            if prm.name in params:
+                v = params[prm.name]
+                if not grid and _ordinal(prm.choices):
+                    srt = sorted(prm.choices)
+                    out[_ordinal_name(prm.name, srt)] = srt.index(v)
+                else:
+                    out[prm.name] = v
+        return out
 
     def violation(self, params: dict) -> str | None:
         """Why ``params`` is invalid or redundant (pruned before compiling), or None."""
@@ -388,9 +419,33 @@ class OpSpace:
         return len(self.enumerate())
 
 
+ORDINAL_SEP = "@"  # "<name>@<c0>/<c1>/...": an ordered choice asked as its index
+
+
+def _ordinal(choices) -> bool:
+    return len(choices) > 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in choices)
+
+
+def _ordinal_name(name: str, sorted_choices: list) -> str:
+    return f"{name}{ORDINAL_SEP}{'/'.join(str(c) for c in sorted_choices)}"
+
+
+def decode_params(params: dict) -> dict:
+    """Trial params -> the point: ordinal indices (``name@c0/c1/...``) back to their
+    values; plain names (categorical, or studies made before the ordinal encoding) as is."""
+    out = {}
+    for k, v in params.items():
+        if ORDINAL_SEP in k:
+            name, choices = k.split(ORDINAL_SEP, 1)
+            out[name] = int(choices.split("/")[int(v)])
+        else:
+            out[k] = v
+    return out
+
+
 def params_key(params: dict) -> tuple:
-    """Hashable identity of a point (for duplicates)."""
-    return tuple(sorted(params.items()))
+    """Hashable identity of a point (for duplicates), whichever way its params are encoded."""
+    return tuple(sorted(decode_params(params).items()))
 
 
 def product_size(space: OpSpace) -> int:

@@ -106,7 +106,8 @@ def open_study(storage, name: str, bucket: Bucket, space: OpSpace, sampler: optu
             for t in study.get_trials(deepcopy=False) if t.state in live or evaluated(t)}
     for p in space.default_points():
         if params_key(p) not in have:
-            study.enqueue_trial(p, user_attrs={"default": True})
+            study.enqueue_trial(space.encode(p, grid=isinstance(sampler, optuna.samplers.GridSampler)),
+                                user_attrs={"default": True})
     return study
 
 

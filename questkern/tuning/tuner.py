@@ -28,7 +28,7 @@ from questkern.tuning import paths
 from questkern.tuning.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
 from questkern.tuning.observer import Observer, geomean
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
-from questkern.tuning.space import Bucket, OpSpace, params_key
+from questkern.tuning.space import Bucket, OpSpace, decode_params, params_key
 from questkern.tuning.strategy import (QualityFn, evaluated, make_objective, make_sampler, make_storage, open_study,
                                        run_study, study_name)
 from questkern.tuning.table import (atomic_write_json, current_versions, load_table, make_entry, now_iso,
@@ -220,8 +220,9 @@ def _param_names(bucket: Bucket, sms: int) -> set[str]:
 
 
 def _group_of(t, bucket: Bucket) -> tuple[int, int | None]:
-    ps = t.params.get("page_size", bucket.page_sizes[0])
-    bud = t.params.get("budget", bucket.budgets[0]) if bucket.op in BUDGET_OPS else None
+    params = decode_params(t.params)
+    ps = params.get("page_size", bucket.page_sizes[0])
+    bud = params.get("budget", bucket.budgets[0]) if bucket.op in BUDGET_OPS else None
     return ps, bud
 
 
@@ -262,7 +263,7 @@ def collect(study: optuna.Study, space: OpSpace, runner: Runner | None, spec: Tu
             measured = {k: t.user_attrs["latency_us"] for k, t in best_by_key.items()}
             verified = False
             if runner is not None and spec.verify_rounds > 0:
-                top = [t.params for t in list(best_by_key.values())[:spec.verify_top]]
+                top = [decode_params(t.params) for t in list(best_by_key.values())[:spec.verify_top]]
                 if dkey in best_by_key and dkey not in {params_key(p) for p in top}:
                     top.append(default)
                 again = _verify(runner, space, top, spec.verify_rounds)

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.space import Bucket, OpSpace
+from questkern.tuning.space import Bucket, OpSpace, decode_params, params_key
 from questkern.tuning.storage import driver_url
 from questkern.tuning.worker import ENV_TEST_TIMER, fake_latency
 
@@ -59,7 +59,7 @@ def check_consistent(url: str, log, n_trials: int) -> list:
     ev = [t for t in trials if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs]
     assert len(ev) == n_trials
     run = [t for t in ev if "duplicate_of" not in t.user_attrs]
-    keys = [tuple(sorted(t.params.items())) for t in run]
+    keys = [params_key(t.params) for t in run]
     assert len(keys) == len(set(keys)), "a point was evaluated by two trials"
     timed = Counter(x["trial"] for x in timings(log) if x["trial"] is not None)
     by = {x["trial"]: x["worker"] for x in timings(log) if x["trial"] is not None}
@@ -67,6 +67,6 @@ def check_consistent(url: str, log, n_trials: int) -> list:
     for t in run:
         assert timed[t.number] == 1, f"trial {t.number} timed {timed[t.number]} times"
         assert by[t.number] == t.user_attrs["worker"]
-        assert t.value == fake_latency(space.candidate(t.params).config)
+        assert t.value == fake_latency(space.candidate(decode_params(t.params)).config)
     assert all(timed[t.number] == 0 for t in ev if "duplicate_of" in t.user_attrs)
     return trials

@@ -210,7 +210,7 @@ def worker(dirs, tmp_path):
 
 def _ask(w, params, claim: str | None = None):
     """A running trial at ``params`` (as a worker holds it), claimed by ``claim``."""
-    w.study.enqueue_trial(params)
+    w.study.enqueue_trial(w.space.encode(params))
     t = w.study.ask()
     assert w.space.suggest(t) == params
     if claim:

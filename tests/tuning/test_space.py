@@ -109,3 +109,29 @@ def test_a_changed_heuristic_stays_in_the_space(monkeypatch):
     space = OpSpace(bucket("metadata"), num_sms=132)
     assert space.grid()["num_warps"] == [1, 2, 4, 8, 16]
     assert space.default_points() == [{"num_warps": 16}]
+
+
+def test_ordered_choices_are_suggested_as_indices_and_decoded_back():
+    """TPE sees tile sizes/warps/splits as ordered (an index under 'name@c0/c1/...');
+    the point, params_key and enqueued defaults are the same whichever encoding stored them."""
+    import optuna
+
+    from questkern.tuning.space import decode_params, params_key
+
+    space = OpSpace(Bucket("sparse_decode", "bf16", 128, 32, 8, 32768, 8, (16,), (2048,)), num_sms=132)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    default = space.default_params()
+    study.enqueue_trial(space.encode(default))
+    t = study.ask()
+    assert space.suggest(t) == default
+    assert any("@" in k for k in t.params) and "fuse_combine" in t.params  # two-valued: categorical
+    assert decode_params(t.params) == default and params_key(t.params) == params_key(default)
+    assert t.params["pages_per_block@1/2/4/8/16/32"] == [1, 2, 4, 8, 16, 32].index(default["pages_per_block"])
+    for _ in range(20):
+        t = study.ask()
+        p = space.suggest(t)
+        assert decode_params(t.params) == p and all(p[k] in dict((q.name, q.choices) for q in space.params)[k] for k in p)
+    grid = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid()))
+    grid.enqueue_trial(space.encode(default, grid=True))
+    t = grid.ask()
+    assert space.suggest(t) == default and t.params == default  # the grid sampler keeps plain names

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from questkern.tuning.space import Bucket, OpSpace
+from questkern.tuning.space import Bucket, OpSpace, decode_params
 from questkern.tuning.strategy import make_sampler, open_study, study_name
 
 B = Bucket("sparse_decode", "bf16", 128, 32, 8, 32768, 8, (16, 32), (1024, 2048))
@@ -16,7 +16,7 @@ def test_defaults_enqueued_once_per_page_and_budget():
     storage = optuna.storages.InMemoryStorage()
     for _ in range(3):  # reopening (a resumed run) does not queue them again
         study = open_study(storage, "s", B, space, make_sampler("tpe", 0, space, "s"))
-    queued = [t.system_attrs["fixed_params"] for t in study.get_trials()]
+    queued = [decode_params(t.system_attrs["fixed_params"]) for t in study.get_trials()]
     assert queued == space.default_points() and len(queued) == 4
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
     assert study.user_attrs["bucket"]["budgets"] == [1024, 2048]

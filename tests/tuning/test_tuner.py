@@ -18,7 +18,7 @@ from questkern.tuning import paths, runner as runner_mod
 from questkern.tuning.gpus import CPU_KEY
 from questkern.tuning.runtime import TuningTableWarning
 from questkern.tuning.schema import validate_pareto
-from questkern.tuning.space import params_key
+from questkern.tuning.space import decode_params, params_key
 from questkern.tuning.table import load_table
 from questkern.tuning.tuner import TuneSpec, tune
 
@@ -103,7 +103,8 @@ def test_wrong_and_crashing_candidates_fail_never_win(dirs, monkeypatch):
     br = rep.buckets[0]
     study = load_study(dirs, br.study_name)
     fails = study.get_trials(states=(TrialState.FAIL,))
-    failed = {t.params["num_warps"]: t.user_attrs["fail_reason"] for t in fails if "duplicate_of" not in t.user_attrs}
+    failed = {decode_params(t.params)["num_warps"]: t.user_attrs["fail_reason"] for t in fails
+              if "duplicate_of" not in t.user_attrs}
     assert set(failed) == {1, 8}
     assert failed[1].startswith("mismatch: AssertionError: page metadata differs from the reference on 1 pages")
     assert failed[8] == "RuntimeError: triton compile failed: out of resources"
@@ -142,7 +143,7 @@ def test_resume_after_interruption_continues_the_count(dirs):
     assert rep.buckets[0].n_evaluated == 3  # the interrupted trial does not count
     assert len(clock.calls) == rep.buckets[0].n_distinct  # each distinct point timed once
     (e,) = load_table(paths.table_path(dirs["env"], CPU_KEY))["entries"]
-    assert e["trials"] == 3 and e["default_latency_us"] == fake_latency(questkern.MetadataConfig(**t0.params))
+    assert e["trials"] == 3 and e["default_latency_us"] == fake_latency(questkern.MetadataConfig(**decode_params(t0.params)))
 
     rep = tune(s, timer=Clock())  # already done: no new trial
     assert len(load_study(dirs, name).get_trials()) == len(trials)
