@@ -179,3 +179,20 @@ def test_study_of_another_space_is_not_mixed_in(dirs):
 def test_fixed_param_no_op_searches_is_an_error(dirs):
     with pytest.raises(ValueError, match=r"fixed parameter\(s\) \['chunk_pages'\] are searched by none"):
         tune(spec(dirs, ops=("metadata",), fixed={"chunk_pages": 16}), timer=Clock())
+
+
+def test_verification_keeps_a_measured_value_not_the_mean_of_two():
+    """Two rounds, one of them cold: the low median (12), not the mean (39.5)."""
+    from questkern.tuning.runner import Outcome
+    from questkern.tuning.space import Bucket, OpSpace
+    from questkern.tuning.tuner import _verify
+
+    space = OpSpace(Bucket("metadata", "bf16", 64, 8, 8, 4096, 1, (16,), ()), num_sms=132)
+    seq = iter([67.0, 12.0])
+
+    class Cold:
+        def evaluate(self, cand):
+            return Outcome(next(seq))
+
+    (v,) = _verify(Cold(), space, [{"num_warps": 2}], rounds=2).values()
+    assert v == 12.0
