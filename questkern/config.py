@@ -70,10 +70,10 @@ class SelectConfig(_ConfigBase):
     tiles_per_program: two-stage path with tiles smaller than K (no tile top-K: stage 1
         only scores pages): tiles each program streams, software-pipelined over
         ``num_stages`` tiles. 1 = one program per tile.
-    fused_merge: in the two-stage path the last tile of a row to finish merges that row
-        (no merge launch; one row's merge overlaps other rows' tiles). Off by default: on
-        the H100 it was slower at every shape measured (runs/009: the merge then runs with
-        the tile kernel's registers and warps; 2-3x slower at 128K).
+    fused_merge: in the two-stage path the last program of a row to finish merges that
+        row (no merge launch; one row's merge overlaps other rows' tiles). Off by default:
+        on the H100 it was slower at every shape measured (runs/009 with tile top-K;
+        runs/015 in the score stream: 1-11 us slower).
     """
 
     op: ClassVar[str] = "select"

@@ -335,7 +335,6 @@ def _select_score_kernel(
     IEEE: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
-    ROW_MAJOR: tl.constexpr,  # grid (programs, Hkv, B): a row's programs are scheduled together
     FUSED_MERGE: tl.constexpr,  # the last program of a row to finish merges it (no merge launch)
     BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(NC * CHUNK)
     FILL: tl.constexpr,
@@ -345,16 +344,13 @@ def _select_score_kernel(
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
     software-pipelined over ``NUM_STAGES`` tiles (page-table and metadata loads of the
     next tiles in flight while this one is scored), and writes every candidate's score.
-    With FUSED_MERGE and ROW_MAJOR rows complete one after another, so each row's merge
-    overlaps the streaming of later rows."""
+    The grid is (programs, Hkv, B): a row's programs are scheduled together, so with
+    FUSED_MERGE rows complete one after another and a row's merge overlaps the streaming
+    of later rows (the order made no difference without it, runs/015)."""
     if TRIGGER:
         gdc_launch_dependents()
-    if ROW_MAJOR:
-        i_s, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        n_progs = tl.num_programs(0)
-    else:
-        i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        n_progs = tl.num_programs(2)
+    i_s, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_progs = tl.num_programs(0)
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     seq_len = tl.load(seq_lens + i_b)
     n_pages = tl.cdiv(seq_len, PAGE)
@@ -473,9 +469,6 @@ def select_block_g(group: int) -> int:
     return 1 if group == 1 else max(16, next_pow2(group))
 
 
-_ROW_MAJOR = True  # private A/B switch of scripts/gpu/topk_micro.py: score-stream grid order
-
-
 def stream_scores(config: SelectConfig, k_pages: int) -> bool:
     """Whether the two-stage path runs ``_select_score_kernel`` (tiles of fewer than K
     pages keep every page, so stage 1 only scores)."""
@@ -532,13 +525,13 @@ def select_pages(
     n_cand = n_chunks * kc
     if stream_scores(cfg, k_pages):
         progs = -(-n_chunks // cfg.tiles_per_program)
-        _select_score_kernel[(progs, Hkv, B) if _ROW_MAJOR else (B, Hkv, progs)](
+        _select_score_kernel[(progs, Hkv, B)](
             q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
             max_pages, kmin.shape[0], n_chunks, *strides, cand_idx.stride(0), cand_idx.stride(1),
             out.stride(0), out.stride(1),
             PAGE=page_size, HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], GROUP=G, BLOCK_G=common["BLOCK_G"],
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
-            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, ROW_MAJOR=_ROW_MAJOR, FUSED_MERGE=cfg.fused_merge,
+            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
             BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], TRIGGER=False,
             num_warps=cfg.num_warps,
         )
