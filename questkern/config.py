@@ -7,9 +7,10 @@ documented heuristics below when no table entry matches.
 Heuristics (used when no tuning table matches):
 
 * ``metadata``: one program per (page, kv head); ``num_warps`` 2 for d=64, 4 for d=128.
-* ``select``: tiles of ``chunk_pages`` pages per program (256, or the whole context
-  rounded up to a power of two when it is shorter); one stage when a single tile
-  covers the context, else per-tile top-K then a merge kernel.
+* ``select``: tiles of 64 pages per program (fewer when the context is shorter); one
+  stage when a single tile covers the context, else a score stream (tiles smaller
+  than K keep every page) or per-tile top-K (tiles of at least K pages), then a merge
+  kernel with 4 warps up to 2048 pages, 8 beyond.
 * ``decode``: ``pages_per_block`` so that one iteration covers 64 tokens, and enough
   splits that ``batch x head programs x splits`` is about twice the SM count, capped so
   that every split has at least one block of work.
