@@ -1,17 +1,21 @@
 """Fused Quest estimate + top-K page selection (see naive.py for the exact rules).
 
-One launch when one tile of ``chunk_pages`` pages covers every context in the batch;
-otherwise two: per-tile top-K writing (score, page) candidates, then a merge launch.
-Page scores never round-trip through global memory in the one-stage path, and in the
-two-stage path only each tile's K best are written.
+One launch when one tile of ``chunk_pages`` pages covers every context in the batch
+(page scores never leave registers); otherwise two: stage 1 writes (score, page)
+candidates, then a merge launch takes each row's top K. Stage 1 is the score stream
+(``_select_score_kernel``) when tiles are smaller than K — every page is a candidate,
+so it only scores — and the tile kernel with a per-tile top-K (only each tile's K best
+written) when tiles hold at least K pages. Either can instead merge in its last program
+of a row (``fused_merge``; slower on the H100, off by default).
 
 Top-K without sorting: scores are mapped to order-preserving integer keys and each
 row's K-th largest key is found two bits per step (counts by reduction), only over the bits
 where the row's keys differ and only until exactly K keys lie at or above the prefix;
 entries above it are taken, then entries equal to it from the lowest page index up.
 The score of a page is computed as ``dot(relu(q), kmax) + dot(min(q, 0), kmin)``,
-which equals ``sum_c max(q_c kmin_c, q_c kmax_c)`` term by term and runs on tensor
-cores; with metadata in the key dtype every product is exact in float32.
+which equals ``sum_c max(q_c kmin_c, q_c kmax_c)`` term by term: on tensor cores for a
+GQA group, as products and a row sum for one query head; with metadata in the key
+dtype every product is exact in float32.
 """
 
 from __future__ import annotations
