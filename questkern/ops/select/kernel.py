@@ -287,27 +287,11 @@ def _select_tile_kernel(
             _tile_row(b_row, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
                       ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
 
-    if FUSED_MERGE:
-        # Rows finish at different times, so one row's merge overlaps other rows' tiles.
-        # Candidate stores are ordered before one acq_rel arrival per CTA (bar.sync + a
-        # cumulative release); the last tile reads every tile's candidates from L2.
-        tl.debug_barrier()
-        p_cnt = counters + i_b * tl.num_programs(1) + i_h
-        arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
-        if arrived == tl.num_programs(2) - 1:
-            n_cand = tl.num_programs(2) * KC
-            if SHARED:
-                c = i_h * stride_oh
-                f = i_b.to(tl.int64) * stride_fb + i_h * stride_fh
-                _merge_row(p_out + c, p_sco + c, p_phy + c, final_idx + f, final_phys + f, p_tab, n_pages, K,
-                           n_cand, BLOCK_M, FILL, WRITE_PHYS, RADIX)
-            else:
-                for g in tl.static_range(GROUP):
-                    c = (i_h * GROUP + g) * stride_oh
-                    f = i_b.to(tl.int64) * stride_fb + (i_h * GROUP + g) * stride_fh
-                    _merge_row(p_out + c, p_sco + c, p_phy + c, final_idx + f, final_phys + f, p_tab, n_pages, K,
-                               n_cand, BLOCK_M, FILL, WRITE_PHYS, RADIX)
-            tl.atomic_xchg(p_cnt, 0)
+    if FUSED_MERGE:  # rows finish at different times: one row's merge overlaps other rows' tiles
+        _arrive_and_merge(counters + i_b * tl.num_programs(1) + i_h, tl.num_programs(2), p_out, p_sco, p_phy, stride_oh,
+                          final_idx + i_b.to(tl.int64) * stride_fb, final_phys + i_b.to(tl.int64) * stride_fb,
+                          stride_fh, p_tab, n_pages, K, tl.num_programs(2) * KC, i_h, GROUP, SHARED, BLOCK_M, FILL,
+                          WRITE_PHYS, RADIX)
 
 
 @triton.jit
@@ -342,6 +326,7 @@ def _select_score_kernel(
     FUSED_MERGE: tl.constexpr,  # the last program of a row to finish merges it (no merge launch)
     BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(NC * CHUNK)
     FILL: tl.constexpr,
+    RADIX: tl.constexpr,  # FUSED_MERGE: the merge's top-K algorithm (SelectConfig.topk)
     TRIGGER: tl.constexpr,  # FUSED_MERGE: a decode launched with PDL may start now
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
@@ -386,25 +371,38 @@ def _select_score_kernel(
                     tl.store(cand_phys + r, phys.to(tl.int32))
 
     if FUSED_MERGE:
-        # candidate stores are ordered before one acq_rel arrival per program (bar.sync +
-        # a cumulative release); the last program reads every candidate of the row from L2
-        tl.debug_barrier()
-        p_cnt = counters + i_b * tl.num_programs(1) + i_h
-        arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
-        if arrived == n_progs - 1:
-            n_cand = n_chunks * CHUNK
-            if SHARED:
-                c = p_cand + i_h * stride_ch
-                f = i_b.to(tl.int64) * stride_fb + i_h * stride_fh
-                _merge_row(cand_idx + c, cand_score + c, cand_phys + c, final_idx + f, final_phys + f, p_tab, n_pages,
-                           K, n_cand, BLOCK_M, FILL, WRITE_PHYS, False)
-            else:
-                for g in tl.static_range(GROUP):
-                    c = p_cand + (i_h * GROUP + g) * stride_ch
-                    f = i_b.to(tl.int64) * stride_fb + (i_h * GROUP + g) * stride_fh
-                    _merge_row(cand_idx + c, cand_score + c, cand_phys + c, final_idx + f, final_phys + f, p_tab,
-                               n_pages, K, n_cand, BLOCK_M, FILL, WRITE_PHYS, False)
-            tl.atomic_xchg(p_cnt, 0)
+        _arrive_and_merge(counters + i_b * tl.num_programs(1) + i_h, n_progs, cand_idx + p_cand, cand_score + p_cand,
+                          cand_phys + p_cand, stride_ch, final_idx + i_b.to(tl.int64) * stride_fb,
+                          final_phys + i_b.to(tl.int64) * stride_fb, stride_fh, p_tab, n_pages, K, n_chunks * CHUNK,
+                          i_h, GROUP, SHARED, BLOCK_M, FILL, WRITE_PHYS, RADIX)
+
+
+@triton.jit
+def _arrive_and_merge(p_cnt, n_progs, p_cidx, p_csco, p_cphys, stride_ch, p_fidx, p_fphys, stride_fh, p_tab, n_pages,
+                      K, n_cand, i_h, GROUP: tl.constexpr, SHARED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      FILL: tl.constexpr, WRITE_PHYS: tl.constexpr, RADIX: tl.constexpr):
+    """Fused merge of stage 1: this program's candidate stores are ordered before one
+    acq_rel arrival on the row's counter (bar.sync + a cumulative release); the last of
+    the ``n_progs`` programs of KV head ``i_h`` reads every candidate of its rows from L2,
+    merges them (one row, or GROUP rows per head) and rearms the counter.
+
+    p_cidx/p_csco/p_cphys: the batch entry's candidate rows (row r at ``r * stride_ch``);
+    p_fidx/p_fphys: its final rows (row r at ``r * stride_fh``).
+    """
+    tl.debug_barrier()
+    arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
+    if arrived == n_progs - 1:
+        if SHARED:
+            _merge_row(p_cidx + i_h * stride_ch, p_csco + i_h * stride_ch, p_cphys + i_h * stride_ch,
+                       p_fidx + i_h * stride_fh, p_fphys + i_h * stride_fh, p_tab, n_pages, K, n_cand, BLOCK_M, FILL,
+                       WRITE_PHYS, RADIX)
+        else:
+            for g in tl.static_range(GROUP):
+                r = i_h * GROUP + g
+                _merge_row(p_cidx + r * stride_ch, p_csco + r * stride_ch, p_cphys + r * stride_ch,
+                           p_fidx + r * stride_fh, p_fphys + r * stride_fh, p_tab, n_pages, K, n_cand, BLOCK_M, FILL,
+                           WRITE_PHYS, RADIX)
+        tl.atomic_xchg(p_cnt, 0)
 
 
 @triton.jit
@@ -536,7 +534,7 @@ def select_pages(
             PAGE=page_size, HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], GROUP=G, BLOCK_G=common["BLOCK_G"],
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
             WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
-            BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], TRIGGER=False,
+            BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], RADIX=common["RADIX"], TRIGGER=False,
             num_warps=cfg.num_warps,
         )
     else:

@@ -50,10 +50,11 @@ def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dt
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
 
 
-@pytest.mark.parametrize("mode,agg,tiles,stages,fused", [("shared", "sum", 1, 1, False), ("shared", "max", 2, 2, False),
-                                                          ("per_head", "sum", 4, 3, False), ("shared", "sum", 32, 2, False),
-                                                          ("shared", "sum", 2, 1, True), ("per_head", "max", 1, 2, True)])
-def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused):
+@pytest.mark.parametrize("mode,agg,tiles,stages,fused,topk", [
+    ("shared", "sum", 1, 1, False, "bisect"), ("shared", "max", 2, 2, False, "bisect"),
+    ("per_head", "sum", 4, 3, False, "bisect"), ("shared", "sum", 32, 2, False, "bisect"),
+    ("shared", "sum", 2, 1, True, "bisect"), ("per_head", "max", 1, 2, True, "radix")])
+def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused, topk):
     """Tiles smaller than K: stage 1 only scores (``_select_score_kernel``), each program
     streaming ``tiles_per_program`` tiles (more than there are, too), mixed lengths, GQA 4;
     with the fused merge, the last program of each row merges it (twice: counters rearm)."""
@@ -63,7 +64,8 @@ def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused):
     kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=12)
     q = integer_tensor((3, 8, 64), -3, 4, torch.bfloat16, seed=13)
     k_pages = budget // PS
-    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages, fused_merge=fused)
+    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages, fused_merge=fused,
+                       topk=topk)
     assert stream_scores(cfg, k_pages)
     phys = torch.full((3, 2 if mode == "shared" else 8, k_pages), -7, dtype=torch.int32)
     ws = select_workspace(3, phys.shape[1], table.shape[1], k_pages, cfg, q.device)
