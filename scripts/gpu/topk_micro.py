@@ -7,6 +7,8 @@
                    exactly k keys are at/above the prefix
   prefix1          the same, 1 bit per step (its first version, runs/010)
   radix            ``_topk_mask_radix`` (8-bit histograms)
+  noTopK           the same loads and emit with a trivial mask: the merge's fixed cost
+                   (folded in from the former scripts/gpu/merge_micro.py)
 Rows of N candidate scores, k = 127, emit included (as in the merge kernel). Then the
 whole select at 32K/128K (MHA 32/32 and GQA 32/8) over a grid of chunk/merge warps,
 next to torch.topk on the same scores. CUDA graphs + do_bench median, L2 flushed.
@@ -98,8 +100,11 @@ def _merge_variant(cand_idx, cand_score, out_idx, K, N_CAND, BLOCK_N: tl.constex
         sel = _topk_mask(scores, ids >= 0, K - 1)
     elif MODE == 2:
         sel = _topk_mask_radix(scores, ids >= 0, K - 1)
-    else:
+    elif MODE == 3:
         sel = _topk_mask_prefix1(scores, ids >= 0, K - 1)
+    else:  # no top-K: the merge's loads and emit alone (its fixed cost); K - 1 entries that
+        # depend on the loaded scores (so the loads stay) and keep the emit within its row
+        sel = (o_n < K - 1) & (ids >= 0) & (scores == scores)
     _emit_selection(out_idx + i_r * K, out_idx + i_r * K, sel, ids, ids, N_CAND + 1, 0, K, FILL, False)
 
 
@@ -111,7 +116,7 @@ x = torch.zeros(1, device="cuda", dtype=torch.int32)
 floor = time_fn(lambda: _noop[(1,)](x), rep_ms=50)
 print(f"floor {floor:.2f} us")
 rows_out.append(dict(kind="floor", us=floor))
-names = ["bisect2", "prefix", "radix", "prefix1"]
+names = ["bisect2", "prefix", "radix", "prefix1", "noTopK"]
 only_select = "select" in sys.argv[1:]  # skip the merge micro-benchmark
 for rows, n, dist in ([] if only_select else itertools.product([32], [1024, 2048, 8192], ["randn", "quest"])):
     ids = torch.arange(n, device="cuda", dtype=torch.int32).repeat(rows, 1).contiguous()
@@ -120,7 +125,7 @@ for rows, n, dist in ([] if only_select else itertools.product([32], [1024, 2048
         sc = 20.0 + 3.0 * sc
     res = {}
     outs = {}
-    for mode, warps in itertools.product(range(4), (2, 4, 8, 16)):
+    for mode, warps in itertools.product(range(5), (2, 4, 8, 16)):
         out = torch.full((rows, 128), -7, device="cuda", dtype=torch.int32)
         f = lambda: _merge_variant[(rows,)](ids, sc, out, 128, n, BLOCK_N=n, FILL=128, MODE=mode, num_warps=warps)
         us = time_fn(f, rep_ms=40)
@@ -129,7 +134,7 @@ for rows, n, dist in ([] if only_select else itertools.product([32], [1024, 2048
         res[(mode, warps)] = us
         rows_out.append(dict(kind="merge", rows=rows, n=n, dist=dist, variant=names[mode], warps=warps, us=us))
     ref = outs[(0, 4)]
-    agree = all(torch.equal(o, ref) for o in outs.values())
+    agree = all(torch.equal(o, ref) for (m, _), o in outs.items() if names[m] != "noTopK")
     print(f"rows={rows} N={n} {dist}: " + "  ".join(f"{names[m]}/w{w}={u:.1f}" for (m, w), u in res.items()) + f"  agree={agree}")
 
 dev = torch.device("cuda")
