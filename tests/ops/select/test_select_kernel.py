@@ -27,6 +27,12 @@ CASES = [
 FUSED = {3, 4, 5}  # two-stage cases also run with the merge fused into the tile kernel
 
 
+def _physical_ids(table, out):
+    """[B, rows, K] logical selection -> the physical page ids the kernel writes (-1 kept)."""
+    return torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
+                                              out.clamp(min=0).long()).int(), -1)
+
+
 @pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk,fused",
                          [c + (False,) for c in CASES] + [CASES[i] + (True,) for i in sorted(FUSED)])
 def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtype, chunk, topk, fused):
@@ -43,9 +49,7 @@ def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dt
     assert torch.count_nonzero(ws[3]) == 0
     ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg)
     assert torch.equal(out, ref)
-    expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
-                                                     out.clamp(min=0).long()).int(), -1)
-    assert torch.equal(phys, expect_phys)
+    assert torch.equal(phys, _physical_ids(table, out))
     for b, n in enumerate(lens):  # the last page is always attended
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
 
@@ -73,9 +77,7 @@ def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused, 
         out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys, workspace=ws)
     assert torch.count_nonzero(ws[3]) == 0
     assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg))
-    expect_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
-                                                     out.clamp(min=0).long()).int(), -1)
-    assert torch.equal(phys, expect_phys)
+    assert torch.equal(phys, _physical_ids(table, out))
 
 
 def test_select_fp32_metadata():
