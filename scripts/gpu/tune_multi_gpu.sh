@@ -22,6 +22,9 @@
 # the last bucket's verification), which a second GPU cannot halve; at ~1 s per trial the parallel
 # part must be >~200 s for 1.8x. The ratio is reported on the whole command's wall time and on the
 # launcher's own (without its ~4 s import). TRIALS=48 gives a clearer ratio when time allows (~9 min).
+# PHASE=1gpu runs only the first run and PHASE=2gpu the second, the comparison and the summary
+# (same RUN_DIR, same machine), for sweeps whose two runs do not fit one 10-minute call;
+# RUN_DIR (default tuning/runs/<gpu-key>-multi-gpu) is where everything above is written.
 # Needs 2 GPUs of one model. Exits 0 when both runs finished (the verdicts are in summary.json).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,8 +37,15 @@ if [ "$N" -lt 2 ]; then
   echo "tune_multi_gpu.sh: needs 2 GPUs, this machine has $N" >&2
   exit 2
 fi
-OUT="tuning/runs/$KEY-multi-gpu"
-if [ -e "$OUT" ]; then
+PHASE=${PHASE:-all}
+case "$PHASE" in all|1gpu|2gpu) ;; *) echo "tune_multi_gpu.sh: PHASE must be all, 1gpu or 2gpu, got '$PHASE'" >&2; exit 2;; esac
+OUT=${RUN_DIR:-tuning/runs/$KEY-multi-gpu}
+if [ "$PHASE" = 2gpu ]; then
+  if [ ! -f "$OUT/1gpu.wall" ]; then
+    echo "tune_multi_gpu.sh: PHASE=2gpu needs the PHASE=1gpu outputs in $OUT (no 1gpu.wall there)" >&2
+    exit 2
+  fi
+elif [ -e "$OUT" ]; then
   mv "$OUT" "$OUT-$(date +%Y%m%d-%H%M%S)"
 fi
 mkdir -p "$OUT"
@@ -59,7 +69,8 @@ run() {  # run NAME DEVICES: one tuning run, its wall time in $OUT/NAME.wall
   return $rc
 }
 
-run 1gpu 0
+if [ "$PHASE" != 2gpu ]; then run 1gpu 0; fi
+if [ "$PHASE" = 1gpu ]; then exit 0; fi
 run 2gpu 0,1
 # exit 1 = some entry disagrees: reported in summary.json, not an error of this script
 CUDA_VISIBLE_DEVICES=0 $PY -m questkern.tuning.distributed compare "$OUT/1gpu-summary.json" "$OUT/2gpu-summary.json" \
