@@ -1,8 +1,9 @@
 """A paged KV cache with Quest page metadata kept in step with every write.
 
 Layout (HND): ``k_cache, v_cache: [num_pages, Hkv, page_size, D]``; metadata
-``kmin, kmax: [num_pages, Hkv, D]``; ``page_table: [batch, max_pages]`` int32 of
-physical page ids; ``seq_lens: [batch]`` int32. Serving engines that own their page
+``kmin, kmax: [num_pages, Hkv, D]`` (the cache dtype by default, exact;
+``meta_dtype=torch.float8_e5m2`` halves the bytes ``select`` streams, safe-rounded);
+``page_table: [batch, max_pages]`` int32 of physical page ids; ``seq_lens: [batch]`` int32. Serving engines that own their page
 tables can skip this class and call :class:`questkern.QuestDecode` with raw tensors.
 
 Pages are taken from a free list as sequences grow (host bookkeeping, no device
@@ -42,8 +43,9 @@ class PagedKVCache:
         V.check_choice("page_size", page_size, V.PAGE_SIZES)
         V.check_choice("dtype", dtype, V.KV_DTYPES)
         meta_dtype = meta_dtype or dtype
-        if meta_dtype not in (torch.float32, dtype):
-            raise ValueError(f"meta_dtype must be torch.float32 or the cache dtype {dtype} (exact min/max), got {meta_dtype}")
+        if meta_dtype not in (*V.META_DTYPES, dtype):
+            raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
+                             f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
         self.max_pages = -(-max_seq_len // page_size)

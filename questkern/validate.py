@@ -7,6 +7,8 @@ import torch
 KV_DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (32, 64, 128, 256)
 PAGE_SIZES = (8, 16, 32, 64)
+# page metadata besides the key dtype (exact): float32 (exact), float8_e5m2 (safe-rounded)
+META_DTYPES = (torch.float32, torch.float8_e5m2)
 GQA_MODES = ("shared", "per_head")
 AGGREGATES = ("sum", "max")
 
@@ -63,7 +65,7 @@ def check_kv_cache(k_cache, v_cache, kmin, kmax) -> None:
     P, H, PAGE, D = k_cache.shape
     check_choice("page_size (k_cache.shape[2])", PAGE, PAGE_SIZES)
     check_choice("head_dim (k_cache.shape[3])", D, HEAD_DIMS)
-    meta = (torch.float32, k_cache.dtype)
+    meta = META_DTYPES + (k_cache.dtype,)
     check_tensor("kmin", kmin, ndim=3, dtypes=meta, device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
     check_tensor("kmax", kmax, ndim=3, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
 

@@ -32,6 +32,27 @@ def test_quest_step_matches_reference(cache, mode):
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quest_step_with_fp8_metadata(dtype):
+    """meta_dtype=float8_e5m2: built on prefill, kept on decode appends, read by select;
+    integer keys (exact in e5m2) so the selection is compared exactly."""
+    c = questkern.PagedKVCache(2, 400, 2, 128, page_size=16, dtype=dtype, device="cpu", shuffle=True,
+                               meta_dtype=torch.float8_e5m2)
+    g = torch.Generator().manual_seed(7)
+    c.append(torch.randint(-4, 5, (2, 300, 2, 128), generator=g).to(dtype), torch.randn(2, 300, 2, 128, generator=g).to(dtype), [300, 45])
+    for _ in range(3):
+        c.append_decode(torch.randint(-4, 5, (2, 2, 128), generator=g).to(dtype), torch.randn(2, 2, 128, generator=g).to(dtype))
+    assert c.kmin.dtype == torch.float8_e5m2 and c.lens == [303, 48]
+    q = torch.randint(-3, 4, (2, 8, 128), generator=g).to(dtype)
+    w = questkern.QuestDecode(64)
+    w.plan(c, num_q_heads=8)
+    out, sel = w.run(q, return_selected=True)
+    ref_sel = select_pages_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, 16, 64, "shared")
+    assert torch.equal(sel, ref_sel)
+    ref = paged_attention_ref(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, ref_sel)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
 def test_budget_covering_context_equals_dense(cache):
     q = torch.randn(3, 4, 64).bfloat16()
     quest = questkern.quest_decode(q, cache, budget=10_000).clone()

@@ -2,7 +2,8 @@
 
 Ops (CSV column ``op``):
     select          fused estimate + top-K (questkern.ops.select)
-    topk_torch      torch.topk over a score tensor of the same shape (what select replaces)
+    topk_torch      torch.topk over the same page scores (from the float32 reference; what
+                    select replaces, without computing them)
     sparse_decode   split-K decode over the selected pages + combine
     quest_step      select + sparse_decode + combine, the whole Quest step (CUDA graph)
     dense_decode    in-house dense paged decode (same kernel, all pages)
@@ -26,8 +27,10 @@ from questkern.bench.timing import time_fn
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import paged_attention_ref, paged_decode
 from questkern.ops.select import select_pages, select_pages_ref
+from questkern.ops.select.naive import page_scores_ref, selection_rows_ref
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+META_NAMES = {None: "", torch.float32: "fp32", torch.float8_e5m2: "fp8_e5m2"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Case:
     budget: int
     gqa_mode: str = "shared"
     lens: tuple[int, ...] | None = None  # per-sequence lengths (mixed batch); default all seq_len
+    meta_dtype: torch.dtype | None = None  # page metadata dtype; None = the key dtype (exact)
 
     def seq_lens(self) -> list[int]:
         return list(self.lens) if self.lens else [self.seq_len] * self.batch
@@ -50,6 +54,7 @@ class Case:
         d = asdict(self)
         d["dtype"] = DTYPE_NAMES[self.dtype]
         d["lens"] = "mixed" if self.lens else ""
+        d["meta_dtype"] = META_NAMES[self.meta_dtype]
         return d
 
 
@@ -57,14 +62,14 @@ def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0
     """A cache filled with random keys/values (shuffled pages), prefilled chunk by chunk."""
     lens = case.seq_lens()
     cache = PagedKVCache(case.batch, max(lens), case.kv_heads, case.head_dim, page_size=case.page_size,
-                         dtype=case.dtype, device=device, shuffle=True, seed=seed)
+                         dtype=case.dtype, device=device, shuffle=True, seed=seed, meta_dtype=case.meta_dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     chunk = 8192
     for start in range(0, max(lens), chunk):
         T = min(chunk, max(lens) - start)
         n = [max(0, min(T, L - start)) for L in lens]
         shape = (case.batch, T, case.kv_heads, case.head_dim)
-        if integer_keys:  # exact scores: selection can be compared bit for bit
+        if integer_keys:  # exact scores (in fp8 metadata too): selection can be compared bit for bit
             k = torch.randint(-8, 8, shape, generator=gen, device=device).to(case.dtype)
         else:
             k = torch.randn(shape, generator=gen, device=device).to(case.dtype)
@@ -104,6 +109,16 @@ def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
             "dense_decode": dense + q_out, "sdpa": padded + q_out}
 
 
+def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int) -> torch.Tensor:
+    """[B, rows, width] float32: the page scores select ranks (float32 reference; -inf past
+    a sequence's pages), so torch.topk is timed on the same scores."""
+    out = torch.full((case.batch, rows, width), float("-inf"), device=q.device)
+    for b, s in enumerate(page_scores_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size)):
+        r = selection_rows_ref(s, case.kv_heads, case.gqa_mode, "sum")  # [rows, n]
+        out[b, :, : r.shape[1]] = r
+    return out
+
+
 def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False) -> tuple[list[dict], dict]:
     """Time every op of ``case``. Returns (rows, check results)."""
     cache = build_cache(case, device, integer_keys=check)
@@ -128,7 +143,7 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
                                                    plan.k_pages, case.gqa_mode, "sum", plan.select_config, out=sel_buf,
                                                    workspace=quest._sel_ws), graph=graph, rep_ms=rep_ms)
     n_pages_max = cache.page_table.shape[1]
-    scores = torch.randn(B, selected.shape[1], n_pages_max, device=device)
+    scores = _selection_scores(q, cache, case, selected.shape[1], n_pages_max)  # the scores select ranks
     times["topk_torch"] = time_fn(lambda: torch.topk(scores, min(plan.k_pages, n_pages_max), dim=-1), graph=graph, rep_ms=rep_ms)
     out_buf = torch.empty_like(q)
     times["sparse_decode"] = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected,

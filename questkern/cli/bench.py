@@ -23,7 +23,7 @@ from questkern.profiling.files import write_text_atomic
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
-           "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
+           "meta_dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
            "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "splits", "config_source", "timestamp", "command"]
 
 
@@ -35,10 +35,25 @@ def register(sub) -> None:
                    help="bench a mixed-length batch instead of --seq/--batch: 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths)")
     p.add_argument("--flex", action="store_true",
                    help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
+    p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
+                   help="page metadata: kv (the key dtype, exact; default), fp32, fp8 (float8_e5m2, safe-rounded: "
+                        "half the bytes select streams); several, e.g. kv,fp8, bench each in the same run")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
     p.set_defaults(func=run)
+
+
+META = {"kv": None, "fp32": torch.float32, "fp8": torch.float8_e5m2, "fp8_e5m2": torch.float8_e5m2}
+
+
+def _parse_meta(text: str) -> list:
+    out = []
+    for part in text.split(","):
+        if part.strip() not in META:
+            raise argparse.ArgumentTypeError(f"--meta-dtype must be a list of {sorted(META)}, got {part!r}")
+        out.append(META[part.strip()])
+    return out
 
 
 def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
@@ -81,13 +96,14 @@ def run(args) -> int:
           f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
     if args.mixed:
         b, lens = _mixed_lens(args.mixed)
-        cases = [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens))
-                 for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads]
+        cases = [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta)
+                 for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
+                 for meta in args.meta_dtype]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
     else:
-        cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode)
+        cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
                  for d in args.head_dim for ps in args.page_size for bud in args.budget
-                 for hq, hkv in args.heads for b in args.batch for L in args.seq]
+                 for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = "questkern " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("questkern") else " ".join(map(shlex.quote, sys.argv))
     rows, failures = [], []
@@ -106,6 +122,8 @@ def run(args) -> int:
             r["speedup_vs_flex"] = by_op["flex_quest"] / r["median_us"] if "flex_quest" in by_op else float("nan")
         rows += case_rows
         tag = f"B={case.batch:<3} H={case.q_heads}/{case.kv_heads} d={case.head_dim} L={'mixed' if case.lens else case.seq_len}"
+        if case.meta_dtype is not None:
+            tag += f" meta={case.describe()['meta_dtype']}"
         line = "  ".join(f"{r['op']}={r['median_us']:.1f}us" for r in case_rows)
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
         print(f"{tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{flex}")

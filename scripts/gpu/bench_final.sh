@@ -17,4 +17,9 @@ main)
 fp16)
   python3 -m questkern bench --check --seq 8k,32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 64 --dtype fp16 \
     --budget 2048 --page-size 16 --out "$D/bench_fp16_d64.csv" 2>&1 | tee "$D/bench_fp16_d64.log" ;;
+meta)  # page metadata in the key dtype (exact) vs float8_e5m2 (safe-rounded), same run (issues 3 and 7)
+  python3 -m questkern bench --check --meta-dtype kv,fp8 --seq 32k,128k --batch 1,8 --heads 32/32,32/8 --head-dim 128 \
+    --dtype bf16 --budget 2048 --page-size 16 --out "$D/bench_meta_fp8.csv" 2>&1 | tee "$D/bench_meta_fp8.log" ;;
+*)
+  echo "usage: $0 [main|fp16|meta]" >&2; exit 2 ;;
 esac

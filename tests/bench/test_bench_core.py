@@ -16,6 +16,14 @@ def test_run_case_checks_pass_on_cpu():
     assert checks["quest_maxerr"] < 5e-2 and checks["dense_vs_sdpa_maxerr"] < 5e-2
 
 
+def test_fp8_metadata_case_checks_pass_and_halves_select_bytes():
+    case = Case(1, 4, 1, 64, torch.bfloat16, 300, 16, 64, meta_dtype=torch.float8_e5m2)
+    rows, checks = run_case(case, torch.device("cpu"), check=True, rep_ms=1)
+    assert checks["select_exact"] is True and checks["quest_maxerr"] < 5e-2
+    assert {r["meta_dtype"] for r in rows} == {"fp8_e5m2"}
+    assert case_bytes(case, 1)["select"] * 2 - case_bytes(case, 2)["select"] == 4 * 64 * 2  # the query's bytes
+
+
 def test_case_bytes():
     case = Case(1, 32, 8, 128, torch.bfloat16, 32768, 16, 2048)
     b = case_bytes(case, 2)
@@ -37,3 +45,16 @@ def test_bench_cli_writes_csv(tmp_path, capsys):
     need = {"gpu", "torch", "triton", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size",
             "budget", "median_us", "gbps", "speedup_vs_sdpa"}
     assert need <= set(rows[0])
+
+
+def test_bench_cli_meta_dtype_list(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    rc = main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
+               "--meta-dtype", "kv,fp8", "--check", "--out", str(out), "--rep-ms", "1"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out)))
+    assert {r["meta_dtype"] for r in rows} == {"", "fp8_e5m2"}
+    assert "meta=fp8_e5m2" in capsys.readouterr().out
+    import pytest
+    with pytest.raises(SystemExit):
+        main(["bench", "--meta-dtype", "fp8_e4m3"])

@@ -2,9 +2,12 @@
 
 Layout contract (HND, used throughout questkern):
     k_cache, v_cache: [num_pages, Hkv, PAGE, D]   (each (page, head) tile contiguous)
-    kmin, kmax:       [num_pages, Hkv, D]          float32 or the key dtype
-Metadata stored in the key dtype is exact (min/max of keys are keys), so no rounding
-can tighten the bound; other narrowings are rejected by the public API.
+    kmin, kmax:       [num_pages, Hkv, D]          float32, the key dtype, or float8_e5m2
+Metadata stored in float32 or the key dtype is exact (min/max of keys are keys). In
+float8_e5m2 (half the bytes of bf16 metadata: stage 1 of ``select`` streams it) kmin is
+rounded toward -inf and kmax toward +inf (``_round_e5m2``; past +-57344 to +-inf), so
+the bound stays safe;
+``naive.round_safe`` is the reference. Other narrowings are rejected by the public API.
 """
 
 from __future__ import annotations
@@ -14,6 +17,38 @@ import triton
 import triton.language as tl
 
 from questkern.config import MetadataConfig
+
+
+E5M2_MAX = tl.constexpr(57344.0)  # largest finite float8_e5m2 value
+
+
+@triton.jit
+def _round_e5m2(x, DOWN: tl.constexpr):
+    """float32 x -> the float8_e5m2 value next to x toward -inf (DOWN) or +inf, as float32
+    (possibly +-inf past +-57344). Exact arithmetic, no fp8 conversion: e5m2 keeps 2
+    mantissa bits, so its spacing at x is q = 2^(e-2) for x's exponent e (e >= -14;
+    below that the subnormal spacing 2^-16); x/q and floor/ceil(x/q)*q are exact in
+    float32. (Rounding through ``x.to(tl.float8e5)`` is unusable: the GPU conversion
+    saturates instead of giving inf, and Triton 3.6's interpreter drops the carry when
+    a value rounds up into the next binade, e.g. 1.906 -> 1.0.)"""
+    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -14)  # exponent of x; 0 -> -14
+    q = ((e - 2 + 127) << 23).to(tl.float32, bitcast=True)  # 2^(e-2)
+    inv_q = ((2 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2^(2-e)
+    if DOWN:
+        v = tl.floor(x * inv_q) * q
+        v = tl.where(v > E5M2_MAX, tl.where(x == float("inf"), x, E5M2_MAX), tl.where(v < -E5M2_MAX, float("-inf"), v))
+    else:
+        v = tl.ceil(x * inv_q) * q
+        v = tl.where(v < -E5M2_MAX, tl.where(x == float("-inf"), x, -E5M2_MAX), tl.where(v > E5M2_MAX, float("inf"), v))
+    return v
+
+
+@triton.jit
+def _to_e5m2(v):
+    """float32 values exact in float8_e5m2 (+-inf included) -> float8_e5m2, bit for bit:
+    e5m2 is the top byte of float16, and float32 -> float16 is exact for them."""
+    b16 = v.to(tl.float16).to(tl.int16, bitcast=True)
+    return (b16 >> 8).to(tl.int8).to(tl.float8e5, bitcast=True)
 
 
 @triton.jit
@@ -30,6 +65,7 @@ def _metadata_build_kernel(
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    META_FP8: tl.constexpr,
 ):
     i_p, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens + i_b)
@@ -50,6 +86,9 @@ def _metadata_build_kernel(
                       mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [PAGE, BLOCK_D]
         b_min = tl.min(tl.where(m_t[:, None], b_k, float("inf")), axis=0)
         b_max = tl.max(tl.where(m_t[:, None], b_k, float("-inf")), axis=0)
+        if META_FP8:
+            b_min = _to_e5m2(_round_e5m2(b_min, True))
+            b_max = _to_e5m2(_round_e5m2(b_max, False))
         tl.store(kmin + p_meta + d0 + o_d, b_min.to(kmin.dtype.element_ty), mask=m_d & live)
         tl.store(kmax + p_meta + d0 + o_d, b_max.to(kmax.dtype.element_ty), mask=m_d & live)
 
@@ -72,6 +111,7 @@ def _append_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    META_FP8: tl.constexpr,
 ):
     # One program per sequence: it reads seq_lens[b] once and writes it last, so the
     # update needs no second launch and no host round trip (CUDA-graph friendly).
@@ -95,9 +135,21 @@ def _append_kernel(
     p_kv = phys * stride_kp + o_h[:, None] * stride_kh + slot * stride_kt + o_d[None, :]
     tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_hd)
     tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_hd)
-    b_kf = b_k.to(kmin.dtype.element_ty)
-    tl.store(kmin + p_meta, tl.where(first, b_kf, tl.minimum(old_min, b_kf)), mask=m_hd)
-    tl.store(kmax + p_meta, tl.where(first, b_kf, tl.maximum(old_max, b_kf)), mask=m_hd)
+    if META_FP8:  # safe-rounded in float32; min/max of e5m2 values store exactly
+        b_lo = _round_e5m2(b_k.to(tl.float32), True)
+        b_hi = _round_e5m2(b_k.to(tl.float32), False)
+        old_min = old_min.to(tl.float32)
+        old_max = old_max.to(tl.float32)
+    else:  # exact: a key converts to the key dtype or float32 without rounding
+        b_lo = b_k.to(kmin.dtype.element_ty)
+        b_hi = b_lo
+    b_lo = tl.where(first, b_lo, tl.minimum(old_min, b_lo))
+    b_hi = tl.where(first, b_hi, tl.maximum(old_max, b_hi))
+    if META_FP8:
+        b_lo = _to_e5m2(b_lo)
+        b_hi = _to_e5m2(b_hi)
+    tl.store(kmin + p_meta, b_lo.to(kmin.dtype.element_ty), mask=m_hd)
+    tl.store(kmax + p_meta, b_hi.to(kmax.dtype.element_ty), mask=m_hd)
     tl.store(seq_lens + i_b, pos + 1, mask=live)
 
 
@@ -128,7 +180,7 @@ def metadata_build(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         kmin.stride(0), kmin.stride(1),
         page_table.stride(0),
-        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=min(triton.next_power_of_2(D), 64),
+        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=min(triton.next_power_of_2(D), 64), META_FP8=kmin.dtype == torch.float8_e5m2,
         num_warps=cfg.num_warps,
     )
 
@@ -159,5 +211,5 @@ def append_decode(
         kmin.stride(0), kmin.stride(1),
         page_table.stride(0),
         NUM_KV_HEADS=H, PAGE=PAGE, HEAD_DIM=D, BLOCK_H=triton.next_power_of_2(H), BLOCK_D=triton.next_power_of_2(D),
-        num_warps=min(cfg.num_warps, 4),
+        META_FP8=kmin.dtype == torch.float8_e5m2, num_warps=min(cfg.num_warps, 4),
     )

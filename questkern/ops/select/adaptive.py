@@ -284,7 +284,7 @@ def select_pages_adaptive(
     common = dict(
         PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc, NC=n_chunks,
-        FILL=next_pow2(k_max), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype), WRITE_PHYS=write_phys,
+        FILL=next_pow2(k_max), IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype), WRITE_PHYS=write_phys,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     thr = float(adaptive.threshold)

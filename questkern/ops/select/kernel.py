@@ -15,7 +15,7 @@ entries above it are taken, then entries equal to it from the lowest page index 
 The score of a page is computed as ``dot(relu(q), kmax) + dot(min(q, 0), kmin)``,
 which equals ``sum_c max(q_c kmin_c, q_c kmax_c)`` term by term: on tensor cores for a
 GQA group, as products and a row sum for one query head; with metadata in the key
-dtype every product is exact in float32.
+dtype (or float8_e5m2, upcast to it) every product is exact in float32.
 """
 
 from __future__ import annotations
@@ -183,6 +183,18 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
         b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
         b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
+        if b_lo.dtype.is_fp8():  # e5m2 metadata: exact in the query's 16-bit type (never q in fp8);
+            # +-inf (keys past +-57344) -> +-the largest finite query-dtype value, as in the
+            # reference: still a bound, and relu(q) = 0 times it is 0, not NaN (found by bits:
+            # the interpreter reads e5m2 inf as 65536)
+            lo_inf = b_lo.to(tl.uint8, bitcast=True) == 0xFC
+            hi_inf = b_hi.to(tl.uint8, bitcast=True) == 0x7C
+            if b_q.dtype == tl.float16:
+                BIG: tl.constexpr = 65504.0
+            else:
+                BIG: tl.constexpr = 3.3895313892515355e38
+            b_lo = tl.where(lo_inf, -BIG, b_lo.to(tl.float32)).to(b_q.dtype)
+            b_hi = tl.where(hi_inf, BIG, b_hi.to(tl.float32)).to(b_q.dtype)
         zero = tl.zeros_like(b_q)
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
         q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
@@ -509,7 +521,7 @@ def select_pages(
     common = dict(
         PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
         SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
-        FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(kmin.dtype),
+        FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype),
         TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys, RADIX=cfg.topk == "radix",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -8,6 +8,9 @@ Rules (DESIGN.md §1), shared by the kernels and this reference:
 * output rows list logical page ids in ascending order, padded with -1 to width K.
 GQA: ``per_head`` gives one row per query head; ``shared`` one row per KV head from
 the group's aggregated score (``sum`` or ``max`` over the group's query heads).
+Metadata may be float32, the key dtype, or float8_e5m2 (safe-rounded; a key past
++-57344 makes kmax +inf / kmin -inf there, read as +-the largest finite value of the
+query dtype — still a bound on any key, and a zero query component adds 0, not NaN).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ def page_scores_ref(
     for b in range(B):
         n = -(-int(seq_lens[b]) // page_size)
         phys = page_table[b, :n].long()
-        lo = kmin[phys].float().repeat_interleave(G, dim=1)  # [n, Hq, D]
-        hi = kmax[phys].float().repeat_interleave(G, dim=1)
+        big = torch.finfo(q.dtype).max
+        lo = kmin[phys].float().clamp(min=-big).repeat_interleave(G, dim=1)  # [n, Hq, D]
+        hi = kmax[phys].float().clamp(max=big).repeat_interleave(G, dim=1)
         qq = q[b].float()[None]  # [1, Hq, D]
         s = torch.maximum(qq * lo, qq * hi).sum(-1)  # [n, Hq]
         out.append(s.t().contiguous())

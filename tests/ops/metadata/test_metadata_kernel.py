@@ -1,4 +1,5 @@
-"""metadata.build / metadata.append against the float32 reference (exact: min/max)."""
+"""metadata.build / metadata.append against the float32 reference: exact in float32 and
+the key dtype; in float8_e5m2 equal to the reference's safe rounding (kmin down, kmax up)."""
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from questkern.ops.metadata import append_decode, metadata_build, metadata_build
     (16, [37, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one single-page sequence
     (8, [8, 1, 23], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
     (32, [100], 64, torch.float16, torch.float16),
+    (16, [37, 5], 128, torch.bfloat16, torch.float8_e5m2),  # safe-rounded fp8 metadata
+    (8, [8, 1, 23], 64, torch.float16, torch.float8_e5m2),
 ])
 def test_build_matches_reference(page_size, lens, D, dtype, meta):
     B, H = len(lens), 2
@@ -20,13 +23,38 @@ def test_build_matches_reference(page_size, lens, D, dtype, meta):
     kmin = torch.full((P, H, D), 7.0, dtype=meta)
     kmax = torch.full((P, H, D), 7.0, dtype=meta)
     metadata_build(k, kmin, kmax, table, seq_lens)
-    ref_min, ref_max = metadata_build_ref(k, table, seq_lens)
+    ref_min, ref_max = metadata_build_ref(k, table, seq_lens, torch.zeros_like(kmin), torch.zeros_like(kmax))
     used = torch.cat([table[b, : -(-n // page_size)] for b, n in enumerate(lens)]).long()
-    torch.testing.assert_close(kmin[used].float(), ref_min[used], rtol=0, atol=0)
-    torch.testing.assert_close(kmax[used].float(), ref_max[used], rtol=0, atol=0)
+    torch.testing.assert_close(kmin[used].float(), ref_min[used].float(), rtol=0, atol=0)
+    torch.testing.assert_close(kmax[used].float(), ref_max[used].float(), rtol=0, atol=0)
     unused = torch.ones(P, dtype=torch.bool)
     unused[used] = False
     assert torch.all(kmin[unused] == 7.0), "pages no sequence uses must be left alone"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_build_fp8_rounds_outward_at_the_edges(dtype):
+    """Keys spanning e5m2's whole range and beyond: subnormals, +-0, values that round
+    the wrong way to nearest, values past 57344 (kmax -> +inf, kmin stays finite)."""
+    PS, D = 16, 64
+    g = torch.Generator().manual_seed(3)
+    mag = 10 ** torch.randint(-7, 6, (4, 1, PS, D), generator=g).float()
+    k = (torch.randn(4, 1, PS, D, generator=g) * mag).clamp(-6e4, 6e4)
+    k[0, 0, :, :4] = torch.tensor([0.0, -0.0, 1e-7, -1e-7])  # around zero
+    k[1, 0, :, :2] = torch.tensor([60000.0, -60000.0])  # past e5m2's largest finite value
+    if dtype == torch.float16:
+        k = k.clamp(-6e4, 6e4)
+    k = k.to(dtype)
+    table = torch.arange(4, dtype=torch.int32)[None]  # [1, 4]
+    seq_lens = torch.tensor([4 * PS - 3], dtype=torch.int32)  # last page partial
+    kmin = torch.zeros(4, 1, D, dtype=torch.float8_e5m2)
+    kmax = torch.zeros_like(kmin)
+    metadata_build(k, kmin, kmax, table, seq_lens)
+    ref_min, ref_max = metadata_build_ref(k, table, seq_lens, torch.zeros_like(kmin), torch.zeros_like(kmax))
+    assert torch.equal(kmin.float(), ref_min.float()) and torch.equal(kmax.float(), ref_max.float())
+    exact_min, exact_max = metadata_build_ref(k, table, seq_lens)  # float32
+    assert (kmin.float() <= exact_min).all() and (kmax.float() >= exact_max).all(), "the bound must never tighten"
+    assert torch.isinf(kmax.float()).any() and not torch.isinf(kmin.float()[kmin.float() > 0]).any()
 
 
 def test_build_from_first_page_leaves_earlier_pages():
@@ -42,7 +70,8 @@ def test_build_from_first_page_leaves_earlier_pages():
         assert torch.equal(kmin[phys].float(), ref_min[phys])
 
 
-@pytest.mark.parametrize("dtype,meta", [(torch.bfloat16, None), (torch.float16, torch.float32)])
+@pytest.mark.parametrize("dtype,meta", [(torch.bfloat16, None), (torch.float16, torch.float32),
+                                        (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e5m2)])
 def test_append_equals_rebuild(dtype, meta):
     """Running min/max over decode appends equals a rebuild from the keys, across page boundaries."""
     torch.manual_seed(0)
@@ -53,11 +82,12 @@ def test_append_equals_rebuild(dtype, meta):
         cache.append_decode(torch.randn(B, H, D).to(dtype), torch.randn(B, H, D).to(dtype))
     assert cache.lens == [22, 17, 10]
     assert cache.seq_lens.tolist() == [22, 17, 10]
-    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens)
+    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens,
+                                          torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax))
     for b, n in enumerate(cache.lens):
         pages = cache.page_table[b, : -(-n // PS)].long()
-        assert torch.equal(cache.kmin[pages].float(), ref_min[pages])
-        assert torch.equal(cache.kmax[pages].float(), ref_max[pages])
+        assert torch.equal(cache.kmin[pages].float(), ref_min[pages].float())
+        assert torch.equal(cache.kmax[pages].float(), ref_max[pages].float())
 
 
 def test_append_writes_slot_and_skips_inactive():

@@ -89,6 +89,38 @@ def test_select_fp32_metadata():
     assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, 16, 80, "shared", "sum"))
 
 
+@pytest.mark.parametrize("Hq,Hkv,mode,dtype,chunk", [
+    (4, 4, "per_head", torch.bfloat16, 16),  # MHA: float32 products; two stages
+    (8, 2, "shared", torch.float16, 16),  # GQA 4: tensor-core dots on metadata upcast to fp16
+    (8, 1, "per_head", torch.bfloat16, 64),  # GQA 8, one stage
+])
+def test_select_fp8_metadata(Hq, Hkv, mode, dtype, chunk):
+    """float8_e5m2 metadata (small integers: exact in e5m2, scores exact), some of it +-inf
+    as a key past +-57344 leaves it: read as +-the largest query-dtype value on both sides
+    (bf16: 3.4e38, so such a page outranks the four pages of finite score 688128; fp16:
+    65504, a bound of any fp16 key, which they outrank)."""
+    lens, PS = [500, 70], 16
+    table, P, seq_lens = random_page_table(2, lens, PS)
+    kmin = integer_tensor((P, Hkv, 64), -4, 4, torch.float32, seed=4)
+    kmax = kmin + integer_tensor((P, Hkv, 64), 0, 3, torch.float32, seed=5)
+    kmax[table[0, 3].long(), :, 5] = float("inf")  # these pages must then be picked by every row,
+    kmin[table[1, 1].long(), :, 7] = float("-inf")  # as q_5 > 0 / q_7 < 0 (set below)
+    kmax[table[0, 6].long(), :, 9] = float("inf")  # facing q_9 <= 0: adds q_9 * kmin_9, never NaN
+    kmax[table[0, 8:12].long(), :, 10:14] = 57344.0  # 4 pages above any finite reading of inf (K-1 = 4)
+    kmin, kmax = kmin.to(torch.float8_e5m2), kmax.to(torch.float8_e5m2)
+    q = integer_tensor((2, Hq, 64), -3, 4, dtype, seed=6)
+    q[0, :, 5] = 1
+    q[1, :, 7] = -1
+    q[0, :, 9] = -2
+    q[0, 0, 9] = 0
+    q[0, :, 10:14] = 3
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, 5, mode, "sum", SelectConfig(chunk_pages=chunk, block_d=32))
+    ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, 80, mode, "sum")
+    assert torch.equal(out, ref)
+    picked = (out[0] == 3).any(-1).all() and (out[1] == 1).any(-1).all()
+    assert picked == (dtype == torch.bfloat16)
+
+
 def test_ties_break_toward_lower_page_index():
     table, P, seq_lens = random_page_table(1, [160], 16)  # 10 pages, all with equal bounds
     kmin = torch.zeros(P, 1, 64, dtype=torch.float16)
