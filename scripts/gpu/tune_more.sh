@@ -2,6 +2,8 @@
 # More H100 table coverage (issue 4, item 9), time-boxed; run from anywhere, on the GPU machine.
 #   bash scripts/gpu/tune_more.sh fp16     fp16, d 64 and 128, seq 4k/32k/128k, batch 1/8/32, GQA 32/8, all ops (54 buckets)
 #   bash scripts/gpu/tune_more.sh layout   bf16 d128 GQA 32/8, batch 1/8/32: page 32 (budget 2048), budgets 1024 and 4096 (page 16)
+#   bash scripts/gpu/tune_more.sh mha      MHA 32/32: fp16 d 64/128 batch 1/8 seq 4k/32k/128k, bf16 d128 batch 32 seq 4k/32k
+#                                          (batch 32 at 128K: 69 GB of K/V, left out)
 # Each writes questkern/tuning/tables/<gpu-key>.json (merged: faster existing entries kept),
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
@@ -11,7 +13,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
 KEY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
 FAMILY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f; print(f(k()) or k())")
-PART=${1:?usage: tune_more.sh fp16|layout}
+PART=${1:?usage: tune_more.sh fp16|layout|mha}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
 tune() {  # tune NAME SECONDS ARGS...
@@ -33,5 +35,10 @@ layout)
     --ops select,sparse_decode
   tune layout-budget4096 "$third" --dtype bf16 --head-dim 128 --seq 4k,32k,128k --batch 1,8,32 --page-size 16 --budget 4096 \
     --ops select,sparse_decode ;;
-*) echo "unknown part $PART (fp16|layout)" >&2; exit 2 ;;
+mha)
+  tune mha-fp16 $(( MAX_TIME * 3 / 4 )) --heads 32/32 --dtype fp16 --head-dim 64,128 --seq 4k,32k,128k --batch 1,8 \
+    --page-size 16 --budget 2048 --ops select,sparse_decode,dense_decode
+  tune mha-b32 $(( MAX_TIME / 4 )) --heads 32/32 --dtype bf16 --head-dim 128 --seq 4k,32k --batch 32 \
+    --page-size 16 --budget 2048 --ops select,sparse_decode,dense_decode ;;
+*) echo "unknown part $PART (fp16|layout|mha)" >&2; exit 2 ;;
 esac
