@@ -1,11 +1,11 @@
-"""The kernels compile for sm_90 (H100) on this CPU-only machine, with the GPU compiler.
+"""Kernels compile for sm_90 (H100) on this CPU-only machine, with the GPU compiler.
 
 The interpreter runs code that the compiler rejects: a named constexpr reassigned when
 ``tl.static_range`` unrolls a loop passed every interpreter test and failed on the GPU
 (fp8 metadata, block_d < head_dim). So the fp8-metadata paths are also compiled here,
 in a subprocess without the interpreter (the kernels are decorated at import), with
-unrolled loops (block_d < head_dim, several stages) and both score paths (products for
-one query head, tl.dot for a group)."""
+unrolled loops (block_d < head_dim, several stages), both score paths of select
+(float32 products for one query head, tl.dot for a group) and the decode kernel."""
 
 import json
 import os
@@ -19,25 +19,30 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from questkern.ops.decode import kernel as dk
 from questkern.ops.metadata import kernel as mk
 from questkern.ops.select import kernel as sk
 
-kernel_name, ptrs, consts = json.loads(sys.argv[1])
-fn = getattr(mk, kernel_name, None) or getattr(sk, kernel_name)
-sig = {n: "constexpr" if n in consts else ("*" + ptrs[n] if n in ptrs else "i32") for n in fn.arg_names}
+kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
+fn = getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(dk, kernel_name)
+sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
 """
 
-SELECT_PTRS = dict(q="bf16", kmin="fp8e5", kmax="fp8e5", page_table="i32", seq_lens="i32", cand_idx="i32",
-                   cand_score="fp32", cand_phys="i32", out_idx="i32", out_score="fp32", out_phys="i32",
-                   final_idx="i32", final_phys="i32", counters="i32")
+SELECT_PTRS = dict(q="*bf16", kmin="*fp8e5", kmax="*fp8e5", page_table="*i32", seq_lens="*i32", cand_idx="*i32",
+                   cand_score="*fp32", cand_phys="*i32", out_idx="*i32", out_score="*fp32", out_phys="*i32",
+                   final_idx="*i32", final_phys="*i32", counters="*i32")
 STREAM = dict(PAGE=16, HEAD_DIM=128, SHARED=True, AGG_MAX=False, IEEE=False, WRITE_PHYS=True, FUSED_MERGE=False,
               BLOCK_M=2048, FILL=128, RADIX=False, TRIGGER=False)
 TILE = dict(PAGE=16, HEAD_DIM=128, SHARED=False, AGG_MAX=False, CHUNK=256, KC=128, ONE_STAGE=False, FILL=128,
             IEEE=False, TOPK=True, WRITE_PHYS=True, RADIX=False, FUSED_MERGE=False, BLOCK_M=1024, TRIGGER=False)
-META_PTRS = dict(k_cache="bf16", v_cache="bf16", k_new="bf16", v_new="bf16", kmin="fp8e5", kmax="fp8e5",
-                 page_table="i32", seq_lens="i32", first_page="i32", active="i32")
+META_PTRS = dict(k_cache="*bf16", v_cache="*bf16", k_new="*bf16", v_new="*bf16", kmin="*fp8e5", kmax="*fp8e5",
+                 page_table="*i32", seq_lens="*i32", first_page="*i32", active="*i32")
+DECODE_PTRS = dict(q="*bf16", k_cache="*bf16", v_cache="*bf16", page_table="*i32", seq_lens="*i32", sel="*i32",
+                   sel_phys="*i32", o_part="*fp32", lse_part="*fp32", out="*bf16", counters="*i32", qk_scale="fp32")
+DECODE = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, PER_HEAD=False, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
+              DENSE=False, HAS_PHYS=True, UPCAST=False, PDL=True)
 CASES = {
     "metadata-build-fp8": ("_metadata_build_kernel", META_PTRS, dict(PAGE=16, HEAD_DIM=128, BLOCK_D=64, META_FP8=True)),
     "metadata-append-fp8": ("_append_kernel", META_PTRS,
@@ -47,8 +52,12 @@ CASES = {
     "score-stream-gqa-fp8": ("_select_score_kernel", SELECT_PTRS,
                              dict(STREAM, BLOCK_D=64, GROUP=4, BLOCK_G=16, CHUNK=32, NUM_STAGES=3)),
     "tile-gqa-fp8": ("_select_tile_kernel", SELECT_PTRS, dict(TILE, BLOCK_D=32, GROUP=8, BLOCK_G=16)),
-    "tile-mha-bf16": ("_select_tile_kernel", dict(SELECT_PTRS, kmin="bf16", kmax="bf16"),
+    "tile-mha-bf16": ("_select_tile_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
                       dict(TILE, BLOCK_D=64, GROUP=1, BLOCK_G=1)),
+    "decode-sparse-unrolled": ("_decode_split_kernel", DECODE_PTRS,
+                               dict(DECODE, GROUP=1, BLOCK_H=16, KV_GROUP=1, PAGES_PER_BLOCK=4, STATIC_ITERS=2)),
+    "decode-dense-group": ("_decode_split_kernel", DECODE_PTRS,
+                           dict(DECODE, GROUP=4, BLOCK_H=16, KV_GROUP=4, PAGES_PER_BLOCK=2, STATIC_ITERS=0, DENSE=True)),
 }
 
 
