@@ -46,8 +46,14 @@ def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cach
     m_tok = m_slot[:, None] & (pos < seq_len)
     p_tile = phys[:, None, None] * stride_kp + p_kv  # [PAGES_PER_BLOCK, PAGE, BLOCK_D]
     m_tile = m_tok[:, :, None] & m_d[None, None, :]
-    b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
-    b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+    if DENSE:
+        b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+        b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
+    else:  # selected pages are read once per step: evict them first (H100, runs/020: step 1-9% faster)
+        b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"),
+                         [BLOCK_N, BLOCK_D])
+        b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"),
+                         [BLOCK_N, BLOCK_D])
     m_n = tl.reshape(m_tok, [BLOCK_N])
     if UPCAST:
         b_k = b_k.to(tl.float32)

@@ -181,8 +181,10 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
     for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
-        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)  # [CHUNK, BLOCK_D]
-        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0)
+        # metadata is streamed once per step: evict it first (H100, runs/020: select 0-17% faster)
+        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0,
+                       eviction_policy="evict_first")  # [CHUNK, BLOCK_D]
+        b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0, eviction_policy="evict_first")
         if b_lo.dtype.is_fp8():  # e5m2 metadata: exact in the query's 16-bit type (never q in fp8);
             # +-inf (keys past +-57344) -> +-the largest finite query-dtype value, as in the
             # reference: still a bound, and relu(q) = 0 times it is 0, not NaN (found by bits:
