@@ -3,8 +3,9 @@
 Layout (HND): ``k_cache, v_cache: [num_pages, Hkv, page_size, D]``; metadata
 ``kmin, kmax: [num_pages, Hkv, D]`` (the cache dtype by default, exact;
 ``meta_dtype=torch.float8_e5m2`` halves the bytes ``select`` streams, safe-rounded);
-``page_table: [batch, max_pages]`` int32 of physical page ids; ``seq_lens: [batch]`` int32. Serving engines that own their page
-tables can skip this class and call :class:`questkern.QuestDecode` with raw tensors.
+``page_table: [batch, max_pages]`` int32 of physical page ids; ``seq_lens: [batch]``
+int32. Serving engines that own their page tables can skip this class and call
+:class:`questkern.QuestDecode` with raw tensors.
 
 Pages are taken from a free list as sequences grow (host bookkeeping, no device
 sync); ``shuffle=True`` hands them out in random order, as a long-running server does.

@@ -2,6 +2,7 @@
 
 import csv
 
+import pytest
 import torch
 
 from questkern.bench.core import Case, case_bytes, run_case
@@ -55,6 +56,5 @@ def test_bench_cli_meta_dtype_list(tmp_path, capsys):
     rows = list(csv.DictReader(open(out)))
     assert {r["meta_dtype"] for r in rows} == {"", "fp8_e5m2"}
     assert "meta=fp8_e5m2" in capsys.readouterr().out
-    import pytest
     with pytest.raises(SystemExit):
         main(["bench", "--meta-dtype", "fp8_e4m3"])
