@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 # subcommand modules under questkern.cli (each defines register(subparsers))
@@ -23,8 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what was given (not sys.argv: main() is also called from Python)
     return int(args.func(args) or 0)
+
+
+def invocation(args) -> str:
+    """The command line that ran, as ``questkern ...`` (same for ``python -m questkern``)."""
+    return "questkern " + shlex.join(getattr(args, "argv", sys.argv[1:]))
 
 
 if __name__ == "__main__":

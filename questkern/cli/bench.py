@@ -11,12 +11,12 @@ import csv
 import datetime as _dt
 import io
 import math
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from questkern.cli import invocation
 from questkern.cli._shapes import add_shape_args
 from questkern.profiling.files import write_text_atomic
 
@@ -83,7 +83,8 @@ def run(args) -> int:
         defaults = argparse.ArgumentParser()
         add_shape_args(defaults, defaults=CPU_TOY)
         d = vars(defaults.parse_args([]))
-        user = set(a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--"))
+        user = set(a.split("=")[0].lstrip("-").replace("-", "_") for a in getattr(args, "argv", sys.argv[1:])
+                   if a.startswith("--"))  # flags the user gave keep their values
         for k, v in d.items():
             if k not in user:
                 setattr(toy, k, v)
@@ -105,7 +106,7 @@ def run(args) -> int:
                  for d in args.head_dim for ps in args.page_size for bud in args.budget
                  for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    command = "questkern " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("questkern") else " ".join(map(shlex.quote, sys.argv))
+    command = invocation(args)
     rows, failures = [], []
     for case in cases:
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)

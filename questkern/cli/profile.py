@@ -7,10 +7,9 @@ questkern.profiling.runner). Shape flags are those of ``questkern bench``, one v
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
+from questkern.cli import invocation
 from questkern.cli._shapes import add_shape_args
 
 PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
@@ -68,9 +67,8 @@ def run(args) -> int:
         check_name(args.name)
     except ValueError as e:
         raise SystemExit(f"questkern profile: {e}") from None
-    invocation = "questkern " + shlex.join(sys.argv[1:])  # same for `questkern` and `python -m questkern`
     res = run_profile(shape, name=args.name, root=args.out_dir, tool=args.tool, ncu=args.ncu, nsys=args.nsys,
-                      dry_run=args.dry_run, invocation=invocation)
+                      dry_run=args.dry_run, invocation=invocation(args))
     if res.summary is not None:
         import pandas as pd
 

@@ -12,10 +12,9 @@ questkern/tuning/tables/). Optuna: --study-storage URL [--study NAME ...].
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
+from questkern.cli import invocation
 from questkern.profiling.runner import NAME_RE
 
 
@@ -66,7 +65,7 @@ def run(args) -> int:
     if inputs.bench.empty and not inputs.profiles and not inputs.studies:
         raise SystemExit(f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
                          f"no profile under {[str(p) for p in profiles]}, no --study-storage")
-    command = "questkern " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else ""
+    command = invocation(args)
     page, manifest = render(inputs, title=args.title or f"questkern performance report: {args.name}", command=command)
     write_text_atomic(out, page)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB, {len(manifest['plots'])} plots, "

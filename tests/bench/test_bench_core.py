@@ -43,6 +43,10 @@ def test_bench_cli_writes_csv(tmp_path, capsys):
     assert "meaningless" in text or "mean nothing" in text
     rows = list(csv.DictReader(open(out)))
     assert {r["op"] for r in rows} >= {"select", "quest_step", "sdpa"}
+    # sizes given on the command line are kept on CPU (only the others fall back to the toy size),
+    # and the command column is the one that ran, also when main() is called from Python
+    assert {(r["seq_len"], r["batch"], r["q_heads"], r["kv_heads"], r["head_dim"]) for r in rows} == {("100", "1", "2", "1", "64")}
+    assert rows[0]["command"].startswith("questkern bench --seq 100 --batch 1 --heads 2/1")
     need = {"gpu", "torch", "triton", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size",
             "budget", "median_us", "gbps", "speedup_vs_sdpa"}
     assert need <= set(rows[0])
