@@ -191,8 +191,9 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
             # the interpreter reads e5m2 inf as 65536)
             lo_inf = b_lo.to(tl.uint8, bitcast=True) == 0xFC
             hi_inf = b_hi.to(tl.uint8, bitcast=True) == 0x7C
-            big = 65504.0 if b_q.dtype == tl.float16 else 3.3895313892515355e38  # (not a named constexpr: unrolled
-            b_lo = tl.where(lo_inf, -big, b_lo.to(tl.float32)).to(b_q.dtype)  # loops would reassign it)
+            # (a plain value, not a named constexpr: the unrolled head-dim loop would reassign it)
+            big = 65504.0 if b_q.dtype == tl.float16 else 3.3895313892515355e38
+            b_lo = tl.where(lo_inf, -big, b_lo.to(tl.float32)).to(b_q.dtype)
             b_hi = tl.where(hi_inf, big, b_hi.to(tl.float32)).to(b_q.dtype)
         zero = tl.zeros_like(b_q)
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
