@@ -12,11 +12,8 @@
 # Overrides: OPS (default select,sparse_decode,dense_decode), TAG (suffix of the study and run files),
 # FORCE=1 (replace existing entries even when faster: after a kernel change made them stale).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python}
-KEY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
-FAMILY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f; print(f(k()) or k())")
+source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
 echo "device key: $KEY (family $FAMILY)"
 mkdir -p tuning/studies tuning/runs
 $PY -m questkern tune --gpu "$FAMILY" \

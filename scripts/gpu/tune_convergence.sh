@@ -10,10 +10,8 @@
 # If the sweep does not finish within MAX_TIME (default 420 s) the script exits 3:
 # run it again and it continues where it stopped.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python}
-KEY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
+source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
 mkdir -p tuning/runs
 SWEEP="tuning/runs/$KEY-sweep-sparse_decode.json"
 rc=0

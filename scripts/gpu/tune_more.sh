@@ -8,11 +8,7 @@
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-PY=${PYTHON:-python3}
-KEY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
-FAMILY=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f; print(f(k()) or k())")
+source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
 PART=${1:?usage: tune_more.sh fp16|layout|mha}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
