@@ -49,6 +49,24 @@ def time_fn(fn: Callable[[], object], *, graph: bool = True, rep_ms: int = 200, 
     return float(ms) * 1e3
 
 
+def graph_floor_us(rep_ms: int = 200) -> float:
+    """The least any op can measure in this harness, in microseconds: a CUDA graph of one
+    one-element kernel, replayed and timed exactly as the ops are (``do_bench`` median,
+    L2 flushed). Graph launch, event timing and one kernel's launch latency are in every
+    figure of a run; a bound on an op's time is this floor plus its bytes at the copy
+    bandwidth (``questkern bench``'s ``bound_us``)."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    x = torch.zeros(1, device="cuda")
+    return time_fn(lambda: x.add_(1.0), graph=True, rep_ms=rep_ms)
+
+
+def bound_us(nbytes: int, copy_gbps: float, floor_us: float) -> float:
+    """The least time an op moving ``nbytes`` can measure: the run's floor plus its bytes
+    at the copy bandwidth (GB/s) of the same run."""
+    return floor_us + nbytes / (copy_gbps * 1e3)
+
+
 def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + bytes written), measured now."""
     if not torch.cuda.is_available():

@@ -1,7 +1,12 @@
 """``questkern bench``: time a Quest decode step against its baselines on this device.
 
-Writes ``reports/data/<gpu-key>/bench.csv`` (appending rows of earlier runs for other
-shapes is left to the user: each run writes its own file unless --out is given).
+Writes ``reports/data/<gpu-key>/bench.csv`` (each run writes its own file unless --out is
+given; it is rewritten after every case, so an interrupted run keeps the cases it finished).
+
+Every row also carries the run's measurement floor (``floor_us``: a CUDA graph of one tiny
+kernel, timed like the ops) and the op's bound, ``bound_us`` = floor + bytes at the copy
+bandwidth of the same run; ``bound_speedup_vs_sdpa`` is the most the op could gain over
+the SDPA of its case, were it at that bound.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "6
 
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
            "meta_dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
-           "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "splits", "config_source", "timestamp", "command"]
+           "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "floor_us", "bound_us",
+           "bound_speedup_vs_sdpa", "splits", "config_source", "timestamp", "command"]
 
 
 def register(sub) -> None:
@@ -32,7 +38,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p)
     p.add_argument("--mixed", type=str, default="",
-                   help="bench a mixed-length batch instead of --seq/--batch: 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths)")
+                   help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
+                        "benched after the --seq x --batch cases; alone, instead of them")
     p.add_argument("--flex", action="store_true",
                    help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
@@ -68,12 +75,27 @@ def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
     return int(b), lens
 
 
+def _given(args) -> set[str]:
+    """Destinations of the options given on the command line (``--head-dim`` -> ``head_dim``)."""
+    return {a.split("=")[0].lstrip("-").replace("-", "_") for a in getattr(args, "argv", sys.argv[1:])
+            if a.startswith("--")}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())
+
+
 def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
     from questkern.bench.core import Case, run_case
-    from questkern.bench.timing import copy_bandwidth_gbps, device_info
+    from questkern.bench.timing import bound_us, copy_bandwidth_gbps, device_info, graph_floor_us
     from questkern.tuning.gpus import current_gpu_key
 
     on_gpu = torch.cuda.is_available()
@@ -83,41 +105,45 @@ def run(args) -> int:
         defaults = argparse.ArgumentParser()
         add_shape_args(defaults, defaults=CPU_TOY)
         d = vars(defaults.parse_args([]))
-        user = set(a.split("=")[0].lstrip("-").replace("-", "_") for a in getattr(args, "argv", sys.argv[1:])
-                   if a.startswith("--"))  # flags the user gave keep their values
         for k, v in d.items():
-            if k not in user:
+            if k not in _given(args):  # flags the user gave keep their values
                 setattr(toy, k, v)
         args = toy
     device = torch.device("cuda" if on_gpu else "cpu")
     info = device_info()
     gpu = current_gpu_key()
     copy_gbps = copy_bandwidth_gbps()
+    floor_us = graph_floor_us(args.rep_ms)
     print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
-          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
+          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us")
+    cases = []
+    if not args.mixed or "seq" in _given(args):
+        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
+                  for d in args.head_dim for ps in args.page_size for bud in args.budget
+                  for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     if args.mixed:
         b, lens = _mixed_lens(args.mixed)
-        cases = [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta)
-                 for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
-                 for meta in args.meta_dtype]
+        cases += [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta)
+                  for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
+                  for meta in args.meta_dtype]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
-    else:
-        cases = [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
-                 for d in args.head_dim for ps in args.page_size for bud in args.budget
-                 for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
+    out = args.out or Path("reports") / "data" / gpu / "bench.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
-    for case in cases:
+    for i_case, case in enumerate(cases):
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
         if on_gpu:
             torch.cuda.empty_cache()  # the case's cache is gone: give its memory back before the next
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
             r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],
-                     cuda=info["cuda"], timestamp=stamp, command=command, copy_gbps=round(copy_gbps, 1))
+                     cuda=info["cuda"], timestamp=stamp, command=command, copy_gbps=round(copy_gbps, 1), floor_us=floor_us)
             r["gbps"] = r["bytes"] / (r["median_us"] * 1e-6) / 1e9
             r["pct_copy_bw"] = 100 * r["gbps"] / copy_gbps if on_gpu else float("nan")
+            r["bound_us"] = bound_us(r["bytes"], copy_gbps, floor_us)  # NaN on CPU: no bound to speak of
+            r["bound_speedup_vs_sdpa"] = by_op["sdpa"] / r["bound_us"] if "sdpa" in by_op else float("nan")
             r["speedup_vs_sdpa"] = by_op["sdpa"] / r["median_us"] if "sdpa" in by_op else float("nan")
             r["speedup_vs_dense"] = by_op["dense_decode"] / r["median_us"]
             r["speedup_vs_flex"] = by_op["flex_quest"] / r["median_us"] if "flex_quest" in by_op else float("nan")
@@ -127,20 +153,16 @@ def run(args) -> int:
             tag += f" meta={case.describe()['meta_dtype']}"
         line = "  ".join(f"{r['op']}={r['median_us']:.1f}us" for r in case_rows)
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
-        print(f"{tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{flex}")
+        bound = next(r["bound_speedup_vs_sdpa"] for r in case_rows if r["op"] == "quest_step")
+        bound = f" (bound {bound:.2f}x)" if on_gpu else ""
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}",
+              flush=True)
         if checks:
             print(f"    check: {checks}")
             errs = [checks.get(k, 0) for k in ("quest_maxerr", "dense_vs_sdpa_maxerr", "flex_vs_quest_maxerr")]
             if checks.get("select_exact") is False or max(errs) > 5e-2:
                 failures.append((tag, checks))
-    out = args.out or Path("reports") / "data" / gpu / "bench.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-    write_text_atomic(out, buf.getvalue())
+        _write_csv(out, rows)  # after every case: an interrupted run keeps what it measured
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")

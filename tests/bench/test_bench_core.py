@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from questkern.bench.core import Case, case_bytes, run_case
+from questkern.bench.timing import bound_us
 from questkern.cli import main
 
 
@@ -62,3 +63,21 @@ def test_bench_cli_meta_dtype_list(tmp_path, capsys):
     assert "meta=fp8_e5m2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["bench", "--meta-dtype", "fp8_e4m3"])
+
+
+def test_bench_cli_mixed_adds_to_given_seqs_and_alone_replaces_them(tmp_path):
+    common = ["--heads", "2/1", "--head-dim", "64", "--budget", "32", "--rep-ms", "1"]
+    both, alone = tmp_path / "both.csv", tmp_path / "alone.csv"
+    assert main(["bench", "--seq", "100", "--batch", "1", "--mixed", "3:40-120", "--out", str(both), *common]) == 0
+    rows = list(csv.DictReader(open(both)))
+    assert {(r["batch"], r["lens"]) for r in rows} == {("1", ""), ("3", "mixed")}
+    assert main(["bench", "--mixed", "3:40-120", "--out", str(alone), *common]) == 0
+    assert {(r["batch"], r["lens"]) for r in csv.DictReader(open(alone))} == {("3", "mixed")}
+    # the bound columns are there (NaN without a GPU: no copy bandwidth to bound by)
+    assert {"floor_us", "bound_us", "bound_speedup_vs_sdpa"} <= set(rows[0])
+    assert rows[0]["bound_us"] == "nan"
+
+
+def test_bound_us_is_floor_plus_bytes_at_copy_bandwidth():
+    # 67.1 MB (the MHA 32K step) at 3000 GB/s = 22.4 us, plus a 4.8 us floor
+    assert bound_us(67_125_248, 3000.0, 4.8) == pytest.approx(4.8 + 22.375, abs=1e-3)
