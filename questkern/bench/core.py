@@ -215,11 +215,11 @@ def _flex_peer(q4, k_c, v_c, selected, seq_lens, page_size: int, gqa: bool):
     if _FLEX is None:
         # one compile per shape (dynamic=False): a bench of many shapes would pass dynamo's
         # default limit of 8 and fall back to an eager flex_attention that CUDA graphs refuse
-        import torch._dynamo
+        import torch._dynamo.config as dynamo_config  # (not `import torch._dynamo`: it would make torch local)
 
         for name in ("recompile_limit", "accumulated_recompile_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 1024))
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 1024))
         _FLEX = torch.compile(flex_attention, dynamic=False)
     B, Hq, _, D = q4.shape
     L = k_c.shape[2]
