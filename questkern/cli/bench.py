@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import gc
 import io
 import math
 import sys
@@ -117,16 +118,16 @@ def run(args) -> int:
     print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
           f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us")
     cases = []
-    if not args.mixed or "seq" in _given(args):
-        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
-                  for d in args.head_dim for ps in args.page_size for bud in args.budget
-                  for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
-    if args.mixed:
+    if args.mixed:  # first: its padded SDPA inputs are the largest allocations of a run
         b, lens = _mixed_lens(args.mixed)
         cases += [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta)
                   for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
                   for meta in args.meta_dtype]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
+    if not args.mixed or "seq" in _given(args):
+        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
+                  for d in args.head_dim for ps in args.page_size for bud in args.budget
+                  for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
     out = args.out or Path("reports") / "data" / gpu / "bench.csv"
@@ -134,8 +135,9 @@ def run(args) -> int:
     rows, failures = [], []
     for i_case, case in enumerate(cases):
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
-        if on_gpu:
-            torch.cuda.empty_cache()  # the case's cache is gone: give its memory back before the next
+        if on_gpu:  # the case's cache is gone: give its memory back before the next (gc: compile
+            gc.collect()  # failures of the flex peer leave cycles that hold its K/V copies)
+            torch.cuda.empty_cache()
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
             r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],
@@ -155,7 +157,8 @@ def run(args) -> int:
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
         bound = next(r["bound_speedup_vs_sdpa"] for r in case_rows if r["op"] == "quest_step")
         bound = f" (bound {bound:.2f}x)" if on_gpu else ""
-        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}",
+        mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{mem}",
               flush=True)
         if checks:
             print(f"    check: {checks}")
