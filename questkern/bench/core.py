@@ -80,13 +80,18 @@ def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0
 
 
 def _contiguous_kv(cache: PagedKVCache, L: int):
-    """K, V as [B, Hkv, L, D] in logical order (for SDPA), from the paged cache."""
-    B = cache.batch_size
-    n_pages = -(-L // cache.page_size)
+    """K, V as [B, Hkv, L, D] in logical order (for SDPA), from the paged cache, one sequence
+    at a time (a whole-batch gather would hold two more copies: 30 GB at batch 32, MHA, 57K)."""
+    B, Hkv, D, PS = cache.batch_size, cache.num_kv_heads, cache.head_dim, cache.page_size
+    n_pages = -(-L // PS)
     tab = cache.page_table[:, :n_pages].long()  # [B, n]
-    def gather(pages):
-        x = pages[tab]  # [B, n, Hkv, PAGE, D]
-        return x.permute(0, 2, 1, 3, 4).reshape(B, cache.num_kv_heads, n_pages * cache.page_size, cache.head_dim)[:, :, :L].contiguous()
+
+    def gather(pages):  # [P, Hkv, PAGE, D] -> [B, Hkv, L, D]
+        out = torch.empty(B, Hkv, L, D, dtype=pages.dtype, device=pages.device)
+        for b in range(B):
+            x = pages[tab[b]]  # [n, Hkv, PAGE, D]
+            out[b] = x.permute(1, 0, 2, 3).reshape(Hkv, n_pages * PS, D)[:, :L]
+        return out
     return gather(cache.k_cache), gather(cache.v_cache)
 
 
