@@ -4,12 +4,15 @@
 #   bash scripts/gpu/tune_more.sh layout   bf16 d128 GQA 32/8, batch 1/8/32: page 32 (budget 2048), budgets 1024 and 4096 (page 16)
 #   bash scripts/gpu/tune_more.sh mha      MHA 32/32: fp16 d 64/128 batch 1/8 seq 4k/32k/128k, bf16 d128 batch 32 seq 4k/32k
 #                                          (batch 32 at 128K: 69 GB of K/V, left out)
+#   bash scripts/gpu/tune_more.sh holes    the buckets earlier time boxes left without an entry: bf16 d128 GQA batch 32
+#                                          (4k/32k/128k) and 128K batch 8, fp16 d128 GQA 128K, MHA fp16 d128 128K batch 8,
+#                                          budgets 1024/4096 at 128K batch 8/32 (25 buckets)
 # Each writes questkern/tuning/tables/<gpu-key>.json (merged: faster existing entries kept),
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
-PART=${1:?usage: tune_more.sh fp16|layout|mha}
+PART=${1:?usage: tune_more.sh fp16|layout|mha|holes}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
 tune() {  # tune NAME SECONDS ARGS...
@@ -36,5 +39,16 @@ mha)
     --page-size 16 --budget 2048 --ops select,sparse_decode,dense_decode
   tune mha-b32 $(( MAX_TIME / 4 )) --heads 32/32 --dtype bf16 --head-dim 128 --seq 4k,32k --batch 32 \
     --page-size 16 --budget 2048 --ops select,sparse_decode,dense_decode ;;
-*) echo "unknown part $PART (fp16|layout|mha)" >&2; exit 2 ;;
+holes)
+  tune holes-gqa-b32 $(( MAX_TIME * 9 / 25 )) --dtype bf16 --head-dim 128 --seq 4k,32k,128k --batch 32 --page-size 16 \
+    --budget 2048 --ops select,sparse_decode,dense_decode
+  tune holes-gqa-128k-b8 $(( MAX_TIME * 2 / 25 )) --dtype bf16 --head-dim 128 --seq 128k --batch 8 --page-size 16 \
+    --budget 2048 --ops sparse_decode,dense_decode
+  tune holes-fp16-128k $(( MAX_TIME * 8 / 25 )) --dtype fp16 --head-dim 128 --seq 128k --batch 1,8,32 --page-size 16 \
+    --budget 2048 --ops select,sparse_decode,dense_decode
+  tune holes-mha-fp16-128k $(( MAX_TIME * 2 / 25 )) --heads 32/32 --dtype fp16 --head-dim 128 --seq 128k --batch 8 \
+    --page-size 16 --budget 2048 --ops sparse_decode,dense_decode
+  tune holes-budgets-128k $(( MAX_TIME * 4 / 25 )) --dtype bf16 --head-dim 128 --seq 128k --batch 8,32 --page-size 16 \
+    --budget 1024,4096 --ops select,sparse_decode ;;
+*) echo "unknown part $PART (fp16|layout|mha|holes)" >&2; exit 2 ;;
 esac
