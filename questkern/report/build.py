@@ -219,9 +219,11 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
         d.plot(p)
     if not spd.empty:
         cols = ["gpu", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size", "budget", "gqa_mode",
-                "quest_us", "dense_us", "sdpa_us", "speedup_vs_dense", "speedup_vs_sdpa", "byte_bound", "pct_of_bound"]
+                "quest_us", "dense_us", "sdpa_us", "speedup_vs_dense", "speedup_vs_sdpa", "byte_bound", "pct_of_bound",
+                "bound_vs_sdpa"]
         d.add(_p("Times in µs; speedups are ratios of two times of the same GPU and run; pct_of_bound = measured speedup"
-                 " over dense / byte bound, in %."))
+                 " over dense / byte bound, in %; bound_vs_sdpa = SDPA time / (graph floor + Quest bytes at the copy"
+                 " bandwidth), all of the same run (empty for CSVs made before the bench recorded its floor)."))
         d.add(_table(spd[cols]))
     else:
         d.add(_p("No case with both a Quest step and a dense baseline."))

@@ -165,3 +165,16 @@ def test_cli_never_overwrites(tmp_path, fixture_report):
         main(["report", "--name", "x", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
     assert main([*args[:-1], str(tmp_path), "--force"]) == 0
     assert read_manifest((tmp_path / "example.html").read_text())["gpus"] == ["fixture-gpu-b"]
+
+
+def test_bound_vs_sdpa_comes_from_the_csv_when_it_carries_one(tmp_path):
+    raw = pd.read_csv(DATA / "fixture-gpu-a" / "bench.csv")
+    assert F.speedup_table(load_bench([DATA / "fixture-gpu-a" / "bench.csv"]))["bound_vs_sdpa"].isna().all()
+    raw["bound_speedup_vs_sdpa"] = raw["median_us"] * 0 + 7.0
+    raw.loc[raw["op"] == "quest_step", "bound_speedup_vs_sdpa"] = 6.5
+    (tmp_path / "gpu").mkdir()
+    raw.to_csv(tmp_path / "gpu" / "bench.csv", index=False)
+    tab = F.speedup_table(load_bench([tmp_path / "gpu" / "bench.csv"]))
+    assert (tab["bound_vs_sdpa"] == 6.5).all()  # the step's own bound, not another op's
+    names = [t.name for p in F.speedup_plots(load_bench([tmp_path / "gpu" / "bench.csv"])) for t in p.fig.data]
+    assert any(n.startswith("bound vs SDPA") for n in names)
