@@ -7,12 +7,14 @@
 #   bash scripts/gpu/tune_more.sh holes    the buckets earlier time boxes left without an entry: bf16 d128 GQA batch 32
 #                                          (4k/32k/128k) and 128K batch 8, fp16 d128 GQA 128K, MHA fp16 d128 128K batch 8,
 #                                          budgets 1024/4096 at 128K batch 8/32 (25 buckets)
+#   bash scripts/gpu/tune_more.sh holes-b32-128k   the two of them that run's time box cut (bf16 GQA batch 32, 128K,
+#                                          sparse and dense decode)
 # Each writes questkern/tuning/tables/<gpu-key>.json (merged: faster existing entries kept),
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
-PART=${1:?usage: tune_more.sh fp16|layout|mha|holes}
+PART=${1:?usage: tune_more.sh fp16|layout|mha|holes|holes-b32-128k}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
 tune() {  # tune NAME SECONDS ARGS...
@@ -50,5 +52,8 @@ holes)
     --page-size 16 --budget 2048 --ops sparse_decode,dense_decode
   tune holes-budgets-128k $(( MAX_TIME * 4 / 25 )) --dtype bf16 --head-dim 128 --seq 128k --batch 8,32 --page-size 16 \
     --budget 1024,4096 --ops select,sparse_decode ;;
-*) echo "unknown part $PART (fp16|layout|mha|holes)" >&2; exit 2 ;;
+holes-b32-128k)
+  tune holes-b32-128k "$MAX_TIME" --dtype bf16 --head-dim 128 --seq 128k --batch 32 --page-size 16 --budget 2048 \
+    --ops sparse_decode,dense_decode ;;
+*) echo "unknown part $PART (fp16|layout|mha|holes|holes-b32-128k)" >&2; exit 2 ;;
 esac
