@@ -40,7 +40,7 @@ def register(sub) -> None:
     add_shape_args(p)
     p.add_argument("--mixed", type=str, default="",
                    help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
-                        "benched after the --seq x --batch cases; alone, instead of them")
+                        "benched too (first); alone, instead of them")
     p.add_argument("--flex", action="store_true",
                    help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
@@ -135,8 +135,8 @@ def run(args) -> int:
     rows, failures = [], []
     for i_case, case in enumerate(cases):
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
-        if on_gpu:  # the case's cache is gone: give its memory back before the next (gc: compile
-            gc.collect()  # failures of the flex peer leave cycles that hold its K/V copies)
+        if on_gpu:  # the case's cache is gone: give its memory back before the next (collect first:
+            gc.collect()  # a reference cycle, e.g. from a failed flex compile, would keep its tensors alive)
             torch.cuda.empty_cache()
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
