@@ -1,13 +1,14 @@
 """Merge the winners recorded in ``questkern tune`` run summaries into a lookup table.
 
 For a GPU run whose table file did not come back but whose summaries (``--summary``
-JSON) did: each verified winner becomes the entry the tuner would have written (same
-key, config, latency, default latency, trial count and study name; the default config
-is the heuristic's, which is what the tuner enqueues first), merged with the tuner's own
-rule (an existing faster entry is kept). The table keeps the torch/Triton/CUDA versions
-of the summaries (the GPU's), not this machine's.
+JSON) did: each verified winner becomes the entry the tuner would have written, built
+the tuner's way (``Bucket.entry_key``; the default config from the summary, or for
+summaries written before they recorded it, re-derived as the tuner derives it:
+``OpSpace.default_params`` on a device with ``--num-sms`` SMs), dated by the run and
+merged with the tuner's rule (an existing faster entry is kept). The table keeps the
+torch/Triton/CUDA versions of the summaries (the GPU's), not this machine's.
 
-    python scripts/table_from_summaries.py questkern/tuning/tables/<gpu-key>.json RUN.json [RUN.json ...]
+    python scripts/table_from_summaries.py [--num-sms 132] questkern/tuning/tables/<gpu-key>.json RUN.json [RUN.json ...]
 """
 
 from __future__ import annotations
@@ -19,33 +20,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from questkern.tuning.keys import EntryKey  # noqa: E402
-from questkern.tuning.runtime import heuristic_config  # noqa: E402
 from questkern.tuning.schema import validate_table  # noqa: E402
+from questkern.tuning.space import Bucket, OpSpace  # noqa: E402
 from questkern.tuning.table import atomic_write_json, load_table, make_entry, merge_entries  # noqa: E402
 
 
-def entries_of(summary: dict) -> list[dict]:
+def entries_of(summary: dict, num_sms: int | None = None) -> list[dict]:
     out = []
     for b in summary["buckets"]:
-        bk = b["bucket"]
-        group = bk["num_q_heads"] // bk["num_kv_heads"]
+        bucket = Bucket.from_dict(b["bucket"])
         for g in b.get("groups") or []:
             if not g.get("verified", True):
                 continue
-            op = bk["op"]
-            key = EntryKey.for_call(op, dtype=bk["dtype"], head_dim=bk["head_dim"], group=group, page_size=g["page_size"],
-                                    seq_len=bk["seq_len"], batch=bk["batch"], budget=g.get("budget"),
-                                    gqa_mode=bk.get("gqa_mode"))
-            default = heuristic_config(op, head_dim=bk["head_dim"], page_size=g["page_size"], seq_len=bk["seq_len"])
-            out.append(make_entry(key, g["config"], g["latency_us"], g["default_latency_us"], trials=b["n_evaluated"],
-                                  default_config=default.to_dict(), seq_len=bk["seq_len"], batch=bk["batch"],
-                                  num_q_heads=bk["num_q_heads"], num_kv_heads=bk["num_kv_heads"], study=b["study"]))
+            default = g.get("default_config")
+            if default is None:
+                if num_sms is None:
+                    raise SystemExit(f"{b['study']}: the summary does not record the default config; "
+                                     "pass --num-sms (the tuned GPU's SM count) to re-derive it as the tuner does")
+                space = OpSpace(bucket, num_sms=num_sms)
+                default = space.candidate(space.default_params(g["page_size"], g.get("budget"))).config.to_dict()
+            e = make_entry(bucket.entry_key(g["page_size"], g.get("budget")), g["config"], g["latency_us"],
+                           g["default_latency_us"], trials=b["n_evaluated"], default_config=default,
+                           seq_len=bucket.seq_len, batch=bucket.batch, num_q_heads=bucket.num_q_heads,
+                           num_kv_heads=bucket.num_kv_heads, study=b["study"])
+            e["date"] = summary["date"]  # when it was measured, not when it was merged
+            out.append(e)
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-sms", type=int, default=None,
+                    help="SM count of the tuned GPU, for summaries that do not record their default config")
     ap.add_argument("table", type=Path)
     ap.add_argument("summaries", type=Path, nargs="+")
     args = ap.parse_args()
@@ -54,7 +60,7 @@ def main() -> int:
         summary = json.loads(path.read_text())
         if summary["gpu_key"] != doc["gpu_key"]:
             raise SystemExit(f"{path} is for {summary['gpu_key']}, the table for {doc['gpu_key']}")
-        for a in merge_entries(doc, entries_of(summary)):
+        for a in merge_entries(doc, entries_of(summary, args.num_sms)):
             print(f"{path.name}: {a.action:14s} {a.key.describe()} ({a.new_latency_us:.2f} us)")
         doc["versions"] = summary["versions"]
         doc["updated"] = max(doc["updated"], summary["date"])

@@ -169,6 +169,7 @@ class TuneReport:
                          "n_failed": b.n_failed, "n_pruned": b.n_pruned, "seconds": round(b.seconds, 2),
                          "error": b.error,
                          "groups": [{"page_size": g.page_size, "budget": g.budget, "config": g.config,
+                                     "default_config": g.default_config,
                                      "latency_us": g.latency_us, "default_latency_us": g.default_latency_us,
                                      "speedup": g.speedup, "quality": g.quality, "trial": g.trial,
                                      "verified": g.verified} for g in b.groups]}

@@ -88,6 +88,9 @@ def test_tune_cli_end_to_end_with_real_timing(dirs, capsys):
     assert e["op"] == "metadata" and e["trials"] == 2 and e["latency_us"] > 0
     summary = json.loads((dirs["data"] / "summary.json").read_text())
     assert summary["buckets"][0]["n_evaluated"] == 2 and summary["gpu_key"] == CPU_KEY
+    # the summary holds what the table entry holds (scripts/table_from_summaries.py rebuilds entries from it)
+    (g,) = summary["buckets"][0]["groups"]
+    assert g["config"] == e["config"] and g["default_config"] == e["default_config"] is not None
 
     # show-config now reports the entry, its file and the bucket distance
     assert main(["show-config", "--op", "metadata", "--seq", "100", "--batch", "2", "--heads", "2/1",
