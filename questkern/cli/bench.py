@@ -100,6 +100,7 @@ def run(args) -> int:
     from questkern.tuning.gpus import current_gpu_key
 
     on_gpu = torch.cuda.is_available()
+    given = _given(args)
     if not on_gpu:
         print(f"NOTE: {note or 'no CUDA device: Triton interpreter'}. Running a toy size; the timings mean nothing.")
         toy = argparse.Namespace(**vars(args))
@@ -107,7 +108,7 @@ def run(args) -> int:
         add_shape_args(defaults, defaults=CPU_TOY)
         d = vars(defaults.parse_args([]))
         for k, v in d.items():
-            if k not in _given(args):  # flags the user gave keep their values
+            if k not in given:  # flags the user gave keep their values
                 setattr(toy, k, v)
         args = toy
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -124,7 +125,7 @@ def run(args) -> int:
                   for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
                   for meta in args.meta_dtype]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
-    if not args.mixed or "seq" in _given(args):
+    if not args.mixed or "seq" in given:
         cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
                   for d in args.head_dim for ps in args.page_size for bud in args.budget
                   for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
