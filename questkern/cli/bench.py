@@ -17,6 +17,7 @@ import datetime as _dt
 import gc
 import io
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p)
-    p.add_argument("--mixed", type=str, default="",
+    p.add_argument("--mixed", type=_parse_mixed, default=None,
                    help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
                         "benched too (first); alone, instead of them")
     p.add_argument("--flex", action="store_true",
@@ -64,11 +65,24 @@ def _parse_meta(text: str) -> list:
     return out
 
 
+def _parse_mixed(text: str) -> str:
+    """Check a --mixed spec 'B:LO-HI' (B >= 1 sequences, LO <= HI sizes such as 4k); returns it."""
+    from questkern.cli._shapes import parse_size
+
+    m = re.fullmatch(r"\s*(\d+)\s*:([^-]+)-(.+)", text)
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"--mixed must be 'B:LO-HI' with B >= 1, e.g. 32:4k-64k, got {text!r}")
+    lo, hi = parse_size(m.group(2)), parse_size(m.group(3))
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"--mixed needs LO <= HI, got {text!r}")
+    return text
+
+
 def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
     from questkern.cli._shapes import parse_size
 
     b, rng = spec.split(":")
-    lo, hi = (parse_size(x) for x in rng.split("-"))
+    lo, hi = (parse_size(x) for x in rng.split("-", 1))
     g = torch.Generator().manual_seed(seed)
     # log-uniform lengths in [lo, hi]
     u = torch.rand(int(b), generator=g)

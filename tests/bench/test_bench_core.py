@@ -81,3 +81,11 @@ def test_bench_cli_mixed_adds_to_given_seqs_and_alone_replaces_them(tmp_path):
 def test_bound_us_is_floor_plus_bytes_at_copy_bandwidth():
     # 67.1 MB (the MHA 32K step) at 3000 GB/s = 22.4 us, plus a 4.8 us floor
     assert bound_us(67_125_248, 3000.0, 4.8) == pytest.approx(4.8 + 22.375, abs=1e-3)
+
+
+@pytest.mark.parametrize("spec", ["32", "0:4k-8k", "32:8k-4k", "x:4k-8k", "32:4k", "32:4q-8k"])
+def test_bench_cli_rejects_a_bad_mixed_spec(spec, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--mixed", spec])
+    err = capsys.readouterr().err
+    assert "--mixed" in err and ("B:LO-HI" in err or "LO <= HI" in err or "size" in err)
