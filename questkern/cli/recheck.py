@@ -1,0 +1,147 @@
+"""``questkern recheck``: time a tuning table's entries against the heuristic, in one run.
+
+    questkern recheck                                  # the table this GPU would load
+    questkern recheck --ops select,sparse_decode --max-seq 32k --summary recheck.json
+
+For every entry (of the table file, filtered by --ops/--max-seq/--max-batch) the
+entry's config and today's heuristic default for the same bucket are each checked
+against the float32 reference and then timed back to back, --rounds alternating
+times (low median). Prints each ratio and the geometric mean: what the table buys over
+the heuristic on this GPU, measured in one run. Flags stale entries (the heuristic
+now faster by more than 3%, a config that fails its check). --summary keeps every row
+as JSON and makes the run resumable (rerun the same command after an interruption).
+--update writes the measured latencies back into the table file (atomically), and the
+heuristic's config where it was faster; --apply SUMMARY does the same later, from a
+finished recheck's summary, on any machine (it refuses a table changed since). Never tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from questkern.cli._shapes import parse_positive_int, parse_size
+
+
+def register(sub) -> None:
+    p = sub.add_parser("recheck", help="time a tuning table against the heuristic defaults on this GPU, in one run",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from questkern.cli.tune import parse_ops
+
+    p.add_argument("--table", type=Path, default=None,
+                   help="table file (default: this GPU's <gpu-key>.json from the first table source that has it: "
+                        "$QUESTKERN_TUNING_DIR, the user cache, the shipped tables)")
+    p.add_argument("--ops", type=parse_ops, default=None, help="only these ops (default: every op in the table)")
+    p.add_argument("--max-seq", type=parse_size, default=None, help="only entries tuned at this sequence length or less")
+    p.add_argument("--max-batch", type=parse_positive_int, default=None, help="only entries tuned at this batch or less")
+    p.add_argument("--rounds", type=parse_positive_int, default=3, help="alternating measurements of each (default 3)")
+    p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
+    p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
+    p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (resume with the same --summary)")
+    p.add_argument("--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes")
+    p.add_argument("--update", action="store_true",
+                   help="write the measured latencies (and the heuristic's config where it was faster) into the table")
+    p.add_argument("--apply", type=Path, default=None, metavar="SUMMARY",
+                   help="measure nothing: apply the rows of this recheck summary to its table, as --update would")
+    p.set_defaults(func=run)
+
+
+def _default_table(gpu_key: str) -> Path | None:
+    from questkern.tuning import paths
+
+    for _label, d in paths.table_sources():
+        if d is not None and paths.table_path(d, gpu_key).exists():
+            return paths.table_path(d, gpu_key)
+    return None
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"questkern recheck: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _write_update(path: Path, doc: dict, rows: list[dict]) -> None:
+    from questkern.tuning.recheck import update_table
+    from questkern.tuning.schema import validate_table
+    from questkern.tuning.table import atomic_write_json
+
+    notes = update_table(doc, rows)
+    validate_table(doc, where=f"rechecked table {path}")
+    atomic_write_json(path, doc)
+    for n in notes:
+        print(f"  {n}")
+    print(f"updated {path}: {sum(1 for r in rows if r['table_us'] and r['default_us'])} entries re-timed")
+
+
+def apply_summary(args) -> int:
+    """--apply: a recheck summary's measurements into its table (no device needed)."""
+    from questkern.tuning.recheck import same_table
+    from questkern.tuning.schema import TableError
+    from questkern.tuning.table import load_table, read_json
+
+    try:
+        summary = read_json(args.apply)
+        key, rows = summary["gpu_key"], summary["rows"]
+    except (TableError, KeyError, TypeError) as exc:
+        return _fail(f"--apply {args.apply} is not a recheck summary: {exc}")
+    path = args.table or _default_table(key)
+    if path is None:
+        return _fail(f"no tuning table {key}.json in any table source; pass --table")
+    try:
+        doc = load_table(path)
+    except TableError as exc:
+        return _fail(str(exc))
+    if doc["gpu_key"] != key:
+        return _fail(f"--apply {args.apply} rechecked a table of {key!r}, but {path} holds {doc['gpu_key']!r}")
+    if not same_table(summary, doc):
+        return _fail(f"{path} changed since the recheck (updated {doc.get('updated')}, the recheck measured the "
+                     f"version of {summary.get('table_updated')}): recheck it again")
+    if not summary.get("complete"):
+        print(f"NOTE: {args.apply} is incomplete: only its {len(rows)} measured entries are applied")
+    _write_update(path, doc, rows)
+    return 0
+
+
+def run(args) -> int:
+    if args.apply is not None:
+        return apply_summary(args)
+    from questkern._details import select_backend
+
+    note = select_backend()
+    import torch
+
+    from questkern.tuning.gpus import CPU_KEY, current_gpu_key
+    from questkern.tuning.recheck import recheck, summary_lines
+    from questkern.tuning.runner import FatalDeviceError, default_timer
+    from questkern.tuning.schema import TableError
+    from questkern.tuning.table import load_table
+    from questkern.tuning.tuner import num_sms
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    key = current_gpu_key(device)
+    if key == CPU_KEY:
+        print(f"NOTE: {note or 'no CUDA device: kernels run in the Triton interpreter'}; the timings mean nothing")
+    path = args.table or _default_table(key)
+    if path is None:
+        return _fail(f"no tuning table for this GPU ({key}.json) in any table source; pass --table, or tune first")
+    try:
+        doc = load_table(path)
+    except TableError as exc:
+        return _fail(str(exc))
+    if doc["gpu_key"] != key:
+        return _fail(f"--table {path} holds the table of {doc['gpu_key']!r}, but this device is {key!r}: "
+                    "a table can only be rechecked on its own GPU")
+    try:
+        summary = recheck(doc, table_path=path, out=args.summary, device=device, num_sms=num_sms(device),
+                          timer=default_timer(device, args.rep_ms, args.warmup_ms), rounds=args.rounds, ops=args.ops,
+                          max_seq=args.max_seq, max_batch=args.max_batch, max_time=args.max_time)
+    except (ValueError, TableError, FatalDeviceError) as exc:
+        return _fail(str(exc), 1)
+    for line in summary_lines(summary):
+        print(line)
+    if args.summary:
+        print(f"wrote {args.summary}")
+    if args.update:
+        _write_update(path, doc, summary["rows"])
+    return 0 if summary["complete"] else 3
