@@ -124,8 +124,23 @@ def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int)
     return out
 
 
-def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False) -> tuple[list[dict], dict]:
-    """Time every op of ``case``. Returns (rows, check results)."""
+def heuristic_decoders(case: Case) -> tuple[QuestDecode, QuestDecode]:
+    """The Quest step and the dense decode of ``case`` with the documented heuristic
+    configs forced (``configs=`` overrides), whatever the tuning table holds."""
+    from questkern.tuning.runtime import heuristic_config
+
+    shape = dict(head_dim=case.head_dim, page_size=case.page_size, seq_len=case.seq_len)
+    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode,
+                        configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode")})
+    dense = QuestDecode(None, configs={"dense_decode": heuristic_config("dense_decode", **shape)})
+    return quest, dense
+
+
+def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False,
+             vs_heuristic: bool = False) -> tuple[list[dict], dict]:
+    """Time every op of ``case``. Returns (rows, check results). ``vs_heuristic`` also
+    times the Quest step and the dense decode with the heuristic configs
+    (``quest_step_heuristic``, ``dense_decode_heuristic``), right after the tuned ones."""
     cache = build_cache(case, device, integer_keys=check)
     lens = case.seq_lens()
     B, Hq, D = case.batch, case.q_heads, case.head_dim
@@ -158,6 +173,14 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     times["quest_step"] = time_fn(lambda: quest.run(q), graph=graph, rep_ms=rep_ms)
     times["dense_decode"] = time_fn(lambda: dense.run(q), graph=graph, rep_ms=rep_ms)
     checks = {}
+    if vs_heuristic:
+        quest_h, dense_h = heuristic_decoders(case)
+        heur_splits = {"quest_step_heuristic": quest_h.plan(cache, num_q_heads=Hq).num_splits,
+                       "dense_decode_heuristic": dense_h.plan(cache, num_q_heads=Hq).num_splits}
+        times["quest_step_heuristic"] = time_fn(lambda: quest_h.run(q), graph=graph, rep_ms=rep_ms)
+        times["dense_decode_heuristic"] = time_fn(lambda: dense_h.run(q), graph=graph, rep_ms=rep_ms)
+        if check:  # the same pages, whichever config selected them
+            checks["heuristic_select_exact"] = bool(torch.equal(quest_h.run(q, return_selected=True)[1], selected))
     # SDPA over the whole context in logical order; a mixed-length batch is padded to its
     # longest sequence with a boolean mask (what a user without a paged kernel would run)
     L = max(lens)
@@ -193,11 +216,17 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
         checks["quest_maxerr"] = (out - ref).abs().max().item()
     nbytes = case_bytes(case, cache.kmin.element_size())
     nbytes["flex_quest"] = nbytes["sparse_decode"]
+    nbytes["quest_step_heuristic"], nbytes["dense_decode_heuristic"] = nbytes["quest_step"], nbytes["dense_decode"]
     rows = []
+    sources = ",".join(f"{k}={v}" for k, v in {**plan.sources, **dense_plan.sources}.items())
     for op, us in times.items():
-        rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op],
-                     "splits": plan.num_splits if op in ("sparse_decode", "quest_step") else (dense_plan.num_splits if op == "dense_decode" else ""),
-                     "config_source": ",".join(f"{k}={v}" for k, v in {**plan.sources, **dense_plan.sources}.items())})
+        if op.endswith("_heuristic"):
+            splits, source = heur_splits[op], "heuristic (forced: --vs-heuristic)"
+        else:
+            splits = plan.num_splits if op in ("sparse_decode", "quest_step") else (dense_plan.num_splits if op == "dense_decode" else "")
+            source = sources
+        rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op], "splits": splits,
+                     "config_source": source})
     return rows, checks
 
 

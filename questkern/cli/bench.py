@@ -32,7 +32,7 @@ CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "6
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
            "meta_dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
            "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "floor_us", "bound_us",
-           "bound_speedup_vs_sdpa", "splits", "config_source", "timestamp", "command"]
+           "bound_speedup_vs_sdpa", "speedup_vs_heuristic", "splits", "config_source", "timestamp", "command"]
 
 
 def register(sub) -> None:
@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
                    help="page metadata: kv (the key dtype, exact; default), fp32, fp8 (float8_e5m2, safe-rounded: "
                         "half the bytes select streams); several, e.g. kv,fp8, bench each in the same run")
+    p.add_argument("--vs-heuristic", action="store_true",
+                   help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
+                        "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
@@ -149,7 +152,8 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
     for i_case, case in enumerate(cases):
-        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex)
+        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex,
+                                       vs_heuristic=args.vs_heuristic)
         if on_gpu:  # the case's cache is gone: give its memory back before the next (collect first:
             gc.collect()  # a reference cycle, e.g. from a failed flex compile, would keep its tensors alive)
             torch.cuda.empty_cache()
@@ -164,6 +168,8 @@ def run(args) -> int:
             r["speedup_vs_sdpa"] = by_op["sdpa"] / r["median_us"] if "sdpa" in by_op else float("nan")
             r["speedup_vs_dense"] = by_op["dense_decode"] / r["median_us"]
             r["speedup_vs_flex"] = by_op["flex_quest"] / r["median_us"] if "flex_quest" in by_op else float("nan")
+            h_us = by_op.get(f"{r['op']}_heuristic")  # the same op with the heuristic configs, this case
+            r["speedup_vs_heuristic"] = h_us / r["median_us"] if h_us else float("nan")
         rows += case_rows
         tag = f"B={case.batch:<3} H={case.q_heads}/{case.kv_heads} d={case.head_dim} L={'mixed' if case.lens else case.seq_len}"
         if case.meta_dtype is not None:
@@ -172,15 +178,22 @@ def run(args) -> int:
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
         bound = next(r["bound_speedup_vs_sdpa"] for r in case_rows if r["op"] == "quest_step")
         bound = f" (bound {bound:.2f}x)" if on_gpu else ""
+        heur = f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x" if "quest_step_heuristic" in by_op else ""
         mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
-        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{mem}",
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}",
               flush=True)
         if checks:
             print(f"    check: {checks}")
             errs = [checks.get(k, 0) for k in ("quest_maxerr", "dense_vs_sdpa_maxerr", "flex_vs_quest_maxerr")]
-            if checks.get("select_exact") is False or max(errs) > 5e-2:
+            if checks.get("select_exact") is False or checks.get("heuristic_select_exact") is False or max(errs) > 5e-2:
                 failures.append((tag, checks))
         _write_csv(out, rows)  # after every case: an interrupted run keeps what it measured
+    if args.vs_heuristic:
+        ratios = {op: [r["speedup_vs_heuristic"] for r in rows if r["op"] == op and r["speedup_vs_heuristic"] > 0]
+                  for op in ("quest_step", "dense_decode")}
+        print("tuning table vs heuristic configs, this run: " + ", ".join(
+            f"{op} geometric mean {math.exp(sum(map(math.log, v)) / len(v)):.3f}x over {len(v)} cases (min {min(v):.3f}x, "
+            f"max {max(v):.3f}x)" for op, v in ratios.items() if v))
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")

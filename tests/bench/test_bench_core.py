@@ -89,3 +89,44 @@ def test_bench_cli_rejects_a_bad_mixed_spec(spec, capsys):
         main(["bench", "--mixed", spec])
     err = capsys.readouterr().err
     assert "--mixed" in err and ("B:LO-HI" in err or "LO <= HI" in err or "size" in err)
+
+
+def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_path, monkeypatch, capsys):
+    """With a tuning table in $QUESTKERN_TUNING_DIR whose configs differ from the heuristic,
+    --vs-heuristic times the step and the dense decode both ways; the ratio is theirs."""
+    from questkern.tuning import paths, runtime
+    from questkern.tuning.gpus import CPU_KEY
+    from questkern.tuning.keys import EntryKey
+    from questkern.tuning.table import atomic_write_json, make_entry, new_table
+
+    tuned = {"select": {"chunk_pages": 16, "block_d": 32, "num_warps": 2, "num_stages": 1, "merge_warps": 1,
+                        "topk": "radix", "fused_merge": False, "tiles_per_program": 1},
+             "sparse_decode": {"pages_per_block": 1, "num_splits": 2, "num_warps": 2, "num_stages": 1,
+                               "combine_warps": 1, "fuse_combine": True},
+             "dense_decode": {"pages_per_block": 2, "num_splits": 3, "num_warps": 2, "num_stages": 1,
+                              "combine_warps": 2, "fuse_combine": False}}
+    doc = new_table(CPU_KEY, CPU_KEY)
+    for op, cfg in tuned.items():
+        key = EntryKey.for_call(op, dtype="bfloat16", head_dim=64, group=2, page_size=16, seq_len=100, batch=1,
+                                budget=32 if op != "dense_decode" else None, gqa_mode="shared")
+        doc["entries"].append(make_entry(key, cfg, 1.0, 2.0, trials=1, seq_len=100, batch=1, num_q_heads=2, num_kv_heads=1))
+    atomic_write_json(paths.table_path(tmp_path, CPU_KEY), doc)
+    monkeypatch.setenv(paths.ENV_TUNING_DIR, str(tmp_path))
+    runtime.clear_cache()
+    try:
+        out = tmp_path / "bench.csv"
+        assert main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
+                     "--vs-heuristic", "--check", "--out", str(out), "--rep-ms", "1"]) == 0
+    finally:
+        runtime.clear_cache()
+    text = capsys.readouterr().out
+    assert "'heuristic_select_exact': True" in text and "tuning table vs heuristic configs, this run" in text
+    rows = {r["op"]: r for r in csv.DictReader(open(out))}
+    assert "quest_step_heuristic" in rows and "dense_decode_heuristic" in rows
+    assert "select=table" in rows["quest_step"]["config_source"]
+    assert rows["quest_step_heuristic"]["config_source"].startswith("heuristic")
+    assert rows["quest_step"]["splits"] == "2" and rows["dense_decode"]["splits"] == "3"  # the table's
+    for op in ("quest_step", "dense_decode"):
+        want = float(rows[f"{op}_heuristic"]["median_us"]) / float(rows[op]["median_us"])
+        assert float(rows[op]["speedup_vs_heuristic"]) == pytest.approx(want, rel=1e-3)
+    assert rows["select"]["speedup_vs_heuristic"] == "nan"
