@@ -9,12 +9,15 @@
 #                                          budgets 1024/4096 at 128K batch 8/32 (25 buckets)
 #   bash scripts/gpu/tune_more.sh holes-b32-128k   the two of them that run's time box cut (bf16 GQA batch 32, 128K,
 #                                          sparse and dense decode)
+#   bash scripts/gpu/tune_more.sh deep     the Quest step's buckets at 32K batch 1 (select and sparse decode, MHA and GQA,
+#                                          bf16 d128) searched ~8x longer per bucket than the time-boxed runs above
+#                                          (95 s instead of 12 s): does a longer search beat the heuristic by more?
 # Each writes questkern/tuning/tables/<gpu-key>.json (merged: faster existing entries kept),
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
-PART=${1:?usage: tune_more.sh fp16|layout|mha|holes|holes-b32-128k}
+PART=${1:?usage: tune_more.sh fp16|layout|mha|holes|holes-b32-128k|deep}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
 tune() {  # tune NAME SECONDS ARGS...
@@ -25,6 +28,9 @@ tune() {  # tune NAME SECONDS ARGS...
     || echo "tune_more.sh: $name exited $? (buckets skipped by the time box or failed: see its log); going on" >&2
 }
 case "$PART" in
+deep)
+  tune deep "$MAX_TIME" --heads 32/32,32/8 --dtype bf16 --head-dim 128 --seq 32k --batch 1 --page-size 16 --budget 2048 \
+    --ops select,sparse_decode --timeout 95 --verify-rounds 3 ;;
 fp16)
   tune fp16 "$MAX_TIME" --dtype fp16 --head-dim 64,128 --seq 4k,32k,128k --batch 1,8,32 --page-size 16 --budget 2048 \
     --ops select,sparse_decode,dense_decode ;;
