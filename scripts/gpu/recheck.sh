@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4's "tuned vs heuristic default, geometric mean over buckets, measured in one run".
-#   table: every entry of this GPU's shipped table and today's heuristic default for its bucket,
+#   table [--update]: every entry of this GPU's shipped table and today's heuristic default for its bucket,
 #          each checked against the float32 reference, then timed back to back (3 alternating
 #          rounds, low median): `questkern recheck`. The summary is rewritten after every entry;
 #          if MAX_TIME (default 540 s) runs out, rerun the same command to continue (exit 3 until done).
@@ -16,7 +16,7 @@ mkdir -p "$R" "$D"
 case "${1:-table}" in
 table)
   $PY -m questkern recheck --rounds 3 --rep-ms 50 --warmup-ms 10 --max-time "${MAX_TIME:-540}" \
-    --summary "$R/$KEY-recheck.json" 2>&1 | tee -a "$R/$KEY-recheck.log"
+    --summary "$R/$KEY-recheck.json" "${@:2}" 2>&1 | tee -a "$R/$KEY-recheck.log"
   exit "${PIPESTATUS[0]}" ;;
 bench)
   $PY -m questkern bench --vs-heuristic --check --seq 4k,32k,128k --batch 1,8 --heads 32/32,32/8 --mixed 32:4k-64k \
