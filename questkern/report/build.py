@@ -265,6 +265,16 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     else:
         d.add(_p("No tuning table found (tuning/*.json, questkern/tuning/tables/*.json): the kernels run on the"
                  " documented heuristics."))
+    heur = F.heuristic_table(b) if len(b) else pd.DataFrame()
+    if not heur.empty:
+        d.add("<h3>Tuning table vs heuristic configs, same run</h3>")
+        for p in F.heuristic_plots(b):
+            d.plot(p)
+        for line in F.heuristic_summary(heur):
+            d.add(_p(line))
+        d.add(_table(heur))
+    else:
+        d.add(_p("No table-vs-heuristic timings (bench CSVs made with `questkern bench --vs-heuristic`)."))
     if inputs.studies:
         for s in inputs.studies:
             sp, notes = F.study_plots(s)

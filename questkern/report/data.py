@@ -23,9 +23,10 @@ BENCH_REQUIRED = ["gpu", "op", "seq_len", "median_us"]
 BENCH_COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim",
                  "dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
                  "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "splits", "config_source", "timestamp", "command",
-                 "meta_dtype", "floor_us", "bound_us", "bound_speedup_vs_sdpa"]
+                 "meta_dtype", "floor_us", "bound_us", "bound_speedup_vs_sdpa", "speedup_vs_heuristic"]
 NUMERIC = ["batch", "q_heads", "kv_heads", "head_dim", "seq_len", "page_size", "budget", "median_us", "bytes", "gbps",
-           "pct_copy_bw", "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "floor_us", "bound_us", "bound_speedup_vs_sdpa"]
+           "pct_copy_bw", "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "floor_us", "bound_us", "bound_speedup_vs_sdpa",
+           "speedup_vs_heuristic"]
 # a case: everything that defines one measured configuration on one GPU
 CASE_KEY = ["gpu", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode"]
 OPS = ["select", "topk_torch", "sparse_decode", "quest_step", "dense_decode", "sdpa", "copy"]

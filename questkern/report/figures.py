@@ -453,3 +453,58 @@ def study_plots(study) -> tuple[list[Plot], list[str]]:
     elif n_obj > 3:
         notes.append(f"study {study.study_name}: {n_obj} objectives, no Pareto plot (Optuna draws 2 or 3)")
     return plots, notes
+
+
+HEURISTIC_OPS = {"quest_step_heuristic": "quest_step", "dense_decode_heuristic": "dense_decode"}
+
+
+def heuristic_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per GPU and case: the tuning table's configs vs the heuristic's (``bench --vs-heuristic``).
+
+    Read from the ``*_heuristic`` rows alone, which carry their run's ratio
+    (``speedup_vs_heuristic`` = heuristic time / table time of the same case and run), so
+    that a newer CSV replacing the case's tuned rows cannot pair times of two runs.
+    """
+    if "speedup_vs_heuristic" not in bench.columns:
+        return pd.DataFrame()
+    h = bench[bench["op"].isin(list(HEURISTIC_OPS)) & bench["speedup_vs_heuristic"].notna()]
+    if h.empty:
+        return pd.DataFrame()
+    out = h[["gpu"] + SHAPE_COLS + ["seq_len", "lens", "page_size", "budget", "gqa_mode"]].copy()
+    out.insert(1, "op", h["op"].map(HEURISTIC_OPS))
+    out["context"] = [("mixed, longest " if lens else "") + f"{_int(L)}" for lens, L in zip(h["lens"], h["seq_len"])]
+    out["heuristic_us"] = h["median_us"]
+    out["table_us"] = h["median_us"] / h["speedup_vs_heuristic"]
+    out["speedup_vs_heuristic"] = h["speedup_vs_heuristic"]
+    return out.drop(columns=["lens"]).sort_values(["gpu", "op", "batch", "q_heads", "kv_heads", "seq_len"]).reset_index(drop=True)
+
+
+def heuristic_summary(tab: pd.DataFrame) -> list[str]:
+    """One sentence per GPU and op: geometric mean, range and count of the ratios."""
+    lines = []
+    for (gpu, op), g in tab.groupby(["gpu", "op"], sort=True):
+        x = g["speedup_vs_heuristic"]
+        gm = math.exp(sum(math.log(v) for v in x) / len(x))
+        lines.append(f"{gpu}, {op}: the tuning table's configs are {gm:.3f}x the heuristic's (geometric mean over "
+                     f"{len(x)} cases; {x.min():.3f}x to {x.max():.3f}x), each case timed both ways in one run")
+    return lines
+
+
+def heuristic_plots(bench: pd.DataFrame) -> list[Plot]:
+    tab = heuristic_table(bench)
+    plots = []
+    for gpu in sorted(tab["gpu"].unique()) if not tab.empty else []:
+        g = tab[tab["gpu"] == gpu]
+        fig = go.Figure()
+        for op, rows in g.groupby("op", sort=True):
+            labels = [f"b{_int(r.batch)} {_int(r.q_heads)}/{_int(r.kv_heads)} {r.context}" for r in rows.itertuples()]
+            fig.add_trace(go.Bar(x=labels, y=rows["speedup_vs_heuristic"], name=OP_STYLE[op][0],
+                                 marker_color=OP_STYLE[op][1]))
+        fig.add_hline(y=1.0, line_dash="dot", line_color="#000000")
+        fig.update_layout(title=f"Tuning table vs heuristic configs — {gpu_title(bench, gpu)}", barmode="group",
+                          xaxis_title="case (batch, q/kv heads, context in tokens)",
+                          yaxis_title="heuristic time / table time (×)")
+        plots.append(check_figure(Plot(slug("heuristic", gpu), fig.layout.title.text, fig,
+                                       "Each case timed with the table's configs and with the heuristic's in one run "
+                                       "(`questkern bench --vs-heuristic`); above 1 the table is faster.")))
+    return plots

@@ -130,3 +130,4 @@ def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_pat
         want = float(rows[f"{op}_heuristic"]["median_us"]) / float(rows[op]["median_us"])
         assert float(rows[op]["speedup_vs_heuristic"]) == pytest.approx(want, rel=1e-3)
     assert rows["select"]["speedup_vs_heuristic"] == "nan"
+    assert rows["quest_step_heuristic"]["speedup_vs_heuristic"] == rows["quest_step"]["speedup_vs_heuristic"]

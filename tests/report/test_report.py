@@ -178,3 +178,34 @@ def test_bound_vs_sdpa_comes_from_the_csv_when_it_carries_one(tmp_path):
     assert (tab["bound_vs_sdpa"] == 6.5).all()  # the step's own bound, not another op's
     names = [t.name for p in F.speedup_plots(load_bench([tmp_path / "gpu" / "bench.csv"])) for t in p.fig.data]
     assert any(n.startswith("bound vs SDPA") for n in names)
+
+
+def test_table_vs_heuristic_comes_from_the_heuristic_rows_own_run(tmp_path):
+    """bench --vs-heuristic rows: the ratio is the one their run recorded, even when a newer
+    CSV (without --vs-heuristic) replaces the same case's tuned rows."""
+    raw = pd.read_csv(DATA / "fixture-gpu-a" / "bench.csv")
+    assert F.heuristic_table(load_bench([DATA / "fixture-gpu-a" / "bench.csv"])).empty
+    tuned = raw[raw["op"] == "quest_step"].copy()
+    heur = tuned.copy()
+    heur["op"] = "quest_step_heuristic"
+    heur["median_us"] = tuned["median_us"] * 1.1
+    heur["speedup_vs_heuristic"] = 1.1
+    old = pd.concat([raw.assign(speedup_vs_heuristic=float("nan")), heur], ignore_index=True)
+    newer = raw.copy()
+    newer["timestamp"] = "2030-01-01T00:00:00+00:00"
+    newer["median_us"] = newer["median_us"] * 3  # another run: must not enter the ratio
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    old.to_csv(tmp_path / "a" / "bench_vs_heuristic.csv", index=False)
+    newer.to_csv(tmp_path / "b" / "bench.csv", index=False)
+    bench = load_bench([tmp_path / "a" / "bench_vs_heuristic.csv", tmp_path / "b" / "bench.csv"])
+    tab = F.heuristic_table(bench)
+    assert len(tab) == len(tuned) and set(tab["op"]) == {"quest_step"}
+    assert tab["speedup_vs_heuristic"].tolist() == pytest.approx([1.1] * len(tab))
+    assert sorted(tab["table_us"]) == pytest.approx(sorted(tuned["median_us"]))
+    (line,) = F.heuristic_summary(tab)
+    assert "quest_step: the tuning table's configs are 1.100x the heuristic's" in line
+    (plot,) = F.heuristic_plots(bench)
+    assert plot.fig.layout.yaxis.title.text == "heuristic time / table time (×)"
+    page, _ = render(gather([tmp_path / "a", tmp_path / "b"], [], []), title="t")
+    assert "Tuning table vs heuristic configs, same run" in page and plot.id in page
