@@ -116,6 +116,18 @@ def time_pair(runner: Runner, table: Candidate, default: Candidate, rounds: int)
     return Pair(low("table"), low("default"), fails["table"], fails["default"])
 
 
+def _heuristic_changed(e: dict, today) -> bool | None:
+    """Whether the entry recorded another heuristic default than ``today``'s config (as
+    configs: a field added since, at its default value, is no change); None if unrecorded."""
+    stored = e.get("default_config")
+    if stored is None:
+        return None
+    try:
+        return C.CONFIG_TYPES[e["op"]].from_dict(stored) != today
+    except (ValueError, TypeError):
+        return True
+
+
 def recheck_entry(e: dict, pool: WorkloadPool, timer: Timer, num_sms: int, rounds: int) -> dict:
     """Measure one entry; returns its summary row (never raises for a bad entry)."""
     row = {"id": entry_id(e), "op": e["op"], "dtype": e["dtype"], "head_dim": e["head_dim"], "group": e["group"],
@@ -134,8 +146,7 @@ def recheck_entry(e: dict, pool: WorkloadPool, timer: Timer, num_sms: int, round
         return row
     row["default_config"] = default.config.to_dict()
     row["same_config"] = table.config == default.config
-    stored = e.get("default_config")
-    row["heuristic_changed"] = None if stored is None else stored != row["default_config"]
+    row["heuristic_changed"] = _heuristic_changed(e, default.config)
     pair = time_pair(Runner(bucket, pool, timer), table, default, rounds)
     row.update(table_us=pair.table_us, default_us=pair.default_us, table_fail=pair.table_fail,
                default_fail=pair.default_fail)

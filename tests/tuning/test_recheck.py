@@ -220,3 +220,14 @@ def test_same_table_by_digest_or_for_older_summaries_by_updated_stamp():
     changed = {**doc, "entries": [tiny_entry("select", FAST_SELECT)]}
     assert not R.same_table({"table_digest": R.table_digest(doc), "table_updated": doc["updated"]}, changed)
     assert R.same_table({"table_updated": doc["updated"]}, changed)  # no digest recorded: the stamp decides
+
+
+def test_heuristic_changed_compares_configs_not_dicts():
+    from questkern import config as C
+
+    today = C.CONFIG_TYPES["select"].from_dict(default_config("select"))
+    older = {k: v for k, v in default_config("select").items() if k not in ("fused_merge", "tiles_per_program")}
+    assert R._heuristic_changed(tiny_entry("select", default_config=older), today) is False  # fields added since
+    assert R._heuristic_changed(tiny_entry("select", default_config={**older, "num_warps": 16}), today) is True
+    assert R._heuristic_changed(tiny_entry("select", default_config={"gone": 1}), today) is True
+    assert R._heuristic_changed(tiny_entry("select", default_config=None), today) is None
