@@ -74,26 +74,43 @@ def _write_update(path: Path, doc: dict, rows: list[dict]) -> None:
     print(f"updated {path}: {sum(1 for r in rows if r['table_us'] and r['default_us'])} entries re-timed")
 
 
+class _Refused(Exception):
+    """A table that cannot be used here; the message says why."""
+
+
+def _open_table(table: Path | None, key: str, expected: str) -> tuple[Path, dict]:
+    """``table`` (or ``key``'s file in the first table source that has it), validated and of
+    GPU ``key``; ``expected`` says, in the mismatch message, why ``key`` is the one wanted."""
+    from questkern.tuning.schema import TableError
+    from questkern.tuning.table import load_table
+
+    path = table or _default_table(key)
+    if path is None:
+        raise _Refused(f"no tuning table for {key} ({key}.json) in any table source; pass --table, or tune first")
+    try:
+        doc = load_table(path)
+    except TableError as exc:
+        raise _Refused(str(exc)) from None
+    if doc["gpu_key"] != key:
+        raise _Refused(f"{path} holds the table of {doc['gpu_key']!r}, but {expected}")
+    return path, doc
+
+
 def apply_summary(args) -> int:
     """--apply: a recheck summary's measurements into its table (no device needed)."""
     from questkern.tuning.recheck import same_table
     from questkern.tuning.schema import TableError
-    from questkern.tuning.table import load_table, read_json
+    from questkern.tuning.table import read_json
 
     try:
         summary = read_json(args.apply)
         key, rows = summary["gpu_key"], summary["rows"]
     except (TableError, KeyError, TypeError) as exc:
         return _fail(f"--apply {args.apply} is not a recheck summary: {exc}")
-    path = args.table or _default_table(key)
-    if path is None:
-        return _fail(f"no tuning table {key}.json in any table source; pass --table")
     try:
-        doc = load_table(path)
-    except TableError as exc:
+        path, doc = _open_table(args.table, key, f"--apply {args.apply} rechecked a table of {key!r}")
+    except _Refused as exc:
         return _fail(str(exc))
-    if doc["gpu_key"] != key:
-        return _fail(f"--apply {args.apply} rechecked a table of {key!r}, but {path} holds {doc['gpu_key']!r}")
     if not same_table(summary, doc):
         return _fail(f"{path} changed since the recheck (updated {doc.get('updated')}, the recheck measured the "
                      f"version of {summary.get('table_updated')}): recheck it again")
@@ -115,23 +132,16 @@ def run(args) -> int:
     from questkern.tuning.recheck import recheck, summary_lines
     from questkern.tuning.runner import FatalDeviceError, default_timer
     from questkern.tuning.schema import TableError
-    from questkern.tuning.table import load_table
     from questkern.tuning.tuner import num_sms
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     key = current_gpu_key(device)
     if key == CPU_KEY:
         print(f"NOTE: {note or 'no CUDA device: kernels run in the Triton interpreter'}; the timings mean nothing")
-    path = args.table or _default_table(key)
-    if path is None:
-        return _fail(f"no tuning table for this GPU ({key}.json) in any table source; pass --table, or tune first")
     try:
-        doc = load_table(path)
-    except TableError as exc:
+        path, doc = _open_table(args.table, key, f"this device is {key!r} (a table can only be rechecked on its own GPU)")
+    except _Refused as exc:
         return _fail(str(exc))
-    if doc["gpu_key"] != key:
-        return _fail(f"--table {path} holds the table of {doc['gpu_key']!r}, but this device is {key!r}: "
-                    "a table can only be rechecked on its own GPU")
     try:
         summary = recheck(doc, table_path=path, out=args.summary, device=device, num_sms=num_sms(device),
                           timer=default_timer(device, args.rep_ms, args.warmup_ms), rounds=args.rounds, ops=args.ops,

@@ -39,7 +39,12 @@ from questkern.tuning.keys import BUDGET_OPS
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
 from questkern.tuning.schema import entry_key
 from questkern.tuning.space import Bucket, Candidate, OpSpace
-from questkern.tuning.table import atomic_write_json, current_versions, now_iso, read_json
+from questkern.tuning.table import (
+    atomic_write_json,
+    current_versions,
+    now_iso,
+    read_json,
+)
 
 STALE_MARGIN = 1.03  # the heuristic beats an entry's config by more than 3%: the entry is stale
 SHAPE_FIELDS = ("seq_len", "batch", "num_q_heads", "num_kv_heads")

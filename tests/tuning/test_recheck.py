@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tuning_helpers import write_doc
 
 from questkern.cli import main
 from questkern.tuning import recheck as R
@@ -14,7 +15,6 @@ from questkern.tuning.gpus import CPU_KEY
 from questkern.tuning.keys import EntryKey
 from questkern.tuning.space import Bucket, OpSpace
 from questkern.tuning.table import load_table, make_entry
-from tuning_helpers import write_doc
 
 SHAPE = dict(seq_len=128, batch=1, num_q_heads=2, num_kv_heads=1)
 FAST_SELECT = {"chunk_pages": 16, "block_d": 16, "num_warps": 2, "num_stages": 1, "merge_warps": 1, "topk": "radix",
@@ -180,10 +180,10 @@ def test_cli_end_to_end_on_the_interpreter(dirs, capsys):
 
 def test_cli_errors_name_what_is_wrong(dirs, capsys):
     assert main(["recheck"]) == 2
-    assert "no tuning table for this GPU (cpu-interpreter.json)" in capsys.readouterr().err
+    assert "no tuning table for cpu-interpreter (cpu-interpreter.json)" in capsys.readouterr().err
     other = write_doc(dirs["env"], [tiny_entry("select")])  # an H100 table
     assert main(["recheck", "--table", str(other)]) == 2
-    assert "holds the table of 'nvidia-h100-80gb-hbm3', but this device is 'cpu-interpreter'" in capsys.readouterr().err
+    assert "holds the table of 'nvidia-h100-80gb-hbm3', but this device is 'cpu-interpreter' (a table can only" in capsys.readouterr().err
     bad = dirs["env"] / "broken.json"
     bad.write_text("{")
     assert main(["recheck", "--table", str(bad)]) == 2
@@ -231,3 +231,12 @@ def test_heuristic_changed_compares_configs_not_dicts():
     assert R._heuristic_changed(tiny_entry("select", default_config={**older, "num_warps": 16}), today) is True
     assert R._heuristic_changed(tiny_entry("select", default_config={"gone": 1}), today) is True
     assert R._heuristic_changed(tiny_entry("select", default_config=None), today) is None
+
+
+def test_apply_refuses_a_table_of_another_gpu(dirs, capsys):
+    cpu_table = write_doc(dirs["env"], [tiny_entry("select")], gpu_key=CPU_KEY)
+    f = dirs["data"] / "s.json"
+    f.write_text(json.dumps({"gpu_key": "nvidia-h100-80gb-hbm3", "table_updated": "x", "complete": True, "rows": []}))
+    assert main(["recheck", "--apply", str(f), "--table", str(cpu_table)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the table of 'cpu-interpreter', but --apply" in err and "rechecked a table of 'nvidia-h100-80gb-hbm3'" in err
