@@ -12,12 +12,13 @@
 #   bash scripts/gpu/tune_more.sh deep     the Quest step's buckets at 32K batch 1 (select and sparse decode, MHA and GQA,
 #                                          bf16 d128) searched ~8x longer per bucket than the time-boxed runs above
 #                                          (95 s instead of 12 s): does a longer search beat the heuristic by more?
+#   bash scripts/gpu/tune_more.sh gqa-128k-b8   bf16 d128 GQA 32/8, 128K, batch 8, every op (the buckets the H200 table lacked)
 # Each writes questkern/tuning/tables/<gpu-key>.json (merged: faster existing entries kept),
 # tuning/studies/<gpu-key>-<part>.db and tuning/runs/<gpu-key>-tune-<part>[-*].json|.log, and prints
 # tuned vs heuristic timed back to back (--verify-rounds 2). MAX_TIME (seconds, default 480) is shared by a part.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"  # cd to the repository, PYTHONPATH, PY, KEY, FAMILY
-PART=${1:?usage: tune_more.sh fp16|layout|mha|holes|holes-b32-128k|deep}
+PART=${1:?usage: tune_more.sh fp16|layout|mha|holes|holes-b32-128k|deep|gqa-128k-b8}
 MAX_TIME=${MAX_TIME:-480}
 mkdir -p tuning/studies tuning/runs
 tune() {  # tune NAME SECONDS ARGS...
@@ -31,6 +32,9 @@ case "$PART" in
 deep)
   tune deep "$MAX_TIME" --heads 32/32,32/8 --dtype bf16 --head-dim 128 --seq 32k --batch 1 --page-size 16 --budget 2048 \
     --ops select,sparse_decode --timeout 95 --verify-rounds 3 ;;
+gqa-128k-b8)
+  tune gqa-128k-b8 "$MAX_TIME" --dtype bf16 --head-dim 128 --seq 128k --batch 8 --page-size 16 --budget 2048 \
+    --ops select,sparse_decode,dense_decode --timeout 80 ;;
 fp16)
   tune fp16 "$MAX_TIME" --dtype fp16 --head-dim 64,128 --seq 4k,32k,128k --batch 1,8,32 --page-size 16 --budget 2048 \
     --ops select,sparse_decode,dense_decode ;;
@@ -61,5 +65,5 @@ holes)
 holes-b32-128k)
   tune holes-b32-128k "$MAX_TIME" --dtype bf16 --head-dim 128 --seq 128k --batch 32 --page-size 16 --budget 2048 \
     --ops sparse_decode,dense_decode ;;
-*) echo "unknown part $PART (fp16|layout|mha|holes|holes-b32-128k)" >&2; exit 2 ;;
+*) echo "unknown part $PART (fp16|layout|mha|holes|holes-b32-128k|deep|gqa-128k-b8)" >&2; exit 2 ;;
 esac
