@@ -37,20 +37,45 @@ def register(sub) -> None:
     p.add_argument("--page-size", type=parse_positive_int, default=16, help="page size (default 16)")
     p.add_argument("--budget", type=parse_positive_int, default=None, help="token budget (select/sparse_decode; default: any)")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
-    p.add_argument("--gpu", default=None, help="GPU key whose tables to read (default: this device)")
+    p.add_argument("--gpu", default=None,
+                   help="GPU whose tables to read: a key (nvidia-h100-80gb-hbm3), a device name, or a family alias "
+                        "(h100) when exactly one table of that family is found (default: this device)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=run)
+
+
+def resolve_gpu(arg: str) -> str:
+    """--gpu as a table key: a family alias (``h100``) means the one table of that family in
+    the table sources; a key or device name is normalized. ValueError when an alias
+    matches several tables."""
+    from questkern.tuning import paths
+    from questkern.tuning.gpus import ALIASES, FAMILY_NAMES, gpu_family, normalize_gpu_name
+
+    key = normalize_gpu_name(arg)
+    fam = ALIASES.get(key, key if key in FAMILY_NAMES else None)
+    if fam is None:
+        return key
+    found = sorted({f.name.removesuffix(".json") for _label, d in paths.table_sources() if d is not None and d.is_dir()
+                    for f in d.glob("*.json") if not f.name.endswith(".pareto.json")
+                    and gpu_family(f.name.removesuffix(".json")) == fam})
+    if len(found) > 1:
+        raise ValueError(f"--gpu {arg!r} (family {fam}) matches the tables of {', '.join(found)}: pass one of these keys")
+    return found[0] if found else key
 
 
 def run(args) -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern.tuning.gpus import current_gpu_key, normalize_gpu_name
+    from questkern.tuning.gpus import current_gpu_key
     from questkern.tuning.runtime import explain_config
 
     hq, hkv = args.heads
-    key = normalize_gpu_name(args.gpu) if args.gpu else current_gpu_key()
+    try:
+        key = resolve_gpu(args.gpu) if args.gpu else current_gpu_key()
+    except ValueError as exc:
+        print(f"questkern show-config: error: {exc}", file=sys.stderr)
+        return 2
     r = explain_config(args.op, dtype=args.dtype, head_dim=args.head_dim, group=hq // hkv, page_size=args.page_size,
                        seq_len=args.seq, batch=args.batch, budget=args.budget, gqa_mode=args.gqa_mode, gpu_key=key,
                        warn=False)

@@ -113,3 +113,17 @@ def test_show_config_heuristic_reason_and_json(dirs, capsys):
     assert "chosen:    heuristic (no entry for select bfloat16 d128 group 4 page 32 in" in out
     assert main(["show-config", "--op", "dense_decode", "--seq", "32k", "--gpu", "NVIDIA L4"]) == 0
     assert "heuristic (no tuning table for GPU nvidia-l4 (family l4))" in capsys.readouterr().out
+
+
+def test_show_config_gpu_family_alias_finds_the_one_table_of_that_family(dirs, capsys):
+    path = write_doc(dirs["shipped"], [entry("sparse_decode", seq=32768, batch=1)])  # nvidia-h100-80gb-hbm3.json
+    assert main(["show-config", "--op", "sparse_decode", "--seq", "32k", "--heads", "32/8", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu key:   nvidia-h100-80gb-hbm3" in out and f"chosen:    {path}" in out
+    # an alias that names no table's family keeps its own key: the heuristic, with the reason
+    assert main(["show-config", "--op", "sparse_decode", "--seq", "32k", "--gpu", "a100"]) == 0
+    assert "chosen:    heuristic (no tuning table for GPU a100" in capsys.readouterr().out
+    # two tables of the family: the user must say which
+    write_doc(dirs["env"], [entry("sparse_decode")], gpu_key="nvidia-h100-nvl")
+    assert main(["show-config", "--op", "sparse_decode", "--seq", "32k", "--gpu", "h100"]) == 2
+    assert "matches the tables of nvidia-h100-80gb-hbm3, nvidia-h100-nvl: pass one of these keys" in capsys.readouterr().err
