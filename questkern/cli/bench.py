@@ -196,11 +196,13 @@ def run(args) -> int:
                 failures.append((tag, checks))
         _write_csv(out, rows)  # after every case: an interrupted run keeps what it measured
     if args.vs_heuristic:
+        from questkern.tuning.observer import geomean
+
         ratios = {op: [r["speedup_vs_heuristic"] for r in rows if r["op"] == op and r["speedup_vs_heuristic"] > 0]
                   for op in ("quest_step", "dense_decode")}
         print("tuning table vs heuristic configs, this run: " + ", ".join(
-            f"{op} geometric mean {math.exp(sum(map(math.log, v)) / len(v)):.3f}x over {len(v)} cases (min {min(v):.3f}x, "
-            f"max {max(v):.3f}x)" for op, v in ratios.items() if v))
+            f"{op} geometric mean {geomean(v):.3f}x over {len(v)} cases (min {min(v):.3f}x, max {max(v):.3f}x)"
+            for op, v in ratios.items() if v))
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")

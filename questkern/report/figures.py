@@ -481,10 +481,12 @@ def heuristic_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 def heuristic_summary(tab: pd.DataFrame) -> list[str]:
     """One sentence per GPU and op: geometric mean, range and count of the ratios."""
+    from questkern.tuning.observer import geomean
+
     lines = []
     for (gpu, op), g in tab.groupby(["gpu", "op"], sort=True):
         x = g["speedup_vs_heuristic"]
-        gm = math.exp(sum(math.log(v) for v in x) / len(x))
+        gm = geomean(x)
         lines.append(f"{gpu}, {op}: the tuning table's configs are {gm:.3f}x the heuristic's (geometric mean over "
                      f"{len(x)} cases; {x.min():.3f}x to {x.max():.3f}x), each case timed both ways in one run")
     return lines

@@ -36,6 +36,7 @@ import torch
 
 from questkern import config as C
 from questkern.tuning.keys import BUDGET_OPS
+from questkern.tuning.observer import geomean
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
 from questkern.tuning.schema import entry_key
 from questkern.tuning.space import Bucket, Candidate, OpSpace
@@ -160,9 +161,11 @@ def recheck_entry(e: dict, pool: WorkloadPool, timer: Timer, num_sms: int, round
     return row
 
 
-def geomean(xs) -> float | None:
-    xs = [x for x in xs if x]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+def _geomean(xs) -> float | None:
+    """The tuner's geometric mean (:func:`questkern.tuning.observer.geomean`), None instead
+    of NaN when nothing was measured (the summary is JSON, which has no NaN)."""
+    g = geomean(xs)
+    return None if math.isnan(g) else g
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -172,9 +175,9 @@ def summarize(rows: list[dict]) -> dict:
     per_op = {}
     for op in dict.fromkeys(r["op"] for r in rows):
         mine = [r for r in ok if r["op"] == op]
-        per_op[op] = {"entries": len(mine), "geomean_speedup": geomean(r["speedup"] for r in mine),
+        per_op[op] = {"entries": len(mine), "geomean_speedup": _geomean(r["speedup"] for r in mine),
                       "same_as_default": sum(bool(r["same_config"]) for r in mine)}
-    return {"entries": len(rows), "measured": len(ok), "geomean_speedup": geomean(r["speedup"] for r in ok),
+    return {"entries": len(rows), "measured": len(ok), "geomean_speedup": _geomean(r["speedup"] for r in ok),
             "min_speedup": min((r["speedup"] for r in ok), default=None),
             "max_speedup": max((r["speedup"] for r in ok), default=None),
             "same_as_default": sum(bool(r["same_config"]) for r in ok), "per_op": per_op,
