@@ -49,6 +49,17 @@ def parse_dtype(text: str) -> torch.dtype:
     return DTYPES[text]
 
 
+def parse_positive_seconds(text: str) -> float:
+    """A positive number of seconds (``--timeout``, ``--max-time``, ...)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
 def parse_positive_int(text: str) -> int:
     """'8' -> 8; zero, negatives and non-integers are argparse errors."""
     try:

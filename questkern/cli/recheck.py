@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import parse_positive_int, parse_size
+from questkern.cli._shapes import parse_positive_int, parse_positive_seconds, parse_size
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=parse_positive_int, default=3, help="alternating measurements of each (default 3)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
-    p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (resume with the same --summary)")
+    p.add_argument("--max-time", type=parse_positive_seconds, default=None, help="stop after this many seconds (resume with the same --summary)")
     p.add_argument("--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes")
     p.add_argument("--update", action="store_true",
                    help="write the measured latencies (and the heuristic's config where it was faster) into the table")

@@ -22,7 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_sizes
+from questkern.cli._shapes import (parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_positive_seconds,
+                                   parse_sizes)
 
 
 def parse_ops(text: str) -> list[str]:
@@ -60,16 +61,6 @@ def parse_fix(text: str) -> dict:
     return out
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return v
-
-
 def register(sub) -> None:
     from questkern.tuning.keys import OPS
     from questkern.tuning.strategy import SAMPLERS
@@ -91,8 +82,8 @@ def register(sub) -> None:
     p.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="shared-mode score aggregate (default sum)")
     p.add_argument("--trials", type=parse_positive_int, default=None,
                    help="evaluated trials per bucket study, resumed count (default 40 when --timeout is not given)")
-    p.add_argument("--timeout", type=_positive_float, default=None, help="seconds per bucket (with --trials: whichever first)")
-    p.add_argument("--max-time", type=_positive_float, default=None,
+    p.add_argument("--timeout", type=parse_positive_seconds, default=None, help="seconds per bucket (with --trials: whichever first)")
+    p.add_argument("--max-time", type=parse_positive_seconds, default=None,
                    help="seconds for the whole run, shared out over the buckets left (time-boxed runs)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default $QUESTKERN_STORAGE or "
                    "sqlite:///~/.local/share/questkern/studies.db); postgresql://USER@HOST/DB for several hosts "
@@ -122,9 +113,9 @@ def register(sub) -> None:
     d.add_argument("--grace", type=parse_positive_int, default=GRACE_S,
                    help=f"a trial without a heartbeat for this many seconds is failed and retried by another worker "
                         f"(default {GRACE_S})")
-    d.add_argument("--storage-retry", type=_positive_float, default=120.0,
+    d.add_argument("--storage-retry", type=parse_positive_seconds, default=120.0,
                    help="seconds a worker retries an unreachable storage (with back-off) before it exits (default 120)")
-    d.add_argument("--progress-every", type=_positive_float, default=10.0,
+    d.add_argument("--progress-every", type=parse_positive_seconds, default=10.0,
                    help="seconds between the launcher's progress lines (default 10)")
     d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")

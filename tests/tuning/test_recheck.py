@@ -240,3 +240,11 @@ def test_apply_refuses_a_table_of_another_gpu(dirs, capsys):
     assert main(["recheck", "--apply", str(f), "--table", str(cpu_table)]) == 2
     err = capsys.readouterr().err
     assert "holds the table of 'cpu-interpreter', but --apply" in err and "rechecked a table of 'nvidia-h100-80gb-hbm3'" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--max-time", "-5"), ("--max-time", "soon"), ("--rounds", "0"),
+                                        ("--max-seq", "lots"), ("--ops", "select,warp")])
+def test_bad_flags_are_clear_errors(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["recheck", flag, value])
+    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
