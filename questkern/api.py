@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from questkern import validate as V
-from questkern.config import DecodeConfig, SelectConfig
+from questkern.config import DecodeConfig, SelectConfig, StepConfig, default_step_config
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
+from questkern.ops.step import quest_step, step_plan, step_workspace
 from questkern.profiling import annotate
 from questkern.tuning import resolve_config
 
@@ -43,6 +44,8 @@ class Plan:
     decode_config: DecodeConfig
     num_splits: int
     sources: dict
+    path: str = "classic"  # "fused" (questkern.ops.step: 2 launches) or "classic" (select, decode, combine)
+    step_config: StepConfig | None = None
 
 
 class QuestDecode:
@@ -55,12 +58,19 @@ class QuestDecode:
     adaptive: an :class:`AdaptiveBudget` instead of ``budget``: per query, the smallest
         page set whose estimated score mass passes ``threshold``, between ``min_budget``
         and ``max_budget`` tokens (``questkern.ops.select.adaptive_naive`` has the rule).
-    configs: optional ``{"select": SelectConfig, "sparse_decode"|"dense_decode": DecodeConfig}``
-        overrides (the tuner uses this); by default the tuning table or heuristic decides.
+    configs: optional ``{"select": SelectConfig, "sparse_decode"|"dense_decode": DecodeConfig,
+        "quest_step": StepConfig}`` overrides (the tuner uses this); by default the tuning
+        table or heuristic decides.
+    path: how a sparse step runs. ``"fused"`` (questkern.ops.step): the page scores, then
+        one launch in which every program of a selection row finds the row's top-K itself
+        and attends to its share of the selected pages. ``"classic"``: select (scores, then
+        a top-K merge with one program per row), split-K decode, combine. ``"auto"`` (the
+        default) is the fused path, except with an adaptive budget (classic only).
     """
 
     def __init__(self, budget: int | None, *, gqa_mode: str = "shared", aggregate: str = "sum",
-                 sm_scale: float | None = None, configs: dict | None = None, adaptive: AdaptiveBudget | None = None):
+                 sm_scale: float | None = None, configs: dict | None = None, adaptive: AdaptiveBudget | None = None,
+                 path: str = "auto"):
         if budget is not None:
             V.check_positive_int("budget", budget)
         if adaptive is not None:
@@ -73,7 +83,11 @@ class QuestDecode:
         V.check_choice("aggregate", aggregate, V.AGGREGATES)
         if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and sm_scale > 0):
             raise ValueError(f"sm_scale must be a positive number or None, got {sm_scale!r}")
+        V.check_choice("path", path, ("auto", "fused", "classic"))
+        if path == "fused" and adaptive is not None:
+            raise ValueError("path='fused' does not take an adaptive budget (use path='auto' or 'classic')")
         self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
+        self.path = path
         self.configs = dict(configs or {})
         self._plan: Plan | None = None
 
@@ -117,6 +131,10 @@ class QuestDecode:
             budget = self.adaptive.max_budget if self.adaptive is not None else self.budget
             k_pages = min(-(-budget // PAGE), max_pages)
             sel_cfg, sources["select"] = self._config("select", key)
+        fused = not self.dense and self.adaptive is None and self.path == "fused"
+        if fused:
+            return self._plan_fused(key, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads, bucket_len,
+                                    k_pages)
         op = "dense_decode" if self.dense else "sparse_decode"
         dec_cfg, sources[op] = self._config(op, key)
         per_head = self.gqa_mode == "per_head" and G > 1 and not self.dense
@@ -138,6 +156,28 @@ class QuestDecode:
         self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
         return self._plan
 
+    def _plan_fused(self, key: dict, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads: int,
+                    bucket_len: int, k_pages: int) -> Plan:
+        P, Hkv, PAGE, D = k_cache.shape
+        B, max_pages = page_table.shape
+        dev = k_cache.device
+        if "quest_step" in self.configs:
+            cfg, source = self.configs["quest_step"], "override"
+        else:
+            cfg, source = default_step_config(max_pages, D), "heuristic"
+        rows = num_q_heads if (self.gqa_mode == "per_head" and num_q_heads != Hkv) else Hkv
+        num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
+        geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)
+        self._num_sms = num_sms
+        self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
+        self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
+        self._selected_phys = torch.empty_like(self._selected)
+        self._step_ws = step_workspace(B, num_q_heads, rows, D, geo, dev)
+        self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, None, DecodeConfig(), geo["splits"],
+                          {"quest_step": source}, path="fused", step_config=cfg)
+        return self._plan
+
     def _config(self, op: str, key: dict):
         if op in self.configs:
             return self.configs[op], "override"
@@ -153,6 +193,14 @@ class QuestDecode:
             raise RuntimeError("QuestDecode.run() called before plan()")
         k_cache, v_cache, kmin, kmax, page_table, seq_lens = self._tensors
         V.check_query(q, p.batch, p.num_kv_heads, p.head_dim, k_cache.dtype, k_cache.device, p.num_q_heads)
+        if p.path == "fused":
+            with annotate("questkern.quest_step", batch=p.batch, pages=page_table.shape[1], k=p.k_pages,
+                          splits=p.num_splits):
+                quest_step(q, kmin, kmax, k_cache, v_cache, page_table, seq_lens, p.k_pages, gqa_mode=self.gqa_mode,
+                           aggregate=self.aggregate, sm_scale=self.sm_scale, config=p.step_config, out=self._out,
+                           selected=self._selected, selected_phys=self._selected_phys, workspace=self._step_ws,
+                           num_sms=self._num_sms)
+            return (self._out, self._selected) if return_selected else self._out
         selected = None
         if not self.dense:
             with annotate("questkern.select", batch=p.batch, pages=page_table.shape[1], k=p.k_pages):

@@ -139,11 +139,67 @@ class DecodeConfig(_ConfigBase):
             raise ValueError(f"DecodeConfig.num_stages must be in 1..5, got {self.num_stages}")
 
 
+@dataclass(frozen=True)
+class StepConfig(_ConfigBase):
+    """The fused Quest step (``questkern.ops.step``): two launches instead of four.
+
+    Stage 1 is select's score stream (every page but the last scored into a
+    ``[B, rows, pages]`` row, by programs of ``chunk_pages`` pages, ``tiles_per_program``
+    tiles each, ``score_warps`` warps, ``score_stages`` deep). Stage 2 runs ``splits``
+    programs per selection row (0 = about one wave of the SMs): each finds its row's exact
+    top-K from the scores itself (all of a row's programs in parallel, ``topk`` as in
+    :class:`SelectConfig`), writes its share of the selection and attends to that share
+    (``pages_per_block`` pages per step, ``num_warps`` warps, ``num_stages`` deep); the
+    splits are merged by the last one to finish (``fuse_combine``) or by a combine launch.
+    ``persistent``: stage 1 and stage 2 in one launch with a grid-wide barrier between
+    them (only when the whole grid fits on the GPU at once; else two launches).
+    """
+
+    op: ClassVar[str] = "quest_step"
+    chunk_pages: int = 64
+    block_d: int = 128
+    score_warps: int = 4
+    score_stages: int = 1
+    tiles_per_program: int = 1
+    splits: int = 0
+    pages_per_block: int = 4
+    num_warps: int = 4
+    num_stages: int = 2
+    topk: str = "bisect"
+    fuse_combine: bool = False
+    combine_warps: int = 4
+    persistent: bool = False
+
+    def __post_init__(self):
+        for name in ("fuse_combine", "persistent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"StepConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.topk not in ("bisect", "radix"):
+            raise ValueError(f"StepConfig.topk must be 'bisect' or 'radix', got {self.topk!r}")
+        for name in ("chunk_pages", "block_d"):
+            v = getattr(self, name)
+            if not _is_pow2(v) or v < 16:
+                raise ValueError(f"StepConfig.{name} must be a power of two >= 16, got {v}")
+        if not _is_pow2(self.pages_per_block):
+            raise ValueError(f"StepConfig.pages_per_block must be a power of two, got {self.pages_per_block}")
+        if self.tiles_per_program not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"StepConfig.tiles_per_program must be one of 1,2,4,8,16,32, got {self.tiles_per_program}")
+        if self.splits < 0 or self.splits > 1024:
+            raise ValueError(f"StepConfig.splits must be in 0..1024 (0 = heuristic), got {self.splits}")
+        for name in ("score_warps", "num_warps", "combine_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16):
+                raise ValueError(f"StepConfig.{name} must be one of 1,2,4,8,16, got {getattr(self, name)}")
+        for name in ("score_stages", "num_stages"):
+            if not 1 <= getattr(self, name) <= 5:
+                raise ValueError(f"StepConfig.{name} must be in 1..5, got {getattr(self, name)}")
+
+
 CONFIG_TYPES: dict[str, type] = {
     "metadata": MetadataConfig,
     "select": SelectConfig,
     "sparse_decode": DecodeConfig,
     "dense_decode": DecodeConfig,
+    "quest_step": StepConfig,
 }
 
 
@@ -178,4 +234,22 @@ def choose_num_splits(cfg: DecodeConfig, batch: int, head_programs: int, max_slo
     if cfg.num_splits > 0:
         return min(cfg.num_splits, max_useful)
     want = -(-2 * num_sms // max(1, batch * head_programs))
+    return int(max(1, min(want, max_useful, 256)))
+
+
+def default_step_config(max_pages: int, head_dim: int) -> StepConfig:
+    # stage 1 as select's score stream (64-page tiles, runs/003..006 on the H100); stage 2
+    # sized per call by choose_step_splits
+    chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
+    return StepConfig(chunk_pages=chunk, block_d=min(128, head_dim), pages_per_block=4)
+
+
+def choose_step_splits(cfg: StepConfig, batch: int, rows: int, k_pages: int, num_sms: int) -> int:
+    """Stage-2 programs per selection row: the config's value, or about one wave of the
+    SMs (every program also finds its row's top-K, so more waves buy little), capped so
+    that every split owns at least one block of ``pages_per_block`` slots."""
+    max_useful = max(1, -(-k_pages // cfg.pages_per_block))
+    if cfg.splits > 0:
+        return min(cfg.splits, max_useful)
+    want = -(-num_sms // max(1, batch * rows))
     return int(max(1, min(want, max_useful, 256)))

@@ -19,12 +19,14 @@ def cache():
     return c
 
 
+@pytest.mark.parametrize("path", ["classic", "fused"])
 @pytest.mark.parametrize("mode", ["shared", "per_head"])
-def test_quest_step_matches_reference(cache, mode):
+def test_quest_step_matches_reference(cache, mode, path):
     q = torch.randint(-3, 4, (3, 8, 64)).bfloat16()
-    w = questkern.QuestDecode(64, gqa_mode=mode)
+    w = questkern.QuestDecode(64, gqa_mode=mode, path=path)
     plan = w.plan(cache, num_q_heads=8)
-    assert plan.k_pages == 4 and set(plan.sources) == {"select", "sparse_decode"}
+    ops = {"classic": {"select", "sparse_decode"}, "fused": {"quest_step"}}[path]
+    assert plan.k_pages == 4 and set(plan.sources) == ops and plan.path == path
     out, sel = w.run(q, return_selected=True)
     ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, 64, mode)
     assert torch.equal(sel, ref_sel)

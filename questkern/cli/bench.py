@@ -54,6 +54,19 @@ def register(sub) -> None:
     p.add_argument("--vs-heuristic", action="store_true",
                    help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
                         "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)")
+    p.add_argument("--model", type=_parse_model, default=None,
+                   help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
+                        "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
+                        "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
+                        "in-house dense, Quest, and none (the ceiling), in one run")
+    p.add_argument("--dense-layers", type=int, default=2,
+                   help="with --model: the first N layers decode densely under Quest (default %(default)s)")
+    p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
+                   help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
+                        "(select, decode, combine), or auto (default %(default)s); with --compare-paths both")
+    p.add_argument("--compare-paths", action="store_true",
+                   help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
+                        "attention quest_classic)")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
@@ -70,6 +83,15 @@ def _parse_meta(text: str) -> list:
             raise argparse.ArgumentTypeError(f"--meta-dtype must be a list of {sorted(META)}, got {part!r}")
         out.append(META[part.strip()])
     return out
+
+
+def _parse_model(text: str):
+    from questkern.bench.models import parse_model
+
+    try:
+        return parse_model(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parse_mixed(text: str) -> str:
@@ -103,19 +125,91 @@ def _given(args) -> set[str]:
             if a.startswith("--")}
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
     write_text_atomic(path, buf.getvalue())
 
 
+MODEL_COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "model", "layers", "batch", "seq_len", "attention",
+                 "dtype", "page_size", "budget", "dense_layers", "gqa_mode", "path", "ms_per_token", "tokens_per_s",
+                 "speedup_vs_sdpa", "ceiling_speedup", "attention_bytes", "bound_us", "bound_speedup", "gain_captured",
+                 "copy_gbps", "timestamp", "command"]
+
+
+def run_model(args, note: str | None) -> int:
+    """``bench --model``: the whole token step of a model, per (batch, context), every attention variant."""
+    from questkern.bench.model import ModelCase, run_model_case, summarize
+    from questkern.bench.models import PRESETS
+    from questkern.bench.timing import copy_bandwidth_gbps, device_info
+    from questkern.tuning.gpus import current_gpu_key
+
+    on_gpu = torch.cuda.is_available()
+    shape, seqs, batches = args.model, args.seq, args.batch
+    if not on_gpu:
+        given = _given(args)
+        print(f"NOTE: {note or 'no CUDA device: Triton interpreter'}. Running the tiny model at a toy size; "
+              "the timings mean nothing.")
+        shape = PRESETS["tiny"]
+        seqs = seqs if "seq" in given else [200]
+        batches = batches if "batch" in given else [1, 2]
+        if "dense_layers" not in given:
+            args.dense_layers = 1  # the tiny model has 2 layers: one dense, one Quest
+        if "budget" not in given:
+            args.budget = [64]
+    device = torch.device("cuda" if on_gpu else "cpu")
+    info = device_info()
+    gpu = current_gpu_key()
+    copy_gbps = copy_bandwidth_gbps()
+    print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
+          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
+    print(f"model: {shape.describe()}")
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    command = invocation(args)
+    out = args.out or Path("reports") / "data" / gpu / "bench_model.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atts = ("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
+    rows: list[dict] = []
+    for b in batches:
+        for L in seqs:
+            case = ModelCase(shape, b, L, dtype=args.dtype, page_size=args.page_size[0], budget=args.budget[0],
+                             dense_layers=args.dense_layers, gqa_mode=args.gqa_mode, path=args.path,
+                             meta_dtype=args.meta_dtype[0])
+            print(f"batch {b}, context {L}:", flush=True)
+            try:
+                times = run_model_case(case, device, rep_ms=args.rep_ms, attentions=atts)
+            except MemoryError as e:
+                print(f"    skipped: {e}")
+                continue
+            for r in summarize(case, times, copy_gbps):
+                r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"],
+                         triton=info["triton"], cuda=info["cuda"], dtype=_dtype_name(args.dtype), path=args.path,
+                         copy_gbps=round(copy_gbps, 1), timestamp=stamp, command=command)
+                rows.append(r)
+                if r["attention"] != "sdpa":
+                    extra = (f", bound {r['bound_speedup']:.3f}x, gain captured {r['gain_captured']:.0%}"
+                             if r["attention"] not in ("none",) else " (the ceiling)")
+                    print(f"    {r['attention']:<13} {r['tokens_per_s']:9.1f} tokens/s  {r['speedup_vs_sdpa']:.3f}x SDPA{extra}")
+            _write_csv(out, rows, MODEL_COLUMNS)
+    print(f"wrote {len(rows)} rows to {out}")
+    if not on_gpu:
+        print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
+    return 0
+
+
+def _dtype_name(dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
+    if args.model is not None:
+        return run_model(args, note)
     from questkern.bench.core import Case, run_case
     from questkern.bench.timing import bound_us, copy_bandwidth_gbps, device_info, graph_floor_us
     from questkern.tuning.gpus import current_gpu_key

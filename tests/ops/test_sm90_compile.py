@@ -22,9 +22,11 @@ from triton.compiler import ASTSource
 from questkern.ops.decode import kernel as dk
 from questkern.ops.metadata import kernel as mk
 from questkern.ops.select import kernel as sk
+from questkern.ops.step import kernel as stk
 
 kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
-fn = getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(dk, kernel_name)
+fn = (getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(stk, kernel_name, None)
+      or getattr(dk, kernel_name))
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
@@ -43,6 +45,13 @@ DECODE_PTRS = dict(q="*bf16", k_cache="*bf16", v_cache="*bf16", page_table="*i32
                    sel_phys="*i32", o_part="*fp32", lse_part="*fp32", out="*bf16", counters="*i32", qk_scale="fp32")
 DECODE = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, PER_HEAD=False, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
               DENSE=False, HAS_PHYS=True, UPCAST=False, PDL=True)
+STEP_PTRS = dict(q="*bf16", kmin="*bf16", kmax="*bf16", k_cache="*bf16", v_cache="*bf16", page_table="*i32",
+                 seq_lens="*i32", scores="*fp32", sel="*i32", sel_phys="*i32", o_part="*fp32", lse_part="*fp32",
+                 out="*bf16", counters="*i32", barrier="*i32", qk_scale="fp32")
+STEP = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_H=16, PER_HEAD=False, KV_GROUP=4, PAGES_PER_BLOCK=4,
+            SLOTS=8, BLOCK_SLOTS=8, BLOCK_W=2048, PHYS_UPFRONT=True, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
+            RADIX=False, UPCAST=False, PDL=True, PERSISTENT=False, SCORE_BLOCK_D=128, SCORE_BLOCK_G=16, SHARED=True,
+            AGG_MAX=False, CHUNK=64, IEEE=False)
 CASES = {
     "metadata-build-fp8": ("_metadata_build_kernel", META_PTRS, dict(PAGE=16, HEAD_DIM=128, BLOCK_D=64, META_FP8=True)),
     "metadata-append-fp8": ("_append_kernel", META_PTRS,
@@ -58,6 +67,13 @@ CASES = {
                                dict(DECODE, GROUP=1, BLOCK_H=16, KV_GROUP=1, PAGES_PER_BLOCK=4, STATIC_ITERS=2)),
     "decode-dense-group": ("_decode_split_kernel", DECODE_PTRS,
                            dict(DECODE, GROUP=4, BLOCK_H=16, KV_GROUP=4, PAGES_PER_BLOCK=2, STATIC_ITERS=0, DENSE=True)),
+    "step-gqa-bisect": ("_topk_decode_kernel", STEP_PTRS, STEP),
+    "step-mha-radix-fused-combine": ("_topk_decode_kernel", STEP_PTRS,
+                                     dict(STEP, GROUP=1, KV_GROUP=1, RADIX=True, FUSE_COMBINE=True, SLOTS=32,
+                                          BLOCK_SLOTS=32, BLOCK_W=8192, PHYS_UPFRONT=False, SCORE_BLOCK_G=1)),
+    "step-per-head-persistent-fp8": ("_topk_decode_kernel", dict(STEP_PTRS, kmin="*fp8e5", kmax="*fp8e5"),
+                                     dict(STEP, GROUP=1, PER_HEAD=True, PERSISTENT=True, PDL=False, SHARED=False,
+                                          SINGLE_SPLIT=True, SCORE_BLOCK_D=64, SLOTS=12, BLOCK_SLOTS=16)),
 }
 
 
