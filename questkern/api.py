@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from questkern import validate as V
-from questkern.config import DecodeConfig, SelectConfig, StepConfig, default_step_config
+from questkern.config import DecodeConfig, SelectConfig, StepConfig
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
@@ -161,10 +161,7 @@ class QuestDecode:
         P, Hkv, PAGE, D = k_cache.shape
         B, max_pages = page_table.shape
         dev = k_cache.device
-        if "quest_step" in self.configs:
-            cfg, source = self.configs["quest_step"], "override"
-        else:
-            cfg, source = default_step_config(max_pages, D), "heuristic"
+        cfg, source = self._config("quest_step", key)
         rows = num_q_heads if (self.gqa_mode == "per_head" and num_q_heads != Hkv) else Hkv
         num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
         geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)

@@ -237,11 +237,11 @@ def choose_num_splits(cfg: DecodeConfig, batch: int, head_programs: int, max_slo
     return int(max(1, min(want, max_useful, 256)))
 
 
-def default_step_config(max_pages: int, head_dim: int) -> StepConfig:
+def default_step_config(max_pages: int, head_dim: int, page_size: int = 16) -> StepConfig:
     # stage 1 as select's score stream (64-page tiles, runs/003..006 on the H100); stage 2
-    # sized per call by choose_step_splits
+    # 64 tokens per inner step like the decode, its splits sized per call by choose_step_splits
     chunk = max(16, min(64, next_pow2(max(1, max_pages - 1))))
-    return StepConfig(chunk_pages=chunk, block_d=min(128, head_dim), pages_per_block=4)
+    return StepConfig(chunk_pages=chunk, block_d=min(128, head_dim), pages_per_block=max(1, 64 // page_size))
 
 
 def choose_step_splits(cfg: StepConfig, batch: int, rows: int, k_pages: int, num_sms: int) -> int:

@@ -124,23 +124,27 @@ def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int)
     return out
 
 
-def heuristic_decoders(case: Case) -> tuple[QuestDecode, QuestDecode]:
+def heuristic_decoders(case: Case, path: str = "auto") -> tuple[QuestDecode, QuestDecode]:
     """The Quest step and the dense decode of ``case`` with the documented heuristic
     configs forced (``configs=`` overrides), whatever the tuning table holds."""
     from questkern.tuning.runtime import heuristic_config
 
     shape = dict(head_dim=case.head_dim, page_size=case.page_size, seq_len=case.seq_len)
-    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode,
+    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=path,
                         configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode")})
     dense = QuestDecode(None, configs={"dense_decode": heuristic_config("dense_decode", **shape)})
     return quest, dense
 
 
 def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False,
-             vs_heuristic: bool = False) -> tuple[list[dict], dict]:
+             vs_heuristic: bool = False, path: str = "auto", compare_paths: bool = False) -> tuple[list[dict], dict]:
     """Time every op of ``case``. Returns (rows, check results). ``vs_heuristic`` also
     times the Quest step and the dense decode with the heuristic configs
-    (``quest_step_heuristic``, ``dense_decode_heuristic``), right after the tuned ones."""
+    (``quest_step_heuristic``, ``dense_decode_heuristic``), right after the tuned ones.
+    ``path`` is the Quest step's (``QuestDecode(path=...)``); the ``select`` and
+    ``sparse_decode`` rows always time the classic path's two stages (its breakdown).
+    ``compare_paths`` also times the classic step (``quest_step_classic``) and, where
+    ``path`` is classic, the fused one (``quest_step_fused``)."""
     cache = build_cache(case, device, integer_keys=check)
     lens = case.seq_lens()
     B, Hq, D = case.batch, case.q_heads, case.head_dim
@@ -150,8 +154,15 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     else:
         q = torch.randn(B, Hq, D, generator=gen, device=device).to(case.dtype)
     graph = device.type == "cuda"
-    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode)
+    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path="classic")  # its stages time the breakdown
     plan = quest.plan(cache, num_q_heads=Hq)
+    step = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=path)
+    step_plan = step.plan(cache, num_q_heads=Hq)
+    other = None
+    if compare_paths:
+        other_path = "fused" if step_plan.path == "classic" else "classic"
+        other = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=other_path)
+        other_plan = other.plan(cache, num_q_heads=Hq)
     dense = QuestDecode(None)
     dense_plan = dense.plan(cache, num_q_heads=Hq)
     _, selected = quest.run(q, return_selected=True)
@@ -170,11 +181,13 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
                                                           None, plan.decode_config, num_splits=plan.num_splits, out=out_buf,
                                                           workspace=quest._dec_ws, selected_phys=selected_phys),
                                   graph=graph, rep_ms=rep_ms)
-    times["quest_step"] = time_fn(lambda: quest.run(q), graph=graph, rep_ms=rep_ms)
+    times["quest_step"] = time_fn(lambda: step.run(q), graph=graph, rep_ms=rep_ms)
+    if other is not None:
+        times[f"quest_step_{other_plan.path}"] = time_fn(lambda: other.run(q), graph=graph, rep_ms=rep_ms)
     times["dense_decode"] = time_fn(lambda: dense.run(q), graph=graph, rep_ms=rep_ms)
     checks = {}
     if vs_heuristic:
-        quest_h, dense_h = heuristic_decoders(case)
+        quest_h, dense_h = heuristic_decoders(case, path)
         heur_splits = {"quest_step_heuristic": quest_h.plan(cache, num_q_heads=Hq).num_splits,
                        "dense_decode_heuristic": dense_h.plan(cache, num_q_heads=Hq).num_splits}
         times["quest_step_heuristic"] = time_fn(lambda: quest_h.run(q), graph=graph, rep_ms=rep_ms)
@@ -210,21 +223,32 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     if check:
         ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
                                    case.budget, case.gqa_mode)[:, :, : plan.k_pages]
-        checks["select_exact"] = bool(torch.equal(selected, ref_sel))
-        out = quest.run(q).float()
         ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected)
-        checks["quest_maxerr"] = (out - ref).abs().max().item()
+        checks["select_exact"] = bool(torch.equal(selected, ref_sel))
+        out, step_sel = step.run(q, return_selected=True)
+        checks["step_select_exact"] = bool(torch.equal(step_sel, ref_sel))
+        checks["quest_maxerr"] = (out.float() - ref).abs().max().item()
+        if other is not None:
+            out, other_sel = other.run(q, return_selected=True)
+            checks[f"{other_plan.path}_select_exact"] = bool(torch.equal(other_sel, ref_sel))
+            checks[f"{other_plan.path}_maxerr"] = (out.float() - ref).abs().max().item()
     nbytes = case_bytes(case, cache.kmin.element_size())
     nbytes["flex_quest"] = nbytes["sparse_decode"]
     nbytes["quest_step_heuristic"], nbytes["dense_decode_heuristic"] = nbytes["quest_step"], nbytes["dense_decode"]
+    nbytes["quest_step_classic"] = nbytes["quest_step_fused"] = nbytes["quest_step"]
     rows = []
-    sources = ",".join(f"{k}={v}" for k, v in {**plan.sources, **dense_plan.sources}.items())
+    sources = ",".join(f"{k}={v}" for k, v in {**plan.sources, **step_plan.sources, **dense_plan.sources}.items())
     for op, us in times.items():
         if op.endswith("_heuristic"):
             splits, source = heur_splits[op], "heuristic (forced: --vs-heuristic)"
         else:
-            splits = plan.num_splits if op in ("sparse_decode", "quest_step") else (dense_plan.num_splits if op == "dense_decode" else "")
+            splits = {"sparse_decode": plan.num_splits, "quest_step": step_plan.num_splits,
+                      "dense_decode": dense_plan.num_splits}.get(op, "")
+            if other is not None and op == f"quest_step_{other_plan.path}":
+                splits = other_plan.num_splits
             source = sources
+        if op.startswith("quest_step") and not op.endswith("_heuristic"):
+            source += f",path={(step_plan if op == 'quest_step' else other_plan).path}"
         rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op], "splits": splits,
                      "config_source": source})
     return rows, checks

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-OPS = ("select", "sparse_decode", "dense_decode", "metadata")
-BUDGET_OPS = ("select", "sparse_decode")  # ops whose kernel depends on the token budget and GQA mode
+OPS = ("select", "sparse_decode", "dense_decode", "metadata", "quest_step")
+BUDGET_OPS = ("select", "sparse_decode", "quest_step")  # ops whose kernel depends on the token budget and GQA mode
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16"}
 REFERENCE_BUDGET = 2048  # tie-break for callers that pass no budget: the paper's usual budget

@@ -30,6 +30,7 @@ from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_de
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.metadata import metadata_build
 from questkern.ops.select import select_pages, select_pages_ref, select_workspace
+from questkern.ops.step import quest_step, step_plan, step_workspace
 from questkern.tuning.keys import torch_dtype
 from questkern.tuning.space import Bucket, Candidate
 
@@ -298,6 +299,30 @@ class Runner:
                         rows = int((got != want).any(-1).sum())
                         raise AssertionError(f"{what} differ from the reference in {rows} of "
                                              f"{ref.shape[0] * ref.shape[1]} rows")
+            return launch, check
+        if b.op == "quest_step":
+            ref = w.selection_ref(cand.budget, b.gqa_mode, b.aggregate)  # [B, rows, K]
+            K = ref.shape[2]
+            num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
+            geo = step_plan(B, ref.shape[1], c.page_table.shape[1], K, cfg, num_sms)
+            ws = step_workspace(B, Hq, ref.shape[1], D, geo, dev)
+            out = torch.full_like(q, float("nan"))
+            sel = torch.full_like(ref, -7)
+            phys = torch.full_like(ref, -7)
+
+            def launch():
+                quest_step(q, c.kmin, c.kmax, c.k_cache, c.v_cache, c.page_table, c.seq_lens, K, gqa_mode=b.gqa_mode,
+                           aggregate=b.aggregate, config=cfg, out=out, selected=sel, selected_phys=phys,
+                           workspace=ws, num_sms=num_sms)
+
+            def check():
+                if not torch.equal(sel, ref):
+                    rows = int((sel != ref).any(-1).sum())
+                    raise AssertionError(f"selection differs from the reference in {rows} of "
+                                         f"{ref.shape[0] * ref.shape[1]} rows")
+                want = w.attention_ref(ref, ("sparse", cand.budget, b.gqa_mode, b.aggregate))
+                torch.testing.assert_close(out.float(), want, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
+                                           "from the float32 reference: " + " ".join(m.split()))
             return launch, check
         # sparse / dense decode
         if b.op == "sparse_decode":

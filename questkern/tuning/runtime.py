@@ -156,6 +156,8 @@ def heuristic_config(op: str, *, head_dim: int, page_size: int, seq_len: int):
         return C.default_metadata_config(head_dim)
     if op == "select":
         return C.default_select_config(-(-seq_len // page_size), head_dim)
+    if op == "quest_step":
+        return C.default_step_config(-(-seq_len // page_size), head_dim, page_size)
     return C.default_decode_config(page_size, head_dim)
 
 
@@ -209,7 +211,7 @@ def resolve_config(
     gqa_mode: str | None = None,
     gpu_key: str | None = None,
 ):
-    """Return ``(config, source)`` for ``op`` in {metadata, select, sparse_decode, dense_decode}.
+    """Return ``(config, source)`` for ``op`` in {metadata, select, sparse_decode, dense_decode, quest_step}.
 
     ``source`` says where the config came from: ``"table <file> [<entry>] (exact)"``,
     ``"... (nearest, distance d)"`` or ``"heuristic (<reason>)"``. ``budget`` and

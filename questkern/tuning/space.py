@@ -24,6 +24,12 @@ anything is compiled (the trial is pruned, not failed):
   blocks of work (``ceil(slots / pages_per_block)``, beyond which the launcher caps it
   anyway); ``fuse_combine`` searched only with more than one split, ``combine_warps``
   only when a separate combine kernel runs.
+* quest_step (the fused step): stage 1's ``chunk_pages`` (as select's) with its
+  ``score_warps`` register budget and ``tiles_per_program``; stage 2's ``splits`` (CTAs per
+  selection row, each finding the row's top-K itself), ``pages_per_block`` and
+  ``num_warps`` under the decode's token and register limits, ``num_stages``, ``topk``,
+  ``fuse_combine``/``combine_warps`` as for decode, and ``persistent`` only where the
+  whole stage-2 grid fits on the SMs at once.
 * metadata: ``num_warps`` only.
 
 The heuristic default (``questkern.config.default_*``) always lies in the space and
@@ -98,7 +104,7 @@ class Bucket:
 
     def slots(self, page_size: int, budget: int | None) -> int:
         """Page slots a decode walks: the selection width (sparse) or every page (dense)."""
-        return self.k_pages(page_size, budget) if self.op == "sparse_decode" else self.max_pages(page_size)
+        return self.k_pages(page_size, budget) if self.op in ("sparse_decode", "quest_step") else self.max_pages(page_size)
 
     def head_programs(self) -> int:
         return self.num_q_heads if self.per_head else self.num_kv_heads
@@ -203,6 +209,25 @@ class OpSpace:
             if "tiles_per_program" in _field_names(C.SelectConfig):  # the score stream (tiles < K)
                 params += [Param("tiles_per_program", (1, 2, 4), active=self._score_stream),
                            Param("num_stages", (1, 2, 3), active=self._score_stream)]
+        elif b.op == "quest_step":
+            cap = max(max(16, next_pow2(b.max_pages(ps) - 1)) for ps in b.page_sizes)
+            max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in b.budgets)
+            splits = {s for s in POW2_SPLITS if s <= max_useful}
+            splits |= {self._default_splits(ps, bud) for ps in b.page_sizes for bud in b.budgets}
+            params += [
+                Param("chunk_pages", _pow2_range(16, min(cap, 256))),
+                Param("score_warps", (2, 4, 8)),
+                Param("tiles_per_program", (1, 2, 4)),
+                Param("splits", tuple(sorted(splits))),
+                Param("pages_per_block", (1, 2, 4, 8, 16)),
+                Param("num_warps", (2, 4, 8)),
+                Param("num_stages", (1, 2, 3)),
+                Param("topk", SELECT_TOPK),
+                Param("fuse_combine", (True, False), active=lambda p: p["splits"] > 1),
+                Param("combine_warps", (1, 2, 4, 8),
+                      active=lambda p: p["splits"] > 1 and not p.get("fuse_combine", False)),
+                Param("persistent", (False, True)),
+            ]
         else:
             max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,)))
             splits = {s for s in POW2_SPLITS if s <= max_useful}
@@ -265,6 +290,10 @@ class OpSpace:
                                                                 self.bucket.k_pages(ps, bud))
 
     def _default_splits(self, page_size: int, budget: int | None) -> int:
+        if self.bucket.op == "quest_step":
+            step = C.default_step_config(self.bucket.max_pages(page_size), self.bucket.head_dim, page_size)
+            return C.choose_step_splits(step, self.bucket.batch, self.bucket.head_programs(),
+                                        self.bucket.k_pages(page_size, budget), self.num_sms)
         cfg = C.default_decode_config(page_size, self.bucket.head_dim)
         return C.choose_num_splits(cfg, self.bucket.batch, self.bucket.head_programs(),
                                    self.bucket.slots(page_size, budget), self.num_sms)
@@ -291,6 +320,15 @@ class OpSpace:
                 p["topk"] = cfg.topk
             if "tiles_per_program" in _field_names(C.SelectConfig) and self._score_stream(p):
                 p.update(tiles_per_program=cfg.tiles_per_program, num_stages=cfg.num_stages)
+        elif b.op == "quest_step":
+            st = C.default_step_config(b.max_pages(ps), b.head_dim, ps)
+            p.update(chunk_pages=st.chunk_pages, score_warps=st.score_warps, tiles_per_program=st.tiles_per_program,
+                     splits=self._default_splits(ps, bud), pages_per_block=st.pages_per_block,
+                     num_warps=st.num_warps, num_stages=st.num_stages, topk=st.topk, persistent=st.persistent)
+            if p["splits"] > 1:
+                p["fuse_combine"] = st.fuse_combine
+                if not st.fuse_combine:
+                    p["combine_warps"] = st.combine_warps
         else:
             cfg = C.default_decode_config(ps, b.head_dim)
             p.update(pages_per_block=cfg.pages_per_block, num_splits=self._default_splits(ps, bud),
@@ -359,6 +397,26 @@ class OpSpace:
             per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["num_warps"])
             if per_thread > REG_BUDGET:
                 return f"chunk_pages*block_d tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
+        elif b.op == "quest_step":
+            need = max(16, next_pow2(b.max_pages(ps) - 1))
+            if params["chunk_pages"] > need:
+                return f"chunk_pages {params['chunk_pages']} > {need}, all a {b.max_pages(ps)}-page context needs"
+            block_d = min(128, b.head_dim)
+            per_thread = 2 * params["chunk_pages"] * block_d / (32 * params["score_warps"])
+            if per_thread > REG_BUDGET:
+                return f"chunk_pages*block_d score tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
+            tokens = params["pages_per_block"] * ps
+            if not 16 <= tokens <= 256:
+                return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
+            per_thread = 2 * tokens * b.head_dim / (32 * params["num_warps"])
+            if per_thread > REG_BUDGET:
+                return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
+            useful = -(-b.k_pages(ps, bud) // params["pages_per_block"])
+            if params["splits"] > useful:
+                return f"splits {params['splits']} > {useful} blocks of selected pages"
+            if params["persistent"] and params["splits"] * b.batch * b.head_programs() > self.num_sms:
+                return (f"persistent needs the whole stage-2 grid ({params['splits']} x {b.batch * b.head_programs()} "
+                        f"programs) on the {self.num_sms} SMs at once")
         elif b.op in ("sparse_decode", "dense_decode"):
             tokens = params["pages_per_block"] * ps
             if not 16 <= tokens <= 256:
@@ -383,6 +441,14 @@ class OpSpace:
             cfg = C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
                                  num_warps=params["num_warps"], num_stages=params.get("num_stages", 1),
                                  merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
+        elif b.op == "quest_step":
+            cfg = C.StepConfig(chunk_pages=params["chunk_pages"], block_d=min(128, b.head_dim),
+                               score_warps=params["score_warps"], tiles_per_program=params["tiles_per_program"],
+                               splits=params["splits"], pages_per_block=params["pages_per_block"],
+                               num_warps=params["num_warps"], num_stages=params["num_stages"], topk=params["topk"],
+                               fuse_combine=params.get("fuse_combine", False),
+                               combine_warps=params.get("combine_warps", C.StepConfig.combine_warps),
+                               persistent=params["persistent"])
         else:
             extra = {"fuse_combine": params["fuse_combine"]} if "fuse_combine" in params else {}
             cfg = C.DecodeConfig(pages_per_block=params["pages_per_block"], num_splits=params["num_splits"],

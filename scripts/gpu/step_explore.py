@@ -79,7 +79,7 @@ if "step" in parts:
         us_c = t(lambda: classic.run(q))
         emit(**tag, kind="classic", us=us_c, vs_sdpa=sdpa / us_c)
         print(f"B={B} {hq}/{hkv} L={L}: sdpa {sdpa:.1f} classic {us_c:.1f} ({sdpa / us_c:.2f}x)", flush=True)
-        base = default_step_config(cache.page_table.shape[1], D)
+        base = default_step_config(cache.page_table.shape[1], D, 16)
         fused0 = QuestDecode(BUDGET, path="fused")
         p0 = fused0.plan(cache, num_q_heads=hq)
         S0 = p0.num_splits

@@ -72,3 +72,25 @@ def test_out_of_memory_is_a_failed_trial(metadata_runner, monkeypatch):
     monkeypatch.setattr(runner_mod, "metadata_build", oom)
     out = make(lambda fn, info: 1.0).evaluate(space.candidate({"num_warps": 2}))
     assert out.fail_reason == "out of memory: CUDA out of memory. Tried to allocate 80.00 GiB"
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_head"])
+def test_quest_step_candidates_are_checked_against_the_references(mode, monkeypatch):
+    b = Bucket("quest_step", "bf16", 32, 4, 2, 200, 2, (16,), (64,), mode)  # 13 pages, K = 4
+    space = OpSpace(b, num_sms=4)
+    run = Runner(b, WorkloadPool(CPU), lambda fn, info: 1.0)
+    for p in space.default_points() + [{**space.default_points()[0], "splits": 2, "pages_per_block": 1,
+                                        "fuse_combine": True, "topk": "radix"}]:
+        assert space.violation(p) is None
+        outcome = run.evaluate(space.candidate(p))
+        assert outcome.ok, outcome
+    # a kernel that selects wrongly is a mismatch, never a fast candidate
+    real = runner_mod.quest_step
+
+    def wrong(*args, selected=None, **kw):
+        out = real(*args, selected=selected, **kw)
+        selected[..., 0] = selected[..., 1]
+        return out
+    monkeypatch.setattr(runner_mod, "quest_step", wrong)
+    outcome = run.evaluate(space.candidate(space.default_points()[0]))
+    assert not outcome.ok and "selection differs" in outcome.fail_reason

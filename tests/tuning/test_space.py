@@ -135,3 +135,34 @@ def test_ordered_choices_are_suggested_as_indices_and_decoded_back():
     grid.enqueue_trial(space.encode(default, grid=True))
     t = grid.ask()
     assert space.suggest(t) == default and t.params == default  # the grid sampler keeps plain names
+
+
+@pytest.mark.parametrize("d,page,seq,batch,heads", list(itertools.product(
+    [64, 128], [8, 16, 32, 64], [1000, 32768, 131072], [1, 8, 32], [(32, 32), (32, 8)])))
+def test_quest_step_default_is_the_heuristic_made_concrete(d, page, seq, batch, heads):
+    b = bucket("quest_step", seq, batch, *heads, d, (page,), (1024, 4096))
+    space = OpSpace(b, num_sms=132)
+    for p in space.default_points():
+        assert space.violation(p) is None, (p, space.violation(p))
+        cand = space.candidate(p)
+        h = C.default_step_config(b.max_pages(page), d, page)
+        want_splits = C.choose_step_splits(h, batch, b.head_programs(), b.k_pages(page, cand.budget), 132)
+        assert cand.config == C.StepConfig(**{**h.to_dict(), "splits": want_splits})
+
+
+def test_quest_step_constraints():
+    b = bucket("quest_step", seq=32768, batch=1, budgets=(2048,))  # 2048 pages, K = 128, 8 rows
+    space = OpSpace(b, num_sms=132)
+    base = dict(chunk_pages=64, score_warps=4, tiles_per_program=1, splits=16, pages_per_block=4, num_warps=4,
+                num_stages=2, topk="bisect", fuse_combine=True, persistent=False)
+    assert space.violation(base) is None
+    assert "must be in 16..256" in space.violation({**base, "pages_per_block": 32})
+    assert "> 32 blocks" in space.violation({**base, "splits": 64})
+    assert "score tile" in space.violation({**base, "chunk_pages": 256, "score_warps": 2})
+    assert "persistent needs" in space.violation({**base, "persistent": True, "splits": 32})
+    assert space.violation({**base, "persistent": True, "splits": 16}) is None  # 16 x 8 = 128 programs <= 132 SMs
+    assert "chunk_pages 4096 > 2048" in space.violation({**base, "chunk_pages": 4096})
+    pts = [p for p in space.enumerate() if p["chunk_pages"] == 64 and p["score_warps"] == 4
+           and p["tiles_per_program"] == 1 and p["num_stages"] == 2 and p["topk"] == "bisect"]
+    assert pts and all(("fuse_combine" in p) == (p["splits"] > 1) for p in pts)
+    assert all(("combine_warps" in p) == (p["splits"] > 1 and not p["fuse_combine"]) for p in pts)

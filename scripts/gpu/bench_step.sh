@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 15's committed H200 figures, each in one run with its baselines and --check:
+#   kernel  the attention step at batch 1/8 and the mixed batch-32 case, fused vs classic path vs SDPA
+#   model   the whole token step of llama3-8b-shaped models (SDPA / dense / Quest fused / Quest classic / none)
+# Run from the repo root on the GPU machine; writes under reports/data/<gpu-key>/ (and copies to $OUT if set).
+set -uo pipefail
+export PYTHONPATH=.:${PYTHONPATH:-}
+KEY=$(python3 -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
+D=reports/data/$KEY
+mkdir -p "$D"
+case "${1:-kernel}" in
+kernel)
+  python3 -m questkern bench --check --compare-paths --seq 32k,128k --batch 1,8 --heads 32/32,32/8 --mixed 32:4k-64k \
+    --head-dim 128 --dtype bf16 --budget 2048 --page-size 16 --out "$D/bench_step.csv" 2>&1 | tee "$D/bench_step.log" ;;
+model)
+  python3 -m questkern bench --model llama3-8b --seq 32k,128k --batch 1,8 --compare-paths \
+    --out "$D/bench_model.csv" 2>&1 | tee "$D/bench_model.log" ;;
+*)
+  echo "usage: $0 [kernel|model]" >&2; exit 2 ;;
+esac
