@@ -18,6 +18,19 @@ def test_run_case_checks_pass_on_cpu():
     assert checks["quest_maxerr"] < 5e-2 and checks["dense_vs_sdpa_maxerr"] < 5e-2
 
 
+@pytest.mark.parametrize("path", ["fused", "classic"])
+def test_compare_paths_times_both_steps_and_checks_both(path):
+    case = Case(2, 8, 2, 64, torch.bfloat16, 300, 16, 64)
+    rows, checks = run_case(case, torch.device("cpu"), check=True, rep_ms=1, path=path, compare_paths=True)
+    other = "classic" if path == "fused" else "fused"
+    by_op = {r["op"]: r for r in rows}
+    assert f"quest_step_{other}" in by_op
+    assert by_op["quest_step"]["config_source"].endswith(f"path={path}")
+    assert by_op[f"quest_step_{other}"]["config_source"].endswith(f"path={other}")
+    assert checks["step_select_exact"] is True and checks[f"{other}_select_exact"] is True
+    assert checks["quest_maxerr"] < 5e-2 and checks[f"{other}_maxerr"] < 5e-2
+
+
 def test_fp8_metadata_case_checks_pass_and_halves_select_bytes():
     case = Case(1, 4, 1, 64, torch.bfloat16, 300, 16, 64, meta_dtype=torch.float8_e5m2)
     rows, checks = run_case(case, torch.device("cpu"), check=True, rep_ms=1)
