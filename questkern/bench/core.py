@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from questkern.api import QuestDecode
-from questkern.bench.timing import time_fn
+from questkern._timing import time_fn
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import paged_attention_ref, paged_decode
 from questkern.ops.select import select_pages, select_pages_ref
@@ -127,7 +127,7 @@ def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int)
 def heuristic_decoders(case: Case) -> tuple[QuestDecode, QuestDecode]:
     """The Quest step and the dense decode of ``case`` with the documented heuristic
     configs forced (``configs=`` overrides), whatever the tuning table holds."""
-    from questkern.tuning.runtime import heuristic_config
+    from questkern.configs.runtime import heuristic_config
 
     shape = dict(head_dim=case.head_dim, page_size=case.page_size, seq_len=case.seq_len)
     quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode,

@@ -104,7 +104,7 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
     """Profile one decode-step workload; see the module docstring for what lands where."""
     import torch
 
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern.configs.gpus import current_gpu_key
 
     check_name(name)
     if tool not in TOOLS:

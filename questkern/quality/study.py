@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from questkern.quality import metrics as M
-from questkern.quality.metadata import page_minmax, round_meta
+from questkern.ops.metadata.minmax import page_minmax, round_meta
 from questkern.quality.traces import Trace, list_traces, load_trace
 
 FIXED_BUDGETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)

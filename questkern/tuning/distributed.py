@@ -47,7 +47,7 @@ from questkern.tuning.observer import ConsoleObserver, format_config
 from questkern.tuning.space import OpSpace, params_key
 from questkern.tuning.storage import StorageError, absolute_sqlite, check_url, driver_url, open_storage, redact
 from questkern.tuning.strategy import evaluated, study_name
-from questkern.tuning.table import atomic_write_json, now_iso, write_pareto, write_table
+from questkern.configs.table import atomic_write_json, now_iso, write_pareto, write_table
 from questkern.tuning.tuner import (BucketResult, TuneReport, TuneSpec, _param_names, _quiet_optuna, bucket_entries,
                                     collect, pareto_front, pareto_points, preflight)
 from questkern.tuning.worker import (ENV_JOB, EXIT_STORAGE_LOST, Backoff, StorageLost, WorkerJob, group_from_dict,
@@ -100,7 +100,7 @@ def resolve_devices(devices: list[int] | str) -> list[Slot]:
         if devices == "all":
             raise ValueError("--devices all: there is no CUDA device here; on the CPU interpreter give worker "
                              "numbers, e.g. --devices 0,1")
-        from questkern.tuning.gpus import CPU_KEY
+        from questkern.configs.gpus import CPU_KEY
 
         return [Slot(i, d, "", f"{host}:cpu{d}", CPU_KEY) for i, d in enumerate(devices)]
     n = torch.cuda.device_count()
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--retime", action="store_true", help="re-time differing winners back to back on this GPU")
     c.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     args = p.parse_args(argv)
-    from questkern.tuning.table import read_json
+    from questkern.configs.table import read_json
 
     a, b = read_json(args.a), read_json(args.b)
     retimed = None

@@ -24,13 +24,13 @@ from typing import Callable
 
 import torch
 
-from questkern.bench.timing import graph_replay
+from questkern._timing import graph_replay
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.metadata import metadata_build
 from questkern.ops.select import select_pages, select_pages_ref, select_workspace
-from questkern.tuning.keys import torch_dtype
+from questkern.configs.keys import torch_dtype
 from questkern.tuning.space import Bucket, Candidate
 
 # tolerances of a kernel output (input dtype, float32 accumulation) against the float32 reference

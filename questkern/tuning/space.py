@@ -41,7 +41,7 @@ import optuna
 
 from questkern import config as C
 from questkern.config import next_pow2
-from questkern.tuning.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
+from questkern.configs.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
 
 SELECT_TOPK = ("bisect", "radix")  # SelectConfig.topk choices (searched when the field exists)
 REG_BUDGET = 256  # operand elements per thread above which a tile is considered to spill

@@ -26,7 +26,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from questkern.profiling import trial_range
+from questkern._nvtx import trial_range
 from questkern.tuning.runner import FatalDeviceError, Outcome
 from questkern.tuning.space import Bucket, Candidate, OpSpace, params_key
 
@@ -69,7 +69,7 @@ def make_storage(url: str | None):
     if url is None or url == "inmemory":
         return optuna.storages.InMemoryStorage()
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        from questkern.tuning.paths import ensure_storage_dir
+        from questkern.configs.paths import ensure_storage_dir
 
         ensure_storage_dir(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms

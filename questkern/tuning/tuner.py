@@ -24,14 +24,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from questkern.tuning import paths
-from questkern.tuning.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
+from questkern.configs import paths
+from questkern.configs.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
 from questkern.tuning.observer import Observer, geomean
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
 from questkern.tuning.space import Bucket, OpSpace, decode_params, params_key
 from questkern.tuning.strategy import (QualityFn, evaluated, make_objective, make_sampler, make_storage, open_study,
                                        run_study, study_name)
-from questkern.tuning.table import (atomic_write_json, current_versions, load_table, make_entry, now_iso,
+from questkern.configs.table import (atomic_write_json, current_versions, load_table, make_entry, now_iso,
                                     triton_major, write_pareto, write_table)
 
 
@@ -311,7 +311,7 @@ def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | 
     """Run the sweep. ``timer(fn, info) -> us`` replaces real timing (tests);
     ``quality_fn(page_size, budget, gqa_mode)`` the quality objective (default: real
     traces when cached, else synthetic; see questkern.tuning.quality.default_quality_fn)."""
-    from questkern.tuning import runtime
+    from questkern.configs import runtime
     from questkern.tuning.quality import default_quality_fn
 
     device = device or _device()

@@ -9,7 +9,7 @@ from questkern.integrations.hf import QuestAttention, disable_quest, enable_ques
 from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select import select_pages_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.quality.metadata import page_minmax
+from questkern.ops.metadata.minmax import page_minmax
 
 
 def tiny_llama(layers=3, dtype=torch.float32, seed=0):
