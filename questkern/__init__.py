@@ -16,9 +16,8 @@ _select_backend()  # before any kernel module is imported
 from questkern.api import Plan, QuestDecode, dense_decode, quest_decode
 from questkern.cache import PagedKVCache
 from questkern.config import DecodeConfig, MetadataConfig, SelectConfig
+from questkern._version import __version__
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-
-__version__ = "0.1.0"
 
 __all__ = ["PagedKVCache", "QuestDecode", "Plan", "quest_decode", "dense_decode", "AdaptiveBudget",
            "SelectConfig", "DecodeConfig", "MetadataConfig", "__version__"]

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from questkern import validate as V
+from questkern._nvtx import annotate
 from questkern.config import DecodeConfig, SelectConfig, StepConfig
+from questkern.configs.runtime import resolve_config
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
 from questkern.ops.step import quest_step, step_plan, step_workspace
-from questkern.profiling import annotate
-from questkern.tuning import resolve_config
 
 
 @dataclass

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from questkern import validate as V
+from questkern._nvtx import annotate
+from questkern.configs.runtime import resolve_config
 from questkern.ops.metadata import append_decode, metadata_build
-from questkern.profiling import annotate
-from questkern.tuning import resolve_config
 
 
 class PagedKVCache:

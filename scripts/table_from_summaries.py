@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from questkern.tuning.schema import validate_table  # noqa: E402
+from questkern.configs.schema import validate_table  # noqa: E402
 from questkern.tuning.space import Bucket, OpSpace  # noqa: E402
-from questkern.tuning.table import atomic_write_json, load_table, make_entry, merge_entries  # noqa: E402
+from questkern.configs.table import atomic_write_json, load_table, make_entry, merge_entries  # noqa: E402
 
 
 def entries_of(summary: dict, num_sms: int | None = None) -> list[dict]:

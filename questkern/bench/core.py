@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from questkern.api import QuestDecode
-from questkern.bench.timing import time_fn
+from questkern._timing import time_fn
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import paged_attention_ref, paged_decode
 from questkern.ops.select import select_pages, select_pages_ref
@@ -127,11 +127,11 @@ def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int)
 def heuristic_decoders(case: Case, path: str = "auto") -> tuple[QuestDecode, QuestDecode]:
     """The Quest step and the dense decode of ``case`` with the documented heuristic
     configs forced (``configs=`` overrides), whatever the tuning table holds."""
-    from questkern.tuning.runtime import heuristic_config
+    from questkern.configs.runtime import heuristic_config
 
     shape = dict(head_dim=case.head_dim, page_size=case.page_size, seq_len=case.seq_len)
     quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=path,
-                        configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode")})
+                        configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode", "quest_step")})
     dense = QuestDecode(None, configs={"dense_decode": heuristic_config("dense_decode", **shape)})
     return quest, dense
 
@@ -296,7 +296,7 @@ def _flex_peer(q4, k_c, v_c, selected, seq_lens, page_size: int, gqa: bool):
     for block in (page_size, 128):
         try:
             bm = create_block_mask(mask_mod, B, Hq, 1, L, device=q4.device, BLOCK_SIZE=(128, block) if block != 128 else 128)
-            fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731
+            fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731, B023 (called in this iteration)
             fn()
             torch.cuda.synchronize()
             return fn, block

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from questkern.api import QuestDecode
 from questkern.bench.models import ModelShape
-from questkern.bench.timing import time_fn
+from questkern._timing import time_fn
 from questkern.cache import PagedKVCache
 from questkern.ops.metadata import append_decode
 

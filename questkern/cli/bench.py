@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli import invocation
-from questkern.cli._shapes import add_shape_args
+from questkern._shapes import add_shape_args
 from questkern.profiling.files import write_text_atomic
 
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
@@ -96,7 +96,7 @@ def _parse_model(text: str):
 
 def _parse_mixed(text: str) -> str:
     """Check a --mixed spec 'B:LO-HI' (B >= 1 sequences, LO <= HI sizes such as 4k); returns it."""
-    from questkern.cli._shapes import parse_size
+    from questkern._shapes import parse_size
 
     m = re.fullmatch(r"\s*(\d+)\s*:([^-]+)-(.+)", text)
     if not m or int(m.group(1)) < 1:
@@ -108,7 +108,7 @@ def _parse_mixed(text: str) -> str:
 
 
 def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
-    from questkern.cli._shapes import parse_size
+    from questkern._shapes import parse_size
 
     b, rng = spec.split(":")
     lo, hi = (parse_size(x) for x in rng.split("-", 1))
@@ -144,8 +144,8 @@ def run_model(args, note: str | None) -> int:
     """``bench --model``: the whole token step of a model, per (batch, context), every attention variant."""
     from questkern.bench.model import ModelCase, run_model_case, summarize
     from questkern.bench.models import PRESETS
-    from questkern.bench.timing import copy_bandwidth_gbps, device_info
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern._timing import copy_bandwidth_gbps, device_info
+    from questkern.configs.gpus import current_gpu_key
 
     on_gpu = torch.cuda.is_available()
     shape, seqs, batches = args.model, args.seq, args.batch
@@ -211,8 +211,8 @@ def run(args) -> int:
     if args.model is not None:
         return run_model(args, note)
     from questkern.bench.core import Case, run_case
-    from questkern.bench.timing import bound_us, copy_bandwidth_gbps, device_info, graph_floor_us
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern._timing import bound_us, copy_bandwidth_gbps, device_info, graph_floor_us
+    from questkern.configs.gpus import current_gpu_key
 
     on_gpu = torch.cuda.is_available()
     given = _given(args)

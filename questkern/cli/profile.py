@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from questkern.cli import invocation
-from questkern.cli._shapes import add_shape_args
+from questkern._shapes import add_shape_args
 
 PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
                     "page_size": "16", "budget": "2048", "gqa_mode": "shared"}

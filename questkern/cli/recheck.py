@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import parse_positive_int, parse_positive_seconds, parse_size
+from questkern._shapes import parse_positive_int, parse_positive_seconds, parse_size
 
 
 def register(sub) -> None:
@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def _default_table(gpu_key: str) -> Path | None:
-    from questkern.tuning import paths
+    from questkern.configs import paths
 
     for _label, d in paths.table_sources():
         if d is not None and paths.table_path(d, gpu_key).exists():
@@ -63,8 +63,8 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def _write_update(path: Path, doc: dict, rows: list[dict]) -> None:
     from questkern.tuning.recheck import update_table
-    from questkern.tuning.schema import validate_table
-    from questkern.tuning.table import atomic_write_json
+    from questkern.configs.schema import validate_table
+    from questkern.configs.table import atomic_write_json
 
     notes = update_table(doc, rows)
     validate_table(doc, where=f"rechecked table {path}")
@@ -81,8 +81,8 @@ class _Refused(Exception):
 def _open_table(table: Path | None, key: str, expected: str) -> tuple[Path, dict]:
     """``table`` (or ``key``'s file in the first table source that has it), validated and of
     GPU ``key``; ``expected`` says, in the mismatch message, why ``key`` is the one wanted."""
-    from questkern.tuning.schema import TableError
-    from questkern.tuning.table import load_table
+    from questkern.configs.schema import TableError
+    from questkern.configs.table import load_table
 
     path = table or _default_table(key)
     if path is None:
@@ -99,8 +99,8 @@ def _open_table(table: Path | None, key: str, expected: str) -> tuple[Path, dict
 def apply_summary(args) -> int:
     """--apply: a recheck summary's measurements into its table (no device needed)."""
     from questkern.tuning.recheck import same_table
-    from questkern.tuning.schema import TableError
-    from questkern.tuning.table import read_json
+    from questkern.configs.schema import TableError
+    from questkern.configs.table import read_json
 
     try:
         summary = read_json(args.apply)
@@ -128,10 +128,10 @@ def run(args) -> int:
     note = select_backend()
     import torch
 
-    from questkern.tuning.gpus import CPU_KEY, current_gpu_key
+    from questkern.configs.gpus import CPU_KEY, current_gpu_key
     from questkern.tuning.recheck import recheck, summary_lines
     from questkern.tuning.runner import FatalDeviceError, default_timer
-    from questkern.tuning.schema import TableError
+    from questkern.configs.schema import TableError
     from questkern.tuning.tuner import num_sms
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
+from questkern._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
 
 
 def _one_heads(text: str) -> tuple[int, int]:
@@ -24,7 +24,7 @@ def _one_heads(text: str) -> tuple[int, int]:
 
 
 def register(sub) -> None:
-    from questkern.tuning.keys import OPS
+    from questkern.configs.keys import OPS
 
     p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,8 +48,8 @@ def resolve_gpu(arg: str) -> str:
     """--gpu as a table key: a family alias (``h100``) means the one table of that family in
     the table sources; a key or device name is normalized. ValueError when an alias
     matches several tables."""
-    from questkern.tuning import paths
-    from questkern.tuning.gpus import ALIASES, FAMILY_NAMES, gpu_family, normalize_gpu_name
+    from questkern.configs import paths
+    from questkern.configs.gpus import ALIASES, FAMILY_NAMES, gpu_family, normalize_gpu_name
 
     key = normalize_gpu_name(arg)
     fam = ALIASES.get(key, key if key in FAMILY_NAMES else None)
@@ -67,8 +67,8 @@ def run(args) -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern.tuning.gpus import current_gpu_key
-    from questkern.tuning.runtime import explain_config
+    from questkern.configs.gpus import current_gpu_key
+    from questkern.configs.runtime import explain_config
 
     hq, hkv = args.heads
     try:

@@ -22,12 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import (parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_positive_seconds,
-                                   parse_sizes)
+from questkern._shapes import (parse_dtype, parse_fix, parse_heads, parse_ints, parse_positive_int,
+                               parse_positive_seconds, parse_sizes)
 
 
 def parse_ops(text: str) -> list[str]:
-    from questkern.tuning.keys import OPS
+    from questkern.configs.keys import OPS
 
     ops = [p.strip() for p in text.split(",") if p.strip()]
     bad = [o for o in ops if o not in OPS]
@@ -44,25 +44,9 @@ def parse_dtypes(text: str) -> list:
     return list(dict.fromkeys(parse_dtype(p) for p in parts))
 
 
-def parse_fix(text: str) -> dict:
-    """'num_stages=2,fuse_combine=false,topk=radix' -> {'num_stages': 2, 'fuse_combine': False, 'topk': 'radix'}."""
-    out: dict = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or not name or not value:
-            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {part!r}")
-        if value.lower() in ("true", "false"):
-            out[name] = value.lower() == "true"
-        else:
-            try:
-                out[name] = int(value)
-            except ValueError:
-                out[name] = value
-    return out
-
 
 def register(sub) -> None:
-    from questkern.tuning.keys import OPS
+    from questkern.configs.keys import OPS
     from questkern.tuning.strategy import SAMPLERS
 
     p = sub.add_parser("tune", help="tune kernel configs on this GPU and write its lookup table",
@@ -128,10 +112,10 @@ def run(args) -> int:
     note = select_backend()
     import optuna
 
-    from questkern.tuning.gpus import CPU_KEY, check_gpu_arg, current_gpu_name, normalize_gpu_name
+    from questkern.configs.gpus import CPU_KEY, check_gpu_arg, current_gpu_name, normalize_gpu_name
     from questkern.tuning.observer import ConsoleObserver
     from questkern.tuning.runner import FatalDeviceError
-    from questkern.tuning.schema import TableError
+    from questkern.configs.schema import TableError
     from questkern.tuning.tuner import TuneSpec, plan_lines, tune, write_summary
 
     slots = None

@@ -42,7 +42,7 @@ from questkern import validate as V
 from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_adaptive_ref
 from questkern.ops.select.naive import select_pages_ref
-from questkern.quality.metadata import META_DTYPES, page_minmax, round_meta
+from questkern.ops.metadata.minmax import META_DTYPES, page_minmax, round_meta
 
 NAME = "questkern"
 BACKENDS = ("reference", "kernels")

@@ -1,7 +1,7 @@
 """Profiling: NVTX ranges (nvtx.py), the profiled workload (workload.py), Nsight Compute
 and PyTorch-profiler runs and their summaries (ncu.py, torch_fallback.py, summary.py)."""
 
-from questkern.profiling.nvtx import (
+from questkern._nvtx import (
     DOMAIN,
     RANGE_NAMES,
     RangeEvent,

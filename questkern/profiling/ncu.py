@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 
-from questkern.profiling.nvtx import DOMAIN, check_range_name
+from questkern._nvtx import DOMAIN, check_range_name
 
 # Sections: duration + DRAM/SM throughput (SpeedOfLight), roofline, achieved occupancy,
 # registers/grid/block (LaunchStats), bytes per memory level (MemoryWorkloadAnalysis).

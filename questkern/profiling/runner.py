@@ -104,7 +104,7 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
     """Profile one decode-step workload; see the module docstring for what lands where."""
     import torch
 
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern.configs.gpus import current_gpu_key
 
     check_name(name)
     if tool not in TOOLS:
@@ -178,7 +178,7 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
     if result.tool == "torch.profiler":
         if result.reason and not use_ncu:
             echo(f"NOTE: {result.reason}; using the PyTorch profiler (torch.profiler) instead of Nsight Compute")
-        proc = subprocess.run(cmds["torch"])
+        proc = subprocess.run(cmds["torch"], text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"the profiling workload failed with status {proc.returncode}: {shell_line(cmds['torch'])}")
         result.summary = out / "summary.csv"

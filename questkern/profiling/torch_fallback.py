@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from questkern.profiling.files import write_csv, write_text_atomic
-from questkern.profiling.nvtx import torch_ranges
+from questkern._nvtx import torch_ranges
 from questkern.profiling.summary import filter_trace, summarize_torch_trace
 
 

@@ -30,7 +30,7 @@ WORKLOAD_VERSION = 1
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
     """Single-valued shape flags (same syntax as ``questkern bench``) plus the run's knobs."""
-    from questkern.cli._shapes import parse_dtype, parse_heads, parse_size
+    from questkern._shapes import parse_dtype, parse_heads, parse_size
 
     def one_heads(text: str) -> tuple[int, int]:
         heads = parse_heads(text)
@@ -137,14 +137,14 @@ def device_meta() -> dict:
     import torch
     import triton
 
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern.configs.gpus import current_gpu_key
 
     meta = {"gpu": current_gpu_key(), "gpu_name": "cpu (Triton interpreter)", "driver": "", "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda or "", "python": platform.python_version()}
     if torch.cuda.is_available():
         meta["gpu_name"] = torch.cuda.get_device_name()
         try:
-            from questkern.bench.timing import device_info
+            from questkern._timing import device_info
 
             meta["driver"] = device_info().get("driver", "")
         except Exception as e:  # driver is informational; never fail a profile on it
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     note = select_backend()
     if note:
         print(f"NOTE: {note}", file=sys.stderr)
-    from questkern.profiling import nvtx
+    from questkern import _nvtx as nvtx
 
     user_switch = nvtx.nvtx_switched_on()
     nvtx.set_nvtx_enabled(False)  # prefill + warm-up stay outside every NVTX filter

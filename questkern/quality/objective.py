@@ -21,7 +21,7 @@ import torch
 
 from questkern import validate as V
 from questkern.quality import metrics as M
-from questkern.quality.metadata import page_minmax
+from questkern.ops.metadata.minmax import page_minmax
 from questkern.quality.traces import Trace, load_traces
 
 

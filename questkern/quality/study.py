@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from questkern.quality import metrics as M
-from questkern.quality.metadata import page_minmax, round_meta
+from questkern.ops.metadata.minmax import page_minmax, round_meta
 from questkern.quality.traces import Trace, list_traces, load_trace
 
 FIXED_BUDGETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -54,7 +54,7 @@ VARIANTS = (
 
 def policies(page_size: int, S: int) -> list[tuple[str, float, int | None, float]]:
     """(policy, param, fixed K or None for adaptive, temperature) for one page size and context S."""
-    out = [("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS]
+    out: list[tuple[str, float, int | None, float]] = [("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS]
     out += [("prop", r, max(1, math.ceil(r * S / page_size)), math.nan) for r in PROP_RATIOS]
     out += [("adaptive", t, None, T) for T in TEMPERATURES for t in THRESHOLDS]
     return out

@@ -213,7 +213,7 @@ def load_tuning(paths: list[Path]) -> list[TuningTable]:
             raise ReportDataError(f"{f}: a tuning table must be a JSON object")
         kind = "pareto" if ("fronts" in doc or f.name.endswith(".pareto.json")) else "table"
         try:  # the tuner's validator, when present, is the authority on the format
-            from questkern.tuning import schema
+            from questkern.configs import schema
 
             (schema.validate_pareto if kind == "pareto" else schema.validate_table)(doc, where=str(f))
         except ImportError:

@@ -2,8 +2,8 @@
 
 Layout (Kernel Tuner style: strategy, runner and observer are separate):
 
-* :mod:`~questkern.tuning.gpus`     GPU name normalization and ``--gpu`` checks
-* :mod:`~questkern.tuning.keys`     table keys, log2 buckets, distance between shapes
+* :mod:`~questkern.configs.gpus`     GPU name normalization and ``--gpu`` checks
+* :mod:`~questkern.configs.keys`     table keys, log2 buckets, distance between shapes
 * :mod:`~questkern.tuning.space`    search space per op, constraints, heuristic defaults
 * :mod:`~questkern.tuning.runner`   build inputs, run a candidate, check it, time it
 * :mod:`~questkern.tuning.strategy` Optuna samplers, studies, the trial objective
@@ -13,10 +13,10 @@ Layout (Kernel Tuner style: strategy, runner and observer are separate):
 * :mod:`~questkern.tuning.distributed`, :mod:`~questkern.tuning.worker`, :mod:`~questkern.tuning.storage`
   several GPUs / hosts on one study: launcher, one worker process, shared storage and locks
 * :mod:`~questkern.tuning.convergence`  exhaustive sweep of a bucket and trials-to-target replays
-* :mod:`~questkern.tuning.table`, :mod:`~questkern.tuning.schema`  the JSON tables
-* :mod:`~questkern.tuning.runtime`  ``resolve_config``: table lookup at run time
+* :mod:`~questkern.configs.table`, :mod:`~questkern.configs.schema`  the JSON tables
+* :mod:`~questkern.configs.runtime`  ``resolve_config``: table lookup at run time
 """
 
-from questkern.tuning.runtime import clear_cache, explain_config, resolve_config
+from questkern.configs.runtime import clear_cache, explain_config, resolve_config
 
 __all__ = ["resolve_config", "explain_config", "clear_cache"]

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import optuna
 
-from questkern.tuning.keys import BUDGET_OPS, OPS
+from questkern.configs.keys import BUDGET_OPS, OPS
 from questkern.tuning.runner import Outcome
 from questkern.tuning.space import Bucket, OpSpace, params_key
 from questkern.tuning.strategy import evaluated, make_objective, make_sampler, open_study
-from questkern.tuning.table import atomic_write_json, current_versions, now_iso, read_json
+from questkern.configs.table import atomic_write_json, current_versions, now_iso, read_json
 
 SAVE_EVERY = 8  # points between atomic rewrites of the sweep file
 
@@ -39,7 +39,7 @@ def sweep(bucket: Bucket, *, out: Path, fixed: dict | None = None, max_time: flo
     """Time every valid point of ``bucket`` (resuming from ``out``); returns the sweep document."""
     import torch
 
-    from questkern.tuning.gpus import current_gpu_key, current_gpu_name
+    from questkern.configs.gpus import current_gpu_key, current_gpu_name
     from questkern.tuning.runner import Runner, WorkloadPool, default_timer
     from questkern.tuning.tuner import num_sms
 
@@ -47,7 +47,7 @@ def sweep(bucket: Bucket, *, out: Path, fixed: dict | None = None, max_time: flo
     sms = num_sms(device)
     space = OpSpace(bucket, num_sms=sms, fixed=fixed)
     points = space.enumerate()
-    doc = {"gpu_key": current_gpu_key(), "device_name": current_gpu_name(), "versions": current_versions(),
+    doc: dict = {"gpu_key": current_gpu_key(), "device_name": current_gpu_name(), "versions": current_versions(),
            "bucket": bucket.to_dict(), "fixed": dict(fixed or {}), "num_sms": sms, "space_size": len(points),
            "rep_ms": rep_ms, "started": now_iso(), "complete": False, "points": []}
     if Path(out).exists():
@@ -99,7 +99,7 @@ def trials_to_target(doc: dict, sampler: str, seed: int, target: float, with_def
     else:
         study = optuna.create_study(sampler=make_sampler(sampler, seed, space, name), direction="minimize")
     objective = make_objective(space, _lookup_evaluator(doc), lambda *a: 1.0)
-    state = {"n": 0, "unique": set(), "hit": None}
+    state: dict = {"n": 0, "unique": set(), "hit": None}
 
     def cb(study, t):
         if not evaluated(t):
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern.cli._shapes import parse_dtype, parse_heads, parse_size
-    from questkern.cli.tune import parse_fix
+    from questkern._shapes import parse_dtype, parse_fix, parse_heads, parse_size
 
     ap = argparse.ArgumentParser(prog="python -m questkern.tuning.convergence", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -47,7 +48,7 @@ from questkern.tuning.observer import ConsoleObserver, format_config
 from questkern.tuning.space import OpSpace, params_key
 from questkern.tuning.storage import StorageError, absolute_sqlite, check_url, driver_url, open_storage, redact
 from questkern.tuning.strategy import evaluated, study_name
-from questkern.tuning.table import atomic_write_json, now_iso, write_pareto, write_table
+from questkern.configs.table import atomic_write_json, now_iso, write_pareto, write_table
 from questkern.tuning.tuner import (BucketResult, TuneReport, TuneSpec, _param_names, _quiet_optuna, bucket_entries,
                                     collect, pareto_front, pareto_points, preflight)
 from questkern.tuning.worker import (ENV_JOB, EXIT_STORAGE_LOST, Backoff, StorageLost, WorkerJob, group_from_dict,
@@ -100,11 +101,11 @@ def resolve_devices(devices: list[int] | str) -> list[Slot]:
         if devices == "all":
             raise ValueError("--devices all: there is no CUDA device here; on the CPU interpreter give worker "
                              "numbers, e.g. --devices 0,1")
-        from questkern.tuning.gpus import CPU_KEY
+        from questkern.configs.gpus import CPU_KEY
 
-        return [Slot(i, d, "", f"{host}:cpu{d}", CPU_KEY) for i, d in enumerate(devices)]
+        return [Slot(i, d, "", f"{host}:cpu{d}", CPU_KEY) for i, d in enumerate(cast(list[int], devices))]
     n = torch.cuda.device_count()
-    devs = list(range(n)) if devices == "all" else list(devices)
+    devs = list(range(n)) if devices == "all" else cast(list[int], devices)[:]
     bad = [d for d in devs if d >= n]
     if bad:
         raise ValueError(f"--devices: this process sees {n} GPU(s) (0..{n - 1}), there is no GPU {bad[0]}")
@@ -302,7 +303,7 @@ class _Proc:
     popen: subprocess.Popen
     thread: threading.Thread | None = None
     code: int | None = None
-    log: object = None
+    log: Any = None
 
 
 def _spawn(slot: Slot, job: WorkerJob, pgid: int | None, log_dir: Path | None, say) -> _Proc:
@@ -379,7 +380,7 @@ def launch(spec: TuneSpec, slots: list[Slot], opts: LaunchOptions, stream=None) 
 
     procs: list[_Proc] = []
     pgid: int | None = None
-    stopping = {"n": 0, "t": None}
+    stopping: dict = {"n": 0, "t": None}
 
     def on_signal(signum, frame) -> None:  # Ctrl-C: SIGINT to the workers, then SIGTERM, then SIGKILL
         stopping["n"] += 1
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--retime", action="store_true", help="re-time differing winners back to back on this GPU")
     c.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     args = p.parse_args(argv)
-    from questkern.tuning.table import read_json
+    from questkern.configs.table import read_json
 
     a, b = read_json(args.a), read_json(args.b)
     retimed = None

@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 
 from questkern import config as C
-from questkern.tuning.keys import BUDGET_OPS
+from questkern.configs.keys import BUDGET_OPS
 from questkern.tuning.observer import geomean
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
-from questkern.tuning.schema import entry_key
+from questkern.configs.schema import entry_key
 from questkern.tuning.space import Bucket, Candidate, OpSpace
-from questkern.tuning.table import (
+from questkern.configs.table import (
     atomic_write_json,
     current_versions,
     now_iso,
@@ -197,7 +197,7 @@ def recheck(doc: dict, *, table_path: Path | None, out: Path | None, device: tor
             max_batch: int | None = None, max_time: float | None = None, seed: int = 0, log=print) -> dict:
     """Re-time the selected entries of table ``doc`` on ``device``; the summary document
     (resumed from ``out`` when it holds a recheck of the same table on the same GPU)."""
-    from questkern.tuning.gpus import current_gpu_name
+    from questkern.configs.gpus import current_gpu_name
 
     entries = select_entries(doc, ops, max_seq, max_batch)
     summary = {"gpu_key": doc["gpu_key"], "device_name": current_gpu_name(device), "versions": current_versions(),

@@ -20,18 +20,18 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from questkern.bench.timing import graph_replay
+from questkern._timing import graph_replay
 from questkern.cache import PagedKVCache
 from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.metadata import metadata_build
 from questkern.ops.select import select_pages, select_pages_ref, select_workspace
 from questkern.ops.step import quest_step, step_plan, step_workspace
-from questkern.tuning.keys import torch_dtype
+from questkern.configs.keys import torch_dtype
 from questkern.tuning.space import Bucket, Candidate
 
 # tolerances of a kernel output (input dtype, float32 accumulation) against the float32 reference
@@ -50,7 +50,7 @@ class TrialInfo:
     """What a timer is told about the candidate it times (injected test timers use it)."""
 
     op: str
-    config: object
+    config: Any
     params: dict
     page_size: int
     budget: int | None
@@ -222,7 +222,7 @@ class WorkloadPool:
 
     def __init__(self, device: torch.device, seed: int = 0):
         self.device, self.seed = device, seed
-        self._group = None
+        self._group: tuple | None = None
         self._items: dict[Shape, Workload] = {}
 
     def get(self, shape: Shape) -> Workload:

@@ -41,13 +41,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 
 from questkern import config as C
 from questkern.config import next_pow2
-from questkern.tuning.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
+from questkern.configs.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
 
 SELECT_TOPK = ("bisect", "radix")  # SelectConfig.topk choices (searched when the field exists)
 REG_BUDGET = 256  # operand elements per thread above which a tile is considered to spill
@@ -149,7 +149,7 @@ class Param:
 class Candidate:
     """A point of the space, decoded: the op's config plus the algorithm knobs."""
 
-    config: object
+    config: Any
     page_size: int
     budget: int | None
     params: dict = field(hash=False, compare=False)

@@ -26,7 +26,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from questkern.profiling import trial_range
+from questkern._nvtx import trial_range
 from questkern.tuning.runner import FatalDeviceError, Outcome
 from questkern.tuning.space import Bucket, Candidate, OpSpace, params_key
 
@@ -69,7 +69,7 @@ def make_storage(url: str | None):
     if url is None or url == "inmemory":
         return optuna.storages.InMemoryStorage()
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        from questkern.tuning.paths import ensure_storage_dir
+        from questkern.configs.paths import ensure_storage_dir
 
         ensure_storage_dir(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
@@ -85,7 +85,7 @@ def open_study(storage, name: str, bucket: Bucket, space: OpSpace, sampler: optu
     A stored study made for another bucket or another search space is an error (its
     trials would not be comparable), naming the ``--study`` option to start afresh.
     """
-    directions = ["minimize", "maximize"] if bucket.multi_objective else ["minimize"]
+    directions: list = ["minimize", "maximize"] if bucket.multi_objective else ["minimize"]
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
     attrs = study.user_attrs

@@ -19,19 +19,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from questkern.tuning import paths
-from questkern.tuning.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
+from questkern.configs import paths
+from questkern.configs.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
 from questkern.tuning.observer import Observer, geomean
 from questkern.tuning.runner import Runner, Timer, WorkloadPool, default_timer
 from questkern.tuning.space import Bucket, OpSpace, decode_params, params_key
 from questkern.tuning.strategy import (QualityFn, evaluated, make_objective, make_sampler, make_storage, open_study,
                                        run_study, study_name)
-from questkern.tuning.table import (atomic_write_json, current_versions, load_table, make_entry, now_iso,
+from questkern.configs.table import (atomic_write_json, current_versions, load_table, make_entry, now_iso,
                                     triton_major, write_pareto, write_table)
 
 
@@ -93,7 +94,7 @@ class TuneSpec:
     def buckets(self) -> tuple[list[Bucket], list[str]]:
         """Buckets in an order that reuses inputs (ops innermost), and notes on skipped
         duplicates (buckets whose table keys an earlier bucket already covers)."""
-        out, notes, covered = [], [], set()
+        out, notes, covered = [], [], set[EntryKey]()
         for dtype in self.dtypes:
             for d in self.head_dims:
                 for hq, hkv in self.heads:
@@ -261,7 +262,7 @@ def collect(study: optuna.Study, space: OpSpace, runner: Runner | None, spec: Tu
                 continue
             default = space.default_params(ps, bud)
             dkey = params_key(default)
-            best_by_key: dict[tuple, object] = {}
+            best_by_key: dict[tuple, Any] = {}
             for t in mine:
                 best_by_key.setdefault(params_key(t.params), t)
             measured = {k: t.user_attrs["latency_us"] for k, t in best_by_key.items()}
@@ -311,7 +312,7 @@ def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | 
     """Run the sweep. ``timer(fn, info) -> us`` replaces real timing (tests);
     ``quality_fn(page_size, budget, gqa_mode)`` the quality objective (default: real
     traces when cached, else synthetic; see questkern.tuning.quality.default_quality_fn)."""
-    from questkern.tuning import runtime
+    from questkern.configs import runtime
     from questkern.tuning.quality import default_quality_fn
 
     device = device or _device()

@@ -54,11 +54,11 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from questkern.tuning.runner import FatalDeviceError, Runner, Timer, WorkloadPool, default_timer
-from questkern.tuning.space import OpSpace, params_key
+from questkern.tuning.space import Bucket, OpSpace, params_key
 from questkern.tuning.storage import StudyLock, open_storage, redact, storage_errors, study_lock
 from questkern.tuning.strategy import (StopWhen, evaluated, find_duplicate, make_objective, make_sampler, open_study,
                                        study_name)
-from questkern.tuning.table import now_iso
+from questkern.configs.table import now_iso
 from questkern.tuning.tuner import GroupResult, TuneSpec, _param_names, _quiet_optuna, collect, num_sms
 
 ENV_JOB = "QUESTKERN_WORKER_JOB"
@@ -200,7 +200,7 @@ FINISHED, WORKED, IDLE = "finished", "worked", "idle"
 class BucketWork:
     """A worker's state for one bucket's study."""
 
-    bucket: object
+    bucket: Bucket
     name: str
     space: OpSpace
     lock: StudyLock
@@ -254,7 +254,7 @@ class Worker:
     def _open(self, w: BucketWork) -> None:
         seed = self.spec.seed + zlib.crc32(self.label.encode()) % 100_003  # workers propose different points
         sampler = make_sampler(self.spec.sampler, seed, w.space, w.name, constant_liar=True)
-        from questkern.tuning.table import current_versions
+        from questkern.configs.table import current_versions
 
         with w.lock.section():  # one worker creates the study and enqueues the defaults
             w.study = open_study(self.storage, w.name, w.bucket, w.space, sampler,
@@ -548,7 +548,7 @@ def main() -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern.tuning.gpus import current_gpu_name, normalize_gpu_name
+    from questkern.configs.gpus import current_gpu_name, normalize_gpu_name
 
     text = os.environ.get(ENV_JOB)
     if not text:

@@ -4,5 +4,5 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 PY=${PY:-${PYTHON:-python3}}
-_gpu=$($PY -c "from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f; print(k(), f(k()) or k())")
+_gpu=$($PY -c "from questkern.configs.gpus import current_gpu_key as k, gpu_family as f; print(k(), f(k()) or k())")
 read -r KEY FAMILY <<<"$_gpu"

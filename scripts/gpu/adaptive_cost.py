@@ -26,7 +26,7 @@ import torch
 
 from questkern.cache import PagedKVCache
 from questkern.config import default_decode_config, default_select_config
-from questkern.bench.timing import time_fn
+from questkern._timing import time_fn
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages

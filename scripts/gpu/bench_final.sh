@@ -3,7 +3,7 @@
 # vs float32 references). Run from the repo root on the GPU machine; writes under reports/data/<gpu-key>/.
 set -uo pipefail
 export PYTHONPATH=.:${PYTHONPATH:-}
-KEY=$(python3 -c "from questkern.tuning.gpus import current_gpu_key as k; print(k())")
+KEY=$(python3 -c "from questkern.configs.gpus import current_gpu_key as k; print(k())")
 D=reports/data/$KEY
 mkdir -p "$D"
 case "${1:-main}" in

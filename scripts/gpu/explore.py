@@ -5,7 +5,7 @@ with CUDA graphs + do_bench (median, L2 flushed); writes explore.csv to $OUT.
 """
 import csv, itertools, os, torch
 from questkern.bench.core import Case, build_cache
-from questkern.bench.timing import time_fn, device_info
+from questkern._timing import time_fn, device_info
 from questkern.config import SelectConfig, DecodeConfig, default_select_config, default_decode_config
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.decode import paged_decode, decode_workspace

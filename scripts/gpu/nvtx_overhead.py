@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from questkern.profiling import nvtx  # noqa: E402
+from questkern import _nvtx as nvtx  # noqa: E402
 
 
 def annotate_cost(n: int = 200_000, rounds: int = 7) -> dict:
@@ -134,9 +134,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="JSON path (default reports/data/<gpu-key>/nvtx_overhead[-tool].json)")
     args = p.parse_args()
-    from questkern.bench.timing import device_info
+    from questkern._timing import device_info
     from questkern.profiling.files import write_json
-    from questkern.tuning.gpus import current_gpu_key
+    from questkern.configs.gpus import current_gpu_key
 
     tool = nvtx.nvtx_enabled()
     result = {"schema": "questkern.nvtx_overhead", "version": 1, "tool_attached": tool, "device": device_info(),

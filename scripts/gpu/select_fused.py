@@ -5,7 +5,7 @@ Same inputs, outputs compared for equality, each timed with CUDA graphs + do_ben
 """
 import csv, dataclasses, itertools, os, torch
 from questkern.bench.core import Case, build_cache
-from questkern.bench.timing import device_info, time_fn
+from questkern._timing import device_info, time_fn
 from questkern.config import default_select_config
 from questkern.ops.select import select_pages, select_workspace
 

@@ -20,7 +20,7 @@ Writes topk_micro.csv to $OUT. ``python3 scripts/gpu/topk_micro.py select`` skip
 import csv, itertools, os, sys
 import torch, triton, triton.language as tl
 from questkern.bench.core import Case, build_cache
-from questkern.bench.timing import time_fn, device_info
+from questkern._timing import time_fn, device_info
 from questkern.config import SelectConfig, default_select_config
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.select.kernel import _topk_mask, _topk_mask_radix, _emit_selection

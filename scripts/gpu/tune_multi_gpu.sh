@@ -31,7 +31,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
 TRIALS=${TRIALS:-36}
-read -r N KEY FAMILY < <($PY -c "import torch; from questkern.tuning.gpus import current_gpu_key as k, gpu_family as f
+read -r N KEY FAMILY < <($PY -c "import torch; from questkern.configs.gpus import current_gpu_key as k, gpu_family as f
 print(torch.cuda.device_count(), k(), f(k()) or k())")
 if [ "$N" -lt 2 ]; then
   echo "tune_multi_gpu.sh: needs 2 GPUs, this machine has $N" >&2
@@ -80,7 +80,7 @@ $PY - "$OUT" "$TRIALS" "${SWEEP[*]}" <<'EOF'
 import json, sys
 from pathlib import Path
 
-from questkern.tuning.table import atomic_write_json, current_versions, now_iso
+from questkern.configs.table import atomic_write_json, current_versions, now_iso
 
 out, trials, sweep = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 wall = {n: float((out / f"{n}.wall").read_text()) for n in ("1gpu", "2gpu")}

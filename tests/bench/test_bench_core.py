@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from questkern.bench.core import Case, case_bytes, run_case
-from questkern.bench.timing import bound_us
+from questkern._timing import bound_us
 from questkern.cli import main
 
 
@@ -107,10 +107,10 @@ def test_bench_cli_rejects_a_bad_mixed_spec(spec, capsys):
 def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_path, monkeypatch, capsys):
     """With a tuning table in $QUESTKERN_TUNING_DIR whose configs differ from the heuristic,
     --vs-heuristic times the step and the dense decode both ways; the ratio is theirs."""
-    from questkern.tuning import paths, runtime
-    from questkern.tuning.gpus import CPU_KEY
-    from questkern.tuning.keys import EntryKey
-    from questkern.tuning.table import atomic_write_json, make_entry, new_table
+    from questkern.configs import paths, runtime
+    from questkern.configs.gpus import CPU_KEY
+    from questkern.configs.keys import EntryKey
+    from questkern.configs.table import atomic_write_json, make_entry, new_table
 
     tuned = {"select": {"chunk_pages": 16, "block_d": 32, "num_warps": 2, "num_stages": 1, "merge_warps": 1,
                         "topk": "radix", "fused_merge": False, "tiles_per_program": 1},

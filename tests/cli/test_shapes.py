@@ -3,7 +3,7 @@ import argparse
 import pytest
 import torch
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_ints, parse_size, parse_sizes
+from questkern._shapes import parse_dtype, parse_heads, parse_ints, parse_size, parse_sizes
 
 
 def test_parse_sizes():
@@ -29,7 +29,7 @@ def test_parse_heads_dtype_ints():
 
 
 def test_parse_positive_int():
-    from questkern.cli._shapes import parse_positive_int
+    from questkern._shapes import parse_positive_int
 
     assert parse_positive_int("8") == 8
     for bad in ("0", "-3", "x", "1.5"):

@@ -9,7 +9,7 @@ from questkern.integrations.hf import QuestAttention, disable_quest, enable_ques
 from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select import select_pages_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.quality.metadata import page_minmax
+from questkern.ops.metadata.minmax import page_minmax
 
 
 def tiny_llama(layers=3, dtype=torch.float32, seed=0):
@@ -111,7 +111,7 @@ def test_kernels_backend_matches_reference_backend(adaptive):
     for backend in ("reference", "kernels"):
         picked = []
         enable_quest(model, QuestAttention(budget=64, page_size=16, dense_layers=1, backend=backend, adaptive=adaptive,
-                                           on_select=lambda l, s: picked.append(s.cpu().clone())))
+                                           on_select=lambda l, s: picked.append(s.cpu().clone())))  # noqa: B023
         outs[backend] = (run_decode(model, IDS[:200], 2).float(), picked)
     (ref, p_ref), (ker, p_ker) = outs["reference"], outs["kernels"]
     assert len(p_ref) == len(p_ker) == 2

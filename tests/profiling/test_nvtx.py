@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import questkern
-from questkern.profiling import nvtx
-from questkern.profiling.nvtx import annotate, check_range_name, record_ranges, set_nvtx_enabled, trial_range
+from questkern import _nvtx as nvtx
+from questkern._nvtx import annotate, check_range_name, record_ranges, set_nvtx_enabled, trial_range
 
 
 def _tiny_cache(seq=40, hkv=1, d=32, page=8):
@@ -59,7 +59,7 @@ def test_set_nvtx_enabled_checks_type():
                                                    ("yes", True, False), ("maybe", True, True)])
 def test_env_switch(value, expected, warns):
     code = ("import warnings; warnings.simplefilter('always');"
-            "from questkern.profiling import nvtx; print(nvtx.nvtx_switched_on())")
+            "from questkern import _nvtx as nvtx; print(nvtx.nvtx_switched_on())")
     env = {**os.environ, "QUESTKERN_NVTX": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)

@@ -149,7 +149,7 @@ def pretend_gpu(monkeypatch):
     """run_profile's GPU checks, as on a CUDA machine (the stand-in ncu never runs the workload)."""
     import torch
 
-    import questkern.tuning.gpus as gpus
+    import questkern.configs.gpus as gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpus, "current_gpu_key", lambda device=None: "fixture-gpu-a")

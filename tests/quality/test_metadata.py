@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from questkern.ops.metadata.naive import metadata_build_ref
-from questkern.quality.metadata import page_minmax, round_meta
+from questkern.ops.metadata.minmax import page_minmax, round_meta
 
 
 def test_page_minmax_matches_metadata_reference():

@@ -11,7 +11,7 @@ from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select import select_pages_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_adaptive_ref
 from questkern.quality import metrics as M
-from questkern.quality.metadata import page_minmax
+from questkern.ops.metadata.minmax import page_minmax
 
 HQ, HKV, D, S, PAGE = 4, 2, 32, 203, 16
 

@@ -131,8 +131,8 @@ def _study(storage: str) -> None:
 
 
 def test_tuning_sections_from_table_and_study(tmp_path):
-    from questkern.tuning.keys import EntryKey
-    from questkern.tuning.table import make_entry, new_table
+    from questkern.configs.keys import EntryKey
+    from questkern.configs.table import make_entry, new_table
 
     table = new_table("fixture-gpu-a", "Synthetic fixture GPU A")
     key = EntryKey.for_call("select", dtype="bfloat16", head_dim=128, group=1, page_size=16, seq_len=32768, batch=1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from questkern.tuning import paths, runtime
+from questkern.configs import paths, runtime
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
-from questkern.tuning.gpus import CPU_KEY
+from questkern.configs.gpus import CPU_KEY
 from questkern.tuning.space import Bucket, OpSpace, decode_params, params_key
 from questkern.tuning.storage import driver_url
 from questkern.tuning.worker import ENV_TEST_TIMER, fake_latency

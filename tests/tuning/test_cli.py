@@ -7,9 +7,9 @@ import json
 import pytest
 
 from questkern.cli import build_parser, main
-from questkern.tuning import paths
-from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.table import load_table
+from questkern.configs import paths
+from questkern.configs.gpus import CPU_KEY
+from questkern.configs.table import load_table
 
 from tuning_helpers import entry, write_doc
 

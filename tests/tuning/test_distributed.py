@@ -18,12 +18,12 @@ import pytest
 from optuna.trial import TrialState
 
 from questkern.cli import build_parser, main
-from questkern.tuning import paths
+from questkern.configs import paths
 from questkern.tuning.distributed import Progress, compare_lines, compare_summaries, resolve_devices
-from questkern.tuning.gpus import CPU_KEY
+from questkern.configs.gpus import CPU_KEY
 from questkern.tuning.storage import (FileStudyLock, LockTimeout, StorageError, absolute_sqlite, check_url, redact,
                                       retry_stale_trial)
-from questkern.tuning.table import load_table
+from questkern.configs.table import load_table
 from questkern.tuning.tuner import TuneSpec
 from questkern.tuning.worker import (QUIET, BUSY, RUN, Backoff, StorageLost, Worker, WorkerJob, _claim_alive,
                                      fake_latency, spec_from_dict, spec_to_dict)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from questkern.tuning.gpus import CPU_KEY, check_gpu_arg, gpu_family, normalize_gpu_name
+from questkern.configs.gpus import CPU_KEY, check_gpu_arg, gpu_family, normalize_gpu_name
 
 # (torch.cuda.get_device_name(), normalized key, family)
 DEVICES = [

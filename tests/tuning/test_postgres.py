@@ -23,9 +23,10 @@ import pytest
 from optuna.trial import TrialState
 
 from questkern.cli import main
-from questkern.tuning import paths, storage as storage_mod
-from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.table import load_table
+from questkern.configs import paths
+from questkern.tuning import storage as storage_mod
+from questkern.configs.gpus import CPU_KEY
+from questkern.configs.table import load_table
 from questkern.tuning.tuner import TuneSpec
 from questkern.tuning.worker import StorageLost, Worker, WorkerJob, fake_latency, spec_to_dict
 

@@ -11,10 +11,10 @@ from tuning_helpers import write_doc
 
 from questkern.cli import main
 from questkern.tuning import recheck as R
-from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.keys import EntryKey
+from questkern.configs.gpus import CPU_KEY
+from questkern.configs.keys import EntryKey
 from questkern.tuning.space import Bucket, OpSpace
-from questkern.tuning.table import load_table, make_entry
+from questkern.configs.table import load_table, make_entry
 
 SHAPE = dict(seq_len=128, batch=1, num_q_heads=2, num_kv_heads=1)
 FAST_SELECT = {"chunk_pages": 16, "block_d": 16, "num_warps": 2, "num_stages": 1, "merge_warps": 1, "topk": "radix",

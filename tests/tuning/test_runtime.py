@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from questkern import config as C
-from questkern.tuning import runtime
-from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.runtime import TuningTableWarning, explain_config, resolve_config
+from questkern.configs import runtime
+from questkern.configs.gpus import CPU_KEY
+from questkern.configs.runtime import TuningTableWarning, explain_config, resolve_config
 
 from tuning_helpers import GPU, entry, write_doc
 
@@ -110,7 +110,7 @@ def test_user_cache_dir_is_read(dirs):
 
 
 def test_parse_is_cached_until_clear(dirs, monkeypatch):
-    from questkern.tuning import table
+    from questkern.configs import table
 
     path = write_doc(dirs["shipped"], [entry()])
     calls = []

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from questkern.tuning import paths, table
-from questkern.tuning.schema import TableError, schema_errors, validate_table
-from questkern.tuning.table import load_table, write_table
+from questkern.configs import paths, table
+from questkern.configs.schema import TableError, schema_errors, validate_table
+from questkern.configs.table import load_table, write_table
 
 from tuning_helpers import GPU, GPU_NAME, entry, write_doc
 
@@ -30,7 +30,9 @@ def test_round_trip(tmp_path):
 
 
 def test_shipped_schema_file_is_valid_json_and_package_data():
-    assert json.loads(paths.SHIPPED_DIR.parent.joinpath("schema.json").read_text())["$defs"]["entry"]
+    from questkern.configs.schema import SCHEMA_PATH
+
+    assert json.loads(SCHEMA_PATH.read_text())["$defs"]["entry"]
 
 
 @pytest.mark.parametrize("mutate,expect", [
@@ -56,7 +58,7 @@ def test_validation_errors_name_the_path(mutate, expect):
 
 
 def test_schema_subset_rejects_unknown_keywords(monkeypatch):
-    from questkern.tuning import schema
+    from questkern.configs import schema
 
     monkeypatch.setattr(schema, "load_schema", lambda: {"type": "object", "oneOf": []})
     with pytest.raises(ValueError, match="unsupported keyword"):

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from questkern.tuning.keys import EntryKey
+from questkern.configs.keys import EntryKey
 from questkern.tuning.space import Bucket, OpSpace
-from questkern.tuning.table import atomic_write_json, load_table, make_entry, new_table
+from questkern.configs.table import atomic_write_json, load_table, make_entry, new_table
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "table_from_summaries.py"
 DECODE = {"pages_per_block": 2, "num_splits": 8, "num_warps": 4, "num_stages": 2, "combine_warps": 4, "fuse_combine": False}

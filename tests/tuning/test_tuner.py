@@ -14,12 +14,13 @@ from optuna.trial import TrialState
 
 import questkern
 from questkern.ops.decode import paged_attention_ref
-from questkern.tuning import paths, runner as runner_mod
-from questkern.tuning.gpus import CPU_KEY
-from questkern.tuning.runtime import TuningTableWarning
-from questkern.tuning.schema import validate_pareto
+from questkern.configs import paths
+from questkern.tuning import runner as runner_mod
+from questkern.configs.gpus import CPU_KEY
+from questkern.configs.runtime import TuningTableWarning
+from questkern.configs.schema import validate_pareto
 from questkern.tuning.space import decode_params, params_key
-from questkern.tuning.table import load_table
+from questkern.configs.table import load_table
 from questkern.tuning.tuner import TuneSpec, tune
 
 TINY = dict(gpu_key=CPU_KEY, device_name=CPU_KEY, seqs=(128,), batches=(1,), heads=((2, 1),), head_dims=(32,),

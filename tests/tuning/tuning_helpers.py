@@ -3,9 +3,9 @@ directory on sys.path)."""
 
 from __future__ import annotations
 
-from questkern.tuning import paths
-from questkern.tuning.keys import EntryKey
-from questkern.tuning.table import atomic_write_json, make_entry, new_table
+from questkern.configs import paths
+from questkern.configs.keys import EntryKey
+from questkern.configs.table import atomic_write_json, make_entry, new_table
 
 GPU = "nvidia-h100-80gb-hbm3"
 GPU_NAME = "NVIDIA H100 80GB HBM3"

@@ -23,7 +23,9 @@ from pathlib import Path
 
 ENV_TUNING_DIR = "QUESTKERN_TUNING_DIR"
 ENV_STORAGE = "QUESTKERN_STORAGE"
-SHIPPED_DIR = Path(__file__).resolve().parent / "tables"
+# the shipped tables stay beside the tuner that writes them (package data, not code: this lookup
+# layer imports nothing from questkern.tuning)
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuning" / "tables"
 
 
 def _xdg(var: str, fallback: str) -> Path:

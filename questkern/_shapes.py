@@ -1,4 +1,5 @@
-"""Shape flags shared by the subcommands that build a decode workload (bench, profile, tune)."""
+"""Command-line value parsers and the shape flags shared by the subcommands that build a decode
+workload (bench, profile, tune, recheck, show-config) and by the tools' own ``python -m`` mains."""
 
 from __future__ import annotations
 
@@ -79,6 +80,22 @@ def parse_ints(text: str) -> list[int]:
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return vals
+
+def parse_fix(text: str) -> dict:
+    """'num_stages=2,fuse_combine=false,topk=radix' -> {'num_stages': 2, 'fuse_combine': False, 'topk': 'radix'}."""
+    out: dict = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name or not value:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {part!r}")
+        if value.lower() in ("true", "false"):
+            out[name] = value.lower() == "true"
+        else:
+            try:
+                out[name] = int(value)
+            except ValueError:
+                out[name] = value
+    return out
 
 
 def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Quest page metadata for the quality study: page min/max of keys, and safe rounding.
+"""Quest page metadata of one contiguous sequence (quality study, transformers hook): page min/max of keys, and safe rounding.
 
 ``page_minmax`` is the vectorized equivalent of
 :func:`questkern.ops.metadata.naive.metadata_build_ref` for one contiguous sequence

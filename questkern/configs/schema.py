@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from questkern import config as C
-from questkern.tuning.keys import EntryKey
+from questkern.configs.keys import EntryKey
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 SCHEMA_VERSION = 1

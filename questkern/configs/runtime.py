@@ -2,11 +2,11 @@
 
 This is the single entry point the public API uses (``resolve_config``); it never
 tunes. On first use for a GPU key it reads ``<gpu-key>.json`` from each table source
-(:func:`questkern.tuning.paths.table_sources`: ``$QUESTKERN_TUNING_DIR``, the user cache
+(:func:`questkern.configs.paths.table_sources`: ``$QUESTKERN_TUNING_DIR``, the user cache
 directory, the shipped tables) and caches the parse; an entry from an earlier source
 hides the same entry from a later one.
 
-Matching (see :mod:`questkern.tuning.keys`): op, dtype, head_dim, GQA group and page
+Matching (see :mod:`questkern.configs.keys`): op, dtype, head_dim, GQA group and page
 size must be equal; sequence length and batch may differ and the entry with the
 smallest log2-bucket distance wins (0 = exact). With no candidate the heuristic of
 :mod:`questkern.config` is used, with one ``UserWarning`` per reason (unknown GPU,
@@ -22,14 +22,15 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from questkern import config as C
-from questkern.tuning import paths
-from questkern.tuning.gpus import CPU_KEY, gpu_family, normalize_gpu_name
-from questkern.tuning.keys import EntryKey, check_op, distance, preference
-from questkern.tuning.schema import TableError, entry_key
+from questkern.configs import paths
+from questkern.configs.gpus import CPU_KEY, gpu_family, normalize_gpu_name
+from questkern.configs.keys import EntryKey, check_op, distance, preference
+from questkern.configs.schema import TableError, entry_key
 
 
 class TuningTableWarning(UserWarning):
@@ -59,7 +60,7 @@ class Resolution:
     """Why a call got its config (``show-config`` prints this)."""
 
     op: str
-    config: object
+    config: Any
     source: str
     gpu_key: str
     key: EntryKey
@@ -104,7 +105,7 @@ def gpu_key_for(device) -> str:
 def _load(gpu_key: str) -> LoadedTables:
     import triton
 
-    from questkern.tuning.table import load_table, triton_major
+    from questkern.configs.table import load_table, triton_major
 
     run_major = triton_major(triton.__version__)
     loaded = LoadedTables(gpu_key, [])

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from questkern._io import write_json_atomic
-from questkern.tuning import paths
-from questkern.tuning.gpus import gpu_family
-from questkern.tuning.keys import EntryKey
-from questkern.tuning.schema import SCHEMA_VERSION, TableError, entry_key, validate_pareto, validate_table
+from questkern.configs import paths
+from questkern.configs.gpus import gpu_family
+from questkern.configs.keys import EntryKey
+from questkern.configs.schema import SCHEMA_VERSION, TableError, entry_key, validate_pareto, validate_table
 
 
 def now_iso() -> str:
@@ -31,7 +31,7 @@ def current_versions() -> dict:
     import torch
     import triton
 
-    from questkern import __version__
+    from questkern._version import __version__
 
     return {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
             "questkern": __version__}
@@ -177,7 +177,7 @@ def write_table(directory: Path, gpu_key: str, device_name: str, new_entries: li
 def write_pareto(directory: Path, gpu_key: str, fronts: list[dict]) -> Path:
     """Merge Pareto fronts (replacing fronts of the same study) into ``<gpu_key>.pareto.json``."""
     path = paths.pareto_path(directory, gpu_key)
-    doc = {"schema_version": SCHEMA_VERSION, "gpu_key": gpu_key, "updated": now_iso(), "fronts": []}
+    doc: dict = {"schema_version": SCHEMA_VERSION, "gpu_key": gpu_key, "updated": now_iso(), "fronts": []}
     if path.exists():
         try:
             old = read_json(path)
