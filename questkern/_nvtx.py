@@ -35,6 +35,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 try:  # the nvtx package is a declared dependency, but keep import-time robust
     import nvtx as _nvtx
@@ -73,7 +74,7 @@ def _env_flag() -> bool:
 
 # The domain is created once, at import. nvtx hands back a dummy domain when no tool
 # (nsys, ncu) is attached; tools attach at process start, so import time is right.
-_domain = _nvtx.get_domain(DOMAIN) if _nvtx is not None else None
+_domain: Any = _nvtx.get_domain(DOMAIN) if _nvtx is not None else None
 _tool_attached = _domain is not None and _domain is not _dummy_domain
 _enabled = _env_flag()
 _recorders: list[list] = []
@@ -128,7 +129,7 @@ def check_range_name(name: str) -> str:
 def _attributes(name: str, payload: dict):
     """nvtx event attributes: message ``name`` plus the payload (see module doc)."""
     global _payload_warned
-    value = None
+    value: Any = None
     if len(payload) == 1 and isinstance(next(iter(payload.values())), int):
         value = int(next(iter(payload.values())))
     elif payload and all(isinstance(v, int) and not isinstance(v, bool) for v in payload.values()):

@@ -37,7 +37,7 @@ class _ConfigBase:
     op: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -194,7 +194,7 @@ class StepConfig(_ConfigBase):
                 raise ValueError(f"StepConfig.{name} must be in 1..5, got {getattr(self, name)}")
 
 
-CONFIG_TYPES: dict[str, type] = {
+CONFIG_TYPES: dict[str, Any] = {
     "metadata": MetadataConfig,
     "select": SelectConfig,
     "sparse_decode": DecodeConfig,

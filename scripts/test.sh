@@ -15,6 +15,11 @@ fi
 # Debian's postgresql, on 127.0.0.1 with its own data dir (QUESTKERN_TEST_PG_DSN), stopped on exit
 source scripts/test_postgres.sh
 start_test_postgres
+# lint and types first (configured in pyproject.toml: [tool.ruff], [tool.mypy]); each fails the run
+echo "ruff check ..."
+.venv/bin/ruff check .
+echo "mypy ..."
+.venv/bin/mypy
 export TRITON_INTERPRET=1
 rc=0
 .venv/bin/python -m pytest -q -m "not gpu" tests "$@" || rc=$?

@@ -272,7 +272,7 @@ def _flex_peer(q4, k_c, v_c, selected, seq_lens, page_size: int, gqa: bool):
     for block in (page_size, 128):
         try:
             bm = create_block_mask(mask_mod, B, Hq, 1, L, device=q4.device, BLOCK_SIZE=(128, block) if block != 128 else 128)
-            fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731
+            fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731, B023 (called in this iteration)
             fn()
             torch.cuda.synchronize()
             return fn, block

@@ -55,7 +55,7 @@ def run(args) -> int:
         if not t.exists():
             raise SystemExit(f"questkern report: --tuning {t}: no such file or folder")
     if args.no_tuning:
-        tuning = []
+        tuning: list = []
     else:  # defaults: missing folders are fine (no table yet)
         tuning = args.tuning or [Path("tuning"), Path(__file__).resolve().parents[1] / "tuning" / "tables"]
     try:

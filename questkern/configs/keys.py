@@ -108,7 +108,7 @@ def distance(call: EntryKey, entry: EntryKey) -> float | None:
         return None
     if call.gqa_mode is not None and entry.gqa_mode is not None and call.gqa_mode != entry.gqa_mode:
         return None
-    d = abs(call.seq_bucket - entry.seq_bucket) + abs(call.batch_bucket - entry.batch_bucket)
+    d: float = abs(call.seq_bucket - entry.seq_bucket) + abs(call.batch_bucket - entry.batch_bucket)
     if call.budget is not None and entry.budget is not None:
         d += abs(math.log2(call.budget) - math.log2(entry.budget))
     return d

@@ -22,6 +22,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,7 +60,7 @@ class Resolution:
     """Why a call got its config (``show-config`` prints this)."""
 
     op: str
-    config: object
+    config: Any
     source: str
     gpu_key: str
     key: EntryKey

@@ -177,7 +177,7 @@ def write_table(directory: Path, gpu_key: str, device_name: str, new_entries: li
 def write_pareto(directory: Path, gpu_key: str, fronts: list[dict]) -> Path:
     """Merge Pareto fronts (replacing fronts of the same study) into ``<gpu_key>.pareto.json``."""
     path = paths.pareto_path(directory, gpu_key)
-    doc = {"schema_version": SCHEMA_VERSION, "gpu_key": gpu_key, "updated": now_iso(), "fronts": []}
+    doc: dict = {"schema_version": SCHEMA_VERSION, "gpu_key": gpu_key, "updated": now_iso(), "fronts": []}
     if path.exists():
         try:
             old = read_json(path)

@@ -178,7 +178,7 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
     if result.tool == "torch.profiler":
         if result.reason and not use_ncu:
             echo(f"NOTE: {result.reason}; using the PyTorch profiler (torch.profiler) instead of Nsight Compute")
-        proc = subprocess.run(cmds["torch"])
+        proc = subprocess.run(cmds["torch"], text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"the profiling workload failed with status {proc.returncode}: {shell_line(cmds['torch'])}")
         result.summary = out / "summary.csv"

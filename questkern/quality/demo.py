@@ -29,7 +29,7 @@ def demo(context: int = 2048, depth: float = 0.5, budget: int = 256, page_size: 
     t1 = time.time()
     cache = prefill(model, p.ids[:S0])
     log(f"dense prefill of {S0} tokens: {time.time() - t1:.1f}s")
-    out = {"key": p.key}
+    out: dict = {"key": p.key}
     enable_quest(model, QuestAttention(budget=None))
     out["dense"] = tok.decode(decode(model, cache, S0, p.ids[S0:], p.gen_tokens))
     pages: list[float] = []

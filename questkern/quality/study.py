@@ -54,7 +54,7 @@ VARIANTS = (
 
 def policies(page_size: int, S: int) -> list[tuple[str, float, int | None, float]]:
     """(policy, param, fixed K or None for adaptive, temperature) for one page size and context S."""
-    out = [("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS]
+    out: list[tuple[str, float, int | None, float]] = [("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS]
     out += [("prop", r, max(1, math.ceil(r * S / page_size)), math.nan) for r in PROP_RATIOS]
     out += [("adaptive", t, None, T) for T in TEMPERATURES for t in THRESHOLDS]
     return out

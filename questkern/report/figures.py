@@ -109,7 +109,7 @@ def _groups(df: pd.DataFrame):
 
 def latency_plots(bench: pd.DataFrame) -> list[Plot]:
     """Latency vs sequence length: Quest step vs in-house dense vs SDPA (and the parts)."""
-    plots = []
+    plots: list[Plot] = []
     for gpu, key, rows in _groups(_seq_cases(bench)):
         fig = go.Figure()
         first = rows.iloc[0]
@@ -177,7 +177,7 @@ def speedup_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 def speedup_plots(bench: pd.DataFrame) -> list[Plot]:
     tab = speedup_table(bench)
-    plots = []
+    plots: list[Plot] = []
     if tab.empty:
         return plots
     for gpu, key, rows in _groups(tab):
@@ -213,7 +213,7 @@ def speedup_plots(bench: pd.DataFrame) -> list[Plot]:
 
 def bandwidth_plots(bench: pd.DataFrame) -> list[Plot]:
     """Achieved bandwidth as % of the device copy bandwidth measured in the same run."""
-    plots = []
+    plots: list[Plot] = []
     seq = _seq_cases(bench).copy()
     pct = seq["pct_copy_bw"]
     derived = 100 * seq["gbps"] / seq["copy_gbps"]
@@ -247,7 +247,7 @@ def bandwidth_plots(bench: pd.DataFrame) -> list[Plot]:
 
 def step_breakdown_plots(bench: pd.DataFrame) -> list[Plot]:
     """Time of a Quest step split into select and sparse decode (+ the rest), per context length."""
-    plots = []
+    plots: list[Plot] = []
     seq = _seq_cases(bench)
     for gpu, key, rows in _groups(seq):
         for (ps, bud, mode), v in rows.groupby(["page_size", "budget", "gqa_mode"], dropna=False, sort=True):
@@ -280,13 +280,13 @@ def profile_breakdown_plots(profiles) -> list[Plot]:
     """Per-op time of one decode step from `questkern profile` runs: one figure per GPU."""
     from questkern.profiling.summary import step_breakdown
 
-    plots = []
+    plots: list[Plot] = []
     by_gpu: dict = {}
     for p in profiles:
         by_gpu.setdefault(p.gpu, []).append(p)
     for gpu, profs in sorted(by_gpu.items()):
         fig = go.Figure()
-        labels, parts, bases = [], {}, set()
+        labels, parts, bases = [], dict[str, dict](), set()
         for p in profs:
             b = step_breakdown(p.summary)
             if b.empty:
@@ -319,7 +319,7 @@ def profile_breakdown_plots(profiles) -> list[Plot]:
 
 def quality_plots(quality: pd.DataFrame) -> list[Plot]:
     """One figure per quality metric: value vs budget (or context length), a line per page size."""
-    plots = []
+    plots: list[Plot] = []
     if quality.empty:
         return plots
     xcol = next((c for c in ("budget", "seq_len", "page_size") if c in quality.columns and quality[c].nunique() > 1), None)
@@ -345,7 +345,7 @@ def quality_plots(quality: pd.DataFrame) -> list[Plot]:
 def recall_plots(recall: pd.DataFrame) -> list[Plot]:
     """Attention recall vs K/V bytes read (quality_recall.csv of the quality study): one figure
     per trace kind and context, the default variant (shared, sum, fp32 metadata) plus the oracle."""
-    plots = []
+    plots: list[Plot] = []
     if recall.empty:
         return plots
     df = recall.copy()
@@ -389,7 +389,7 @@ _UNITS = [(re.compile(r"latency|_us$|time"), "µs"), (re.compile(r"recall|qualit
 
 def objective_label(name: str, study=None) -> str:
     """Axis label with units for an objective name (study user attr 'metric_units' wins)."""
-    units = {}
+    units: dict = {}
     if study is not None:
         units = study.user_attrs.get("metric_units", {}) or {}
     if name in units:
@@ -407,7 +407,8 @@ def study_plots(study) -> tuple[list[Plot], list[str]]:
     import optuna
     from optuna import visualization as vis
 
-    plots, notes = [], []
+    plots: list[Plot] = []
+    notes: list[str] = []
     n_obj = len(study.directions)
     names = list(study.metric_names or [f"objective {i}" for i in range(n_obj)])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -494,7 +495,7 @@ def heuristic_summary(tab: pd.DataFrame) -> list[str]:
 
 def heuristic_plots(bench: pd.DataFrame) -> list[Plot]:
     tab = heuristic_table(bench)
-    plots = []
+    plots: list[Plot] = []
     for gpu in sorted(tab["gpu"].unique()) if not tab.empty else []:
         g = tab[tab["gpu"] == gpu]
         fig = go.Figure()

@@ -47,7 +47,7 @@ def sweep(bucket: Bucket, *, out: Path, fixed: dict | None = None, max_time: flo
     sms = num_sms(device)
     space = OpSpace(bucket, num_sms=sms, fixed=fixed)
     points = space.enumerate()
-    doc = {"gpu_key": current_gpu_key(), "device_name": current_gpu_name(), "versions": current_versions(),
+    doc: dict = {"gpu_key": current_gpu_key(), "device_name": current_gpu_name(), "versions": current_versions(),
            "bucket": bucket.to_dict(), "fixed": dict(fixed or {}), "num_sms": sms, "space_size": len(points),
            "rep_ms": rep_ms, "started": now_iso(), "complete": False, "points": []}
     if Path(out).exists():
@@ -99,7 +99,7 @@ def trials_to_target(doc: dict, sampler: str, seed: int, target: float, with_def
     else:
         study = optuna.create_study(sampler=make_sampler(sampler, seed, space, name), direction="minimize")
     objective = make_objective(space, _lookup_evaluator(doc), lambda *a: 1.0)
-    state = {"n": 0, "unique": set(), "hit": None}
+    state: dict = {"n": 0, "unique": set(), "hit": None}
 
     def cb(study, t):
         if not evaluated(t):

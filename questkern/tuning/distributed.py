@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -102,9 +103,9 @@ def resolve_devices(devices: list[int] | str) -> list[Slot]:
                              "numbers, e.g. --devices 0,1")
         from questkern.configs.gpus import CPU_KEY
 
-        return [Slot(i, d, "", f"{host}:cpu{d}", CPU_KEY) for i, d in enumerate(devices)]
+        return [Slot(i, d, "", f"{host}:cpu{d}", CPU_KEY) for i, d in enumerate(cast(list[int], devices))]
     n = torch.cuda.device_count()
-    devs = list(range(n)) if devices == "all" else list(devices)
+    devs = list(range(n)) if devices == "all" else cast(list[int], devices)[:]
     bad = [d for d in devs if d >= n]
     if bad:
         raise ValueError(f"--devices: this process sees {n} GPU(s) (0..{n - 1}), there is no GPU {bad[0]}")
@@ -302,7 +303,7 @@ class _Proc:
     popen: subprocess.Popen
     thread: threading.Thread | None = None
     code: int | None = None
-    log: object = None
+    log: Any = None
 
 
 def _spawn(slot: Slot, job: WorkerJob, pgid: int | None, log_dir: Path | None, say) -> _Proc:
@@ -379,7 +380,7 @@ def launch(spec: TuneSpec, slots: list[Slot], opts: LaunchOptions, stream=None) 
 
     procs: list[_Proc] = []
     pgid: int | None = None
-    stopping = {"n": 0, "t": None}
+    stopping: dict = {"n": 0, "t": None}
 
     def on_signal(signum, frame) -> None:  # Ctrl-C: SIGINT to the workers, then SIGTERM, then SIGKILL
         stopping["n"] += 1

@@ -20,7 +20,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -49,7 +49,7 @@ class TrialInfo:
     """What a timer is told about the candidate it times (injected test timers use it)."""
 
     op: str
-    config: object
+    config: Any
     params: dict
     page_size: int
     budget: int | None
@@ -221,7 +221,7 @@ class WorkloadPool:
 
     def __init__(self, device: torch.device, seed: int = 0):
         self.device, self.seed = device, seed
-        self._group = None
+        self._group: tuple | None = None
         self._items: dict[Shape, Workload] = {}
 
     def get(self, shape: Shape) -> Workload:

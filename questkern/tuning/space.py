@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 
@@ -143,7 +143,7 @@ class Param:
 class Candidate:
     """A point of the space, decoded: the op's config plus the algorithm knobs."""
 
-    config: object
+    config: Any
     page_size: int
     budget: int | None
     params: dict = field(hash=False, compare=False)

@@ -33,6 +33,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
@@ -194,6 +195,7 @@ def open_storage(url: str, *, heartbeat_s: int = 30, grace_s: int = 120,
                 if attempt == 3:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
     except ImportError as exc:
         extra = " (pip install 'questkern[postgres]')" if scheme(url) == "postgresql" else ""
         raise StorageError(f"--storage {redact(url)}: the database driver is not installed{extra}: "
@@ -230,6 +232,7 @@ class StudyLock:
     """A cross-process mutex for one study; ``acquire`` may be called before a trial
     starts and ``release`` from inside the objective (same thread)."""
 
+    name: str
     held = False
 
     def acquire(self, timeout: float = LOCK_TIMEOUT_S) -> None:
@@ -313,7 +316,7 @@ class FileStudyLock(StudyLock):
         fcntl.lockf(self._fd(), fcntl.LOCK_UN, 1, self.offset)
 
 
-_pg_conns: dict[str, object] = {}  # one connection per URL per process holds this process's advisory locks
+_pg_conns: dict[str, Any] = {}  # one connection per URL per process holds this process's advisory locks
 
 
 class PgStudyLock(StudyLock):

@@ -85,7 +85,7 @@ def open_study(storage, name: str, bucket: Bucket, space: OpSpace, sampler: optu
     A stored study made for another bucket or another search space is an error (its
     trials would not be comparable), naming the ``--study`` option to start afresh.
     """
-    directions = ["minimize", "maximize"] if bucket.multi_objective else ["minimize"]
+    directions: list = ["minimize", "maximize"] if bucket.multi_objective else ["minimize"]
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
     attrs = study.user_attrs

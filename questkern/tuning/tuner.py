@@ -19,6 +19,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -93,7 +94,7 @@ class TuneSpec:
     def buckets(self) -> tuple[list[Bucket], list[str]]:
         """Buckets in an order that reuses inputs (ops innermost), and notes on skipped
         duplicates (buckets whose table keys an earlier bucket already covers)."""
-        out, notes, covered = [], [], set()
+        out, notes, covered = [], [], set[EntryKey]()
         for dtype in self.dtypes:
             for d in self.head_dims:
                 for hq, hkv in self.heads:
@@ -261,7 +262,7 @@ def collect(study: optuna.Study, space: OpSpace, runner: Runner | None, spec: Tu
                 continue
             default = space.default_params(ps, bud)
             dkey = params_key(default)
-            best_by_key: dict[tuple, object] = {}
+            best_by_key: dict[tuple, Any] = {}
             for t in mine:
                 best_by_key.setdefault(params_key(t.params), t)
             measured = {k: t.user_attrs["latency_us"] for k, t in best_by_key.items()}

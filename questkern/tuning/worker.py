@@ -54,7 +54,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from questkern.tuning.runner import FatalDeviceError, Runner, Timer, WorkloadPool, default_timer
-from questkern.tuning.space import OpSpace, params_key
+from questkern.tuning.space import Bucket, OpSpace, params_key
 from questkern.tuning.storage import StudyLock, open_storage, redact, storage_errors, study_lock
 from questkern.tuning.strategy import (StopWhen, evaluated, find_duplicate, make_objective, make_sampler, open_study,
                                        study_name)
@@ -200,7 +200,7 @@ FINISHED, WORKED, IDLE = "finished", "worked", "idle"
 class BucketWork:
     """A worker's state for one bucket's study."""
 
-    bucket: object
+    bucket: Bucket
     name: str
     space: OpSpace
     lock: StudyLock

@@ -23,7 +23,7 @@ import torch
 from questkern.api import QuestDecode
 from questkern.bench.core import Case, _contiguous_kv, build_cache
 from questkern._timing import copy_bandwidth_gbps, device_info, graph_floor_us, time_fn
-from questkern.config import DecodeConfig, StepConfig, default_step_config
+from questkern.config import DecodeConfig, default_step_config
 
 OUT = os.environ.get("OUT", "/tmp/step_explore")
 os.makedirs(OUT, exist_ok=True)

@@ -111,7 +111,7 @@ def test_kernels_backend_matches_reference_backend(adaptive):
     for backend in ("reference", "kernels"):
         picked = []
         enable_quest(model, QuestAttention(budget=64, page_size=16, dense_layers=1, backend=backend, adaptive=adaptive,
-                                           on_select=lambda l, s: picked.append(s.cpu().clone())))
+                                           on_select=lambda l, s: picked.append(s.cpu().clone())))  # noqa: B023
         outs[backend] = (run_decode(model, IDS[:200], 2).float(), picked)
     (ref, p_ref), (ker, p_ker) = outs["reference"], outs["kernels"]
     assert len(p_ref) == len(p_ker) == 2

@@ -58,7 +58,9 @@ def test_ncu_bad_exports(text, msg):
 def test_kernel_op_names():
     assert kernel_op("_select_tile_kernel") == "select"
     # every Triton kernel of the package is named (a new kernel must not land in "other")
-    import questkern.ops.decode.kernel as dk, questkern.ops.metadata.kernel as mk, questkern.ops.select.kernel as sk
+    import questkern.ops.decode.kernel as dk
+    import questkern.ops.metadata.kernel as mk
+    import questkern.ops.select.kernel as sk
     import questkern.ops.select.adaptive as ak
     for mod in (dk, mk, sk, ak):
         for name in dir(mod):
