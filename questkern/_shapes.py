@@ -8,7 +8,9 @@ import re
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+from questkern._dtypes import FLAG_DTYPES
+
+DTYPES = FLAG_DTYPES
 
 
 def parse_size(text: str) -> int:

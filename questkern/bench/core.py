@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from questkern._dtypes import meta_name, short_name
 from questkern.api import QuestDecode
 from questkern._timing import time_fn
 from questkern.cache import PagedKVCache
@@ -29,8 +30,6 @@ from questkern.ops.decode import paged_attention_ref, paged_decode
 from questkern.ops.select import select_pages, select_pages_ref
 from questkern.ops.select.naive import page_scores_ref, selection_rows_ref
 
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-META_NAMES = {None: "", torch.float32: "fp32", torch.float8_e5m2: "fp8_e5m2"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,9 @@ class Case:
 
     def describe(self) -> dict:
         d = asdict(self)
-        d["dtype"] = DTYPE_NAMES[self.dtype]
+        d["dtype"] = short_name(self.dtype)
         d["lens"] = "mixed" if self.lens else ""
-        d["meta_dtype"] = META_NAMES[self.meta_dtype]
+        d["meta_dtype"] = meta_name(self.meta_dtype)
         return d
 
 

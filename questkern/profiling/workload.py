@@ -25,6 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from questkern._dtypes import short_name
+
 WORKLOAD_VERSION = 1
 
 
@@ -58,17 +60,11 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _dtype_name(dtype) -> str:
-    import torch
-
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def shape_dict(args) -> dict:
     """The workload's shape as plain JSON values."""
     hq, hkv = args.heads
     return {"seq_len": args.seq, "batch": args.batch, "q_heads": hq, "kv_heads": hkv, "head_dim": args.head_dim,
-            "dtype": _dtype_name(args.dtype), "page_size": args.page_size,
+            "dtype": short_name(args.dtype), "page_size": args.page_size,
             "budget": args.budget if args.mode == "quest" else None, "gqa_mode": args.gqa_mode, "mode": args.mode,
             "warmup": args.warmup, "steps": args.steps, "append": args.append}
 
@@ -183,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         run_steps(w, args.steps)
 
     if args.meta is not None:
-        from questkern.profiling.files import write_json
+        from questkern._io import write_json_atomic
 
         pl = w.plan
         meta = {"schema": "questkern.profile.meta", "version": WORKLOAD_VERSION, "shape": shape_dict(args),
                 "plan": {"k_pages": pl.k_pages, "num_splits": pl.num_splits, "sources": pl.sources,
                          "select_config": repr(pl.select_config), "decode_config": repr(pl.decode_config)},
                 "device": device_meta(), "nvtx": {"switched_on": user_switch, "tool_attached": nvtx.nvtx_enabled()}}
-        write_json(args.meta, meta)
+        write_json_atomic(args.meta, meta, default=str)
     return 0
 
 

@@ -30,7 +30,7 @@ from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_de
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.metadata import metadata_build
 from questkern.ops.select import select_pages, select_pages_ref, select_workspace
-from questkern.configs.keys import torch_dtype
+from questkern._dtypes import torch_dtype
 from questkern.tuning.space import Bucket, Candidate
 
 # tolerances of a kernel output (input dtype, float32 accumulation) against the float32 reference
