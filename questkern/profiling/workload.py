@@ -32,25 +32,9 @@ WORKLOAD_VERSION = 1
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
     """Single-valued shape flags (same syntax as ``questkern bench``) plus the run's knobs."""
-    from questkern._shapes import parse_dtype, parse_heads, parse_size
+    from questkern._shapes import add_shape_args
 
-    def one_heads(text: str) -> tuple[int, int]:
-        heads = parse_heads(text)
-        if len(heads) != 1:
-            raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
-        return heads[0]
-
-    def heads_arg(text: str) -> tuple[int, int]:
-        return one_heads(text if "/" in text else f"{text}/{text}")
-
-    p.add_argument("--seq", type=parse_size, default=32768, help="context length per sequence, e.g. 32k (default 32768)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--heads", type=heads_arg, default=(32, 32), help="Q/KV heads, e.g. 32/8; '32' means 32/32 (default 32/32)")
-    p.add_argument("--head-dim", type=int, default=128, help="head dim (default 128)")
-    p.add_argument("--dtype", type=parse_dtype, default="bf16", help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=int, default=16, help="tokens per page (default 16)")
-    p.add_argument("--budget", type=int, default=2048, help="Quest token budget (default 2048)")
-    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
+    add_shape_args(p, lists=(), defaults={"seq": "32768", "batch": "1", "heads": "32/32"})
     p.add_argument("--mode", choices=["quest", "dense"], default="quest",
                    help="quest: select + sparse decode; dense: the in-house dense decode (default quest)")
     p.add_argument("--warmup", type=int, default=2, help="un-annotated warm-up steps (default 2)")

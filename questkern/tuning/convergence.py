@@ -182,20 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern._shapes import parse_dtype, parse_fix, parse_heads, parse_size
+    from questkern._shapes import add_shape_args, parse_fix
 
     ap = argparse.ArgumentParser(prog="python -m questkern.tuning.convergence", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sw = sub.add_parser("sweep", help="time every valid point of one bucket (resumable)")
     sw.add_argument("--op", choices=OPS, required=True)
-    sw.add_argument("--seq", type=parse_size, required=True)
-    sw.add_argument("--batch", type=int, default=1)
-    sw.add_argument("--heads", type=parse_heads, default=[(32, 8)])
-    sw.add_argument("--head-dim", type=int, default=128)
-    sw.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"))
-    sw.add_argument("--page-size", type=int, default=16)
-    sw.add_argument("--budget", type=int, default=2048)
-    sw.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared")
+    add_shape_args(sw, lists=(), required=("seq",), defaults={"batch": "1", "heads": "32/8"})
     sw.add_argument("--fix", type=parse_fix, default={})
     sw.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (rerun to continue)")
     sw.add_argument("--rep-ms", type=int, default=100)
@@ -210,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="replay the samplers without the heuristic default enqueued as trial 0")
     args = ap.parse_args(argv)
     if args.cmd == "sweep":
-        hq, hkv = args.heads[0]
+        hq, hkv = args.heads
         b = Bucket(args.op, args.dtype, args.head_dim, hq, hkv, args.seq, args.batch, (args.page_size,),
                    (args.budget,) if args.op in BUDGET_OPS else (), args.gqa_mode)
         with _quiet():
