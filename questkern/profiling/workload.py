@@ -25,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from questkern._details import default_device
 from questkern._dtypes import short_name
 
 WORKLOAD_VERSION = 1
@@ -62,29 +63,26 @@ def validate(args) -> None:
         raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
 
 
-class Workload:
+class ProfiledDecode:
     """A filled cache, a plan, and ``step()`` = one decode step (append + run)."""
 
     def __init__(self, args):
         import torch
 
         from questkern import PagedKVCache, QuestDecode
+        from questkern.cache import prefill_chunked
 
         self.args = args
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = default_device()
         hq, hkv = args.heads
         B, D, L = args.batch, args.head_dim, args.seq
         capacity = L + args.warmup + args.steps
         self.cache = PagedKVCache(B, capacity, hkv, D, page_size=args.page_size, dtype=args.dtype,
                                   device=self.device, shuffle=True, seed=args.seed)
         gen = torch.Generator(device=self.device).manual_seed(args.seed)
-        chunk = 8192
-        for start in range(0, L, chunk):  # prefill in chunks: bounded temporary memory
-            T = min(chunk, L - start)
-            k = torch.randn(B, T, hkv, D, generator=gen, device=self.device).to(args.dtype)  # [B, T, Hkv, D]
-            v = torch.randn(B, T, hkv, D, generator=gen, device=self.device).to(args.dtype)
-            self.cache.append(k, v)
-            del k, v
+        prefill_chunked(self.cache, [L] * B, lambda shape: (
+            torch.randn(shape, generator=gen, device=self.device).to(args.dtype),
+            torch.randn(shape, generator=gen, device=self.device).to(args.dtype)))
         self.q = torch.randn(B, hq, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hq, D]
         self.k_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hkv, D]
         self.v_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)
@@ -104,7 +102,7 @@ class Workload:
             torch.cuda.synchronize()
 
 
-def run_steps(w: Workload, n: int) -> None:
+def run_steps(w: ProfiledDecode, n: int) -> None:
     for _ in range(n):
         w.step()
     w.sync()
@@ -150,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user_switch = nvtx.nvtx_switched_on()
     nvtx.set_nvtx_enabled(False)  # prefill + warm-up stay outside every NVTX filter
-    w = Workload(args)
+    w = ProfiledDecode(args)
     run_steps(w, args.warmup)
     nvtx.set_nvtx_enabled(user_switch)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 
+from questkern._details import default_device
 from questkern.configs.keys import BUDGET_OPS, OPS
 from questkern.tuning.runner import Outcome
 from questkern.tuning.space import Bucket, OpSpace, params_key
@@ -37,13 +38,11 @@ SAVE_EVERY = 8  # points between atomic rewrites of the sweep file
 def sweep(bucket: Bucket, *, out: Path, fixed: dict | None = None, max_time: float | None = None,
           timer=None, rep_ms: int = 100, warmup_ms: int = 25, seed: int = 0, log=print) -> dict:
     """Time every valid point of ``bucket`` (resuming from ``out``); returns the sweep document."""
-    import torch
-
     from questkern.configs.gpus import current_gpu_key, current_gpu_name
     from questkern.tuning.runner import Runner, WorkloadPool, default_timer
     from questkern.tuning.tuner import num_sms
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     sms = num_sms(device)
     space = OpSpace(bucket, num_sms=sms, fixed=fixed)
     points = space.enumerate()

@@ -44,6 +44,7 @@ from typing import Any, cast
 import optuna
 from optuna.trial import TrialState
 
+from questkern._details import default_device
 from questkern.tuning.observer import ConsoleObserver, format_config
 from questkern.tuning.space import OpSpace, params_key
 from questkern.tuning.storage import StorageError, absolute_sqlite, check_url, driver_url, open_storage, redact
@@ -485,11 +486,9 @@ def _show_progress(progress: Progress, say, elapsed: float, was_down: bool) -> b
 
 def _sms() -> int:
     """SM count of this host's GPU (the split defaults of the spaces depend on it)."""
-    import torch
-
     from questkern.tuning.tuner import num_sms
 
-    return num_sms(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    return num_sms(default_device())
 
 
 # ----------------------------------------------------------------------------- multi-GPU vs one GPU
@@ -540,13 +539,11 @@ def retime_differing(a: dict, b: dict, rounds: int = 5, rep_ms: int = 40, warmup
     GPU (median of ``rounds``): {"bucket|page|budget": (us_a, us_b)}."""
     import statistics
 
-    import torch
-
     from questkern import config as C
     from questkern.tuning.runner import Runner, WorkloadPool, default_timer
     from questkern.tuning.space import Bucket, Candidate
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     pool, timer = WorkloadPool(device), default_timer(device, rep_ms, warmup_ms)
     cls = {"metadata": C.MetadataConfig, "select": C.SelectConfig}
     out = {}

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from questkern._timing import graph_replay
-from questkern.cache import PagedKVCache
+from questkern.cache import PagedKVCache, prefill_chunked
 from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.metadata import metadata_build
@@ -37,7 +37,6 @@ from questkern.tuning.space import Bucket, Candidate
 TOLERANCES = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=4e-3, rtol=4e-3)}
 FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address",
               "an illegal instruction")
-PREFILL_CHUNK = 8192  # tokens appended per step while building a cache (bounds the temporary K/V)
 
 
 class FatalDeviceError(RuntimeError):
@@ -147,13 +146,9 @@ class Workload:
             warnings.simplefilter("ignore")
             self.cache = PagedKVCache(s.batch, s.seq_len, s.num_kv_heads, s.head_dim, page_size=s.page_size,
                                       dtype=dtype, device=device, shuffle=True, seed=seed)
-            for start in range(0, s.seq_len, PREFILL_CHUNK):
-                T = min(PREFILL_CHUNK, s.seq_len - start)
-                kv_shape = (s.batch, T, s.num_kv_heads, s.head_dim)  # [B, T, Hkv, D]
-                k = torch.randint(-2, 3, kv_shape, generator=gen, device=device).to(dtype)
-                v = torch.randn(kv_shape, generator=gen, device=device).to(dtype)
-                self.cache.append(k, v)
-                del k, v
+            prefill_chunked(self.cache, [s.seq_len] * s.batch, lambda kv_shape: (
+                torch.randint(-2, 3, kv_shape, generator=gen, device=device).to(dtype),
+                torch.randn(kv_shape, generator=gen, device=device).to(dtype)))
         self.q = torch.randint(-2, 3, (s.batch, s.num_q_heads, s.head_dim), generator=gen,
                                device=device).to(dtype)  # [B, Hq, D]
         self._refs: dict = {}
