@@ -1,0 +1,93 @@
+"""What the tuner needs to know about an op, kept with the op (in the spirit of FlashInfer's
+per-op ``TunableRunner``): each ``ops/<op>/tunable.py`` describes the parameters it searches,
+the combinations that cannot work, the heuristic default as a point, and how a point becomes
+the op's config. The tuner (:mod:`questkern.tuning.space`) is generic over these descriptions
+and holds no op names.
+
+A description sees the tuning bucket through a few attributes and methods only (``head_dim``,
+``batch``, ``page_sizes``, ``budgets``, ``max_pages(page_size)``, ``k_pages(page_size, budget)``,
+``slots(page_size, budget)``, ``head_programs()``): :class:`BucketShape`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+REG_BUDGET = 256  # operand elements per thread above which a tile is considered to spill
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter; ``active(params so far)`` makes it conditional."""
+
+    name: str
+    choices: tuple
+    active: Callable[[dict], bool] | None = None
+
+
+class BucketShape(Protocol):
+    """The part of a tuning bucket (:class:`questkern.tuning.space.Bucket`) a description reads."""
+
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def page_sizes(self) -> tuple[int, ...]: ...
+    @property
+    def budgets(self) -> tuple[int, ...]: ...  # empty for an op without a budget
+    def max_pages(self, page_size: int) -> int: ...
+    def k_pages(self, page_size: int, budget: int) -> int: ...
+    def slots(self, page_size: int, budget: int | None) -> int: ...
+    def head_programs(self) -> int: ...
+
+
+class Tunable(Protocol):
+    """The tunable description of one op."""
+
+    def params(self, bucket: BucketShape, num_sms: int) -> list[Param]:
+        """The searched parameters, in order, with static choice lists for this bucket."""
+        ...
+
+    def default(self, bucket: BucketShape, page_size: int, budget: int | None, num_sms: int) -> dict:
+        """The heuristic default config as a point (its parameters only)."""
+        ...
+
+    def violation(self, bucket: BucketShape, params: dict, page_size: int, budget: int | None) -> str | None:
+        """Why ``params`` cannot work or duplicates another point (pruned before compiling), or None."""
+        ...
+
+    def config(self, params: dict) -> Any:
+        """The op's config for a point (raises ValueError for an invalid config)."""
+        ...
+
+
+def page_budget(bucket: BucketShape, params: dict) -> tuple[int, int | None]:
+    """The page size and budget of a point: searched ones from ``params``, else the bucket's only one."""
+    ps = params.get("page_size", bucket.page_sizes[0])
+    bud = params.get("budget", bucket.budgets[0]) if bucket.budgets else None
+    return ps, bud
+
+
+def pow2_range(lo: int, hi: int) -> tuple[int, ...]:
+    out, v = [], lo
+    while v <= hi:
+        out.append(v)
+        v *= 2
+    return tuple(out)
+
+
+# op name -> (module under questkern.ops, its description); the op names are those of the tables
+_TUNABLES = {"metadata": ("metadata", "TUNABLE"), "select": ("select", "TUNABLE"),
+             "sparse_decode": ("decode", "SPARSE"), "dense_decode": ("decode", "DENSE")}
+
+
+def tunable(op: str) -> Tunable:
+    """The tunable description of ``op`` (imported on first use: select's reads the launcher)."""
+    if op not in _TUNABLES:
+        raise ValueError(f"op must be one of {', '.join(_TUNABLES)}; got {op!r}")
+    folder, name = _TUNABLES[op]
+    return getattr(importlib.import_module(f"questkern.ops.{folder}.tunable"), name)
