@@ -6,7 +6,8 @@ and holds no op names.
 
 A description sees the tuning bucket through a few attributes and methods only (``head_dim``,
 ``batch``, ``page_sizes``, ``budgets``, ``max_pages(page_size)``, ``k_pages(page_size, budget)``,
-``slots(page_size, budget)``, ``head_programs()``): :class:`BucketShape`.
+``slots(page_size, budget)``, ``head_programs()``, ``gqa_mode``, ``aggregate``): :class:`BucketShape`;
+and the tuner's inputs of one shape through :class:`Inputs` (a filled cache, a query, references).
 """
 
 from __future__ import annotations
@@ -39,10 +40,34 @@ class BucketShape(Protocol):
     def page_sizes(self) -> tuple[int, ...]: ...
     @property
     def budgets(self) -> tuple[int, ...]: ...  # empty for an op without a budget
+    @property
+    def gqa_mode(self) -> str: ...
+    @property
+    def aggregate(self) -> str: ...
+
     def max_pages(self, page_size: int) -> int: ...
     def k_pages(self, page_size: int, budget: int) -> int: ...
     def slots(self, page_size: int, budget: int | None) -> int: ...
     def head_programs(self) -> int: ...
+
+
+class Inputs(Protocol):
+    """A bucket's inputs at one page size (:class:`questkern.tuning.runner.Workload`): ``cache``
+    (a filled :class:`~questkern.cache.PagedKVCache`), ``q`` [B, Hq, D], ``device``, and float32
+    references computed once."""
+
+    cache: Any
+    q: Any
+    device: Any
+
+    def metadata_ref(self) -> tuple: ...
+    def selection_ref(self, budget: int, gqa_mode: str, aggregate: str) -> Any: ...
+    def selection_phys_ref(self, budget: int, gqa_mode: str, aggregate: str) -> Any: ...
+    def attention_ref(self, selected: Any, key: Any) -> Any: ...
+
+
+Launch = Callable[[], object]
+Check = Callable[[], None]
 
 
 class Tunable(Protocol):
@@ -62,6 +87,11 @@ class Tunable(Protocol):
 
     def config(self, params: dict) -> Any:
         """The op's config for a point (raises ValueError for an invalid config)."""
+        ...
+
+    def build(self, bucket: BucketShape, inputs: Inputs, config: Any, budget: int | None) -> tuple[Launch, Check]:
+        """(launch, check): ``launch`` runs the kernel with ``config`` into preallocated buffers,
+        ``check`` raises AssertionError when its last result differs from the reference."""
         ...
 
 

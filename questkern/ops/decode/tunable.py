@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from questkern import config as C
 from questkern.ops.tunable import REG_BUDGET, Param
 
 POW2_SPLITS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# tolerances of a decode output (input dtype, float32 accumulation) against the float32 reference
+TOLERANCES = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=4e-3, rtol=4e-3)}
 
 
 def _has_field(name: str) -> bool:
@@ -35,6 +39,9 @@ def default_splits(bucket, page_size: int, budget: int | None, num_sms: int) -> 
 class DecodeTunable:
     """One description for both decodes: a sparse one walks the selection, a dense one every page
     (``bucket.slots``)."""
+
+    def __init__(self, sparse: bool):
+        self.sparse = sparse
 
     def params(self, bucket, num_sms: int) -> list[Param]:
         combos = [(ps, bud) for ps in bucket.page_sizes for bud in (bucket.budgets or (None,))]
@@ -80,5 +87,34 @@ class DecodeTunable:
                               num_warps=params["num_warps"], num_stages=params["num_stages"],
                               combine_warps=params.get("combine_warps", C.DecodeConfig.combine_warps), **extra)
 
+    def build(self, bucket, inputs, config, budget):
+        from questkern.ops.decode import decode_workspace, paged_decode
+        from questkern.ops.decode.kernel import decode_num_splits
 
-SPARSE = DENSE = DecodeTunable()
+        b, w, c, q, dev = bucket, inputs, inputs.cache, inputs.q, inputs.device
+        B, Hq, D = q.shape
+        if self.sparse:
+            selected = w.selection_ref(budget, b.gqa_mode, b.aggregate)
+            selected_phys = w.selection_phys_ref(budget, b.gqa_mode, b.aggregate)
+            ref_key = ("sparse", budget, b.gqa_mode, b.aggregate)
+        else:
+            selected, selected_phys, ref_key = None, None, "dense"
+        per_head = selected is not None and selected.shape[1] == Hq and Hq != c.num_kv_heads
+        n_slots = selected.shape[2] if selected is not None else c.page_table.shape[1]
+        S = decode_num_splits(config, B, Hq, c.num_kv_heads, per_head, n_slots, dev)
+        ws = decode_workspace(B, Hq, S, D, dev) if S > 1 else None
+        out = torch.full_like(q, float("nan"))
+
+        def launch():
+            paged_decode(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, selected, None, config,
+                         num_splits=S, out=out, workspace=ws, selected_phys=selected_phys)
+
+        def check():
+            ref = w.attention_ref(selected, ref_key)
+            torch.testing.assert_close(out.float(), ref, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
+                                       "from the float32 reference: " + " ".join(m.split()))
+        return launch, check
+
+
+SPARSE = DecodeTunable(sparse=True)
+DENSE = DecodeTunable(sparse=False)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from questkern import config as C
 from questkern.config import next_pow2
 from questkern.ops.tunable import REG_BUDGET, Param, page_budget, pow2_range
@@ -90,6 +92,29 @@ class SelectTunable:
         return C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
                               num_warps=params["num_warps"], num_stages=params.get("num_stages", 1),
                               merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
+
+    def build(self, bucket, inputs, config, budget):
+        from questkern.ops.select import select_pages, select_workspace
+
+        b, w, c, q = bucket, inputs, inputs.cache, inputs.q
+        ref = w.selection_ref(budget, b.gqa_mode, b.aggregate)  # [B, Hsel, K]
+        phys_ref = w.selection_phys_ref(budget, b.gqa_mode, b.aggregate)
+        K = ref.shape[2]
+        out = torch.full_like(ref, -7)
+        phys = torch.full_like(ref, -7)
+        ws = select_workspace(q.shape[0], ref.shape[1], c.page_table.shape[1], K, config, inputs.device)
+
+        def launch():  # as QuestDecode.run launches it: logical and physical ids
+            select_pages(q, c.kmin, c.kmax, c.page_table, c.seq_lens, c.page_size, K, b.gqa_mode, b.aggregate,
+                         config, out=out, out_phys=phys, workspace=ws)
+
+        def check():
+            for got, want, what in ((out, ref, "selection"), (phys, phys_ref, "physical page ids")):
+                if not torch.equal(got, want):
+                    rows = int((got != want).any(-1).sum())
+                    raise AssertionError(f"{what} differ from the reference in {rows} of "
+                                         f"{ref.shape[0] * ref.shape[1]} rows")
+        return launch, check
 
 
 TUNABLE = SelectTunable()
