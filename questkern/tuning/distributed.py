@@ -545,7 +545,6 @@ def retime_differing(a: dict, b: dict, rounds: int = 5, rep_ms: int = 40, warmup
 
     device = default_device()
     pool, timer = WorkloadPool(device), default_timer(device, rep_ms, warmup_ms)
-    cls = {"metadata": C.MetadataConfig, "select": C.SelectConfig}
     out = {}
     for bk_a in a["buckets"]:
         bk_b = next((x for x in b["buckets"] if x["study"].split(":", 1)[1] == bk_a["study"].split(":", 1)[1]), None)
@@ -557,7 +556,7 @@ def retime_differing(a: dict, b: dict, rounds: int = 5, rep_ms: int = 40, warmup
             h = next((x for x in bk_b["groups"] if (x["page_size"], x["budget"]) == (g["page_size"], g["budget"])), None)
             if h is None or h["config"] == g["config"]:
                 continue
-            make = cls.get(bucket.op, C.DecodeConfig)
+            make = C.CONFIG_TYPES[bucket.op]
             cands = [Candidate(make(**c["config"]), g["page_size"], g["budget"], {}) for c in (g, h)]
             times: list[list[float]] = [[], []]
             for _ in range(rounds):
