@@ -12,6 +12,11 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def default_device() -> torch.device:
+    """CUDA when a device is present, else the CPU (kernels then run in the Triton interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def dot_upcast(dtype: torch.dtype) -> bool:
     """Whether kernels must upcast ``tl.dot`` operands of ``dtype`` to float32.
 

@@ -56,6 +56,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_csv_atomic(path: str | os.PathLike, df, *, float_format: str | None = None) -> Path:
+    """A pandas DataFrame as CSV, without its index."""
+    return write_text_atomic(path, df.to_csv(index=False, float_format=float_format))
+
+
 def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2, sort_keys: bool = True,
                       allow_nan: bool = True, default=None) -> Path:
     with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -8,7 +8,9 @@ import re
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+from questkern._dtypes import FLAG_DTYPES
+
+DTYPES = FLAG_DTYPES
 
 
 def parse_size(text: str) -> int:
@@ -98,15 +100,63 @@ def parse_fix(text: str) -> dict:
     return out
 
 
-def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) -> None:
-    d = {"seq": "8k,32k,128k", "batch": "1,8", "heads": "32/32,32/8", "head_dim": "128", "dtype": "bf16",
-         "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
-    d.update(defaults or {})
-    p.add_argument("--seq", type=parse_sizes, default=parse_sizes(d["seq"]), help=f"context lengths (default {d['seq']})")
-    p.add_argument("--batch", type=parse_ints, default=parse_ints(d["batch"]), help=f"batch sizes (default {d['batch']})")
-    p.add_argument("--heads", type=parse_heads, default=parse_heads(d["heads"]), help=f"Q/KV head layouts (default {d['heads']})")
-    p.add_argument("--head-dim", type=parse_ints, default=parse_ints(d["head_dim"]), help="head dims (default %(default)s)")
-    p.add_argument("--dtype", type=parse_dtype, default=parse_dtype(d["dtype"]), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=parse_ints(d["page_size"]), help="page sizes (default %(default)s)")
-    p.add_argument("--budget", type=parse_ints, default=parse_ints(d["budget"]), help="token budgets (default %(default)s)")
-    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=d["gqa_mode"], help="GQA selection mode (default %(default)s)")
+def parse_dtypes(text: str) -> list[torch.dtype]:
+    """'bf16' or 'bf16,fp16' -> [torch dtypes]."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected bf16, fp16 or bf16,fp16, got {text!r}")
+    return list(dict.fromkeys(parse_dtype(p) for p in parts))
+
+
+def parse_one_heads(text: str) -> tuple[int, int]:
+    """'32/8' -> (32, 8); '32' means 32/32."""
+    heads = parse_heads(text if "/" in text else f"{text}/{text}")
+    if len(heads) != 1:
+        raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
+    return heads[0]
+
+
+GQA_MODES = ("shared", "per_head")
+
+# The shape flags of every command that builds a decode workload, defined once:
+# flag -> (parser of one value, parser of a comma-separated list, help for one, help for a list)
+SHAPE_FLAGS: dict[str, tuple] = {
+    "seq": (parse_size, parse_sizes, "context length, e.g. 32k", "context lengths, e.g. 8k,32k,128k"),
+    "batch": (parse_positive_int, parse_ints, "batch size", "batch sizes"),
+    "heads": (parse_one_heads, parse_heads, "Q/KV heads, e.g. 32/8 ('32' means 32/32)", "Q/KV head layouts, e.g. 32/32,32/8"),
+    "head_dim": (parse_positive_int, parse_ints, "head dim", "head dims"),
+    "dtype": (parse_dtype, parse_dtypes, "bf16 or fp16", "bf16, fp16 or bf16,fp16"),
+    "page_size": (parse_positive_int, parse_ints, "tokens per page", "page sizes"),
+    "budget": (parse_positive_int, parse_ints, "Quest token budget", "token budgets"),
+    "gqa_mode": (None, None, "GQA selection mode", "GQA selection mode"),
+}
+# what ``questkern bench`` measures by default (each command overrides what it needs)
+BENCH_DEFAULTS = {"seq": "8k,32k,128k", "batch": "1,8", "heads": "32/32,32/8", "head_dim": "128", "dtype": "bf16",
+                  "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
+LIST_FLAGS = ("seq", "batch", "heads", "head_dim", "page_size", "budget")  # bench and profile take these as lists
+
+
+def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None, lists=LIST_FLAGS,
+                   required=(), notes: dict | None = None) -> None:
+    """Add the eight shape flags (--seq --batch --heads --head-dim --dtype --page-size --budget --gqa-mode).
+
+    ``defaults`` (flag -> text as typed on the command line, or None: no default) update
+    :data:`BENCH_DEFAULTS`; flags named in ``lists`` take comma-separated lists, the others one
+    value; flags in ``required`` have no default and must be given; ``notes`` add a few words to
+    a flag's help.
+    """
+    d = {**BENCH_DEFAULTS, **(defaults or {})}
+    notes = notes or {}
+    for name, (one, many, help_one, help_many) in SHAPE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        is_list = name in lists
+        text = help_many if is_list else help_one
+        if name in notes:
+            text += f"; {notes[name]}"
+        kw: dict = {"choices": GQA_MODES} if one is None else {"type": many if is_list else one}
+        if name in required:
+            p.add_argument(flag, required=True, help=text, **kw)
+            continue
+        default = d[name]
+        value = default if (default is None or one is None) else kw["type"](default)
+        p.add_argument(flag, default=value, help=f"{text} (default {'any' if default is None else default})", **kw)

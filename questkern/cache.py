@@ -13,9 +13,12 @@ sync); ``shuffle=True`` hands them out in random order, as a long-running server
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from questkern import validate as V
+from questkern._details import default_device
 from questkern._nvtx import annotate
 from questkern.configs.runtime import resolve_config
 from questkern.ops.metadata import append_decode, metadata_build
@@ -47,7 +50,7 @@ class PagedKVCache:
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device) if device is not None else default_device()
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
@@ -144,3 +147,20 @@ class PagedKVCache:
         with annotate("questkern.metadata", op="append", batch=B):
             append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
         self._lens = new
+
+
+PREFILL_CHUNK = 8192  # tokens appended per step while filling a cache (bounds the temporary K/V)
+
+
+def prefill_chunked(cache: PagedKVCache, lens: list[int], make_kv: Callable[[tuple[int, int, int, int]], tuple],
+                    *, chunk: int = PREFILL_CHUNK) -> None:
+    """Fill ``cache`` with synthetic tokens chunk by chunk (bench, tuner and profiler inputs):
+    sequence ``b`` gets ``lens[b]`` tokens. ``make_kv(shape)`` returns the chunk's ``(k, v)``
+    for ``shape = (batch, T, num_kv_heads, head_dim)``; it is called once per chunk, in order,
+    so a seeded generator gives the same cache every time."""
+    total = max(lens)
+    for start in range(0, total, chunk):
+        T = min(chunk, total - start)
+        k, v = make_kv((cache.batch_size, T, cache.num_kv_heads, cache.head_dim))  # [B, T, Hkv, D]
+        cache.append(k, v, [max(0, min(T, n - start)) for n in lens])
+        del k, v

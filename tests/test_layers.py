@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "questkern"
 
 LAYERS = ["base", "ops", "runtime", "tools", "cli"]  # bottom first
 TOOLS = ("bench", "tuning", "profiling", "quality", "report", "integrations")
-BASE = ("config", "configs", "validate", "_details", "_io", "_nvtx", "_shapes", "_timing", "_version")
+BASE = ("config", "configs", "validate", "_details", "_dtypes", "_io", "_nvtx", "_shapes", "_timing", "_version")
 
 
 def module_name(path: Path) -> str:

@@ -22,15 +22,14 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from questkern._dtypes import meta_name, short_name
 from questkern.api import QuestDecode
 from questkern._timing import time_fn
-from questkern.cache import PagedKVCache
+from questkern.cache import PagedKVCache, prefill_chunked
 from questkern.ops.decode import paged_attention_ref, paged_decode
 from questkern.ops.select import select_pages, select_pages_ref
 from questkern.ops.select.naive import page_scores_ref, selection_rows_ref
 
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-META_NAMES = {None: "", torch.float32: "fp32", torch.float8_e5m2: "fp8_e5m2"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,9 @@ class Case:
 
     def describe(self) -> dict:
         d = asdict(self)
-        d["dtype"] = DTYPE_NAMES[self.dtype]
+        d["dtype"] = short_name(self.dtype)
         d["lens"] = "mixed" if self.lens else ""
-        d["meta_dtype"] = META_NAMES[self.meta_dtype]
+        d["meta_dtype"] = meta_name(self.meta_dtype)
         return d
 
 
@@ -64,18 +63,15 @@ def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0
     cache = PagedKVCache(case.batch, max(lens), case.kv_heads, case.head_dim, page_size=case.page_size,
                          dtype=case.dtype, device=device, shuffle=True, seed=seed, meta_dtype=case.meta_dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
-    chunk = 8192
-    for start in range(0, max(lens), chunk):
-        T = min(chunk, max(lens) - start)
-        n = [max(0, min(T, L - start)) for L in lens]
-        shape = (case.batch, T, case.kv_heads, case.head_dim)
+
+    def make_kv(shape):
         if integer_keys:  # exact scores (in fp8 metadata too): selection can be compared bit for bit
             k = torch.randint(-8, 8, shape, generator=gen, device=device).to(case.dtype)
         else:
             k = torch.randn(shape, generator=gen, device=device).to(case.dtype)
-        v = torch.randn(shape, generator=gen, device=device).to(case.dtype)
-        cache.append(k, v, n)
-        del k, v
+        return k, torch.randn(shape, generator=gen, device=device).to(case.dtype)
+
+    prefill_chunked(cache, lens, make_kv)
     return cache
 
 

@@ -29,7 +29,8 @@ import torch
 
 from questkern.cli import invocation
 from questkern._shapes import add_shape_args
-from questkern.profiling.files import write_text_atomic
+from questkern._dtypes import short_name
+from questkern._io import write_text_atomic
 
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
@@ -186,7 +187,7 @@ def run_model(args, note: str | None) -> int:
                 continue
             for r in summarize(case, times, copy_gbps):
                 r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"],
-                         triton=info["triton"], cuda=info["cuda"], dtype=_dtype_name(args.dtype), path=args.path,
+                         triton=info["triton"], cuda=info["cuda"], dtype=short_name(args.dtype), path=args.path,
                          copy_gbps=round(copy_gbps, 1), timestamp=stamp, command=command)
                 rows.append(r)
                 if r["attention"] != "sdpa":
@@ -198,10 +199,6 @@ def run_model(args, note: str | None) -> int:
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
     return 0
-
-
-def _dtype_name(dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def run(args) -> int:

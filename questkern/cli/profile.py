@@ -45,7 +45,7 @@ def _one(args, flag: str):
 
 def shape_from_args(args) -> dict:
     """The single-valued shape dict the workload takes, from bench-style (list) flags."""
-    from questkern.profiling.workload import _dtype_name
+    from questkern._dtypes import short_name
 
     hq, hkv = _one(args, "heads")
     for flag in ("steps",):
@@ -54,7 +54,7 @@ def shape_from_args(args) -> dict:
     if args.warmup < 0:
         raise SystemExit(f"questkern profile: --warmup must be >= 0, got {args.warmup}")
     return {"seq_len": _one(args, "seq"), "batch": _one(args, "batch"), "q_heads": hq, "kv_heads": hkv,
-            "head_dim": _one(args, "head_dim"), "dtype": _dtype_name(args.dtype), "page_size": _one(args, "page_size"),
+            "head_dim": _one(args, "head_dim"), "dtype": short_name(args.dtype), "page_size": _one(args, "page_size"),
             "budget": _one(args, "budget"), "gqa_mode": args.gqa_mode, "mode": args.mode,
             "warmup": args.warmup, "steps": args.steps, "append": args.append}
 

@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from questkern._details import default_device
 from questkern._shapes import parse_positive_int, parse_positive_seconds, parse_size
 
 
@@ -126,7 +127,6 @@ def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
-    import torch
 
     from questkern.configs.gpus import CPU_KEY, current_gpu_key
     from questkern.tuning.recheck import recheck, summary_lines
@@ -134,7 +134,7 @@ def run(args) -> int:
     from questkern.configs.schema import TableError
     from questkern.tuning.tuner import num_sms
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     key = current_gpu_key(device)
     if key == CPU_KEY:
         print(f"NOTE: {note or 'no CUDA device: kernels run in the Triton interpreter'}; the timings mean nothing")

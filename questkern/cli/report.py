@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from questkern.profiling.files import write_text_atomic
+    from questkern._io import write_text_atomic
     from questkern.report import gather, render
     from questkern.report.data import ReportDataError
 

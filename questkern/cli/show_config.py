@@ -13,14 +13,7 @@ import argparse
 import json
 import sys
 
-from questkern._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
-
-
-def _one_heads(text: str) -> tuple[int, int]:
-    heads = parse_heads(text)
-    if len(heads) != 1:
-        raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
-    return heads[0]
+from questkern._shapes import add_shape_args
 
 
 def register(sub) -> None:
@@ -29,14 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
-    p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
-    p.add_argument("--batch", type=parse_positive_int, default=1, help="batch size (default 1)")
-    p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
-    p.add_argument("--head-dim", type=parse_positive_int, default=128, help="head dim (default 128)")
-    p.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_positive_int, default=16, help="page size (default 16)")
-    p.add_argument("--budget", type=parse_positive_int, default=None, help="token budget (select/sparse_decode; default: any)")
-    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
+    add_shape_args(p, lists=(), required=("seq",), defaults={"batch": "1", "heads": "32/8", "budget": None, "gqa_mode": None},
+                   notes={"budget": "select/sparse_decode", "gqa_mode": "select/sparse_decode"})
     p.add_argument("--gpu", default=None,
                    help="GPU whose tables to read: a key (nvidia-h100-80gb-hbm3), a device name, or a family alias "
                         "(h100) when exactly one table of that family is found (default: this device)")

@@ -22,8 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern._shapes import (parse_dtype, parse_fix, parse_heads, parse_ints, parse_positive_int,
-                               parse_positive_seconds, parse_sizes)
+from questkern._shapes import LIST_FLAGS, add_shape_args, parse_fix, parse_positive_int, parse_positive_seconds
 
 
 def parse_ops(text: str) -> list[str]:
@@ -36,13 +35,6 @@ def parse_ops(text: str) -> list[str]:
     return list(dict.fromkeys(ops))
 
 
-def parse_dtypes(text: str) -> list:
-    """'bf16' or 'bf16,fp16' -> [torch dtypes]."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected bf16, fp16 or bf16,fp16, got {text!r}")
-    return list(dict.fromkeys(parse_dtype(p) for p in parts))
-
 
 
 def register(sub) -> None:
@@ -54,15 +46,9 @@ def register(sub) -> None:
     p.add_argument("--gpu", required=True,
                    help="GPU family (a100, h100, h200, l40s, l4, 4090, ...; 'cpu' for the interpreter) or full key; "
                         "must match the detected device unless --dry-run")
-    p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k")
-    p.add_argument("--batch", type=parse_ints, default=[1, 8], help="batch sizes (default 1,8)")
-    p.add_argument("--heads", type=parse_heads, default=[(32, 32), (32, 8)], help="Q/KV heads (default 32/32,32/8)")
-    p.add_argument("--head-dim", type=parse_ints, default=[128], help="head dims (default 128)")
-    p.add_argument("--dtype", type=parse_dtypes, default=parse_dtypes("bf16"), help="bf16, fp16 or bf16,fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=[16], help="page sizes; several = searched (default 16)")
-    p.add_argument("--budget", type=parse_ints, default=[2048], help="token budgets; several = searched (default 2048)")
+    add_shape_args(p, lists=(*LIST_FLAGS, "dtype"), required=("seq",),
+                   notes={"page_size": "several = searched", "budget": "several = searched"})
     p.add_argument("--ops", type=parse_ops, default=list(OPS), help=f"ops to tune (default {','.join(OPS)})")
-    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
     p.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="shared-mode score aggregate (default sum)")
     p.add_argument("--trials", type=parse_positive_int, default=None,
                    help="evaluated trials per bucket study, resumed count (default 40 when --timeout is not given)")

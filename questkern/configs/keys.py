@@ -21,12 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
+from questkern._dtypes import dtype_name
 
 OPS = ("select", "sparse_decode", "dense_decode", "metadata", "quest_step")
 BUDGET_OPS = ("select", "sparse_decode", "quest_step")  # ops whose kernel depends on the token budget and GQA mode
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16"}
 REFERENCE_BUDGET = 2048  # tie-break for callers that pass no budget: the paper's usual budget
 
 
@@ -36,20 +34,6 @@ def log2_bucket(n: int, name: str = "value") -> int:
         raise ValueError(f"{name} must be an int >= 1, got {n!r}")
     return (n - 1).bit_length()
 
-
-def dtype_name(dtype) -> str:
-    """torch.bfloat16 / 'bf16' / 'bfloat16' -> 'bfloat16' (likewise float16)."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be torch.bfloat16 or torch.float16, got {dtype}")
-        return DTYPE_NAMES[dtype]
-    if isinstance(dtype, str) and dtype.lower() in DTYPE_ALIASES:
-        return DTYPE_ALIASES[dtype.lower()]
-    raise ValueError(f"dtype must be one of {sorted(DTYPE_ALIASES)} or a torch dtype, got {dtype!r}")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name(name)]
 
 
 def check_op(op: str) -> str:

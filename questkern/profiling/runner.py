@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from questkern.profiling.files import write_csv, write_json, write_text_atomic
+from questkern._io import write_csv_atomic, write_json_atomic, write_text_atomic
 from questkern.profiling.ncu import (
     diagnose_ncu,
     find_tool,
@@ -169,7 +169,7 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
                 except ValueError as e:
                     problem = str(e)
         if problem is None:
-            result.summary = write_csv(out / "summary.csv", summary)
+            result.summary = write_csv_atomic(out / "summary.csv", summary)
         elif tool == "ncu":
             raise RuntimeError(f"{problem} (see {out / 'ncu.log'})")
         else:
@@ -200,6 +200,6 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
     meta.update(name=name, tool=result.tool, fallback_reason=result.reason,
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 commands={k: shlex.join(v) for k, v in cmds.items()})
-    write_json(meta_path, meta)
+    write_json_atomic(meta_path, meta, default=str)
     echo(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return result

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from questkern.profiling.files import write_csv, write_text_atomic
+from questkern._io import write_csv_atomic, write_text_atomic
 from questkern._nvtx import torch_ranges
 from questkern.profiling.summary import filter_trace, summarize_torch_trace
 
@@ -43,4 +43,4 @@ def profile_steps(run: Callable[[], None], out_dir: str | os.PathLike, *, steps:
     if summary.empty:
         raise RuntimeError("torch.profiler recorded no questkern range: was annotation reached? "
                            "(questkern.profiling.torch_ranges mirrors annotate() calls)")
-    return write_csv(out_dir / "summary.csv", summary)
+    return write_csv_atomic(out_dir / "summary.csv", summary)

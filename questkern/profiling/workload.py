@@ -25,30 +25,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from questkern._details import default_device
+from questkern._dtypes import short_name
+
 WORKLOAD_VERSION = 1
 
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
     """Single-valued shape flags (same syntax as ``questkern bench``) plus the run's knobs."""
-    from questkern._shapes import parse_dtype, parse_heads, parse_size
+    from questkern._shapes import add_shape_args
 
-    def one_heads(text: str) -> tuple[int, int]:
-        heads = parse_heads(text)
-        if len(heads) != 1:
-            raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
-        return heads[0]
-
-    def heads_arg(text: str) -> tuple[int, int]:
-        return one_heads(text if "/" in text else f"{text}/{text}")
-
-    p.add_argument("--seq", type=parse_size, default=32768, help="context length per sequence, e.g. 32k (default 32768)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--heads", type=heads_arg, default=(32, 32), help="Q/KV heads, e.g. 32/8; '32' means 32/32 (default 32/32)")
-    p.add_argument("--head-dim", type=int, default=128, help="head dim (default 128)")
-    p.add_argument("--dtype", type=parse_dtype, default="bf16", help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=int, default=16, help="tokens per page (default 16)")
-    p.add_argument("--budget", type=int, default=2048, help="Quest token budget (default 2048)")
-    p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
+    add_shape_args(p, lists=(), defaults={"seq": "32768", "batch": "1", "heads": "32/32"})
     p.add_argument("--mode", choices=["quest", "dense"], default="quest",
                    help="quest: select + sparse decode; dense: the in-house dense decode (default quest)")
     p.add_argument("--warmup", type=int, default=2, help="un-annotated warm-up steps (default 2)")
@@ -58,17 +45,11 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _dtype_name(dtype) -> str:
-    import torch
-
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def shape_dict(args) -> dict:
     """The workload's shape as plain JSON values."""
     hq, hkv = args.heads
     return {"seq_len": args.seq, "batch": args.batch, "q_heads": hq, "kv_heads": hkv, "head_dim": args.head_dim,
-            "dtype": _dtype_name(args.dtype), "page_size": args.page_size,
+            "dtype": short_name(args.dtype), "page_size": args.page_size,
             "budget": args.budget if args.mode == "quest" else None, "gqa_mode": args.gqa_mode, "mode": args.mode,
             "warmup": args.warmup, "steps": args.steps, "append": args.append}
 
@@ -82,29 +63,26 @@ def validate(args) -> None:
         raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
 
 
-class Workload:
+class ProfiledDecode:
     """A filled cache, a plan, and ``step()`` = one decode step (append + run)."""
 
     def __init__(self, args):
         import torch
 
         from questkern import PagedKVCache, QuestDecode
+        from questkern.cache import prefill_chunked
 
         self.args = args
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = default_device()
         hq, hkv = args.heads
         B, D, L = args.batch, args.head_dim, args.seq
         capacity = L + args.warmup + args.steps
         self.cache = PagedKVCache(B, capacity, hkv, D, page_size=args.page_size, dtype=args.dtype,
                                   device=self.device, shuffle=True, seed=args.seed)
         gen = torch.Generator(device=self.device).manual_seed(args.seed)
-        chunk = 8192
-        for start in range(0, L, chunk):  # prefill in chunks: bounded temporary memory
-            T = min(chunk, L - start)
-            k = torch.randn(B, T, hkv, D, generator=gen, device=self.device).to(args.dtype)  # [B, T, Hkv, D]
-            v = torch.randn(B, T, hkv, D, generator=gen, device=self.device).to(args.dtype)
-            self.cache.append(k, v)
-            del k, v
+        prefill_chunked(self.cache, [L] * B, lambda shape: (
+            torch.randn(shape, generator=gen, device=self.device).to(args.dtype),
+            torch.randn(shape, generator=gen, device=self.device).to(args.dtype)))
         self.q = torch.randn(B, hq, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hq, D]
         self.k_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hkv, D]
         self.v_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)
@@ -124,7 +102,7 @@ class Workload:
             torch.cuda.synchronize()
 
 
-def run_steps(w: Workload, n: int) -> None:
+def run_steps(w: ProfiledDecode, n: int) -> None:
     for _ in range(n):
         w.step()
     w.sync()
@@ -170,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user_switch = nvtx.nvtx_switched_on()
     nvtx.set_nvtx_enabled(False)  # prefill + warm-up stay outside every NVTX filter
-    w = Workload(args)
+    w = ProfiledDecode(args)
     run_steps(w, args.warmup)
     nvtx.set_nvtx_enabled(user_switch)
 
@@ -183,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         run_steps(w, args.steps)
 
     if args.meta is not None:
-        from questkern.profiling.files import write_json
+        from questkern._io import write_json_atomic
 
         pl = w.plan
         meta = {"schema": "questkern.profile.meta", "version": WORKLOAD_VERSION, "shape": shape_dict(args),
                 "plan": {"k_pages": pl.k_pages, "num_splits": pl.num_splits, "sources": pl.sources,
                          "select_config": repr(pl.select_config), "decode_config": repr(pl.decode_config)},
                 "device": device_meta(), "nvtx": {"switched_on": user_switch, "tool_attached": nvtx.nvtx_enabled()}}
-        write_json(args.meta, meta)
+        write_json_atomic(args.meta, meta, default=str)
     return 0
 
 

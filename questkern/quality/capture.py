@@ -202,7 +202,7 @@ def capture_all(trace_dir, passkey_csv, *, contexts=DEFAULT_CONTEXTS, depths=Non
     """
     import pandas as pd
 
-    from questkern.quality.io import write_csv
+    from questkern._io import write_csv_atomic
     from questkern.quality.model import load_model
     from questkern.quality.prompts import passkey_prompt, text_prompt
     from questkern.quality.traces import save_trace
@@ -235,6 +235,6 @@ def capture_all(trace_dir, passkey_csv, *, contexts=DEFAULT_CONTEXTS, depths=Non
         rows += r
         if rows:
             both = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
-            write_csv(both.drop_duplicates(["prompt", "config"], keep="last"), passkey_csv)
+            write_csv_atomic(passkey_csv, both.drop_duplicates(["prompt", "config"], keep="last"), float_format="%.6g")
     log(f"captured {len(prompts)} prompts in {time.time() - t0:.0f}s -> {trace_dir}" + (f", {passkey_csv}" if rows else ""))
     return rows

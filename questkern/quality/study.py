@@ -197,7 +197,7 @@ def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 6
     """Compute the study from the cached traces and write the CSVs + answers JSON."""
     import pandas as pd
 
-    from questkern.quality.io import write_csv, write_json
+    from questkern._io import write_csv_atomic, write_json_atomic
 
     out_dir = Path(out_dir)
     if traces is None:
@@ -219,12 +219,12 @@ def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 6
     summary.insert(len(KEY_NAMES) + 2, "dense_layers", dense_layers)
     layers = pd.DataFrame(layer_acc.rows(LAYER_KEY_NAMES)).sort_values(list(LAYER_KEY_NAMES)).reset_index(drop=True)
     layers = layers.drop(columns=[c for c in ("recall_p10", "recall_min") if c in layers])
-    write_csv(summary, out_dir / "quality_recall.csv")
-    write_csv(layers, out_dir / "quality_layers.csv")
+    write_csv_atomic(out_dir / "quality_recall.csv", summary, float_format="%.6g")
+    write_csv_atomic(out_dir / "quality_layers.csv", layers, float_format="%.6g")
     from questkern.quality.answers import answers
 
     ans = answers(summary, _maybe_csv(out_dir / "quality_passkey.csv"))
-    write_json(ans, out_dir / "quality_answers.json")
+    write_json_atomic(out_dir / "quality_answers.json", ans)
     log(f"study of {len(sources)} traces in {time.time() - t0:.0f}s -> {out_dir}/quality_recall.csv, quality_layers.csv, quality_answers.json")
     return ans
 

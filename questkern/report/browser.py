@@ -133,7 +133,7 @@ def screenshot_plot(path: str | os.PathLike, plot_id: str, png: str | os.PathLik
         if not out.exists() or out.stat().st_size == 0:
             raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}): "
                                + " | ".join(proc.stderr.strip().splitlines()[-5:]))
-        from questkern.profiling.files import write_bytes_atomic
+        from questkern._io import write_bytes_atomic
 
         write_bytes_atomic(png, out.read_bytes())
     return png

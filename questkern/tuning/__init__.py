@@ -4,7 +4,8 @@ Layout (Kernel Tuner style: strategy, runner and observer are separate):
 
 * :mod:`~questkern.configs.gpus`     GPU name normalization and ``--gpu`` checks
 * :mod:`~questkern.configs.keys`     table keys, log2 buckets, distance between shapes
-* :mod:`~questkern.tuning.space`    search space per op, constraints, heuristic defaults
+* :mod:`~questkern.tuning.space`    buckets and the search space, generic over the ops' own tunable
+  descriptions (``questkern/ops/<op>/tunable.py``: parameters, constraints, default, build and check)
 * :mod:`~questkern.tuning.runner`   build inputs, run a candidate, check it, time it
 * :mod:`~questkern.tuning.strategy` Optuna samplers, studies, the trial objective
 * :mod:`~questkern.tuning.observer` progress and the final report

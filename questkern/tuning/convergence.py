@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 
+from questkern._details import default_device
 from questkern.configs.keys import BUDGET_OPS, OPS
 from questkern.tuning.runner import Outcome
 from questkern.tuning.space import Bucket, OpSpace, params_key
@@ -37,13 +38,11 @@ SAVE_EVERY = 8  # points between atomic rewrites of the sweep file
 def sweep(bucket: Bucket, *, out: Path, fixed: dict | None = None, max_time: float | None = None,
           timer=None, rep_ms: int = 100, warmup_ms: int = 25, seed: int = 0, log=print) -> dict:
     """Time every valid point of ``bucket`` (resuming from ``out``); returns the sweep document."""
-    import torch
-
     from questkern.configs.gpus import current_gpu_key, current_gpu_name
     from questkern.tuning.runner import Runner, WorkloadPool, default_timer
     from questkern.tuning.tuner import num_sms
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     sms = num_sms(device)
     space = OpSpace(bucket, num_sms=sms, fixed=fixed)
     points = space.enumerate()
@@ -182,20 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     from questkern._details import select_backend
 
     select_backend()
-    from questkern._shapes import parse_dtype, parse_fix, parse_heads, parse_size
+    from questkern._shapes import add_shape_args, parse_fix
 
     ap = argparse.ArgumentParser(prog="python -m questkern.tuning.convergence", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sw = sub.add_parser("sweep", help="time every valid point of one bucket (resumable)")
     sw.add_argument("--op", choices=OPS, required=True)
-    sw.add_argument("--seq", type=parse_size, required=True)
-    sw.add_argument("--batch", type=int, default=1)
-    sw.add_argument("--heads", type=parse_heads, default=[(32, 8)])
-    sw.add_argument("--head-dim", type=int, default=128)
-    sw.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"))
-    sw.add_argument("--page-size", type=int, default=16)
-    sw.add_argument("--budget", type=int, default=2048)
-    sw.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared")
+    add_shape_args(sw, lists=(), required=("seq",), defaults={"batch": "1", "heads": "32/8"})
     sw.add_argument("--fix", type=parse_fix, default={})
     sw.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (rerun to continue)")
     sw.add_argument("--rep-ms", type=int, default=100)
@@ -210,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="replay the samplers without the heuristic default enqueued as trial 0")
     args = ap.parse_args(argv)
     if args.cmd == "sweep":
-        hq, hkv = args.heads[0]
+        hq, hkv = args.heads
         b = Bucket(args.op, args.dtype, args.head_dim, hq, hkv, args.seq, args.batch, (args.page_size,),
                    (args.budget,) if args.op in BUDGET_OPS else (), args.gqa_mode)
         with _quiet():

@@ -44,6 +44,7 @@ from typing import Any, cast
 import optuna
 from optuna.trial import TrialState
 
+from questkern._details import default_device
 from questkern.tuning.observer import ConsoleObserver, format_config
 from questkern.tuning.space import OpSpace, params_key
 from questkern.tuning.storage import StorageError, absolute_sqlite, check_url, driver_url, open_storage, redact
@@ -485,11 +486,9 @@ def _show_progress(progress: Progress, say, elapsed: float, was_down: bool) -> b
 
 def _sms() -> int:
     """SM count of this host's GPU (the split defaults of the spaces depend on it)."""
-    import torch
-
     from questkern.tuning.tuner import num_sms
 
-    return num_sms(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    return num_sms(default_device())
 
 
 # ----------------------------------------------------------------------------- multi-GPU vs one GPU
@@ -540,15 +539,12 @@ def retime_differing(a: dict, b: dict, rounds: int = 5, rep_ms: int = 40, warmup
     GPU (median of ``rounds``): {"bucket|page|budget": (us_a, us_b)}."""
     import statistics
 
-    import torch
-
     from questkern import config as C
     from questkern.tuning.runner import Runner, WorkloadPool, default_timer
     from questkern.tuning.space import Bucket, Candidate
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     pool, timer = WorkloadPool(device), default_timer(device, rep_ms, warmup_ms)
-    cls = {"metadata": C.MetadataConfig, "select": C.SelectConfig}
     out = {}
     for bk_a in a["buckets"]:
         bk_b = next((x for x in b["buckets"] if x["study"].split(":", 1)[1] == bk_a["study"].split(":", 1)[1]), None)
@@ -560,7 +556,7 @@ def retime_differing(a: dict, b: dict, rounds: int = 5, rep_ms: int = 40, warmup
             h = next((x for x in bk_b["groups"] if (x["page_size"], x["budget"]) == (g["page_size"], g["budget"])), None)
             if h is None or h["config"] == g["config"]:
                 continue
-            make = cls.get(bucket.op, C.DecodeConfig)
+            make = C.CONFIG_TYPES[bucket.op]
             cands = [Candidate(make(**c["config"]), g["page_size"], g["budget"], {}) for c in (g, h)]
             times: list[list[float]] = [[], []]
             for _ in range(rounds):

@@ -15,6 +15,8 @@ import time
 
 from optuna.trial import FrozenTrial, TrialState
 
+from questkern._dtypes import short_name
+
 
 class Observer:
     """No-op base: subclasses override what they show."""
@@ -52,7 +54,7 @@ def report_lines(report) -> list[str]:
     rows = []
     for br in report.buckets:
         for g in br.groups:
-            dt = {"bfloat16": "bf16", "float16": "fp16"}.get(br.bucket.dtype, br.bucket.dtype)
+            dt = short_name(br.bucket.dtype)
             rows.append((br.bucket.op, f"{dt} d{br.bucket.head_dim} "
                          f"{br.bucket.num_q_heads}/{br.bucket.num_kv_heads}", br.bucket.seq_len, br.bucket.batch,
                          g.page_size, g.budget if g.budget is not None else "-", g.latency_us, g.default_latency_us,

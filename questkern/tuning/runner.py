@@ -25,20 +25,15 @@ from typing import Any, Callable
 import torch
 
 from questkern._timing import graph_replay
-from questkern.cache import PagedKVCache
-from questkern.ops.decode import decode_workspace, paged_attention_ref, paged_decode
-from questkern.ops.decode.kernel import decode_num_splits
-from questkern.ops.metadata import metadata_build
-from questkern.ops.select import select_pages, select_pages_ref, select_workspace
-from questkern.ops.step import quest_step, step_plan, step_workspace
-from questkern.configs.keys import torch_dtype
+from questkern.cache import PagedKVCache, prefill_chunked
+from questkern._dtypes import torch_dtype
+from questkern.ops.decode import paged_attention_ref
+from questkern.ops.select import select_pages_ref
+from questkern.ops.tunable import tunable
 from questkern.tuning.space import Bucket, Candidate
 
-# tolerances of a kernel output (input dtype, float32 accumulation) against the float32 reference
-TOLERANCES = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=4e-3, rtol=4e-3)}
 FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address",
               "an illegal instruction")
-PREFILL_CHUNK = 8192  # tokens appended per step while building a cache (bounds the temporary K/V)
 
 
 class FatalDeviceError(RuntimeError):
@@ -148,13 +143,9 @@ class Workload:
             warnings.simplefilter("ignore")
             self.cache = PagedKVCache(s.batch, s.seq_len, s.num_kv_heads, s.head_dim, page_size=s.page_size,
                                       dtype=dtype, device=device, shuffle=True, seed=seed)
-            for start in range(0, s.seq_len, PREFILL_CHUNK):
-                T = min(PREFILL_CHUNK, s.seq_len - start)
-                kv_shape = (s.batch, T, s.num_kv_heads, s.head_dim)  # [B, T, Hkv, D]
-                k = torch.randint(-2, 3, kv_shape, generator=gen, device=device).to(dtype)
-                v = torch.randn(kv_shape, generator=gen, device=device).to(dtype)
-                self.cache.append(k, v)
-                del k, v
+            prefill_chunked(self.cache, [s.seq_len] * s.batch, lambda kv_shape: (
+                torch.randint(-2, 3, kv_shape, generator=gen, device=device).to(dtype),
+                torch.randn(kv_shape, generator=gen, device=device).to(dtype)))
         self.q = torch.randint(-2, 3, (s.batch, s.num_q_heads, s.head_dim), generator=gen,
                                device=device).to(dtype)  # [B, Hq, D]
         self._refs: dict = {}
@@ -263,89 +254,7 @@ class Runner:
     def build(self, cand: Candidate) -> tuple[Callable[[], object], Callable[[], None]]:
         """(launch, check): ``launch`` runs the kernel into preallocated buffers, ``check``
         raises AssertionError when its last result differs from the reference."""
-        b = self.bucket
-        w = self.prepare(cand.page_size)
-        c, q, cfg, dev = w.cache, w.q, cand.config, w.device
-        B, Hq, D = q.shape
-        if b.op == "metadata":
-            kmin = torch.zeros_like(c.kmin)
-            kmax = torch.zeros_like(c.kmax)
-            first = torch.zeros(B, dtype=torch.int32, device=dev)
-
-            def launch():
-                metadata_build(c.k_cache, kmin, kmax, c.page_table, c.seq_lens, first, None, cfg)
-
-            def check():
-                rmin, rmax = w.metadata_ref()
-                if not (torch.equal(kmin.float(), rmin) and torch.equal(kmax.float(), rmax)):
-                    bad = int(((kmin.float() != rmin) | (kmax.float() != rmax)).any(-1).any(-1).sum())
-                    raise AssertionError(f"page metadata differs from the reference on {bad} pages")
-            return launch, check
-        if b.op == "select":
-            ref = w.selection_ref(cand.budget, b.gqa_mode, b.aggregate)  # [B, Hsel, K]
-            phys_ref = w.selection_phys_ref(cand.budget, b.gqa_mode, b.aggregate)
-            K = ref.shape[2]
-            out = torch.full_like(ref, -7)
-            phys = torch.full_like(ref, -7)
-            ws = select_workspace(B, ref.shape[1], c.page_table.shape[1], K, cfg, dev)
-
-            def launch():  # as QuestDecode.run launches it: logical and physical ids
-                select_pages(q, c.kmin, c.kmax, c.page_table, c.seq_lens, c.page_size, K, b.gqa_mode, b.aggregate,
-                             cfg, out=out, out_phys=phys, workspace=ws)
-
-            def check():
-                for got, want, what in ((out, ref, "selection"), (phys, phys_ref, "physical page ids")):
-                    if not torch.equal(got, want):
-                        rows = int((got != want).any(-1).sum())
-                        raise AssertionError(f"{what} differ from the reference in {rows} of "
-                                             f"{ref.shape[0] * ref.shape[1]} rows")
-            return launch, check
-        if b.op == "quest_step":
-            ref = w.selection_ref(cand.budget, b.gqa_mode, b.aggregate)  # [B, rows, K]
-            K = ref.shape[2]
-            num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
-            geo = step_plan(B, ref.shape[1], c.page_table.shape[1], K, cfg, num_sms)
-            ws = step_workspace(B, Hq, ref.shape[1], D, geo, dev)
-            out = torch.full_like(q, float("nan"))
-            sel = torch.full_like(ref, -7)
-            phys = torch.full_like(ref, -7)
-
-            def launch():
-                quest_step(q, c.kmin, c.kmax, c.k_cache, c.v_cache, c.page_table, c.seq_lens, K, gqa_mode=b.gqa_mode,
-                           aggregate=b.aggregate, config=cfg, out=out, selected=sel, selected_phys=phys,
-                           workspace=ws, num_sms=num_sms)
-
-            def check():
-                if not torch.equal(sel, ref):
-                    rows = int((sel != ref).any(-1).sum())
-                    raise AssertionError(f"selection differs from the reference in {rows} of "
-                                         f"{ref.shape[0] * ref.shape[1]} rows")
-                want = w.attention_ref(ref, ("sparse", cand.budget, b.gqa_mode, b.aggregate))
-                torch.testing.assert_close(out.float(), want, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
-                                           "from the float32 reference: " + " ".join(m.split()))
-            return launch, check
-        # sparse / dense decode
-        if b.op == "sparse_decode":
-            selected = w.selection_ref(cand.budget, b.gqa_mode, b.aggregate)
-            selected_phys = w.selection_phys_ref(cand.budget, b.gqa_mode, b.aggregate)
-            ref_key = ("sparse", cand.budget, b.gqa_mode, b.aggregate)
-        else:
-            selected, selected_phys, ref_key = None, None, "dense"
-        per_head = selected is not None and selected.shape[1] == Hq and Hq != c.num_kv_heads
-        n_slots = selected.shape[2] if selected is not None else c.page_table.shape[1]
-        S = decode_num_splits(cfg, B, Hq, c.num_kv_heads, per_head, n_slots, dev)
-        ws = decode_workspace(B, Hq, S, D, dev) if S > 1 else None
-        out = torch.full_like(q, float("nan"))
-
-        def launch():
-            paged_decode(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, selected, None, cfg,
-                         num_splits=S, out=out, workspace=ws, selected_phys=selected_phys)
-
-        def check():
-            ref = w.attention_ref(selected, ref_key)
-            torch.testing.assert_close(out.float(), ref, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
-                                       "from the float32 reference: " + " ".join(m.split()))
-        return launch, check
+        return tunable(self.bucket.op).build(self.bucket, self.prepare(cand.page_size), cand.config, cand.budget)
 
     def evaluate(self, cand: Candidate, trial: int | None = None) -> Outcome:
         """Build, run once, check, then time. Exceptions become a failed outcome."""

@@ -9,28 +9,10 @@ that Optuna's distributions never change within a study; combinations that canno
 or that duplicate another point are rejected by :meth:`OpSpace.violation` *before*
 anything is compiled (the trial is pruned, not failed):
 
-* select: ``block_d <= head_dim`` (by the choices); ``chunk_pages`` no larger than the
-  context needs (``max(16, next_pow2(pages - 1))``: a larger tile is the same one-stage
-  launch with more masked lanes); register budget ``2 * chunk_pages * block_d /
-  (32 * num_warps) <= 256`` elements per thread for the kmin/kmax tiles (more spills).
-  ``num_stages`` and ``tiles_per_program`` are searched only for the score stream (two
-  stages with tiles smaller than K, whose programs loop over tiles); elsewhere the only
-  loop (over head-dim slices) is unrolled at compile time and num_stages stays 1.
-  ``merge_warps`` is searched only when the launch is two-stage; ``topk`` (bisection or
-  radix select, both exact) always.
-* sparse/dense decode: ``16 <= pages_per_block * page_size <= 256`` tokens per inner
-  step (``tl.dot`` needs 16; beyond 256 the K/V tiles spill); register budget
-  ``2 * tokens * head_dim / (32 * num_warps) <= 256``; ``num_splits`` no more than the
-  blocks of work (``ceil(slots / pages_per_block)``, beyond which the launcher caps it
-  anyway); ``fuse_combine`` searched only with more than one split, ``combine_warps``
-  only when a separate combine kernel runs.
-* quest_step (the fused step): stage 1's ``chunk_pages`` (as select's) with its
-  ``score_warps`` register budget and ``tiles_per_program``; stage 2's ``splits`` (CTAs per
-  selection row, each finding the row's top-K itself), ``pages_per_block`` and
-  ``num_warps`` under the decode's token and register limits, ``num_stages``, ``topk``,
-  ``fuse_combine``/``combine_warps`` as for decode, and ``persistent`` only where the
-  whole stage-2 grid fits on the SMs at once.
-* metadata: ``num_warps`` only.
+What each op searches, its constraints and its default come from the op's own tunable
+description (``questkern/ops/<op>/tunable.py``, protocol in :mod:`questkern.ops.tunable`);
+this module is generic over ops. Page size and budget are searched here, for every op that
+has several.
 
 The heuristic default (``questkern.config.default_*``) always lies in the space and
 satisfies the constraints (tests check this), so it can be enqueued as trial 0.
@@ -38,20 +20,14 @@ satisfies the constraints (tests check this), so it can be enqueued as trial 0.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from questkern import config as C
-from questkern.config import next_pow2
 from questkern.configs.keys import BUDGET_OPS, EntryKey, check_op, dtype_name
-
-SELECT_TOPK = ("bisect", "radix")  # SelectConfig.topk choices (searched when the field exists)
-REG_BUDGET = 256  # operand elements per thread above which a tile is considered to spill
-POW2_SPLITS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+from questkern.ops.tunable import Param, Tunable, page_budget, tunable
 
 
 @dataclass(frozen=True)
@@ -103,8 +79,8 @@ class Bucket:
         return min(-(-budget // page_size), self.max_pages(page_size))
 
     def slots(self, page_size: int, budget: int | None) -> int:
-        """Page slots a decode walks: the selection width (sparse) or every page (dense)."""
-        return self.k_pages(page_size, budget) if self.op in ("sparse_decode", "quest_step") else self.max_pages(page_size)
+        """Page slots a decode walks: the selection width with a budget (sparse), else every page (dense)."""
+        return self.k_pages(page_size, budget) if budget is not None else self.max_pages(page_size)
 
     def head_programs(self) -> int:
         return self.num_q_heads if self.per_head else self.num_kv_heads
@@ -137,15 +113,6 @@ class Bucket:
 
 
 @dataclass(frozen=True)
-class Param:
-    """One searched parameter; ``active(params so far)`` makes it conditional."""
-
-    name: str
-    choices: tuple
-    active: Callable[[dict], bool] | None = None
-
-
-@dataclass(frozen=True)
 class Candidate:
     """A point of the space, decoded: the op's config plus the algorithm knobs."""
 
@@ -153,18 +120,6 @@ class Candidate:
     page_size: int
     budget: int | None
     params: dict = field(hash=False, compare=False)
-
-
-def _field_names(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
-    out, v = [], lo
-    while v <= hi:
-        out.append(v)
-        v *= 2
-    return tuple(out)
 
 
 class OpSpace:
@@ -177,6 +132,7 @@ class OpSpace:
     def __init__(self, bucket: Bucket, *, num_sms: int, fixed: dict | None = None):
         self.bucket = bucket
         self.num_sms = int(num_sms)
+        self.tunable: Tunable = tunable(bucket.op)  # what the op searches (ops/<op>/tunable.py)
         self.params: list[Param] = self._with_defaults(self._build())
         fixed = dict(fixed or {})
         names = [p.name for p in self.params]
@@ -192,61 +148,9 @@ class OpSpace:
         params: list[Param] = []
         if len(b.page_sizes) > 1:
             params.append(Param("page_size", b.page_sizes))
-        if b.op in BUDGET_OPS and len(b.budgets) > 1:
+        if len(b.budgets) > 1:
             params.append(Param("budget", b.budgets))
-        if b.op == "metadata":
-            params.append(Param("num_warps", (1, 2, 4, 8)))
-        elif b.op == "select":
-            cap = max(max(16, next_pow2(b.max_pages(ps) - 1)) for ps in b.page_sizes)
-            params += [
-                Param("chunk_pages", _pow2_range(16, min(cap, 1024))),
-                Param("block_d", _pow2_range(16, min(b.head_dim, 128))),
-                Param("num_warps", (2, 4, 8, 16)),
-                Param("merge_warps", (1, 2, 4, 8, 16), active=lambda p: not self._one_stage(p)),
-            ]
-            if "topk" in _field_names(C.SelectConfig):  # top-K algorithm (bisection / radix select)
-                params.append(Param("topk", SELECT_TOPK))
-            if "tiles_per_program" in _field_names(C.SelectConfig):  # the score stream (tiles < K)
-                params += [Param("tiles_per_program", (1, 2, 4), active=self._score_stream),
-                           Param("num_stages", (1, 2, 3), active=self._score_stream)]
-        elif b.op == "quest_step":
-            cap = max(max(16, next_pow2(b.max_pages(ps) - 1)) for ps in b.page_sizes)
-            max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in b.budgets)
-            splits = {s for s in POW2_SPLITS if s <= max_useful}
-            splits |= {self._default_splits(ps, bud) for ps in b.page_sizes for bud in b.budgets}
-            params += [
-                Param("chunk_pages", _pow2_range(16, min(cap, 256))),
-                Param("score_warps", (2, 4, 8)),
-                Param("tiles_per_program", (1, 2, 4)),
-                Param("splits", tuple(sorted(splits))),
-                Param("pages_per_block", (1, 2, 4, 8, 16)),
-                Param("num_warps", (2, 4, 8)),
-                Param("num_stages", (1, 2, 3)),
-                Param("topk", SELECT_TOPK),
-                Param("fuse_combine", (True, False), active=lambda p: p["splits"] > 1),
-                Param("combine_warps", (1, 2, 4, 8),
-                      active=lambda p: p["splits"] > 1 and not p.get("fuse_combine", False)),
-                Param("persistent", (False, True)),
-            ]
-        else:
-            max_useful = max(b.slots(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,)))
-            splits = {s for s in POW2_SPLITS if s <= max_useful}
-            splits |= {self._default_splits(ps, bud) for ps in b.page_sizes for bud in (b.budgets or (None,))}
-            params += [
-                Param("pages_per_block", (1, 2, 4, 8, 16, 32)),
-                Param("num_splits", tuple(sorted(splits))),
-                Param("num_warps", (1, 2, 4, 8)),
-                Param("num_stages", (1, 2, 3, 4)),
-            ]
-            if "fuse_combine" in _field_names(C.DecodeConfig):  # last split merges vs a combine launch
-                params.append(Param("fuse_combine", (True, False), active=lambda p: p["num_splits"] > 1))
-            params.append(Param("combine_warps", (1, 2, 4, 8), active=self._separate_combine))
-        return params
-
-    @staticmethod
-    def _separate_combine(params: dict) -> bool:
-        """Whether a separate combine kernel runs (so that combine_warps matters)."""
-        return params["num_splits"] > 1 and not params.get("fuse_combine", False)
+        return params + self.tunable.params(b, self.num_sms)
 
     def _with_defaults(self, params: list[Param]) -> list[Param]:
         """Add any heuristic default value missing from a choice list, so the default is
@@ -266,77 +170,20 @@ class OpSpace:
         return out
 
     def _page_budget(self, params: dict) -> tuple[int, int | None]:
-        b = self.bucket
-        ps = params.get("page_size", b.page_sizes[0])
-        bud = params.get("budget", b.budgets[0]) if b.op in BUDGET_OPS else None
-        return ps, bud
-
-    def _one_stage(self, params: dict) -> bool:
-        """Whether select runs as one launch (then merge_warps is unused); asks the launcher."""
-        from questkern.ops.select.kernel import select_plan
-
-        ps, bud = self._page_budget(params)
-        n_chunks, _ = select_plan(self.bucket.max_pages(ps), self.bucket.k_pages(ps, bud),
-                                  C.SelectConfig(chunk_pages=params["chunk_pages"]))
-        return n_chunks == 1
-
-    def _score_stream(self, params: dict) -> bool:
-        """Whether select's stage 1 is the score stream (two stages, tiles smaller than K),
-        where tiles_per_program and num_stages apply; asks the launcher."""
-        from questkern.ops.select.kernel import stream_scores
-
-        ps, bud = self._page_budget(params)
-        return (not self._one_stage(params)) and stream_scores(C.SelectConfig(chunk_pages=params["chunk_pages"]),
-                                                                self.bucket.k_pages(ps, bud))
-
-    def _default_splits(self, page_size: int, budget: int | None) -> int:
-        if self.bucket.op == "quest_step":
-            step = C.default_step_config(self.bucket.max_pages(page_size), self.bucket.head_dim, page_size)
-            return C.choose_step_splits(step, self.bucket.batch, self.bucket.head_programs(),
-                                        self.bucket.k_pages(page_size, budget), self.num_sms)
-        cfg = C.default_decode_config(page_size, self.bucket.head_dim)
-        return C.choose_num_splits(cfg, self.bucket.batch, self.bucket.head_programs(),
-                                   self.bucket.slots(page_size, budget), self.num_sms)
+        return page_budget(self.bucket, params)
 
     # ------------------------------------------------------------------ points
     def default_params(self, page_size: int | None = None, budget: int | None = None) -> dict:
         """The heuristic default config as a point of this space (for one page size/budget)."""
         b = self.bucket
         ps = page_size if page_size is not None else b.page_sizes[0]
-        bud = (budget if budget is not None else b.budgets[0]) if b.op in BUDGET_OPS else None
+        bud = (budget if budget is not None else b.budgets[0]) if b.budgets else None
         p: dict = {}
         if len(b.page_sizes) > 1:
             p["page_size"] = ps
-        if b.op in BUDGET_OPS and len(b.budgets) > 1:
+        if len(b.budgets) > 1:
             p["budget"] = bud
-        if b.op == "metadata":
-            p["num_warps"] = C.default_metadata_config(b.head_dim).num_warps
-        elif b.op == "select":
-            cfg = C.default_select_config(b.max_pages(ps), b.head_dim)
-            p.update(chunk_pages=cfg.chunk_pages, block_d=cfg.block_d, num_warps=cfg.num_warps)
-            if not self._one_stage(p):
-                p["merge_warps"] = cfg.merge_warps
-            if "topk" in _field_names(C.SelectConfig):
-                p["topk"] = cfg.topk
-            if "tiles_per_program" in _field_names(C.SelectConfig) and self._score_stream(p):
-                p.update(tiles_per_program=cfg.tiles_per_program, num_stages=cfg.num_stages)
-        elif b.op == "quest_step":
-            st = C.default_step_config(b.max_pages(ps), b.head_dim, ps)
-            p.update(chunk_pages=st.chunk_pages, score_warps=st.score_warps, tiles_per_program=st.tiles_per_program,
-                     splits=self._default_splits(ps, bud), pages_per_block=st.pages_per_block,
-                     num_warps=st.num_warps, num_stages=st.num_stages, topk=st.topk, persistent=st.persistent)
-            if p["splits"] > 1:
-                p["fuse_combine"] = st.fuse_combine
-                if not st.fuse_combine:
-                    p["combine_warps"] = st.combine_warps
-        else:
-            cfg = C.default_decode_config(ps, b.head_dim)
-            p.update(pages_per_block=cfg.pages_per_block, num_splits=self._default_splits(ps, bud),
-                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            if p["num_splits"] > 1 and "fuse_combine" in _field_names(C.DecodeConfig):
-                p["fuse_combine"] = cfg.fuse_combine
-            if self._separate_combine(p):
-                p["combine_warps"] = cfg.combine_warps
+        p.update(self.tunable.default(b, ps, bud, self.num_sms))
         for name, v in self.fixed.items():  # a pinned parameter overrides the heuristic's value
             if name in p:
                 p[name] = v
@@ -386,75 +233,13 @@ class OpSpace:
 
     def violation(self, params: dict) -> str | None:
         """Why ``params`` is invalid or redundant (pruned before compiling), or None."""
-        b = self.bucket
         ps, bud = self._page_budget(params)
-        if b.op == "select":
-            need = max(16, next_pow2(b.max_pages(ps) - 1))
-            if params["chunk_pages"] > need:
-                return f"chunk_pages {params['chunk_pages']} > {need}, all a {b.max_pages(ps)}-page context needs"
-            if params["block_d"] > b.head_dim:
-                return f"block_d {params['block_d']} > head_dim {b.head_dim}"
-            per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["num_warps"])
-            if per_thread > REG_BUDGET:
-                return f"chunk_pages*block_d tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
-        elif b.op == "quest_step":
-            need = max(16, next_pow2(b.max_pages(ps) - 1))
-            if params["chunk_pages"] > need:
-                return f"chunk_pages {params['chunk_pages']} > {need}, all a {b.max_pages(ps)}-page context needs"
-            block_d = min(128, b.head_dim)
-            per_thread = 2 * params["chunk_pages"] * block_d / (32 * params["score_warps"])
-            if per_thread > REG_BUDGET:
-                return f"chunk_pages*block_d score tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
-            tokens = params["pages_per_block"] * ps
-            if not 16 <= tokens <= 256:
-                return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
-            per_thread = 2 * tokens * b.head_dim / (32 * params["num_warps"])
-            if per_thread > REG_BUDGET:
-                return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
-            useful = -(-b.k_pages(ps, bud) // params["pages_per_block"])
-            if params["splits"] > useful:
-                return f"splits {params['splits']} > {useful} blocks of selected pages"
-            if params["persistent"] and params["splits"] * b.batch * b.head_programs() > self.num_sms:
-                return (f"persistent needs the whole stage-2 grid ({params['splits']} x {b.batch * b.head_programs()} "
-                        f"programs) on the {self.num_sms} SMs at once")
-        elif b.op in ("sparse_decode", "dense_decode"):
-            tokens = params["pages_per_block"] * ps
-            if not 16 <= tokens <= 256:
-                return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
-            per_thread = 2 * tokens * b.head_dim / (32 * params["num_warps"])
-            if per_thread > REG_BUDGET:
-                return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
-            useful = -(-b.slots(ps, bud) // params["pages_per_block"])
-            if params["num_splits"] > useful:
-                return f"num_splits {params['num_splits']} > {useful} blocks of work"
-        return None
+        return self.tunable.violation(self.bucket, params, ps, bud, self.num_sms)
 
     def candidate(self, params: dict) -> Candidate:
         """Decode a point into the op's config (raises ValueError for an invalid config)."""
-        b = self.bucket
         ps, bud = self._page_budget(params)
-        if b.op == "metadata":
-            cfg = C.MetadataConfig(num_warps=params["num_warps"])
-        elif b.op == "select":
-            extra = {"topk": params["topk"]} if "topk" in params else {}
-            extra.update({k: params[k] for k in ("tiles_per_program",) if k in params})
-            cfg = C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
-                                 num_warps=params["num_warps"], num_stages=params.get("num_stages", 1),
-                                 merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
-        elif b.op == "quest_step":
-            cfg = C.StepConfig(chunk_pages=params["chunk_pages"], block_d=min(128, b.head_dim),
-                               score_warps=params["score_warps"], tiles_per_program=params["tiles_per_program"],
-                               splits=params["splits"], pages_per_block=params["pages_per_block"],
-                               num_warps=params["num_warps"], num_stages=params["num_stages"], topk=params["topk"],
-                               fuse_combine=params.get("fuse_combine", False),
-                               combine_warps=params.get("combine_warps", C.StepConfig.combine_warps),
-                               persistent=params["persistent"])
-        else:
-            extra = {"fuse_combine": params["fuse_combine"]} if "fuse_combine" in params else {}
-            cfg = C.DecodeConfig(pages_per_block=params["pages_per_block"], num_splits=params["num_splits"],
-                                 num_warps=params["num_warps"], num_stages=params["num_stages"],
-                                 combine_warps=params.get("combine_warps", C.DecodeConfig.combine_warps), **extra)
-        return Candidate(cfg, ps, bud, dict(params))
+        return Candidate(self.tunable.config(params), ps, bud, dict(params))
 
     def grid(self) -> dict[str, list]:
         """Every parameter with all its choices (for Optuna's GridSampler)."""

@@ -25,6 +25,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from questkern._details import default_device
 from questkern.configs import paths
 from questkern.configs.keys import BUDGET_OPS, OPS, EntryKey, dtype_name
 from questkern.tuning.observer import Observer, geomean
@@ -179,10 +180,6 @@ class TuneReport:
         }
 
 
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def num_sms(device: torch.device) -> int:
     """SM count (4 on the CPU interpreter, as the decode launcher assumes)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -202,7 +199,7 @@ def preflight(spec: TuneSpec) -> None:
 
 def plan_lines(spec: TuneSpec, device: torch.device | None = None) -> list[str]:
     """What a run would do (``--dry-run``): buckets, studies, space sizes, defaults, outputs."""
-    device = device or _device()
+    device = device or default_device()
     buckets, notes = spec.buckets()
     sms = num_sms(device) if device.type == "cuda" else 4
     lines = [f"gpu key {spec.gpu_key} ({spec.device_name}); storage {spec.storage_url}; split defaults "
@@ -315,7 +312,7 @@ def tune(spec: TuneSpec, *, timer: Timer | None = None, quality_fn: QualityFn | 
     from questkern.configs import runtime
     from questkern.tuning.quality import default_quality_fn
 
-    device = device or _device()
+    device = device or default_device()
     observer = observer or Observer()
     quality_fn = quality_fn or default_quality_fn()
     timer = timer or default_timer(device, spec.rep_ms, spec.warmup_ms)

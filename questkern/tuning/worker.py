@@ -53,6 +53,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from questkern._details import default_device
 from questkern.tuning.runner import FatalDeviceError, Runner, Timer, WorkloadPool, default_timer
 from questkern.tuning.space import Bucket, OpSpace, params_key
 from questkern.tuning.storage import StudyLock, open_storage, redact, storage_errors, study_lock
@@ -222,7 +223,7 @@ class Worker:
         self.job = job
         self.spec = spec_from_dict(job.spec)
         self.url = self.spec.storage_url
-        self.device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = device or default_device()
         self.label = job.label or f"{socket.gethostname()}:{self.device.type}"
         self.log = log or (lambda msg: print(msg, flush=True))
         self.timer = timer or fake_timer_from_env(self.label) or default_timer(self.device, self.spec.rep_ms,

@@ -135,7 +135,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default reports/data/<gpu-key>/nvtx_overhead[-tool].json)")
     args = p.parse_args()
     from questkern._timing import device_info
-    from questkern.profiling.files import write_json
+    from questkern._io import write_json_atomic
     from questkern.configs.gpus import current_gpu_key
 
     tool = nvtx.nvtx_enabled()
@@ -151,7 +151,7 @@ def main() -> int:
                          f"goal < 1 us: {'met' if extra_us < 1 else 'NOT met'}; inside a CUDA graph: none (replay runs no Python)")
     print(json.dumps(result, indent=2, default=str))
     out = args.out or Path("reports") / "data" / result["gpu"] / f"nvtx_overhead{'-tool' if tool else ''}.json"
-    write_json(out, result)
+    write_json_atomic(out, result, default=str)
     print(f"wrote {out}")
     return 0
 

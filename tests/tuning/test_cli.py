@@ -72,8 +72,9 @@ def test_dry_run_plans_for_another_gpu(dirs, capsys):
     assert main(["tune", "--gpu", "h100", "--seq", "8k,32k", "--batch", "1,8", "--heads", "32/8", "--dry-run",
                  "--out", str(dirs["env"])]) == 0
     out = capsys.readouterr().out
-    assert "dry run: --gpu 'h100'" in out and "16 buckets" in out
+    assert "dry run: --gpu 'h100'" in out and "20 buckets" in out  # 5 ops x 2 seqs x 2 batches
     assert "h100:select:bfloat16:d128:h32-8:s32768:b8:p16:k2048:shared-sum" in out
+    assert "h100:quest_step:bfloat16:d128:h32-8:s32768:b8:p16:k2048:shared-sum" in out
     assert not list(dirs["env"].iterdir()) and not list(dirs["data"].iterdir())  # nothing run, nothing written
 
 

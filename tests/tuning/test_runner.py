@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from questkern.ops.metadata import metadata_build_ref
-from questkern.tuning import runner as runner_mod
+from questkern.ops.metadata import tunable as metadata_tunable
 from questkern.tuning.runner import FatalDeviceError, Runner, Shape, Workload, WorkloadPool
 from questkern.tuning.space import Bucket, OpSpace
 
@@ -58,7 +58,7 @@ def test_broken_cuda_context_stops_the_study(metadata_runner, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(runner_mod, "metadata_build", boom)
+    monkeypatch.setattr(metadata_tunable, "metadata_build", boom)
     with pytest.raises(FatalDeviceError, match="CUDA context lost"):
         make(lambda fn, info: 1.0).evaluate(space.candidate({"num_warps": 2}))
 
@@ -69,7 +69,7 @@ def test_out_of_memory_is_a_failed_trial(metadata_runner, monkeypatch):
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(runner_mod, "metadata_build", oom)
+    monkeypatch.setattr(metadata_tunable, "metadata_build", oom)
     out = make(lambda fn, info: 1.0).evaluate(space.candidate({"num_warps": 2}))
     assert out.fail_reason == "out of memory: CUDA out of memory. Tried to allocate 80.00 GiB"
 
@@ -85,12 +85,14 @@ def test_quest_step_candidates_are_checked_against_the_references(mode, monkeypa
         outcome = run.evaluate(space.candidate(p))
         assert outcome.ok, outcome
     # a kernel that selects wrongly is a mismatch, never a fast candidate
-    real = runner_mod.quest_step
+    import questkern.ops.step as step_mod  # where the step's tunable description looks it up
+
+    real = step_mod.quest_step
 
     def wrong(*args, selected=None, **kw):
         out = real(*args, selected=selected, **kw)
         selected[..., 0] = selected[..., 1]
         return out
-    monkeypatch.setattr(runner_mod, "quest_step", wrong)
+    monkeypatch.setattr(step_mod, "quest_step", wrong)
     outcome = run.evaluate(space.candidate(space.default_points()[0]))
     assert not outcome.ok and "selection differs" in outcome.fail_reason

@@ -153,7 +153,7 @@ def test_quest_step_default_is_the_heuristic_made_concrete(d, page, seq, batch, 
 def test_quest_step_constraints():
     b = bucket("quest_step", seq=32768, batch=1, budgets=(2048,))  # 2048 pages, K = 128, 8 rows
     space = OpSpace(b, num_sms=132)
-    base = dict(chunk_pages=64, score_warps=4, tiles_per_program=1, splits=16, pages_per_block=4, num_warps=4,
+    base = dict(chunk_pages=64, block_d=128, score_warps=4, tiles_per_program=1, splits=16, pages_per_block=4, num_warps=4,
                 num_stages=2, topk="bisect", fuse_combine=True, persistent=False)
     assert space.violation(base) is None
     assert "must be in 16..256" in space.violation({**base, "pages_per_block": 32})

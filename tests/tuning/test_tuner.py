@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 import questkern
 from questkern.ops.decode import paged_attention_ref
 from questkern.configs import paths
-from questkern.tuning import runner as runner_mod
+from questkern.ops.metadata import tunable as metadata_tunable
 from questkern.configs.gpus import CPU_KEY
 from questkern.configs.runtime import TuningTableWarning
 from questkern.configs.schema import validate_pareto
@@ -89,7 +89,7 @@ def test_pipeline_space_to_runtime(dirs):
 
 
 def test_wrong_and_crashing_candidates_fail_never_win(dirs, monkeypatch):
-    real = runner_mod.metadata_build
+    real = metadata_tunable.metadata_build
 
     def flaky(k_cache, kmin, kmax, page_table, seq_lens, first, n, cfg):
         if cfg.num_warps == 8:
@@ -98,7 +98,7 @@ def test_wrong_and_crashing_candidates_fail_never_win(dirs, monkeypatch):
         if cfg.num_warps == 1:
             kmin[0, 0, 0] += 1  # a wrong result
 
-    monkeypatch.setattr(runner_mod, "metadata_build", flaky)
+    monkeypatch.setattr(metadata_tunable, "metadata_build", flaky)
     clock = Clock(lambda cfg: {1: 1.0, 8: 2.0, 2: 30.0, 4: 20.0}[cfg.num_warps])  # the broken ones look fastest
     rep = tune(spec(dirs, ops=("metadata",), n_trials=10), timer=clock)
     br = rep.buckets[0]

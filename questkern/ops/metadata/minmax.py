@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from questkern._dtypes import META_DTYPES
 from questkern.ops.metadata.naive import round_safe
 
-# narrow metadata types studied; "fp32" keeps the bound exactly (and equals bf16
-# metadata of bf16 keys, whose min/max are bf16 values already)
-META_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp8_e5m2": torch.float8_e5m2,
-}
 
 
 def page_minmax(keys: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
