@@ -13,12 +13,14 @@ batch changes shape or crosses into another sequence-length bucket.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from questkern import validate as V
-from questkern.config import DecodeConfig, SelectConfig, StepConfig, default_step_config
+from questkern.config import (CONFIG_TYPES, DecodeConfig, SelectConfig, StepConfig, default_step_config,
+                              kernel_violation)
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
@@ -81,14 +83,16 @@ class QuestDecode:
         self.adaptive = adaptive
         V.check_choice("gqa_mode", gqa_mode, V.GQA_MODES)
         V.check_choice("aggregate", aggregate, V.AGGREGATES)
-        if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and sm_scale > 0):
-            raise ValueError(f"sm_scale must be a positive number or None, got {sm_scale!r}")
+        if sm_scale is not None and (isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float))):
+            raise TypeError(f"sm_scale must be a positive finite number or None, got {type(sm_scale).__name__}")
+        if sm_scale is not None and not (math.isfinite(sm_scale) and sm_scale > 0):
+            raise ValueError(f"sm_scale must be a positive finite number or None, got {sm_scale!r}")
         V.check_choice("path", path, ("auto", "fused", "classic"))
         if path == "fused" and adaptive is not None:
             raise ValueError("path='fused' does not take an adaptive budget (use path='auto' or 'classic')")
         self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
         self.path = path
-        self.configs = dict(configs or {})
+        self.configs = _check_configs(configs)
         self._plan: Plan | None = None
 
     @property
@@ -104,9 +108,23 @@ class QuestDecode:
         given, must match the cache. ``max_seq_len`` (>= the current longest sequence)
         picks the tuning bucket for a loop that will grow the sequences.
         """
+        raw = dict(k_cache=k_cache, v_cache=v_cache, kmin=kmin, kmax=kmax, page_table=page_table, seq_lens=seq_lens)
         if cache is not None:
+            given = [n for n, t in raw.items() if t is not None]
+            if given:
+                raise ValueError(f"pass either a cache or the raw tensors, not both (got cache and {', '.join(given)})")
+            for n in raw:
+                if not hasattr(cache, n):
+                    raise TypeError(f"cache must be a questkern.PagedKVCache (or pass the raw tensors), "
+                                    f"got {type(cache).__name__} without .{n}")
             k_cache, v_cache, kmin, kmax = cache.k_cache, cache.v_cache, cache.kmin, cache.kmax
             page_table, seq_lens = cache.page_table, cache.seq_lens
+        else:
+            missing = [n for n, t in raw.items() if t is None]
+            if missing:
+                raise TypeError(f"plan() needs a cache or all raw tensors; missing {', '.join(missing)}")
+        if page_size is not None:
+            V.check_positive_int("page_size", page_size)
         V.check_kv_cache(k_cache, v_cache, kmin, kmax)
         P, Hkv, PAGE, D = k_cache.shape
         if page_size is not None and page_size != PAGE:
@@ -119,6 +137,7 @@ class QuestDecode:
             V.check_positive_int("max_seq_len", max_seq_len)
             if max_seq_len < longest:
                 raise ValueError(f"max_seq_len = {max_seq_len} is shorter than the longest sequence ({longest})")
+        V.check_metadata_order(kmin, kmax, page_table, seq_lens, PAGE)
         bucket_len = max_seq_len or longest
         B, max_pages = page_table.shape
         G = num_q_heads // Hkv
@@ -162,7 +181,7 @@ class QuestDecode:
         B, max_pages = page_table.shape
         dev = k_cache.device
         if "quest_step" in self.configs:
-            cfg, source = self.configs["quest_step"], "override"
+            cfg, source = self._config("quest_step", key)
         else:
             cfg, source = default_step_config(max_pages, D), "heuristic"
         rows = num_q_heads if (self.gqa_mode == "per_head" and num_q_heads != Hkv) else Hkv
@@ -180,7 +199,11 @@ class QuestDecode:
 
     def _config(self, op: str, key: dict):
         if op in self.configs:
-            return self.configs[op], "override"
+            cfg = self.configs[op]
+            bad = kernel_violation(op, cfg, page_size=key["page_size"], head_dim=key["head_dim"])
+            if bad:
+                raise ValueError(f"configs[{op!r}] cannot run on this cache: {bad}")
+            return cfg, "override"
         return resolve_config(op, **key, budget=self.budget, gqa_mode=self.gqa_mode)
 
     # ------------------------------------------------------------------ run
@@ -219,6 +242,30 @@ class QuestDecode:
                          num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
                          selected_phys=None if self.dense else self._selected_phys)
         return (self._out, selected) if return_selected else self._out
+
+
+def _check_configs(configs) -> dict:
+    """``configs``: None or {op: config instance or dict of its fields} for the ops below."""
+    if configs is None:
+        return {}
+    if not isinstance(configs, dict):
+        raise TypeError(f"configs must be a dict {{op: config}} or None, got {type(configs).__name__}")
+    ops = ("select", "sparse_decode", "dense_decode", "quest_step")
+    out = {}
+    for op, cfg in configs.items():
+        if op not in ops:
+            raise ValueError(f"configs has unknown op {op!r}; expected some of {list(ops)}")
+        want = CONFIG_TYPES[op]
+        if isinstance(cfg, dict):
+            try:
+                cfg = want.from_dict(cfg)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"configs[{op!r}]: {e}") from None
+        if not isinstance(cfg, want):
+            raise TypeError(f"configs[{op!r}] must be a {want.__name__} (or a dict of its fields), "
+                            f"got {type(cfg).__name__}")
+        out[op] = cfg
+    return out
 
 
 def quest_decode(q: torch.Tensor, cache, budget: int | None, **kwargs):

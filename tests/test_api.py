@@ -163,3 +163,64 @@ def test_one_shot_call_names_a_bad_query(cache):
         questkern.quest_decode(torch.zeros(4, 64, dtype=torch.bfloat16), cache, budget=64)
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         questkern.dense_decode([[0.0]], cache)
+
+
+# ---------------------------------------------------------------- every argument checked before any launch
+
+
+@pytest.mark.parametrize("sm_scale,err", [(float("inf"), ValueError), (float("nan"), ValueError), (0.0, ValueError),
+                                          (True, TypeError), ("0.1", TypeError)])
+def test_sm_scale_must_be_finite_positive(sm_scale, err):
+    with pytest.raises(err, match="sm_scale must be a positive finite number"):
+        questkern.QuestDecode(64, sm_scale=sm_scale)
+
+
+@pytest.mark.parametrize("configs,err,match", [
+    ([1, 2], TypeError, "configs must be a dict"),
+    ({"select": "fast"}, TypeError, r"configs\['select'\] must be a SelectConfig"),
+    ({"sparse_decode": questkern.config.SelectConfig()}, TypeError, r"configs\['sparse_decode'\] must be a DecodeConfig"),
+    ({"decode": questkern.config.DecodeConfig()}, ValueError, "unknown op 'decode'"),
+    ({"select": {"chunk_pages": 12}}, ValueError, r"configs\['select'\]: SelectConfig.chunk_pages"),
+    ({"select": {"tile": 64}}, ValueError, r"configs\['select'\]: SelectConfig: unknown field"),
+])
+def test_configs_overrides_are_checked_up_front(configs, err, match):
+    with pytest.raises(err, match=match):
+        questkern.QuestDecode(64, configs=configs)
+
+
+def test_configs_override_as_dict_is_accepted(cache):
+    w = questkern.QuestDecode(64, path="classic", configs={"select": {"chunk_pages": 16}})
+    assert w.plan(cache, num_q_heads=4).select_config.chunk_pages == 16
+
+
+@pytest.mark.parametrize("path,op", [("classic", "sparse_decode"), ("fused", "quest_step")])
+def test_configs_override_violating_a_kernel_constraint_fails_in_plan(cache, path, op):
+    cfg = (questkern.config.DecodeConfig if op == "sparse_decode" else questkern.config.StepConfig)(pages_per_block=0 + 1)
+    w = questkern.QuestDecode(64, path=path, configs={op: cfg})  # 1 page x 16 tokens: fine
+    w.plan(cache, num_q_heads=4)
+    small = questkern.PagedKVCache(1, 64, 2, 64, page_size=8, dtype=torch.bfloat16, device="cpu")
+    small.append(torch.zeros(1, 40, 2, 64).bfloat16(), torch.zeros(1, 40, 2, 64).bfloat16())
+    with pytest.raises(ValueError, match=rf"configs\['{op}'\] cannot run on this cache: pages_per_block \* page_size = 1 x 8"):
+        w.plan(small, num_q_heads=4)
+
+
+def test_plan_refuses_cache_and_raw_tensors_together(cache):
+    w = questkern.QuestDecode(64)
+    with pytest.raises(ValueError, match="either a cache or the raw tensors.*page_table"):
+        w.plan(cache, num_q_heads=4, page_table=cache.page_table)
+    with pytest.raises(TypeError, match="missing v_cache"):
+        w.plan(num_q_heads=4, k_cache=cache.k_cache)
+    with pytest.raises(TypeError, match="cache must be a questkern.PagedKVCache"):
+        w.plan(object(), num_q_heads=4)
+    with pytest.raises(TypeError, match="page_size must be an int"):
+        w.plan(cache, num_q_heads=4, page_size=16.0)
+
+
+def test_plan_rejects_swapped_metadata(cache):
+    with pytest.raises(ValueError, match="kmin > kmax at page .*swapped"):
+        _plan(cache, kmin=cache.kmax, kmax=cache.kmin)
+    # a page no sequence uses is not looked at
+    kmin = cache.kmin.clone()
+    free = sorted(set(range(cache.num_pages)) - set(cache.page_table[:, :13].flatten().tolist()))
+    kmin[free[-1]] = 100
+    _plan(cache, kmin=kmin)
