@@ -224,3 +224,61 @@ def test_plan_rejects_swapped_metadata(cache):
     free = sorted(set(range(cache.num_pages)) - set(cache.page_table[:, :13].flatten().tolist()))
     kmin[free[-1]] = 100
     _plan(cache, kmin=kmin)
+
+
+# ---------------------------------------------------------------- NaN and infinity end to end (README)
+
+
+@pytest.mark.parametrize("path", ["classic", "fused"])
+@pytest.mark.parametrize("how", ["prefill", "decode"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_key_gives_the_rows_dense_attention_gives(path, how, bad):
+    """A non-finite key written by prefill or by a decode append: its page is always
+    selected, so exactly the query heads whose dense output is NaN are NaN in the sparse
+    output too, whichever way the token was written."""
+    torch.manual_seed(3)
+    c = questkern.PagedKVCache(2, 400, 2, 64, page_size=16, dtype=torch.bfloat16, device="cpu")
+    k = torch.randint(-4, 5, (2, 300, 2, 64)).bfloat16()
+    v = torch.randn(2, 300, 2, 64).bfloat16()
+    k[0, 150, 1, 9] = bad  # sequence 0, page 9, KV head 1
+    if how == "prefill":
+        c.append(k, v)
+    else:
+        c.append(k[:, :140].contiguous(), v[:, :140].contiguous())
+        for t in range(140, 300):
+            c.append_decode(k[:, t].contiguous(), v[:, t].contiguous())
+    q = torch.randint(-3, 4, (2, 8, 64)).bfloat16()
+    w = questkern.QuestDecode(64, path=path)
+    w.plan(c, num_q_heads=8)
+    out, sel = w.run(q, return_selected=True)
+    ref_sel = select_pages_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, 16, 64, "shared")
+    assert torch.equal(sel, ref_sel) and (sel[0, 1] == 9).any()
+    dense = questkern.dense_decode(q, c)
+    ref = paged_attention_ref(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, sel)
+    want = torch.isnan(paged_attention_ref(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, None)).any(-1)
+    assert want[0, 4:].any() and not want[0, :4].any() and not want[1].any()
+    if bad != bad:  # NaN: every query head of KV head 1 (an infinite key spares those with q . k = -inf)
+        assert want[0, 4:].all()
+    for o in (out, dense, ref):
+        assert torch.equal(torch.isnan(o).any(-1), want)
+    torch.testing.assert_close(out[~want].float(), ref[~want], atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("path", ["classic", "fused"])
+def test_nan_query_head_changes_only_its_own_output(path, cache):
+    q = torch.randint(-3, 4, (3, 8, 64)).bfloat16()
+    w = questkern.QuestDecode(64, path=path)
+    w.plan(cache, num_q_heads=8)
+    clean, sel = (t.clone() for t in w.run(q, return_selected=True))
+    q2 = q.clone()
+    q2[0, 1, 5] = float("nan")
+    q2[0, 1, 6] = 0  # no effect on the group with the head left out: compare with q where head 1 is dropped
+    out, sel2 = w.run(q2, return_selected=True)
+    from questkern.ops.select.naive import page_scores_ref, selection_rows_ref, topk_pages_ref
+    heads = torch.ones(8, dtype=torch.bool)
+    heads[1] = False
+    s = page_scores_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16)[0]
+    assert torch.equal(sel2[0], topk_pages_ref(selection_rows_ref(s, 2, "shared", "sum", heads), 4))
+    assert torch.equal(sel2[1:], sel[1:])
+    nan = torch.isnan(out).any(-1)
+    assert nan[0, 1] and nan.sum() == 1

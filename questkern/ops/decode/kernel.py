@@ -70,6 +70,37 @@ def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cach
 
 
 @triton.jit
+def _split_lse(b_m, b_l):
+    """log2-sum-exp of a split's partial: -inf for an empty split, NaN for a NaN partial
+    (NaN rule, README: the combine then makes the row NaN instead of dropping the split)."""
+    lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+    return tl.where((b_l != b_l) | (b_m != b_m), float("nan"), lse)
+
+
+@triton.jit
+def _split_weights(b_lse, m_s):
+    """[S] split log2-sum-exps -> combine weights: 0 for empty splits, NaN for all when a
+    split is NaN (no NaN reaches the max reduction: a GPU max would drop it)."""
+    nan = tl.max((m_s & (b_lse != b_lse)).to(tl.int32), axis=0) > 0
+    lse = tl.where(b_lse != b_lse, float("-inf"), b_lse)
+    m = tl.max(lse, axis=0)
+    m = tl.where(m > float("-inf"), m, 0.0)
+    w = tl.where(m_s & (lse > float("-inf")), tl.exp2(lse - m), 0.0)
+    return tl.where(nan, float("nan"), w)
+
+
+@triton.jit
+def _split_weights_rows(b_lse, m_s):
+    """``_split_weights`` for rows of heads: b_lse [H, S], m_s [1, S] or [H, S] -> [H, S]."""
+    nan = tl.max((m_s & (b_lse != b_lse)).to(tl.int32), axis=1) > 0
+    lse = tl.where(b_lse != b_lse, float("-inf"), b_lse)
+    m = tl.max(lse, axis=1)
+    m = tl.where(m > float("-inf"), m, 0.0)
+    w = tl.where(m_s & (lse > float("-inf")), tl.exp2(lse - m[:, None]), 0.0)
+    return tl.where(nan[:, None], float("nan"), w)
+
+
+@triton.jit
 def _decode_split_kernel(
     q,  # [B, Hq, D]
     k_cache, v_cache,  # [P, Hkv, PAGE, D]
@@ -173,7 +204,7 @@ def _decode_split_kernel(
     else:
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_h[:, None] & m_d[None, :])
-        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        lse = _split_lse(b_m, b_l)
         p_lse = lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh
         tl.store(p_lse + i_s, lse, mask=m_h)
         if FUSE_COMBINE:
@@ -194,8 +225,7 @@ def _decode_split_kernel(
                     b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + h * stride_ph + o_s[:, None] * stride_ps
                                    + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.0,
                                    cache_modifier=".cg")  # [BLOCK_S, BLOCK_D]
-                    m_all = tl.max(b_lse, axis=0)
-                    w = tl.where(b_lse > float("-inf"), tl.exp2(b_lse - tl.where(m_all > float("-inf"), m_all, 0.0)), 0.0)
+                    w = _split_weights(b_lse, m_s)
                     res = tl.sum(w[:, None] * b_os, axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
                     tl.store(out + i_b.to(tl.int64) * stride_ob + h * stride_oh + o_d, res.to(out.dtype.element_ty),
                              mask=m_d)
@@ -224,11 +254,11 @@ def _combine_kernel(
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     b_lse = tl.load(lse_part + i_b.to(tl.int64) * stride_lb + i_h * stride_lh + o_s, mask=m_s, other=float("-inf"))
-    m = tl.max(b_lse, axis=0)
-    w = tl.where(m_s & (b_lse > float("-inf")), tl.exp2(b_lse - m), 0.0)  # [BLOCK_S]
+    w = _split_weights(b_lse, m_s)  # [BLOCK_S]
     p_o = o_part + i_b.to(tl.int64) * stride_pb + i_h * stride_ph + o_s[:, None] * stride_ps + o_d[None, :]
-    b_o = tl.load(p_o, mask=(w > 0)[:, None] & m_d[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
-    res = tl.sum(b_o * w[:, None], axis=0) / tl.sum(w, axis=0)
+    # every split's partial is read (a weight-0 split holding NaN still makes the row NaN, as in dense attention)
+    b_o = tl.load(p_o, mask=m_s[:, None] & m_d[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    res = tl.sum(b_o * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
     tl.store(out + i_b.to(tl.int64) * stride_ob + i_h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d)
 
 

@@ -33,7 +33,8 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import _emit_selection, _group_scores, _page_scores, _topk_mask, select_block_g, select_plan
+from questkern.ops.select.kernel import (_emit_selection, _finite_heads, _group_scores, _nan_to_inf, _page_scores,
+                                         _topk_mask, select_block_g, select_plan)
 
 _LOG2E = 1.4426950408889634
 
@@ -67,15 +68,23 @@ def _mass_count(scores, valid, mass, need):
 
 
 @triton.jit
+def _exp2_from(z, z_ref):
+    """exp2(z - z_ref), with exp2(inf - inf) = 1: an infinite logit at the maximum."""
+    return tl.where(z == z_ref, 1.0, tl.exp2(z - z_ref))
+
+
+@triton.jit
 def _adaptive_row(scores, v_all, v_c, is_last, ids, phys, p_row, p_srow, p_prow, p_aux, i_c, n_pages, last_phys,
                   K_MIN, K_MAX, threshold, zscale, NC: tl.constexpr, KC: tl.constexpr, FILL: tl.constexpr,
                   ONE_STAGE: tl.constexpr, WRITE_PHYS: tl.constexpr):
     """One selection row within a tile: the final row (one stage) or the tile's K_MAX - 1
-    best candidates plus its softmax partials (two stages)."""
+    best candidates plus its softmax partials (two stages). NaN scores rank as +inf, and
+    +inf scores share the whole mass (the softmax's limit; README)."""
+    scores = _nan_to_inf(scores)
     z = scores * zscale  # base-2 estimated logits
     z_max = tl.max(tl.where(v_all, z, float("-inf")), axis=0)
     z_ref = tl.where(z_max > float("-inf"), z_max, 0.0)
-    e = tl.where(v_all, tl.exp2(z - z_ref), 0.0)
+    e = tl.where(v_all, _exp2_from(z, z_ref), 0.0)
     e_sum = tl.sum(e, axis=0)
     if ONE_STAGE:
         mass = e / tl.maximum(e_sum, 1e-30)
@@ -165,7 +174,7 @@ def _adaptive_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        b_agg = _group_scores(b_s, m_g, m_all, AGG_MAX)  # [CHUNK]
+        b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_all, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _adaptive_row(b_agg, m_all, m_c, is_last, o_c, phys, p_out + r, p_sco + r, p_phy + r, p_aux + i_h * stride_ah,
                       i_c, n_pages, last_phys, K_MIN, K_MAX, threshold, zscale, NC, KC, FILL, ONE_STAGE, WRITE_PHYS)
@@ -221,11 +230,11 @@ def _adaptive_merge_kernel(
     t_max = tl.load(p_aux + o_t, mask=m_t, other=float("-inf"))  # [BLOCK_NC]
     t_sum = tl.load(p_aux + NC + o_t, mask=m_t, other=0.0)
     z_all = tl.max(t_max, axis=0)
-    w = tl.where(t_max > float("-inf"), tl.exp2(t_max - z_all), 0.0)
+    w = tl.where(t_max > float("-inf"), _exp2_from(t_max, z_all), 0.0)
     inv = 1.0 / tl.maximum(tl.sum(t_sum * w, axis=0), 1e-30)
     z_last = tl.load(p_aux + 2 * NC)
-    mass = tl.where(valid, tl.exp2(scores * zscale - z_all), 0.0) * inv
-    m_last = tl.exp2(z_last - z_all) * inv
+    mass = tl.where(valid, _exp2_from(scores * zscale, z_all), 0.0) * inv
+    m_last = _exp2_from(z_last, z_all) * inv
 
     k = _mass_count(scores, valid, mass, threshold - m_last)
     k = tl.minimum(tl.maximum(k, K_MIN - 1), K_MAX - 1)

@@ -40,6 +40,25 @@ def _count_max_min(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
+def _nan_to_inf(x):
+    """NaN rule (README): a NaN page score ranks as +inf (a page whose metadata holds a
+    non-finite key is always selected; ties still go to the lower page index)."""
+    return tl.where(x != x, float("inf"), x)
+
+
+@triton.jit
+def _finite_heads(p_q, m_g, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr):
+    """[BLOCK_G] query heads (rows ``p_q``, [BLOCK_G, 1]) whose every component is finite:
+    a head holding NaN or +-inf is left out of its group's shared score (README)."""
+    bad = tl.zeros([BLOCK_G], dtype=tl.int32)
+    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0).to(tl.float32)  # [BLOCK_G, BLOCK_D]
+        bad = tl.maximum(bad, tl.max(((b_q != b_q) | (tl.abs(b_q) == float("inf"))).to(tl.int32), axis=1))
+    return m_g & (bad == 0)
+
+
+@triton.jit
 def _topk_mask(scores, valid, k):
     """[N] scores, [N] valid -> mask of the k best valid entries; ties toward the lower index.
 
@@ -55,7 +74,7 @@ def _topk_mask(scores, valid, k):
     """
     INT_MIN: tl.constexpr = -2147483647 - 1
     INT_MAX: tl.constexpr = 2147483647
-    s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
+    s = tl.where(valid, _nan_to_inf(scores), float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
     key = tl.where(valid, key, INT_MIN)
@@ -97,7 +116,7 @@ def _topk_mask(scores, valid, k):
 def _topk_mask_radix(scores, valid, k):
     """Same contract as ``_topk_mask``, by an 8-bit radix select: four histogram passes
     (``tl.histogram`` over the active entries) find the k-th largest key byte by byte."""
-    s = tl.where(valid, scores, float("-inf")) + 0.0
+    s = tl.where(valid, _nan_to_inf(scores), float("-inf")) + 0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
     u = key ^ (-2147483647 - 1)  # offset binary: byte-wise order of u == order of key
@@ -178,9 +197,12 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
     p_q: [BLOCK_G, 1] query-row pointers; p_meta: [CHUNK, 1] metadata offsets of the pages.
     """
     b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
+    q_bad = tl.zeros([BLOCK_G], dtype=tl.int32)  # query heads holding NaN or +-inf: their rows are NaN
     for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
+        q32 = b_q.to(tl.float32)
+        q_bad = tl.maximum(q_bad, tl.max(((q32 != q32) | (tl.abs(q32) == float("inf"))).to(tl.int32), axis=1))
         # metadata is streamed once per step: evict it first (H100, runs/020: select 0-17% faster)
         b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0,
                        eviction_policy="evict_first")  # [CHUNK, BLOCK_D]
@@ -193,8 +215,11 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
             hi_inf = b_hi.to(tl.uint8, bitcast=True) == 0x7C
             # (a plain value, not a named constexpr: the unrolled head-dim loop would reassign it)
             big = 65504.0 if b_q.dtype == tl.float16 else 3.3895313892515355e38
-            b_lo = tl.where(lo_inf, -big, b_lo.to(tl.float32)).to(b_q.dtype)
-            b_hi = tl.where(hi_inf, big, b_hi.to(tl.float32)).to(b_q.dtype)
+            # NaN (a non-finite key) by its bits too: the interpreter reads e5m2 NaN as a finite value
+            lo_nan = (b_lo.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C
+            hi_nan = (b_hi.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C
+            b_lo = tl.where(lo_nan, float("nan"), tl.where(lo_inf, -big, b_lo.to(tl.float32))).to(b_q.dtype)
+            b_hi = tl.where(hi_nan, float("nan"), tl.where(hi_inf, big, b_hi.to(tl.float32))).to(b_q.dtype)
         zero = tl.zeros_like(b_q)
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
         q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
@@ -207,14 +232,17 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         else:
             b_s += tl.dot(q_pos, tl.trans(b_hi))
             b_s += tl.dot(q_neg, tl.trans(b_lo))
-    return b_s
+    return tl.where(q_bad[:, None] > 0, float("nan"), b_s)
 
 
 @triton.jit
 def _group_scores(b_s, m_g, m_pages, AGG_MAX: tl.constexpr):
     """[BLOCK_G, CHUNK] per-query-head scores -> [CHUNK] shared-selection score of the
-    group (max or sum over its valid heads; invalid pages/heads never contribute)."""
+    group (max or sum over its valid heads; invalid pages/heads never contribute; callers
+    pass ``m_g & _finite_heads(..)`` so that a non-finite query head does not either).
+    A NaN score (NaN metadata) counts as +inf."""
     m = m_g[:, None] & m_pages[None, :]
+    b_s = _nan_to_inf(b_s)  # no NaN reaches the reduction (a GPU max drops it)
     if AGG_MAX:
         return tl.max(tl.where(m, b_s, float("-inf")), axis=0)
     return tl.sum(tl.where(m, b_s, 0.0), axis=0)
@@ -288,7 +316,7 @@ def _select_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        b_agg = _group_scores(b_s, m_g, m_c, AGG_MAX)  # [CHUNK]
+        b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_c, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
                   ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
@@ -360,6 +388,10 @@ def _select_score_kernel(
     m_g = o_g < GROUP
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_cand = i_b.to(tl.int64) * stride_cb
+    if SHARED:
+        m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # heads in the group's score
+    else:
+        m_gf = m_g
     for i_c in tl.range(i_s, n_chunks, n_progs, num_stages=NUM_STAGES):
         o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
         phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
@@ -371,7 +403,7 @@ def _select_score_kernel(
         if SHARED:
             r = p_cand + i_h * stride_ch + o_c
             tl.store(cand_idx + r, ids)
-            tl.store(cand_score + r, _group_scores(b_s, m_g, m_c, AGG_MAX))
+            tl.store(cand_score + r, _group_scores(b_s, m_gf, m_c, AGG_MAX))
             if WRITE_PHYS:
                 tl.store(cand_phys + r, phys.to(tl.int32))
         else:

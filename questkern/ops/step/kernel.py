@@ -38,8 +38,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from questkern._details import dot_upcast, is_interpreter, use_pdl
 from questkern.config import StepConfig, choose_step_splits, next_pow2
-from questkern.ops.decode.kernel import _LOG2E, _combine_kernel, _decode_block
-from questkern.ops.select.kernel import (_page_scores, _group_scores, _select_score_kernel, _topk_mask,
+from questkern.ops.decode.kernel import _LOG2E, _combine_kernel, _decode_block, _split_lse, _split_weights_rows
+from questkern.ops.select.kernel import (_finite_heads, _page_scores, _group_scores, _select_score_kernel, _topk_mask,
                                          _topk_mask_radix, select_block_g)
 
 
@@ -87,7 +87,8 @@ def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, m
                            IEEE)
         p_row = scores + i_b.to(tl.int64) * stride_cb
         if SHARED:
-            tl.store(p_row + i_h * stride_ch + o_c, _group_scores(b_s, m_g, m_c, AGG_MAX), mask=o_c < n_chunks * CHUNK)
+            m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # a non-finite query head is left out
+            tl.store(p_row + i_h * stride_ch + o_c, _group_scores(b_s, m_gf, m_c, AGG_MAX), mask=o_c < n_chunks * CHUNK)
         else:
             for g in tl.static_range(GROUP):
                 tl.store(p_row + (i_h * GROUP + g) * stride_ch + o_c,
@@ -233,7 +234,7 @@ def _topk_decode_kernel(
     else:
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_out)
-        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        lse = _split_lse(b_m, b_l)  # NaN for a NaN partial: the combine keeps it (README)
         tl.store(lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh + i_s, lse, mask=m_h)
         if FUSE_COMBINE:  # the last split of the row to finish merges all of them
             tl.debug_barrier()
@@ -245,9 +246,7 @@ def _topk_decode_kernel(
                 p_l = lse_part + i_b.to(tl.int64) * stride_lb + heads[:, None] * stride_lh + o_s[None, :]
                 b_lse = tl.load(p_l, mask=m_h[:, None] & m_s[None, :], other=float("-inf"),
                                 cache_modifier=".cg")  # [BLOCK_H, BLOCK_S]
-                m_all = tl.max(b_lse, axis=1)
-                m_all = tl.where(m_all > float("-inf"), m_all, 0.0)
-                b_w = tl.where(b_lse > float("-inf"), tl.exp2(b_lse - m_all[:, None]), 0.0)  # [BLOCK_H, BLOCK_S]
+                b_w = _split_weights_rows(b_lse, m_s[None, :])  # [BLOCK_H, BLOCK_S]
                 b_res = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
                 for s in range(0, num_splits):
                     b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + s * stride_ps
