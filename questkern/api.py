@@ -9,6 +9,12 @@ a CUDA graph. It reads ``page_table`` and ``seq_lens`` at launch: an engine may 
 them in place between steps (e.g. ``PagedKVCache.append_decode``) as long as no
 sequence outgrows the page table width that was planned. Call ``plan`` again when the
 batch changes shape or crosses into another sequence-length bucket.
+
+A sequence that outgrows the planned width anyway is read up to that width only (never
+out of bounds) and the kernels set a device-side flag: :meth:`QuestDecode.check` reads it
+(a device sync) and the next ``plan()`` raises naming it. ``run`` checks ``q`` (shape,
+dtype, device, contiguity: host metadata only) and nothing that would need a sync: not
+``seq_lens``, page ids or metadata values changed after ``plan``.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class QuestDecode:
         self.path = path
         self.configs = _check_configs(configs)
         self._plan: Plan | None = None
+        self._status: torch.Tensor | None = None  # [1] int32 of the current plan: bit 0 = grown past it
 
     @property
     def dense(self) -> bool:
@@ -107,7 +114,11 @@ class QuestDecode:
         Pass a :class:`questkern.PagedKVCache` or the raw tensors. ``page_size``, when
         given, must match the cache. ``max_seq_len`` (>= the current longest sequence)
         picks the tuning bucket for a loop that will grow the sequences.
+
+        Raises if a ``run()`` of the previous plan met a sequence longer than the page-table
+        width planned (see :meth:`check`); the flag is cleared, so planning again works.
         """
+        self._raise_if_grown(clear=True)
         raw = dict(k_cache=k_cache, v_cache=v_cache, kmin=kmin, kmax=kmax, page_table=page_table, seq_lens=seq_lens)
         if cache is not None:
             given = [n for n, t in raw.items() if t is not None]
@@ -162,6 +173,7 @@ class QuestDecode:
 
         dev = k_cache.device
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
         self._dec_ws = decode_workspace(B, num_q_heads, splits, D, dev) if splits > 1 else None
         if not self.dense:
@@ -189,6 +201,7 @@ class QuestDecode:
         geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)
         self._num_sms = num_sms
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
         self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
         self._selected_phys = torch.empty_like(self._selected)
@@ -222,7 +235,7 @@ class QuestDecode:
                 quest_step(q, kmin, kmax, k_cache, v_cache, page_table, seq_lens, p.k_pages, gqa_mode=self.gqa_mode,
                            aggregate=self.aggregate, sm_scale=self.sm_scale, config=p.step_config, out=self._out,
                            selected=self._selected, selected_phys=self._selected_phys, workspace=self._step_ws,
-                           num_sms=self._num_sms)
+                           num_sms=self._num_sms, status=self._status)
             return (self._out, self._selected) if return_selected else self._out
         selected = None
         if not self.dense:
@@ -231,17 +244,49 @@ class QuestDecode:
                     selected = select_pages_adaptive(q, kmin, kmax, page_table, seq_lens, p.page_size, self.adaptive,
                                                      self.gqa_mode, self.aggregate, sm_scale=self.sm_scale,
                                                      config=p.select_config, out=self._selected,
-                                                     out_phys=self._selected_phys, workspace=self._sel_ws)
+                                                     out_phys=self._selected_phys, workspace=self._sel_ws,
+                                                     status=self._status)
                 else:
                     selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
                                             self.gqa_mode, self.aggregate, p.select_config,
-                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws)
+                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws,
+                                            status=self._status)
         name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
         with annotate(name, batch=p.batch, splits=p.num_splits):
             paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
                          num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
-                         selected_phys=None if self.dense else self._selected_phys)
+                         selected_phys=None if self.dense else self._selected_phys, status=self._status)
         return (self._out, selected) if return_selected else self._out
+
+    # ------------------------------------------------------------------ status
+    def check(self, *, raise_error: bool = True) -> bool:
+        """Whether every ``run()`` since ``plan()`` stayed within the planned page-table width.
+
+        Reads the plan's device flag, so it **synchronizes with the device** (call it
+        outside the hot loop, e.g. every N steps or when a step ends). A sequence that grew
+        past the width was attended up to it only. With ``raise_error`` (the default) that
+        raises ``RuntimeError``; else returns False. The flag stays set until ``plan()``.
+        """
+        if self._plan is None:
+            raise RuntimeError("QuestDecode.check() called before plan()")
+        if int(self._status.item()) & 1:
+            if raise_error:
+                raise RuntimeError(self._grown_message())
+            return False
+        return True
+
+    def _grown_message(self) -> str:
+        width = self._tensors[4].shape[1]
+        return (f"QuestDecode: a run() met a sequence longer than the page-table width planned ({width} pages x "
+                f"{self._plan.page_size} = {width * self._plan.page_size} tokens); those steps attended to the "
+                f"first {width} pages only. Call plan() again after the page table grows (a precondition of run()).")
+
+    def _raise_if_grown(self, clear: bool) -> None:
+        if self._plan is not None and self._status is not None and int(self._status.item()) & 1:
+            msg = self._grown_message()
+            if clear:
+                self._status.zero_()
+            raise RuntimeError(msg + " (flag cleared: this plan() call was refused, the next one proceeds)")
 
 
 def _check_configs(configs) -> dict:

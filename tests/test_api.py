@@ -282,3 +282,56 @@ def test_nan_query_head_changes_only_its_own_output(path, cache):
     assert torch.equal(sel2[1:], sel[1:])
     nan = torch.isnan(out).any(-1)
     assert nan[0, 1] and nan.sum() == 1
+
+
+# ---------------------------------------------------------------- growth past the plan (README)
+
+
+def _narrow(cache, width):
+    """Raw tensors of ``cache`` with a page table only ``width`` pages wide."""
+    return dict(k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmin, kmax=cache.kmax,
+                page_table=cache.page_table[:, :width].contiguous(), seq_lens=cache.seq_lens.clone())
+
+
+@pytest.mark.parametrize("budget,path", [(64, "classic"), (64, "fused"), (None, "classic"), ("adaptive", "classic")])
+def test_growth_past_the_planned_width_is_clamped_and_reported(cache, budget, path):
+    """A sequence grown past the page-table width after plan(): run() reads up to the width
+    (never out of bounds: before, a crash or garbage), check() reports it, the next plan()
+    raises naming it once."""
+    from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_adaptive_ref
+
+    adaptive = AdaptiveBudget(0.9, 32, 96) if budget == "adaptive" else None
+    w = questkern.QuestDecode(None if adaptive else budget, path=path, adaptive=adaptive)
+    raw = _narrow(cache, 8)  # sequence 0 holds 200 tokens = 13 pages; planned: 7 of them
+    raw["seq_lens"][0] = 100
+    w.plan(num_q_heads=4, **raw)
+    assert w.check()
+    q = torch.randint(-3, 4, (3, 4, 64)).bfloat16()
+    raw["seq_lens"][0] = 200  # grows past 8 x 16 = 128 tokens
+    out, sel = w.run(q, return_selected=True)
+    clamped = raw["seq_lens"].clone()
+    clamped[0] = 128
+    if budget is None:
+        sel_ref = None
+    elif adaptive is not None:
+        sel_ref = select_pages_adaptive_ref(q, cache.kmin, cache.kmax, raw["page_table"], clamped, 16, adaptive)
+    else:
+        sel_ref = select_pages_ref(q, cache.kmin, cache.kmax, raw["page_table"], clamped, 16, budget)
+    if sel_ref is not None:
+        assert torch.equal(sel, sel_ref)
+    ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, raw["page_table"], clamped, sel_ref)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    assert w.check(raise_error=False) is False
+    with pytest.raises(RuntimeError, match=r"longer than the page-table width planned \(8 pages"):
+        w.check()
+    raw["seq_lens"][0] = 100
+    with pytest.raises(RuntimeError, match="longer than the page-table width planned.*flag cleared"):
+        w.plan(num_q_heads=4, **raw)
+    w.plan(num_q_heads=4, **raw)  # reported once: planning again works
+    w.run(q)
+    assert w.check()
+
+
+def test_check_before_plan():
+    with pytest.raises(RuntimeError, match="before plan"):
+        questkern.QuestDecode(64).check()

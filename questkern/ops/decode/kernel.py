@@ -138,6 +138,8 @@ def _decode_split_kernel(
     HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
     PDL: tl.constexpr,  # launched with PDL: wait for the previous kernel, then let the combine launch
+    status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the page table (dense, STATUS)
+    STATUS: tl.constexpr = False,
 ):
     if PDL:
         gdc_wait()
@@ -151,8 +153,11 @@ def _decode_split_kernel(
         i_kv = i_x
         h0 = i_x * KV_GROUP
     seq_len = tl.load(seq_lens + i_b)
-    if DENSE:
+    if DENSE:  # clamped to the page-table width (n_slots): a grown sequence is never read past it
         n_valid = tl.cdiv(seq_len, PAGE)
+        if STATUS:
+            tl.atomic_or(status, 1, mask=n_valid > n_slots)
+        n_valid = tl.minimum(n_valid, n_slots)
     else:
         # the split range comes from the row width alone (slots past the sequence hold -1),
         # so no load waits for seq_len: the row, its physical ids and seq_len load together
@@ -289,8 +294,10 @@ def paged_decode(
     out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     selected_phys: torch.Tensor | None = None,  # [B, Hsel, K] physical ids of ``selected`` (skips a lookup)
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table (dense)
 ) -> torch.Tensor:
-    """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api)."""
+    """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api).
+    Dense decode reads a sequence longer than the page table up to its width only."""
     B, Hq, D = q.shape
     _, Hkv, PAGE, _ = k_cache.shape
     G = Hq // Hkv
@@ -332,6 +339,7 @@ def paged_decode(
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1, STATIC_ITERS=static_iters,
         FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
         DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype), PDL=pdl,
+        status=seq_lens if status is None else status, STATUS=status is not None and dense,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if S > 1 and not cfg.fuse_combine:

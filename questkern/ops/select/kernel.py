@@ -40,6 +40,17 @@ def _count_max_min(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
+def _planned_pages(seq_len, PAGE: tl.constexpr, max_pages, status, STATUS: tl.constexpr):
+    """Pages of a sequence, clamped to the page-table width planned (a sequence that grew
+    past it is read no further: never out of bounds); with STATUS, bit 0 of the plan's
+    ``status`` flag is set when that happened (``QuestDecode.check``)."""
+    n = tl.cdiv(seq_len, PAGE)
+    if STATUS:
+        tl.atomic_or(status, 1, mask=n > max_pages)
+    return tl.minimum(n, max_pages)
+
+
+@triton.jit
 def _nan_to_inf(x):
     """NaN rule (README): a NaN page score ranks as +inf (a page whose metadata holds a
     non-finite key is always selected; ties still go to the lower page index)."""
@@ -285,6 +296,8 @@ def _select_tile_kernel(
     FUSED_MERGE: tl.constexpr,  # the last tile of a row to finish merges it (no merge launch)
     BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(tiles * KC)
     TRIGGER: tl.constexpr,  # one stage: a decode launched with PDL may start now (it waits for this grid)
+    status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the planned width (STATUS)
+    STATUS: tl.constexpr = False,
 ):
     if TRIGGER:
         gdc_launch_dependents()
@@ -296,7 +309,7 @@ def _select_tile_kernel(
     phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
     seq_len = tl.load(seq_lens + i_b)
     phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
-    n_pages = tl.cdiv(seq_len, PAGE)
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)
     sparse = n_pages > K
     m_c = o_c < n_pages - 1  # candidates: every page but the last
     m_load = m_c & sparse  # a dense sequence needs no scores
@@ -368,6 +381,8 @@ def _select_score_kernel(
     FILL: tl.constexpr,
     RADIX: tl.constexpr,  # FUSED_MERGE: the merge's top-K algorithm (SelectConfig.topk)
     TRIGGER: tl.constexpr,  # FUSED_MERGE: a decode launched with PDL may start now
+    status=None,  # [1] int32 plan status (STATUS), see _planned_pages
+    STATUS: tl.constexpr = False,
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
@@ -382,7 +397,7 @@ def _select_score_kernel(
     n_progs = tl.num_programs(0)
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     seq_len = tl.load(seq_lens + i_b)
-    n_pages = tl.cdiv(seq_len, PAGE)
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)
     sparse = n_pages > K
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < GROUP
@@ -489,13 +504,14 @@ def _select_merge_kernel(
     WRITE_PHYS: tl.constexpr,
     RADIX: tl.constexpr,
     TRIGGER: tl.constexpr,  # a decode launched with PDL may start now (it waits for this grid)
+    max_pages=None,  # page-table width: n_pages is clamped to it
 ):
     # Launched without PDL: on the H100 a merge launched with PDL (waiting in gdc_wait
     # from the start) made the MHA 8K/32K select 10 us slower (runs/014).
     if TRIGGER:
         gdc_launch_dependents()
     i_b, i_r = tl.program_id(0), tl.program_id(1)
-    n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
+    n_pages = _planned_pages(tl.load(seq_lens + i_b), PAGE, max_pages, seq_lens, False)
     c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
     _merge_row(cand_idx + c, cand_score + c, cand_phys + c, out_idx + r, out_phys + r,
@@ -535,8 +551,10 @@ def select_pages(
     out: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 logical page ids
     out_phys: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 physical ids (written when given)
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
 ) -> torch.Tensor:
-    """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api)."""
+    """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api).
+    A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only."""
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -558,11 +576,12 @@ def select_pages(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
+    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None)
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
             kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
-            BLOCK_M=16, TRIGGER=use_pdl(q.device), **common,
+            BLOCK_M=16, TRIGGER=use_pdl(q.device), **flag, **common,
         )
         return out
     if workspace is None:
@@ -579,13 +598,13 @@ def select_pages(
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
             WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
             BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], RADIX=common["RADIX"], TRIGGER=False,
-            num_warps=cfg.num_warps,
+            num_warps=cfg.num_warps, **flag,
         )
     else:
         _select_tile_kernel[(B, Hkv, n_chunks)](
             q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
             max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
-            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **common,
+            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **flag, **common,
         )
     if cfg.fused_merge:
         return out
@@ -593,7 +612,7 @@ def select_pages(
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
         PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
-        TRIGGER=use_pdl(q.device), num_warps=cfg.merge_warps,
+        TRIGGER=use_pdl(q.device), max_pages=max_pages, num_warps=cfg.merge_warps,
     )
     return out
 

@@ -228,3 +228,25 @@ def test_nan_metadata_pages_always_selected_and_nan_query_heads_left_out(mode, a
         s = page_scores_ref(q2, kmin, kmax, table, seq_lens, PS)[0]
         want = topk_pages_ref(selection_rows_ref(s, Hkv, mode, agg, keep), k_pages)
         assert torch.equal(out[0], want)
+
+
+@pytest.mark.parametrize("cfg", [dict(chunk_pages=16), dict(chunk_pages=16, fused_merge=True), dict(chunk_pages=64)],
+                         ids=["two-stage", "fused-merge", "one-stage"])
+@pytest.mark.parametrize("k_pages", [4, 25])  # tile top-K / score stream
+def test_sequence_longer_than_the_page_table_is_clamped_and_flagged(cfg, k_pages):
+    """seq_lens past the page-table width (grown after plan): the selection is that of the
+    sequence cut at the width (never a page id past it), and bit 0 of ``status`` is set."""
+    PS, width = 16, 40
+    table, P, seq_lens = random_page_table(2, [width * PS, 300], PS)
+    kmin = integer_tensor((P, 2, 64), -4, 4, torch.bfloat16, seed=31)
+    kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=32)
+    q = integer_tensor((2, 4, 64), -3, 4, torch.bfloat16, seed=33)
+    config = SelectConfig(block_d=32, **cfg)
+    status = torch.zeros(1, dtype=torch.int32)
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, "shared", "sum", config, status=status)
+    assert int(status) == 0
+    grown = seq_lens.clone()
+    grown[0] = 5000
+    out2 = select_pages(q, kmin, kmax, table, grown, PS, k_pages, "shared", "sum", config, status=status)
+    assert int(status) == 1
+    assert torch.equal(out2, out) and int(out2.max()) == width - 1
