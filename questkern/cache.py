@@ -21,6 +21,30 @@ from questkern.profiling import annotate
 from questkern.tuning import resolve_config
 
 
+def _check_device(device) -> torch.device:
+    """None -> the current CUDA device, else the CPU; else a CPU or CUDA device that exists."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, a string such as 'cuda' or 'cpu', or None, "
+                        f"got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"device must name a torch device such as 'cuda', 'cuda:1' or 'cpu', got {device!r} ({e})") from None
+    if dev.type not in ("cuda", "cpu"):
+        raise ValueError(f"device must be a CUDA device (or the CPU, for the Triton interpreter), got {dev}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda}); pass device='cpu' to run the "
+                             f"kernels in the Triton interpreter (TRITON_INTERPRET=1)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and not 0 <= dev.index < n:
+            raise ValueError(f"device={str(device)!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    return dev
+
+
 class PagedKVCache:
     def __init__(
         self,
@@ -47,7 +71,7 @@ class PagedKVCache:
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = _check_device(device)
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages

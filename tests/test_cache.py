@@ -200,3 +200,28 @@ def test_release_rejects_bad_index(b, err):
     with pytest.raises(err, match="b must"):
         c.release(b)
     _same(before, _state(c))
+
+
+# ---------------------------------------------------------------- device mistakes, empty writes
+
+
+@pytest.mark.parametrize("device,err,match", [
+    ("cuda", ValueError, "CUDA is not available"), ("cuda:3", ValueError, "CUDA is not available"),
+    ("gpu", ValueError, "device must name a torch device"), ("meta", ValueError, "must be a CUDA device"),
+    (7.5, TypeError, "device must be a torch.device"),
+])
+def test_device_mistakes_are_clear_errors(device, err, match, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(err, match=match):
+        questkern.PagedKVCache(1, 64, 1, 64, page_size=16, dtype=torch.float16, device=device)
+
+
+def test_empty_prefill_is_a_no_op():
+    c = questkern.PagedKVCache(2, 64, 1, 64, page_size=16, dtype=torch.float16, device="cpu")
+    before = _state(c)
+    c.append(torch.zeros(2, 0, 1, 64).half(), torch.zeros(2, 0, 1, 64).half())
+    c.append(torch.zeros(2, 5, 1, 64).half(), torch.zeros(2, 5, 1, 64).half(), [0, 0])
+    _same(before, _state(c))
+    k, v = _kv(2, 5)
+    c.append(k, v, [5, 0])  # one empty sequence beside a full one
+    assert c.lens == [5, 0]
