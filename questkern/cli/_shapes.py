@@ -81,6 +81,31 @@ def parse_ints(text: str) -> list[int]:
     return vals
 
 
+def _parse_ints_in(name: str, allowed: tuple):
+    def parse(text: str) -> list[int]:
+        vals = parse_ints(text)
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name} must be among {','.join(map(str, allowed))} (what the kernels "
+                                             f"support), got {','.join(map(str, bad))}")
+        return vals
+    return parse
+
+
+def parse_page_sizes(text: str) -> list[int]:
+    """'16' or '16,32': page sizes the kernels support (questkern.validate.PAGE_SIZES)."""
+    from questkern.validate import PAGE_SIZES
+
+    return _parse_ints_in("page size", PAGE_SIZES)(text)
+
+
+def parse_head_dims(text: str) -> list[int]:
+    """'128' or '64,128': head dims the kernels support (questkern.validate.HEAD_DIMS)."""
+    from questkern.validate import HEAD_DIMS
+
+    return _parse_ints_in("head dim", HEAD_DIMS)(text)
+
+
 def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) -> None:
     d = {"seq": "8k,32k,128k", "batch": "1,8", "heads": "32/32,32/8", "head_dim": "128", "dtype": "bf16",
          "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
@@ -88,8 +113,8 @@ def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) 
     p.add_argument("--seq", type=parse_sizes, default=parse_sizes(d["seq"]), help=f"context lengths (default {d['seq']})")
     p.add_argument("--batch", type=parse_ints, default=parse_ints(d["batch"]), help=f"batch sizes (default {d['batch']})")
     p.add_argument("--heads", type=parse_heads, default=parse_heads(d["heads"]), help=f"Q/KV head layouts (default {d['heads']})")
-    p.add_argument("--head-dim", type=parse_ints, default=parse_ints(d["head_dim"]), help="head dims (default %(default)s)")
+    p.add_argument("--head-dim", type=parse_head_dims, default=parse_ints(d["head_dim"]), help="head dims (default %(default)s)")
     p.add_argument("--dtype", type=parse_dtype, default=parse_dtype(d["dtype"]), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=parse_ints(d["page_size"]), help="page sizes (default %(default)s)")
+    p.add_argument("--page-size", type=parse_page_sizes, default=parse_ints(d["page_size"]), help="page sizes (default %(default)s)")
     p.add_argument("--budget", type=parse_ints, default=parse_ints(d["budget"]), help="token budgets (default %(default)s)")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=d["gqa_mode"], help="GQA selection mode (default %(default)s)")

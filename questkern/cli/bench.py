@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli import invocation
-from questkern.cli._shapes import add_shape_args
+from questkern.cli._shapes import add_shape_args, parse_positive_int
 from questkern.profiling.files import write_text_atomic
 
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
@@ -59,7 +59,7 @@ def register(sub) -> None:
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
                         "in-house dense, Quest, and none (the ceiling), in one run")
-    p.add_argument("--dense-layers", type=int, default=2,
+    p.add_argument("--dense-layers", type=_parse_nonneg, default=2,
                    help="with --model: the first N layers decode densely under Quest (default %(default)s)")
     p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
                    help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
@@ -68,9 +68,20 @@ def register(sub) -> None:
                    help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
                         "attention quest_classic)")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
-    p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
+    p.add_argument("--rep-ms", type=parse_positive_int, default=200,
+                   help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
     p.set_defaults(func=run)
+
+
+def _parse_nonneg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
 
 
 META = {"kv": None, "fp32": torch.float32, "fp8": torch.float8_e5m2, "fp8_e5m2": torch.float8_e5m2}
@@ -208,6 +219,14 @@ def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
+    if args.out is not None:  # before any case runs
+        from questkern.cli._paths import check_output_file
+
+        try:
+            check_output_file("--out", args.out)
+        except ValueError as exc:
+            print(f"questkern bench: error: {exc}", file=sys.stderr)
+            return 2
     if args.model is not None:
         return run_model(args, note)
     from questkern.bench.core import Case, run_case

@@ -13,7 +13,16 @@ import argparse
 import json
 import sys
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
+from questkern.cli._shapes import parse_dtype, parse_head_dims, parse_heads, parse_page_sizes, parse_positive_int, parse_size
+
+
+def _one(parse):
+    def one(text: str) -> int:
+        vals = parse(text)
+        if len(vals) != 1:
+            raise argparse.ArgumentTypeError(f"expected one value, got {text!r}")
+        return vals[0]
+    return one
 
 
 def _one_heads(text: str) -> tuple[int, int]:
@@ -21,6 +30,15 @@ def _one_heads(text: str) -> tuple[int, int]:
     if len(heads) != 1:
         raise argparse.ArgumentTypeError(f"expected one Q/KV layout like 32/8, got {text!r}")
     return heads[0]
+
+
+def _gpu_arg(text: str) -> str:
+    """A non-empty GPU key, device name or family alias (normalized later)."""
+    from questkern.tuning.gpus import normalize_gpu_name
+
+    if not text.strip() or not normalize_gpu_name(text):
+        raise argparse.ArgumentTypeError(f"expected a GPU key, device name or family (e.g. h100), got {text!r}")
+    return text
 
 
 def register(sub) -> None:
@@ -32,12 +50,12 @@ def register(sub) -> None:
     p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
     p.add_argument("--batch", type=parse_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
-    p.add_argument("--head-dim", type=parse_positive_int, default=128, help="head dim (default 128)")
+    p.add_argument("--head-dim", type=_one(parse_head_dims), default=128, help="head dim (default 128)")
     p.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_positive_int, default=16, help="page size (default 16)")
+    p.add_argument("--page-size", type=_one(parse_page_sizes), default=16, help="page size (default 16)")
     p.add_argument("--budget", type=parse_positive_int, default=None, help="token budget (select/sparse_decode; default: any)")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
-    p.add_argument("--gpu", default=None,
+    p.add_argument("--gpu", type=_gpu_arg, default=None,
                    help="GPU whose tables to read: a key (nvidia-h100-80gb-hbm3), a device name, or a family alias "
                         "(h100) when exactly one table of that family is found (default: this device)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")

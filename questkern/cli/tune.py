@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import (parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_positive_seconds,
-                                   parse_sizes)
+from questkern.cli._shapes import (parse_dtype, parse_head_dims, parse_heads, parse_ints, parse_page_sizes,
+                                   parse_positive_int, parse_positive_seconds, parse_sizes)
 
 
 def parse_ops(text: str) -> list[str]:
@@ -73,9 +73,9 @@ def register(sub) -> None:
     p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k")
     p.add_argument("--batch", type=parse_ints, default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--heads", type=parse_heads, default=[(32, 32), (32, 8)], help="Q/KV heads (default 32/32,32/8)")
-    p.add_argument("--head-dim", type=parse_ints, default=[128], help="head dims (default 128)")
+    p.add_argument("--head-dim", type=parse_head_dims, default=[128], help="head dims (default 128)")
     p.add_argument("--dtype", type=parse_dtypes, default=parse_dtypes("bf16"), help="bf16, fp16 or bf16,fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=[16], help="page sizes; several = searched (default 16)")
+    p.add_argument("--page-size", type=parse_page_sizes, default=[16], help="page sizes; several = searched (default 16)")
     p.add_argument("--budget", type=parse_ints, default=[2048], help="token budgets; several = searched (default 2048)")
     p.add_argument("--ops", type=parse_ops, default=list(OPS), help=f"ops to tune (default {','.join(OPS)})")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
@@ -120,6 +120,31 @@ def register(sub) -> None:
     d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
     p.set_defaults(func=run)
+
+
+def _check_paths(args, spec, key: str) -> None:
+    """--out (a table directory; an existing table there must be this GPU's and valid),
+    --storage (an SQLite file), --summary, --log-dir: checked before any trial runs."""
+    from questkern.cli._paths import check_output_dir, check_output_file, check_sqlite_url
+    from questkern.tuning import paths
+    from questkern.tuning.schema import TableError
+    from questkern.tuning.table import load_table
+
+    out = check_output_dir("--out", spec.out)
+    table = paths.table_path(out, key)
+    if table.exists():
+        if table.is_dir():
+            raise ValueError(f"--out {out}: {table} is a directory, expected the GPU's table file")
+        doc = load_table(table)  # TableError names the file and the problem
+        if doc.get("gpu_key") != key:
+            raise TableError(f"--out {out}: {table} holds the table of GPU {doc.get('gpu_key')!r}, not {key!r}; "
+                             "refusing to merge into it")
+        check_output_file("--out", table)
+    check_sqlite_url("--storage", spec.storage_url)
+    if args.summary is not None:
+        check_output_file("--summary", args.summary)
+    if args.log_dir is not None:
+        check_output_dir("--log-dir", args.log_dir)
 
 
 def run(args) -> int:
@@ -174,6 +199,11 @@ def run(args) -> int:
     try:
         check_url(spec.storage_url, distributed=slots is not None)
     except StorageError as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 2
+    try:  # every path before any trial runs
+        _check_paths(args, spec, key)
+    except (ValueError, TableError) as exc:
         print(f"questkern tune: error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
