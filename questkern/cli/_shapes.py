@@ -71,6 +71,17 @@ def parse_positive_int(text: str) -> int:
     return v
 
 
+def parse_nonnegative_int(text: str) -> int:
+    """'0' -> 0; negatives and non-integers are argparse errors."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def parse_ints(text: str) -> list[int]:
     try:
         vals = [int(p) for p in text.split(",") if p.strip()]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli import invocation
-from questkern.cli._shapes import add_shape_args, parse_positive_int
+from questkern.cli._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 from questkern.profiling.files import write_text_atomic
 
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
@@ -59,7 +59,7 @@ def register(sub) -> None:
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
                         "in-house dense, Quest, and none (the ceiling), in one run")
-    p.add_argument("--dense-layers", type=_parse_nonneg, default=2,
+    p.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
                    help="with --model: the first N layers decode densely under Quest (default %(default)s)")
     p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
                    help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
@@ -72,16 +72,6 @@ def register(sub) -> None:
                    help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
     p.set_defaults(func=run)
-
-
-def _parse_nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
 
 
 META = {"kv": None, "fp32": torch.float32, "fp8": torch.float8_e5m2, "fp8_e5m2": torch.float8_e5m2}

@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import (parse_dtype, parse_head_dims, parse_heads, parse_ints, parse_page_sizes,
-                                   parse_positive_int, parse_positive_seconds, parse_sizes)
+from questkern.cli._shapes import (parse_dtype, parse_head_dims, parse_heads, parse_ints, parse_nonnegative_int,
+                                   parse_page_sizes, parse_positive_int, parse_positive_seconds, parse_sizes)
 
 
 def parse_ops(text: str) -> list[str]:
@@ -94,7 +94,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--seed", type=int, default=0, help="sampler and input seed (default 0)")
     p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect")
-    p.add_argument("--verify-rounds", type=int, default=3,
+    p.add_argument("--verify-rounds", type=parse_nonnegative_int, default=3,
                    help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")

@@ -47,3 +47,32 @@ def test_sqlite_url(tmp_path):
         check_sqlite_url("--storage", f"sqlite:///{tmp_path}/t.json")
     with pytest.raises(ValueError, match="is a directory"):
         check_sqlite_url("--storage", f"sqlite:///{tmp_path}")
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["profile", "--steps", "0"], "argument --steps: expected a positive integer"),
+    (["profile", "--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+    (["quality", "demo", "--depth", "1.5"], "argument --depth: expected comma-separated depths in [0, 1]"),
+    (["quality", "demo", "--page-size", "12"], "argument --page-size: page sizes must be among"),
+    (["quality", "demo", "--budget", "-3"], "argument --budget: expected a positive integer"),
+    (["quality", "study", "--page-sizes", "16,0"], "argument --page-sizes: expected comma-separated positive"),
+    (["quality", "traces", "--texts", "0"], "argument --texts: expected a positive integer"),
+    (["tune", "--gpu", "cpu", "--seq", "1k", "--verify-rounds", "-2"], "argument --verify-rounds: expected an integer >= 0"),
+])
+def test_other_commands_range_check_their_flags(argv, expect, capsys):
+    from questkern.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and expect in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["profile", "--dry-run", "--out-dir", "{f}"], ["quality", "study", "--out-dir", "{f}"]])
+def test_other_commands_check_their_output_dirs_first(tmp_path, argv):
+    from questkern.cli import main
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main([a.format(f=f) for a in argv])
+    assert "--out-dir" in str(e.value.code) and "is a file, expected a directory" in str(e.value.code)
