@@ -227,6 +227,8 @@ class QuestDecode:
         p = self._plan
         if p is None:
             raise RuntimeError("QuestDecode.run() called before plan()")
+        if not isinstance(return_selected, bool):
+            raise TypeError(f"return_selected must be a bool, got {type(return_selected).__name__}")
         k_cache, v_cache, kmin, kmax, page_table, seq_lens = self._tensors
         V.check_query(q, p.batch, p.num_kv_heads, p.head_dim, k_cache.dtype, k_cache.device, p.num_q_heads)
         if p.path == "fused":

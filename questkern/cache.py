@@ -67,6 +67,10 @@ class PagedKVCache:
         V.check_choice("head_dim", head_dim, V.HEAD_DIMS)
         V.check_choice("page_size", page_size, V.PAGE_SIZES)
         V.check_choice("dtype", dtype, V.KV_DTYPES)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         meta_dtype = meta_dtype or dtype
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "

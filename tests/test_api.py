@@ -128,6 +128,8 @@ def test_run_validates_query(cache):
         w.run(torch.zeros(3, 64, 4, dtype=torch.bfloat16).transpose(1, 2))
     with pytest.raises(ValueError, match="q must be on"):
         w.run(torch.zeros(3, 4, 64, dtype=torch.bfloat16, device="meta"))
+    with pytest.raises(TypeError, match="return_selected must be a bool"):
+        w.run(torch.zeros(3, 4, 64, dtype=torch.bfloat16), return_selected="yes")
 
 
 def test_plan_max_seq_len_hint(cache):

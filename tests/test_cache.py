@@ -55,6 +55,8 @@ def test_release_returns_pages():
     (dict(head_dim=96), "head_dim"), (dict(page_size=12), "page_size"), (dict(dtype=torch.float32), "dtype"),
     (dict(meta_dtype=torch.float16), "meta_dtype"), (dict(meta_dtype=torch.float8_e4m3fn), "meta_dtype"),
     (dict(num_kv_heads=0), "num_kv_heads"),
+    (dict(shuffle="yes"), "shuffle must be a bool"), (dict(seed=1.5), "seed must be an int"),
+    (dict(num_pages=0), "num_pages"), (dict(max_seq_len=2.5), "max_seq_len"),
 ])
 def test_constructor_validation(kw, match):
     args = dict(batch_size=1, max_seq_len=64, num_kv_heads=1, head_dim=64, page_size=16, dtype=torch.bfloat16, device="cpu")
