@@ -14,7 +14,7 @@ query dtype — still a bound on any key, and a zero query component adds 0, not
 
 NaN and infinity (README): the score is computed as ``relu(q) . kmax + min(q, 0) . kmin``
 (equal to the sum above when kmin <= kmax), so NaN metadata (a page holding a non-finite
-key) or infinite metadata in float32/16-bit dtypes gives a NaN score; a NaN score ranks
+key) gives a NaN score, infinite metadata in float32/16-bit dtypes a NaN or +inf one; a NaN score ranks
 as +inf (always selected, ties to the lower page index). A query head holding NaN or
 +-inf scores NaN on every page (per_head: its row keeps the lowest pages) and is left out
 of its group's ``shared`` score.
