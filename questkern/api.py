@@ -117,6 +117,8 @@ class QuestDecode:
 
         Raises if a ``run()`` of the previous plan met a sequence longer than the page-table
         width planned (see :meth:`check`); the flag is cleared, so planning again works.
+        Every argument is checked before anything changes: a rejected call leaves the
+        previous plan in place.
         """
         self._raise_if_grown(clear=True)
         raw = dict(k_cache=k_cache, v_cache=v_cache, kmin=kmin, kmax=kmax, page_table=page_table, seq_lens=seq_lens)
@@ -172,6 +174,7 @@ class QuestDecode:
         splits = decode_num_splits(dec_cfg, B, num_q_heads, Hkv, per_head, n_slots, k_cache.device)
 
         dev = k_cache.device
+        self._plan = None  # every check passed; should an allocation below fail, no half-built plan runs
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
         self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
@@ -199,6 +202,7 @@ class QuestDecode:
         rows = num_q_heads if (self.gqa_mode == "per_head" and num_q_heads != Hkv) else Hkv
         num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
         geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)
+        self._plan = None  # every check passed; should an allocation below fail, no half-built plan runs
         self._num_sms = num_sms
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
         self._status = torch.zeros(1, dtype=torch.int32, device=dev)

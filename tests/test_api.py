@@ -337,3 +337,16 @@ def test_growth_past_the_planned_width_is_clamped_and_reported(cache, budget, pa
 def test_check_before_plan():
     with pytest.raises(RuntimeError, match="before plan"):
         questkern.QuestDecode(64).check()
+
+
+def test_rejected_plan_keeps_the_previous_plan(cache):
+    w = questkern.QuestDecode(64)
+    plan = w.plan(cache, num_q_heads=4)
+    q = torch.randint(-3, 4, (3, 4, 64)).bfloat16()
+    before = w.run(q).clone()
+    with pytest.raises(ValueError):
+        w.plan(cache, num_q_heads=3)
+    with pytest.raises(ValueError, match="kmin > kmax"):
+        w.plan(num_q_heads=4, k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmax, kmax=cache.kmin,
+               page_table=cache.page_table, seq_lens=cache.seq_lens)
+    assert w._plan is plan and torch.equal(w.run(q), before)
