@@ -108,6 +108,12 @@ def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk
     n_pages = (seq_lens.long() + page_size - 1) // page_size
     used = torch.arange(max_pages, device=page_table.device)[None, :] < n_pages[:, None]
     ids = torch.unique(page_table[used].long())
+    found = torch.zeros((), dtype=torch.bool, device=kmin.device)
+    for i in range(0, ids.numel(), chunk):  # one sync in all (then, on a bad page, the search for it)
+        sl = ids[i:i + chunk]
+        found |= (kmin[sl].float() > kmax[sl].float()).any()
+    if not bool(found):
+        return
     for i in range(0, ids.numel(), chunk):
         sl = ids[i:i + chunk]
         bad = kmin[sl].float() > kmax[sl].float()  # [n, H, D]
