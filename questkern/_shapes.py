@@ -83,6 +83,56 @@ def parse_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return vals
 
+
+def parse_nonnegative_int(text: str) -> int:
+    """'0' -> 0; negatives and non-integers are argparse errors."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _parse_ints_in(name: str, allowed: tuple):
+    def parse(text: str) -> list[int]:
+        vals = parse_ints(text)
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name} must be among {','.join(map(str, allowed))} (what the kernels "
+                                             f"support), got {','.join(map(str, bad))}")
+        return vals
+    return parse
+
+
+def _one(parse_list):
+    def parse(text: str) -> int:
+        vals = parse_list(text)
+        if len(vals) != 1:
+            raise argparse.ArgumentTypeError(f"expected one value, got {text!r}")
+        return vals[0]
+    return parse
+
+
+def parse_page_sizes(text: str) -> list[int]:
+    """'16' or '16,32': page sizes the kernels support (questkern.validate.PAGE_SIZES)."""
+    from questkern.validate import PAGE_SIZES
+
+    return _parse_ints_in("page size", PAGE_SIZES)(text)
+
+
+def parse_head_dims(text: str) -> list[int]:
+    """'128' or '64,128': head dims the kernels support (questkern.validate.HEAD_DIMS)."""
+    from questkern.validate import HEAD_DIMS
+
+    return _parse_ints_in("head dim", HEAD_DIMS)(text)
+
+
+parse_page_size = _one(parse_page_sizes)
+parse_head_dim = _one(parse_head_dims)
+
+
 def parse_fix(text: str) -> dict:
     """'num_stages=2,fuse_combine=false,topk=radix' -> {'num_stages': 2, 'fuse_combine': False, 'topk': 'radix'}."""
     out: dict = {}
@@ -124,9 +174,9 @@ SHAPE_FLAGS: dict[str, tuple] = {
     "seq": (parse_size, parse_sizes, "context length, e.g. 32k", "context lengths, e.g. 8k,32k,128k"),
     "batch": (parse_positive_int, parse_ints, "batch size", "batch sizes"),
     "heads": (parse_one_heads, parse_heads, "Q/KV heads, e.g. 32/8 ('32' means 32/32)", "Q/KV head layouts, e.g. 32/32,32/8"),
-    "head_dim": (parse_positive_int, parse_ints, "head dim", "head dims"),
+    "head_dim": (parse_head_dim, parse_head_dims, "head dim", "head dims"),
     "dtype": (parse_dtype, parse_dtypes, "bf16 or fp16", "bf16, fp16 or bf16,fp16"),
-    "page_size": (parse_positive_int, parse_ints, "tokens per page", "page sizes"),
+    "page_size": (parse_page_size, parse_page_sizes, "tokens per page", "page sizes"),
     "budget": (parse_positive_int, parse_ints, "Quest token budget", "token budgets"),
     "gqa_mode": (None, None, "GQA selection mode", "GQA selection mode"),
 }

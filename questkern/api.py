@@ -9,17 +9,24 @@ a CUDA graph. It reads ``page_table`` and ``seq_lens`` at launch: an engine may 
 them in place between steps (e.g. ``PagedKVCache.append_decode``) as long as no
 sequence outgrows the page table width that was planned. Call ``plan`` again when the
 batch changes shape or crosses into another sequence-length bucket.
+
+A sequence that outgrows the planned width anyway is read up to that width only (never
+out of bounds) and the kernels set a device-side flag: :meth:`QuestDecode.check` reads it
+(a device sync) and the next ``plan()`` raises naming it. ``run`` checks ``q`` (shape,
+dtype, device, contiguity: host metadata only) and nothing that would need a sync: not
+``seq_lens``, page ids or metadata values changed after ``plan``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from questkern import validate as V
 from questkern._nvtx import annotate
-from questkern.config import DecodeConfig, SelectConfig, StepConfig
+from questkern.config import CONFIG_TYPES, DecodeConfig, SelectConfig, StepConfig, kernel_violation
 from questkern.configs.runtime import resolve_config
 from questkern.ops.decode import decode_workspace, paged_decode
 from questkern.ops.decode.kernel import decode_num_splits
@@ -81,15 +88,18 @@ class QuestDecode:
         self.adaptive = adaptive
         V.check_choice("gqa_mode", gqa_mode, V.GQA_MODES)
         V.check_choice("aggregate", aggregate, V.AGGREGATES)
-        if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and sm_scale > 0):
-            raise ValueError(f"sm_scale must be a positive number or None, got {sm_scale!r}")
+        if sm_scale is not None and (isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float))):
+            raise TypeError(f"sm_scale must be a positive finite number or None, got {type(sm_scale).__name__}")
+        if sm_scale is not None and not (math.isfinite(sm_scale) and sm_scale > 0):
+            raise ValueError(f"sm_scale must be a positive finite number or None, got {sm_scale!r}")
         V.check_choice("path", path, ("auto", "fused", "classic"))
         if path == "fused" and adaptive is not None:
             raise ValueError("path='fused' does not take an adaptive budget (use path='auto' or 'classic')")
         self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
         self.path = path
-        self.configs = dict(configs or {})
+        self.configs = _check_configs(configs)
         self._plan: Plan | None = None
+        self._status: torch.Tensor | None = None  # [1] int32 of the current plan: bit 0 = grown past it
 
     @property
     def dense(self) -> bool:
@@ -103,10 +113,30 @@ class QuestDecode:
         Pass a :class:`questkern.PagedKVCache` or the raw tensors. ``page_size``, when
         given, must match the cache. ``max_seq_len`` (>= the current longest sequence)
         picks the tuning bucket for a loop that will grow the sequences.
+
+        Raises if a ``run()`` of the previous plan met a sequence longer than the page-table
+        width planned (see :meth:`check`); the flag is cleared, so planning again works.
+        Every argument is checked before anything changes: a rejected call leaves the
+        previous plan in place.
         """
+        self._raise_if_grown(clear=True)
+        raw = dict(k_cache=k_cache, v_cache=v_cache, kmin=kmin, kmax=kmax, page_table=page_table, seq_lens=seq_lens)
         if cache is not None:
+            given = [n for n, t in raw.items() if t is not None]
+            if given:
+                raise ValueError(f"pass either a cache or the raw tensors, not both (got cache and {', '.join(given)})")
+            for n in raw:
+                if not hasattr(cache, n):
+                    raise TypeError(f"cache must be a questkern.PagedKVCache (or pass the raw tensors), "
+                                    f"got {type(cache).__name__} without .{n}")
             k_cache, v_cache, kmin, kmax = cache.k_cache, cache.v_cache, cache.kmin, cache.kmax
             page_table, seq_lens = cache.page_table, cache.seq_lens
+        else:
+            missing = [n for n, t in raw.items() if t is None]
+            if missing:
+                raise TypeError(f"plan() needs a cache or all raw tensors; missing {', '.join(missing)}")
+        if page_size is not None:
+            V.check_positive_int("page_size", page_size)
         V.check_kv_cache(k_cache, v_cache, kmin, kmax)
         P, Hkv, PAGE, D = k_cache.shape
         if page_size is not None and page_size != PAGE:
@@ -119,6 +149,7 @@ class QuestDecode:
             V.check_positive_int("max_seq_len", max_seq_len)
             if max_seq_len < longest:
                 raise ValueError(f"max_seq_len = {max_seq_len} is shorter than the longest sequence ({longest})")
+        V.check_metadata_order(kmin, kmax, page_table, seq_lens, PAGE)
         bucket_len = max_seq_len or longest
         B, max_pages = page_table.shape
         G = num_q_heads // Hkv
@@ -142,7 +173,9 @@ class QuestDecode:
         splits = decode_num_splits(dec_cfg, B, num_q_heads, Hkv, per_head, n_slots, k_cache.device)
 
         dev = k_cache.device
+        self._plan = None  # every check passed; should an allocation below fail, no half-built plan runs
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
         self._dec_ws = decode_workspace(B, num_q_heads, splits, D, dev) if splits > 1 else None
         if not self.dense:
@@ -165,8 +198,10 @@ class QuestDecode:
         rows = num_q_heads if (self.gqa_mode == "per_head" and num_q_heads != Hkv) else Hkv
         num_sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
         geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)
+        self._plan = None  # every check passed; should an allocation below fail, no half-built plan runs
         self._num_sms = num_sms
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
+        self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
         self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
         self._selected_phys = torch.empty_like(self._selected)
@@ -177,7 +212,11 @@ class QuestDecode:
 
     def _config(self, op: str, key: dict):
         if op in self.configs:
-            return self.configs[op], "override"
+            cfg = self.configs[op]
+            bad = kernel_violation(op, cfg, page_size=key["page_size"], head_dim=key["head_dim"])
+            if bad:
+                raise ValueError(f"configs[{op!r}] cannot run on this cache: {bad}")
+            return cfg, "override"
         return resolve_config(op, **key, budget=self.budget, gqa_mode=self.gqa_mode)
 
     # ------------------------------------------------------------------ run
@@ -188,6 +227,8 @@ class QuestDecode:
         p = self._plan
         if p is None:
             raise RuntimeError("QuestDecode.run() called before plan()")
+        if not isinstance(return_selected, bool):
+            raise TypeError(f"return_selected must be a bool, got {type(return_selected).__name__}")
         k_cache, v_cache, kmin, kmax, page_table, seq_lens = self._tensors
         V.check_query(q, p.batch, p.num_kv_heads, p.head_dim, k_cache.dtype, k_cache.device, p.num_q_heads)
         if p.path == "fused":
@@ -196,7 +237,7 @@ class QuestDecode:
                 quest_step(q, kmin, kmax, k_cache, v_cache, page_table, seq_lens, p.k_pages, gqa_mode=self.gqa_mode,
                            aggregate=self.aggregate, sm_scale=self.sm_scale, config=p.step_config, out=self._out,
                            selected=self._selected, selected_phys=self._selected_phys, workspace=self._step_ws,
-                           num_sms=self._num_sms)
+                           num_sms=self._num_sms, status=self._status)
             return (self._out, self._selected) if return_selected else self._out
         selected = None
         if not self.dense:
@@ -205,17 +246,73 @@ class QuestDecode:
                     selected = select_pages_adaptive(q, kmin, kmax, page_table, seq_lens, p.page_size, self.adaptive,
                                                      self.gqa_mode, self.aggregate, sm_scale=self.sm_scale,
                                                      config=p.select_config, out=self._selected,
-                                                     out_phys=self._selected_phys, workspace=self._sel_ws)
+                                                     out_phys=self._selected_phys, workspace=self._sel_ws,
+                                                     status=self._status)
                 else:
                     selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
                                             self.gqa_mode, self.aggregate, p.select_config,
-                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws)
+                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws,
+                                            status=self._status)
         name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
         with annotate(name, batch=p.batch, splits=p.num_splits):
             paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
                          num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
-                         selected_phys=None if self.dense else self._selected_phys)
+                         selected_phys=None if self.dense else self._selected_phys, status=self._status)
         return (self._out, selected) if return_selected else self._out
+
+    # ------------------------------------------------------------------ status
+    def check(self, *, raise_error: bool = True) -> bool:
+        """Whether every ``run()`` since ``plan()`` stayed within the planned page-table width.
+
+        Reads the plan's device flag, so it **synchronizes with the device** (call it
+        outside the hot loop, e.g. every N steps or when a step ends). A sequence that grew
+        past the width was attended up to it only. With ``raise_error`` (the default) that
+        raises ``RuntimeError``; else returns False. The flag stays set until ``plan()``.
+        """
+        if self._plan is None:
+            raise RuntimeError("QuestDecode.check() called before plan()")
+        if int(self._status.item()) & 1:
+            if raise_error:
+                raise RuntimeError(self._grown_message())
+            return False
+        return True
+
+    def _grown_message(self) -> str:
+        width = self._tensors[4].shape[1]
+        return (f"QuestDecode: a run() met a sequence longer than the page-table width planned ({width} pages x "
+                f"{self._plan.page_size} = {width * self._plan.page_size} tokens); those steps attended to the "
+                f"first {width} pages only. Call plan() again after the page table grows (a precondition of run()).")
+
+    def _raise_if_grown(self, clear: bool) -> None:
+        if self._plan is not None and self._status is not None and int(self._status.item()) & 1:
+            msg = self._grown_message()
+            if clear:
+                self._status.zero_()
+            raise RuntimeError(msg + " (flag cleared: this plan() call was refused, the next one proceeds)")
+
+
+def _check_configs(configs) -> dict:
+    """``configs``: None or {op: config instance or dict of its fields} for the ops below."""
+    if configs is None:
+        return {}
+    if not isinstance(configs, dict):
+        raise TypeError(f"configs must be a dict {{op: config}} or None, got {type(configs).__name__}")
+    ops = ("select", "sparse_decode", "dense_decode", "quest_step")
+    out = {}
+    for op, cfg in configs.items():
+        if op not in ops:
+            raise ValueError(f"configs has unknown op {op!r}; expected some of {list(ops)}")
+        want = CONFIG_TYPES[op]
+        if isinstance(cfg, dict):
+            try:
+                cfg = want.from_dict(cfg)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"configs[{op!r}]: {e}") from None
+        if not isinstance(cfg, want):
+            raise TypeError(f"configs[{op!r}] must be a {want.__name__} (or a dict of its fields), "
+                            f"got {type(cfg).__name__}")
+        out[op] = cfg
+    return out
 
 
 def quest_decode(q: torch.Tensor, cache, budget: int | None, **kwargs):

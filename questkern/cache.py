@@ -24,6 +24,30 @@ from questkern.configs.runtime import resolve_config
 from questkern.ops.metadata import append_decode, metadata_build
 
 
+def _check_device(device) -> torch.device:
+    """None -> the current CUDA device, else the CPU; else a CPU or CUDA device that exists."""
+    if device is None:
+        return default_device()
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, a string such as 'cuda' or 'cpu', or None, "
+                        f"got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"device must name a torch device such as 'cuda', 'cuda:1' or 'cpu', got {device!r} ({e})") from None
+    if dev.type not in ("cuda", "cpu"):
+        raise ValueError(f"device must be a CUDA device (or the CPU, for the Triton interpreter), got {dev}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda}); pass device='cpu' to run the "
+                             f"kernels in the Triton interpreter (TRITON_INTERPRET=1)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and not 0 <= dev.index < n:
+            raise ValueError(f"device={str(device)!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    return dev
+
+
 class PagedKVCache:
     def __init__(
         self,
@@ -46,11 +70,15 @@ class PagedKVCache:
         V.check_choice("head_dim", head_dim, V.HEAD_DIMS)
         V.check_choice("page_size", page_size, V.PAGE_SIZES)
         V.check_choice("dtype", dtype, V.KV_DTYPES)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         meta_dtype = meta_dtype or dtype
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
-        device = torch.device(device) if device is not None else default_device()
+        device = _check_device(device)
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
@@ -78,74 +106,145 @@ class PagedKVCache:
         return list(self._lens)
 
     # ------------------------------------------------------------------ pages
-    def _reserve(self, new_lens: list[int]) -> None:
-        changed = False
+    def _plan_pages(self, new_lens: list[int]) -> list[tuple[int, int]]:
+        """The (sequence, logical page) slots that growing to ``new_lens`` needs; raises
+        (changing nothing) when a sequence would pass max_seq_len or the free list is short."""
+        cap = self.max_pages * self.page_size
+        need = []
         for b, n in enumerate(new_lens):
-            if n > self.max_pages * self.page_size:
-                raise ValueError(f"sequence {b} would reach {n} tokens, more than max_seq_len capacity {self.max_pages * self.page_size}")
+            if n > cap:
+                raise ValueError(f"sequence {b} would reach {n} tokens, more than max_seq_len capacity {cap}")
             have = -(-self._lens[b] // self.page_size)
-            need = -(-n // self.page_size)
-            for p in range(have, need):
-                if not self._free:
-                    raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all); raise num_pages or release sequences")
-                self._table[b, p] = self._free.pop()
-                changed = True
-        if changed:
+            need += [(b, p) for p in range(have, -(-n // self.page_size))]
+        if len(need) > len(self._free):
+            raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all, {len(self._free)} free, "
+                               f"{len(need)} needed); raise num_pages or release sequences")
+        return need
+
+    def _take(self, slots: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """Map the slots to free pages (all or nothing); returns what ``_give_back`` undoes."""
+        taken = []
+        for b, p in slots:
+            taken.append((b, p, int(self._table[b, p])))
+            self._table[b, p] = self._free.pop()
+        if taken:
+            self.page_table.copy_(self._table)
+        return taken
+
+    def _give_back(self, taken: list[tuple[int, int, int]]) -> None:
+        for b, p, old in reversed(taken):
+            self._free.append(int(self._table[b, p]))
+            self._table[b, p] = old
+        if taken:
             self.page_table.copy_(self._table)
 
     def release(self, b: int) -> None:
         """Free sequence b's pages and set its length to 0."""
+        self._check_index("b", b)
         for p in range(-(-self._lens[b] // self.page_size)):
             self._free.append(int(self._table[b, p]))
         self._lens[b] = 0
         self.seq_lens[b] = 0
 
+    # ------------------------------------------------------------------ checks
+    def _check_index(self, name: str, b) -> None:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"{name} must be an int sequence index, got {type(b).__name__}")
+        if not 0 <= b < self.batch_size:
+            raise ValueError(f"{name} must be in [0, {self.batch_size}) (batch_size), got {b}")
+
+    def _check_lens(self, lens, T: int) -> list[int]:
+        """``lens``: None (every sequence gets all T tokens) or B integers in [0, T]."""
+        B = self.batch_size
+        if lens is None:
+            return [T] * B
+        if isinstance(lens, torch.Tensor):
+            if lens.dtype.is_floating_point or lens.dtype.is_complex or lens.dtype == torch.bool or lens.dim() != 1:
+                raise TypeError(f"lens must be a 1-D integer tensor or a list of {B} ints, got a {lens.dim()}-D "
+                                f"{lens.dtype} tensor")
+            lens = lens.tolist()
+        if not isinstance(lens, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, int) for x in lens):
+            raise TypeError(f"lens must be a list of {B} ints (token counts; fractions are not truncated), got {lens!r}")
+        if len(lens) != B or any(n < 0 or n > T for n in lens):
+            raise ValueError(f"lens must hold {B} values in [0, {T}], got {list(lens)}")
+        return list(lens)
+
+    def _check_active(self, active) -> list[bool]:
+        """``active``: None (every sequence) or a [batch] bool/int tensor (or list) of 0/1."""
+        B = self.batch_size
+        if active is None:
+            return [True] * B
+        if isinstance(active, torch.Tensor):
+            if active.dtype.is_floating_point or active.dtype.is_complex or active.dim() != 1:
+                raise TypeError(f"active must be a 1-D bool or integer tensor of {B} flags, got a {active.dim()}-D "
+                                f"{active.dtype} tensor")
+            active = active.tolist()
+        if not isinstance(active, (list, tuple)) or any(not isinstance(x, int) for x in active):
+            raise TypeError(f"active must be a [batch] bool tensor or a list of {B} bools, got {active!r}")
+        if len(active) != B or any(x not in (0, 1) for x in active):
+            raise ValueError(f"active must hold {B} flags (0/1 or bools), got {list(active)}")
+        return [bool(x) for x in active]
+
     # ------------------------------------------------------------------ writes
     def append(self, k: torch.Tensor, v: torch.Tensor, lens: list[int] | torch.Tensor | None = None) -> None:
         """Append a chunk of tokens (prefill): k, v [B, T, Hkv, D]; ``lens[b]`` <= T of them are valid.
 
-        Metadata of every page touched is rebuilt from its keys.
+        Metadata of every page touched is rebuilt from its keys. Appending no tokens
+        (T = 0 or every ``lens[b]`` = 0) is a no-op. Every argument is checked before
+        anything is written: a call that raises leaves the cache as it was.
         """
         B = self.batch_size
         V.check_tensor("k", k, ndim=4, dtypes=(self.dtype,), device=self.device, shape=(B, None, self.num_kv_heads, self.head_dim), contiguous=False, what="[batch, tokens, num_kv_heads, head_dim]")
         V.check_tensor("v", v, ndim=4, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape), contiguous=False)
         T = k.shape[1]
-        lens = [T] * B if lens is None else [int(x) for x in lens]
-        if len(lens) != B or any(n < 0 or n > T for n in lens):
-            raise ValueError(f"lens must hold {B} values in [0, {T}], got {lens}")
+        lens = self._check_lens(lens, T)
+        if not any(lens):
+            return  # nothing to append
         old = list(self._lens)
         new = [o + n for o, n in zip(old, lens)]
-        self._reserve(new)
+        slots = self._plan_pages(new)
         ps = self.page_size
-        for b in range(B):
-            if lens[b] == 0:
-                continue
-            pos = torch.arange(old[b], new[b])
-            pages = self._table[b, pos // ps].to(self.device, torch.long)
-            slots = (pos % ps).to(self.device)
-            self.k_cache[pages, :, slots, :] = k[b, : lens[b]]
-            self.v_cache[pages, :, slots, :] = v[b, : lens[b]]
-        self._lens = new
-        self.seq_lens.copy_(torch.tensor(new, dtype=torch.int32))
-        first = [o // ps for o in old]
-        n_build = max(-(-n // ps) - f for n, f in zip(new, first))
         cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
                                 page_size=ps, seq_len=max(new), batch=B)
-        with annotate("questkern.metadata", op="build", batch=B):
-            metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
-                           torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
+        taken = self._take(slots)
+        try:
+            for b in range(B):
+                if lens[b] == 0:
+                    continue
+                pos = torch.arange(old[b], new[b])
+                pages = self._table[b, pos // ps].to(self.device, torch.long)
+                slot = (pos % ps).to(self.device)
+                self.k_cache[pages, :, slot, :] = k[b, : lens[b]]
+                self.v_cache[pages, :, slot, :] = v[b, : lens[b]]
+            self.seq_lens.copy_(torch.tensor(new, dtype=torch.int32))
+            first = [o // ps for o in old]
+            n_build = max(-(-n // ps) - f for n, f in zip(new, first))
+            with annotate("questkern.metadata", op="build", batch=B):
+                metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
+                               torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
+        except BaseException:
+            self._give_back(taken)
+            self.seq_lens.copy_(torch.tensor(old, dtype=torch.int32))
+            raise
+        self._lens = new
 
     def append_decode(self, k: torch.Tensor, v: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """Append one token per sequence: k, v [B, Hkv, D]. Updates only the page written."""
+        """Append one token per sequence: k, v [B, Hkv, D]; ``active`` [B] bools (None = all)
+        says which sequences grow. Updates only the page written. A call that raises
+        leaves the cache as it was."""
         B = self.batch_size
         V.check_tensor("k", k, ndim=3, dtypes=(self.dtype,), device=self.device, shape=(B, self.num_kv_heads, self.head_dim), what="[batch, num_kv_heads, head_dim]")
         V.check_tensor("v", v, ndim=3, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape))
-        act = [True] * B if active is None else [bool(x) for x in active.tolist()]
+        act = self._check_active(active)
         new = [n + int(a) for n, a in zip(self._lens, act)]
-        self._reserve(new)
-        act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
-        with annotate("questkern.metadata", op="append", batch=B):
-            append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
+        taken = self._take(self._plan_pages(new))
+        try:
+            act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
+            with annotate("questkern.metadata", op="append", batch=B):
+                append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
+        except BaseException:
+            self._give_back(taken)
+            raise
         self._lens = new
 
 

@@ -203,6 +203,24 @@ CONFIG_TYPES: dict[str, Any] = {
 }
 
 
+def kernel_violation(op: str, config, *, page_size: int, head_dim: int) -> str | None:
+    """Why ``config`` cannot run ``op``'s kernels at this page size and head dim (a hard
+    constraint, not a slow choice), or None. The fields' own ranges are checked by the
+    dataclasses; this is what depends on the shape: the decode and fused-step K/V tiles
+    feed ``tl.dot``, which needs ``pages_per_block * page_size >= 16`` tokens."""
+    want = CONFIG_TYPES.get(op)
+    if want is None:
+        return f"unknown op {op!r}"
+    if not isinstance(config, want):
+        return f"expected a {want.__name__}, got {type(config).__name__}"
+    if op in ("sparse_decode", "dense_decode", "quest_step"):
+        tokens = config.pages_per_block * page_size
+        if tokens < 16:
+            return (f"pages_per_block * page_size = {config.pages_per_block} x {page_size} = {tokens} tokens, "
+                    f"the kernel needs >= 16 (tl.dot)")
+    return None
+
+
 # ----------------------------------------------------------------------------- heuristics
 
 

@@ -98,3 +98,27 @@ def check_query(q, batch: int, num_kv_heads: int, head_dim: int, dtype, device, 
     check_tensor("q", q, ndim=3, dtypes=(dtype,), device=device, shape=(batch, num_q_heads, head_dim), what="[batch, num_q_heads, head_dim]")
     if q.shape[1] % num_kv_heads:
         raise ValueError(f"q.shape[1] (num_q_heads = {q.shape[1]}) must be a multiple of num_kv_heads = {num_kv_heads}")
+
+
+def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk: int = 4096) -> None:
+    """kmin <= kmax on every channel of every page in use (swapped tensors select wrongly).
+    NaN entries (a non-finite key, see the README) pass. Reads the metadata of the pages in
+    use, ``chunk`` pages at a time (a device sync: plan() only)."""
+    B, max_pages = page_table.shape
+    n_pages = (seq_lens.long() + page_size - 1) // page_size
+    used = torch.arange(max_pages, device=page_table.device)[None, :] < n_pages[:, None]
+    ids = torch.unique(page_table[used].long())
+    found = torch.zeros((), dtype=torch.bool, device=kmin.device)
+    for i in range(0, ids.numel(), chunk):  # one sync in all (then, on a bad page, the search for it)
+        sl = ids[i:i + chunk]
+        found |= (kmin[sl].float() > kmax[sl].float()).any()
+    if not bool(found):
+        return
+    for i in range(0, ids.numel(), chunk):
+        sl = ids[i:i + chunk]
+        bad = kmin[sl].float() > kmax[sl].float()  # [n, H, D]
+        if bool(bad.any()):
+            p, h, d = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(f"kmin > kmax at page {int(sl[p])}, kv head {h}, channel {d} "
+                             f"({float(kmin[sl[p], h, d])} > {float(kmax[sl[p], h, d])}): kmin and kmax swapped "
+                             f"or not built from the keys")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli import invocation
-from questkern._shapes import add_shape_args
+from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 from questkern._dtypes import short_name
 from questkern._io import write_text_atomic
 
@@ -60,7 +60,7 @@ def register(sub) -> None:
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
                         "in-house dense, Quest, and none (the ceiling), in one run")
-    p.add_argument("--dense-layers", type=int, default=2,
+    p.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
                    help="with --model: the first N layers decode densely under Quest (default %(default)s)")
     p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
                    help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
@@ -69,7 +69,8 @@ def register(sub) -> None:
                    help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
                         "attention quest_classic)")
     p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
-    p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
+    p.add_argument("--rep-ms", type=parse_positive_int, default=200,
+                   help="do_bench repetition time per op in ms (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
     p.set_defaults(func=run)
 
@@ -205,6 +206,14 @@ def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
+    if args.out is not None:  # before any case runs
+        from questkern.cli._paths import check_output_file
+
+        try:
+            check_output_file("--out", args.out)
+        except ValueError as exc:
+            print(f"questkern bench: error: {exc}", file=sys.stderr)
+            return 2
     if args.model is not None:
         return run_model(args, note)
     from questkern.bench.core import Case, run_case

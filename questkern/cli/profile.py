@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from questkern.cli import invocation
-from questkern._shapes import add_shape_args
+from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 
 PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
                     "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
@@ -22,8 +22,8 @@ def register(sub) -> None:
     add_shape_args(p, defaults=PROFILE_DEFAULTS)
     p.add_argument("--name", default="decode", help="label of the profile folder (default %(default)s)")
     p.add_argument("--mode", choices=["quest", "dense"], default="quest", help="Quest step or dense decode (default quest)")
-    p.add_argument("--steps", type=int, default=3, help="profiled decode steps (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up steps, outside the NVTX filter (default %(default)s)")
+    p.add_argument("--steps", type=parse_positive_int, default=3, help="profiled decode steps (default %(default)s)")
+    p.add_argument("--warmup", type=parse_nonnegative_int, default=2, help="warm-up steps, outside the NVTX filter (default %(default)s)")
     p.add_argument("--no-append", dest="append", action="store_false", help="skip the per-step token append (metadata update)")
     p.add_argument("--tool", choices=["auto", "ncu", "torch"], default="auto",
                    help="auto: ncu, else torch.profiler with a note; ncu: fail without it; torch: skip ncu (default auto)")
@@ -63,8 +63,11 @@ def run(args) -> int:
     from questkern.profiling.runner import check_name, run_profile
 
     shape = shape_from_args(args)
+    from questkern.cli._paths import check_output_dir
+
     try:
         check_name(args.name)
+        check_output_dir("--out-dir", args.out_dir)
     except ValueError as e:
         raise SystemExit(f"questkern profile: {e}") from None
     res = run_profile(shape, name=args.name, root=args.out_dir, tool=args.tool, ncu=args.ncu, nsys=args.nsys,

@@ -11,21 +11,65 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from questkern._shapes import parse_nonnegative_int, parse_positive_int
+
 DATA_DIR = Path("reports/data")
 
 
 def _ints(s: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in s.split(",") if x)
+        vals = tuple(int(x) for x in s.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
+    return vals
 
 
 def _floats(s: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in s.split(",") if x)
+        vals = tuple(float(x) for x in s.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not vals or any(not 0 <= v <= 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated depths in [0, 1], got {s!r}")
+    return vals
+
+
+def _depth(s: str) -> float:
+    vals = _floats(s)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"expected one depth in [0, 1], got {s!r}")
+    return vals[0]
+
+
+def _page_sizes(s: str) -> tuple[int, ...]:
+    from questkern.validate import PAGE_SIZES
+
+    vals = _ints(s)
+    bad = [v for v in vals if v not in PAGE_SIZES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"page sizes must be among {','.join(map(str, PAGE_SIZES))}, got {s!r}")
+    return vals
+
+
+def _page_size(s: str) -> int:
+    vals = _page_sizes(s)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"expected one page size, got {s!r}")
+    return vals[0]
+
+
+def _check_dirs(args) -> None:
+    """--out-dir / --trace-dir: directories that exist or can be created (before any work)."""
+    from questkern.cli._paths import check_output_dir
+
+    try:
+        for flag, d in (("--out-dir", getattr(args, "out_dir", None)), ("--trace-dir", getattr(args, "trace_dir", None))):
+            if d is not None:
+                check_output_dir(flag, d)
+    except ValueError as e:
+        raise SystemExit(f"questkern quality: {e}") from None
 
 
 def register(subparsers) -> None:
@@ -40,15 +84,15 @@ def register(subparsers) -> None:
     def capture_args(sp):
         sp.add_argument("--contexts", type=_ints, default=(1024, 2048, 4096, 8192), help="prompt lengths in tokens")
         sp.add_argument("--depths", type=_floats, default=None, help="passkey depths (default 0.1,0.5,0.9)")
-        sp.add_argument("--texts", type=int, default=1, help="natural-text prompts per context")
+        sp.add_argument("--texts", type=parse_positive_int, default=1, help="natural-text prompts per context")
         sp.add_argument("--no-e2e", action="store_true", help="traces only, skip the end-to-end passkey configs")
-        sp.add_argument("--dense-layers", type=int, default=2, help="layers kept dense in end-to-end runs")
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--dense-layers", type=parse_nonnegative_int, default=2, help="layers kept dense in end-to-end runs")
+        sp.add_argument("--threads", type=parse_positive_int, default=None, help="torch CPU threads")
         sp.add_argument("--force", action="store_true", help="recapture traces that exist")
 
     def study_args(sp):
-        sp.add_argument("--page-sizes", type=_ints, default=(8, 16, 32, 64))
-        sp.add_argument("--dense-layers", type=int, default=2, help="layers left out of the summary (they stay dense)")
+        sp.add_argument("--page-sizes", type=_page_sizes, default=(8, 16, 32, 64))
+        sp.add_argument("--dense-layers", type=parse_nonnegative_int, default=2, help="layers left out of the summary (they stay dense)")
 
     t = sub.add_parser("traces", help="capture traces and end-to-end passkey accuracy")
     common(t)
@@ -61,13 +105,13 @@ def register(subparsers) -> None:
     a = sub.add_parser("all", help="traces, then study")
     common(a)
     capture_args(a)
-    a.add_argument("--page-sizes", type=_ints, default=(8, 16, 32, 64))
+    a.add_argument("--page-sizes", type=_page_sizes, default=(8, 16, 32, 64))
     a.set_defaults(func=_all)
     d = sub.add_parser("demo", help="generate with SmolLM2 using questkern attention")
-    d.add_argument("--context", type=int, default=2048, help="passkey prompt length")
-    d.add_argument("--depth", type=float, default=0.5)
-    d.add_argument("--budget", type=int, default=256)
-    d.add_argument("--page-size", type=int, default=16)
+    d.add_argument("--context", type=parse_positive_int, default=2048, help="passkey prompt length")
+    d.add_argument("--depth", type=_depth, default=0.5)
+    d.add_argument("--budget", type=parse_positive_int, default=256)
+    d.add_argument("--page-size", type=_page_size, default=16)
     d.add_argument("--backend", choices=("reference", "kernels"), default="reference")
     d.set_defaults(func=_demo)
 
@@ -79,6 +123,7 @@ def _trace_dir(args) -> Path:
 
 
 def _traces(args) -> int:
+    _check_dirs(args)
     from questkern.quality.capture import capture_all
 
     capture_all(_trace_dir(args), args.out_dir / "quality_passkey.csv", contexts=args.contexts, depths=args.depths,
@@ -88,6 +133,7 @@ def _traces(args) -> int:
 
 
 def _study(args) -> int:
+    _check_dirs(args)
     from questkern.quality.study import run_study
 
     run_study(_trace_dir(args), args.out_dir, page_sizes=args.page_sizes, dense_layers=args.dense_layers)

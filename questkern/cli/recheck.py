@@ -62,17 +62,25 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def _write_update(path: Path, doc: dict, rows: list[dict]) -> None:
-    from questkern.tuning.recheck import update_table
+def _write_update(path: Path, doc: dict, rows: list[dict]) -> int:
+    """Apply the rows; write the table only when an entry changed. Returns how many did."""
+    from questkern.tuning.recheck import apply_rows
     from questkern.configs.schema import validate_table
     from questkern.configs.table import atomic_write_json
 
-    notes = update_table(doc, rows)
-    validate_table(doc, where=f"rechecked table {path}")
-    atomic_write_json(path, doc)
+    notes, changed, unmatched = apply_rows(doc, rows)
     for n in notes:
         print(f"  {n}")
-    print(f"updated {path}: {sum(1 for r in rows if r['table_us'] and r['default_us'])} entries re-timed")
+    if unmatched:
+        print(f"  NOTE: {len(unmatched)} row(s) match no entry of {path}: {', '.join(unmatched[:5])}"
+              + (" ..." if len(unmatched) > 5 else ""))
+    if not changed:
+        print(f"{path}: no entry changed (no row holds a measurement of one of its entries); the table is untouched")
+        return 0
+    validate_table(doc, where=f"rechecked table {path}")
+    atomic_write_json(path, doc)
+    print(f"updated {path}: {changed} entries re-timed")
+    return changed
 
 
 class _Refused(Exception):
@@ -103,11 +111,18 @@ def apply_summary(args) -> int:
     from questkern.configs.schema import TableError
     from questkern.configs.table import read_json
 
+    from questkern.cli._paths import check_input_file
+    from questkern.tuning.recheck import summary_problem
+
     try:
+        check_input_file("--apply", args.apply)
         summary = read_json(args.apply)
-        key, rows = summary["gpu_key"], summary["rows"]
-    except (TableError, KeyError, TypeError) as exc:
+    except (TableError, ValueError) as exc:
         return _fail(f"--apply {args.apply} is not a recheck summary: {exc}")
+    bad = summary_problem(summary)
+    if bad:
+        return _fail(f"--apply {args.apply} is not a recheck summary: {bad}")
+    key, rows = summary["gpu_key"], summary["rows"]
     try:
         path, doc = _open_table(args.table, key, f"--apply {args.apply} rechecked a table of {key!r}")
     except _Refused as exc:
@@ -117,7 +132,8 @@ def apply_summary(args) -> int:
                      f"version of {summary.get('table_updated')}): recheck it again")
     if not summary.get("complete"):
         print(f"NOTE: {args.apply} is incomplete: only its {len(rows)} measured entries are applied")
-    _write_update(path, doc, rows)
+    if not _write_update(path, doc, rows):
+        return _fail(f"--apply {args.apply}: none of its {len(rows)} rows changed an entry of {path}", 1)
     return 0
 
 
@@ -134,6 +150,13 @@ def run(args) -> int:
     from questkern.configs.schema import TableError
     from questkern.tuning.tuner import num_sms
 
+    if args.summary is not None:
+        from questkern.cli._paths import check_output_file
+
+        try:
+            check_output_file("--summary", args.summary)
+        except ValueError as exc:
+            return _fail(str(exc))
     device = default_device()
     key = current_gpu_key(device)
     if key == CPU_KEY:

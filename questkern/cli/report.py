@@ -12,6 +12,7 @@ questkern/tuning/tables/). Optuna: --study-storage URL [--study NAME ...].
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from questkern.cli import invocation
@@ -46,6 +47,14 @@ def run(args) -> int:
 
     if not NAME_RE.fullmatch(args.name):
         raise SystemExit(f"questkern report: --name must be letters, digits, '.', '_' or '-' (1-64), got {args.name!r}")
+    from questkern.cli._paths import check_output_dir, check_output_file
+
+    try:  # before anything is read
+        check_output_dir("--out-dir", args.out_dir)
+        if args.screenshot is not None:
+            check_output_file("--screenshot", args.screenshot)
+    except ValueError as e:
+        raise SystemExit(f"questkern report: {e}") from None
     out = args.out_dir / f"{args.name}.html"
     if out.exists() and not args.force:
         raise SystemExit(f"questkern report: {out} exists; pass --force to replace it (or choose another --name)")
@@ -62,6 +71,8 @@ def run(args) -> int:
         inputs = gather(data, profiles, tuning, args.study_storage, args.study)
     except ReportDataError as e:
         raise SystemExit(f"questkern report: {e}") from None
+    for line in inputs.skipped:
+        print(f"questkern report: note: skipped {line}", file=sys.stderr)
     if inputs.bench.empty and not inputs.profiles and not inputs.studies:
         raise SystemExit(f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
                          f"no profile under {[str(p) for p in profiles]}, no --study-storage")

@@ -16,6 +16,15 @@ import sys
 from questkern._shapes import add_shape_args
 
 
+def _gpu_arg(text: str) -> str:
+    """A non-empty GPU key, device name or family alias (normalized later)."""
+    from questkern.configs.gpus import normalize_gpu_name
+
+    if not text.strip() or not normalize_gpu_name(text):
+        raise argparse.ArgumentTypeError(f"expected a GPU key, device name or family (e.g. h100), got {text!r}")
+    return text
+
+
 def register(sub) -> None:
     from questkern.configs.keys import OPS
 
@@ -24,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
     add_shape_args(p, lists=(), required=("seq",), defaults={"batch": "1", "heads": "32/8", "budget": None, "gqa_mode": None},
                    notes={"budget": "select/sparse_decode", "gqa_mode": "select/sparse_decode"})
-    p.add_argument("--gpu", default=None,
+    p.add_argument("--gpu", type=_gpu_arg, default=None,
                    help="GPU whose tables to read: a key (nvidia-h100-80gb-hbm3), a device name, or a family alias "
                         "(h100) when exactly one table of that family is found (default: this device)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern._shapes import LIST_FLAGS, add_shape_args, parse_fix, parse_positive_int, parse_positive_seconds
+from questkern._shapes import LIST_FLAGS, add_shape_args, parse_fix, parse_nonnegative_int, parse_positive_int, parse_positive_seconds
 
 
 def parse_ops(text: str) -> list[str]:
@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--seed", type=int, default=0, help="sampler and input seed (default 0)")
     p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect")
-    p.add_argument("--verify-rounds", type=int, default=3,
+    p.add_argument("--verify-rounds", type=parse_nonnegative_int, default=3,
                    help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
@@ -90,6 +90,31 @@ def register(sub) -> None:
     d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
     p.set_defaults(func=run)
+
+
+def _check_paths(args, spec, key: str) -> None:
+    """--out (a table directory; an existing table there must be this GPU's and valid),
+    --storage (an SQLite file), --summary, --log-dir: checked before any trial runs."""
+    from questkern.cli._paths import check_output_dir, check_output_file, check_sqlite_url
+    from questkern.configs import paths
+    from questkern.configs.schema import TableError
+    from questkern.configs.table import load_table
+
+    out = check_output_dir("--out", spec.out)
+    table = paths.table_path(out, key)
+    if table.exists():
+        if table.is_dir():
+            raise ValueError(f"--out {out}: {table} is a directory, expected the GPU's table file")
+        doc = load_table(table)  # TableError names the file and the problem
+        if doc.get("gpu_key") != key:
+            raise TableError(f"--out {out}: {table} holds the table of GPU {doc.get('gpu_key')!r}, not {key!r}; "
+                             "refusing to merge into it")
+        check_output_file("--out", table)
+    check_sqlite_url("--storage", spec.storage_url)
+    if args.summary is not None:
+        check_output_file("--summary", args.summary)
+    if args.log_dir is not None:
+        check_output_dir("--log-dir", args.log_dir)
 
 
 def run(args) -> int:
@@ -144,6 +169,11 @@ def run(args) -> int:
     try:
         check_url(spec.storage_url, distributed=slots is not None)
     except StorageError as exc:
+        print(f"questkern tune: error: {exc}", file=sys.stderr)
+        return 2
+    try:  # every path before any trial runs
+        _check_paths(args, spec, key)
+    except (ValueError, TableError) as exc:
         print(f"questkern tune: error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:

@@ -11,7 +11,9 @@ size must be equal; sequence length and batch may differ and the entry with the
 smallest log2-bucket distance wins (0 = exact). With no candidate the heuristic of
 :mod:`questkern.config` is used, with one ``UserWarning`` per reason (unknown GPU,
 table of another Triton major version, unreadable/corrupt or schema-invalid file, no
-entry for the shape). A bad file never breaks decoding. The CPU interpreter
+entry for the shape, an entry whose config violates a kernel constraint at its own shape,
+e.g. ``pages_per_block * page_size < 16``: warned at load time naming the file and the
+entry). A bad file never breaks decoding. The CPU interpreter
 (``cpu-interpreter``) without a table uses the heuristic silently: its timings mean
 nothing, so there is nothing to warn about.
 """
@@ -53,6 +55,9 @@ class LoadedTables:
     gpu_key: str
     sources: list[SourceStatus]
     entries: list[tuple[EntryKey, dict, Path]] = field(default_factory=list)  # precedence already applied
+    # entries whose config passes the schema but not a kernel constraint at their own shape
+    # (``config.kernel_violation``): a call they would serve gets the heuristic instead
+    invalid: dict[EntryKey, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,12 +138,18 @@ def _load(gpu_key: str) -> LoadedTables:
             _warn_once(f"ignoring tuning table {path}: {detail}")
             continue
         n = 0
-        for e in doc["entries"]:
+        for i, e in enumerate(doc["entries"]):
             k = entry_key(e)
             if k not in seen:
                 seen.add(k)
                 loaded.entries.append((k, e, path))
                 n += 1
+                bad = C.kernel_violation(k.op, C.CONFIG_TYPES[k.op].from_dict(e["config"]), page_size=k.page_size,
+                                         head_dim=k.head_dim)
+                if bad:
+                    why = f"tuning table {path} entry {i} [{k.describe()}] violates a kernel constraint: {bad}"
+                    loaded.invalid[k] = why
+                    _warn_once(f"ignoring {why}")
         loaded.sources.append(SourceStatus(label, path, "loaded", f"{len(doc['entries'])} entries", n))
     return loaded
 
@@ -175,6 +186,9 @@ def explain_config(op: str, *, device=None, dtype, head_dim: int, group: int, pa
     candidates = [(preference(key, k), k, e, p) for k, e, p in tables.entries if distance(key, k) is not None]
     if candidates:
         pref, k, e, p = min(candidates, key=lambda c: c[0])
+        if k in tables.invalid:  # warned at load time: the documented fallback
+            reason = tables.invalid[k]
+            return Resolution(op, heur, f"heuristic ({reason})", gpu_key, key, reason=reason, tables=tables)
         cfg = C.CONFIG_TYPES[op].from_dict(e["config"])
         d = pref[0]
         how = "exact" if d == 0 else f"nearest, distance {d:g}"

@@ -20,10 +20,9 @@ from questkern.report import figures as F
 from questkern.report.data import (
     Profile,
     TuningTable,
+    ReportDataError,
+    classify_csv,
     find_csvs,
-    is_bench_csv,
-    is_quality_csv,
-    is_recall_csv,
     load_bench,
     load_profiles,
     load_quality,
@@ -45,15 +44,25 @@ class ReportInputs:
     studies: list
     sources: list[str] = field(default_factory=list)
     recall: pd.DataFrame = field(default_factory=pd.DataFrame)
+    skipped: list[str] = field(default_factory=list)  # CSVs found in --data folders that are no report input
 
 
 def gather(data: list[Path], profiles: list[Path], tuning: list[Path], study_storage: str | None = None,
            studies: list[str] | None = None) -> ReportInputs:
     """Read every input; bench and quality CSVs are told apart by their columns."""
     csvs = find_csvs(data)
-    bench_files = [p for p in csvs if is_bench_csv(p)]
-    quality_files = [p for p in csvs if is_quality_csv(p)]
-    recall_files = [p for p in csvs if is_recall_csv(p)]
+    given = {Path(p).resolve() for p in data if Path(p).is_file()}
+    kinds: dict[str, list[Path]] = {"bench": [], "quality": [], "recall": []}
+    skipped = []
+    for p in csvs:  # a file named by --data must be usable; one found in a folder is skipped, and said so
+        kind, why = classify_csv(p)
+        if kind is None and Path(p).resolve() in given:
+            raise ReportDataError(f"--data {p}: {why}")
+        if kind is None:
+            skipped.append(f"{p}: {why}")
+        else:
+            kinds[kind].append(p)
+    bench_files, quality_files, recall_files = kinds["bench"], kinds["quality"], kinds["recall"]
     prof = load_profiles(profiles)
     tun = load_tuning(tuning)
     st = load_studies(study_storage, studies)
@@ -61,7 +70,7 @@ def gather(data: list[Path], profiles: list[Path], tuning: list[Path], study_sto
     sources += [f"profile: {p.path}" for p in prof] + [f"tuning: {t.path}" for t in tun]
     sources += [f"optuna study: {s.study_name} @ {study_storage}" for s in st]
     return ReportInputs(load_bench(bench_files), load_quality(quality_files), prof, tun, st, sources,
-                        load_recall(recall_files))
+                        load_recall(recall_files), skipped)
 
 
 # --------------------------------------------------------------------------- html pieces

@@ -43,8 +43,44 @@ class ReportDataError(ValueError):
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        return [h.strip() for h in f.readline().strip().split(",")]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [h.strip() for h in f.readline().strip().split(",")]
+    except UnicodeDecodeError:
+        raise ReportDataError(f"{path}: not a text CSV file (undecodable bytes: binary?)") from None
+    except OSError as e:
+        raise ReportDataError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def classify_csv(path: Path) -> tuple[str | None, str]:
+    """('bench' | 'quality' | 'recall', '') or (None, why the file is none of them)."""
+    header = _csv_header(path)
+    if header == [""]:
+        return None, "empty file (no header row)"
+    if is_bench_csv(path):
+        return "bench", ""
+    if is_quality_csv(path):
+        return "quality", ""
+    if is_recall_csv(path):
+        return "recall", ""
+    missing = [c for c in BENCH_REQUIRED if c not in header]
+    return None, (f"neither a bench CSV (lacks columns {missing} of {BENCH_REQUIRED}) nor a quality CSV "
+                  f"(quality*.csv with columns {QUALITY_REQUIRED} or {RECALL_REQUIRED})")
+
+
+def _strict_numeric(df: pd.DataFrame, cols, path: Path) -> None:
+    """Numeric columns: empty or 'nan' cells are missing values; any other text is an error."""
+    for c in cols:
+        if c not in df.columns:
+            continue
+        raw = df[c]
+        num = pd.to_numeric(raw, errors="coerce")
+        text = raw.astype(str).str.strip().str.lower()
+        bad = num.isna() & raw.notna() & ~text.isin(["", "nan"])
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ReportDataError(f"{path}: column {c!r} must hold numbers, got {str(raw.iloc[i])!r} "
+                                  f"in data row {i + 1}")
 
 
 def find_csvs(paths: list[Path]) -> list[Path]:
@@ -84,7 +120,11 @@ def is_recall_csv(path: Path) -> bool:
 def load_recall(files: list[Path]) -> pd.DataFrame:
     frames = []
     for f in files:
-        df = pd.read_csv(f, keep_default_na=False, na_values=[""])
+        try:
+            df = pd.read_csv(f, keep_default_na=False, na_values=[""])
+        except Exception as e:
+            raise ReportDataError(f"{f}: not a readable CSV ({e})") from None
+        _strict_numeric(df, ("recall_mean", "read_frac_mean", "tokens_mean", "page_size"), f)
         for c in ("recall_mean", "read_frac_mean", "tokens_mean", "page_size"):
             if c in df.columns:
                 df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -107,6 +147,9 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
         missing = [c for c in BENCH_REQUIRED if c not in df.columns]
         if missing:
             raise ReportDataError(f"{f}: bench CSV lacks columns {missing} (needs at least {BENCH_REQUIRED})")
+        if df.empty:
+            raise ReportDataError(f"{f}: bench CSV has a header but no rows")
+        _strict_numeric(df, NUMERIC, f)
         df["source"] = str(f)
         frames.append(df)
     if not frames:
@@ -138,10 +181,14 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
 def load_quality(files: list[Path]) -> pd.DataFrame:
     frames = []
     for f in files:
-        df = pd.read_csv(f)
+        try:
+            df = pd.read_csv(f, keep_default_na=False, na_values=[""])
+        except Exception as e:
+            raise ReportDataError(f"{f}: not a readable CSV ({e})") from None
         missing = [c for c in QUALITY_REQUIRED if c not in df.columns]
         if missing:
             raise ReportDataError(f"{f}: quality CSV lacks columns {missing} (long format: metric, value, plus keys)")
+        _strict_numeric(df, ["value"], f)
         df["value"] = pd.to_numeric(df["value"], errors="coerce")
         df["source"] = str(f)
         frames.append(df)

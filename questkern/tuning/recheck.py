@@ -283,11 +283,58 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+def summary_problem(summary) -> str | None:
+    """Why ``summary`` is not a recheck summary ``--apply`` can use (a JSON path and what was
+    expected), or None. Checks what ``update_table`` reads: no KeyError/TypeError later."""
+    if not isinstance(summary, dict):
+        return f"$: expected a JSON object, got {type(summary).__name__}"
+    if not isinstance(summary.get("gpu_key"), str) or not summary["gpu_key"]:
+        return "$.gpu_key: expected the GPU key string"
+    rows = summary.get("rows")
+    if not isinstance(rows, list):
+        return "$.rows: expected a list of rows"
+    num = (int, float)
+    for i, r in enumerate(rows):
+        where = f"$.rows[{i}]"
+        if not isinstance(r, dict):
+            return f"{where}: expected an object, got {type(r).__name__}"
+        if not isinstance(r.get("id"), str):
+            return f"{where}.id: expected an entry id string"
+        for f in ("error", "table_fail"):
+            if r.get(f) is not None and not isinstance(r[f], str):
+                return f"{where}.{f}: expected null or a message string"
+        for f in ("table_us", "default_us"):
+            v = r.get(f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, num) or not v > 0):
+                return f"{where}.{f}: expected null or a positive number of microseconds, got {v!r}"
+        if r.get("table_us") and r.get("default_us") and not isinstance(r.get("default_config"), dict):
+            return f"{where}.default_config: expected the heuristic's config (an object) with its measurement"
+    return None
+
+
+def apply_rows(doc: dict, rows: list[dict]) -> tuple[list[str], int, list[str]]:
+    """``update_table``'s work: returns (notes, entries changed, ids of rows that match no
+    entry). ``doc["updated"]`` moves only when an entry changed."""
+    ids = {entry_id(e) for e in doc["entries"]}
+    unmatched = [r["id"] for r in rows if r["id"] not in ids]
+    notes = _update_entries(doc, rows)
+    changed = sum(1 for e in doc["entries"] if e.get("_changed"))
+    for e in doc["entries"]:
+        e.pop("_changed", None)
+    if changed:
+        doc["updated"] = now_iso()
+    return notes, changed, unmatched
+
+
 def update_table(doc: dict, rows: list[dict]) -> list[str]:
     """Write measured latencies into ``doc`` (in place): ``latency_us``, ``default_latency_us``,
     ``default_config`` and ``date``; where the heuristic was faster its config replaces the
     entry's (the tuner keeps the faster of the best and the default). Entries whose own
     config failed its check are left alone and reported. Returns what changed."""
+    return apply_rows(doc, rows)[0]
+
+
+def _update_entries(doc: dict, rows: list[dict]) -> list[str]:
     by_id = {r["id"]: r for r in rows}
     notes = []
     for e in doc["entries"]:
@@ -309,5 +356,5 @@ def update_table(doc: dict, rows: list[dict]) -> list[str]:
         else:
             e["latency_us"] = round(r["table_us"], 3)
         e["date"] = now_iso()
-    doc["updated"] = now_iso()
+        e["_changed"] = True
     return notes

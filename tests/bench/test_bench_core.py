@@ -144,3 +144,30 @@ def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_pat
         assert float(rows[op]["speedup_vs_heuristic"]) == pytest.approx(want, rel=1e-3)
     assert rows["select"]["speedup_vs_heuristic"] == "nan"
     assert rows["quest_step_heuristic"]["speedup_vs_heuristic"] == rows["quest_step"]["speedup_vs_heuristic"]
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--rep-ms", "-5"], "argument --rep-ms: expected a positive integer"),
+    (["--rep-ms", "0"], "argument --rep-ms: expected a positive integer"),
+    (["--page-size", "12"], "argument --page-size: page size must be among 8,16,32,64"),
+    (["--head-dim", "48"], "argument --head-dim: head dim must be among 32,64,128,256"),
+    (["--dense-layers", "-1"], "argument --dense-layers: expected an integer >= 0"),
+])
+def test_bench_bad_flags_are_argparse_errors(argv, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["dir", "under-file"])
+def test_bench_out_is_checked_before_the_first_case(tmp_path, capsys, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path if where == "dir" else tmp_path / "f" / "bench.csv"
+    rc = main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
+               "--out", str(out), "--rep-ms", "1"])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("questkern bench: error: --out ") and "[1/" not in captured.out
+    assert ("is a directory" if where == "dir" else "is a file, not a directory") in captured.err

@@ -23,10 +23,11 @@ from questkern.ops.decode import kernel as dk
 from questkern.ops.metadata import kernel as mk
 from questkern.ops.select import kernel as sk
 from questkern.ops.step import kernel as stk
+from questkern.ops.select import adaptive as ak
 
 kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
 fn = (getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(stk, kernel_name, None)
-      or getattr(dk, kernel_name))
+      or getattr(ak, kernel_name, None) or getattr(dk, kernel_name))
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
@@ -34,24 +35,29 @@ print("compiled", kernel_name)
 
 SELECT_PTRS = dict(q="*bf16", kmin="*fp8e5", kmax="*fp8e5", page_table="*i32", seq_lens="*i32", cand_idx="*i32",
                    cand_score="*fp32", cand_phys="*i32", out_idx="*i32", out_score="*fp32", out_phys="*i32",
-                   final_idx="*i32", final_phys="*i32", counters="*i32")
+                   final_idx="*i32", final_phys="*i32", counters="*i32", status="*i32")
 STREAM = dict(PAGE=16, HEAD_DIM=128, SHARED=True, AGG_MAX=False, IEEE=False, WRITE_PHYS=True, FUSED_MERGE=False,
-              BLOCK_M=2048, FILL=128, RADIX=False, TRIGGER=False)
+              BLOCK_M=2048, FILL=128, RADIX=False, TRIGGER=False, STATUS=True)
 TILE = dict(PAGE=16, HEAD_DIM=128, SHARED=False, AGG_MAX=False, CHUNK=256, KC=128, ONE_STAGE=False, FILL=128,
-            IEEE=False, TOPK=True, WRITE_PHYS=True, RADIX=False, FUSED_MERGE=False, BLOCK_M=1024, TRIGGER=False)
+            IEEE=False, TOPK=True, WRITE_PHYS=True, RADIX=False, FUSED_MERGE=False, BLOCK_M=1024, TRIGGER=False,
+            STATUS=True)
 META_PTRS = dict(k_cache="*bf16", v_cache="*bf16", k_new="*bf16", v_new="*bf16", kmin="*fp8e5", kmax="*fp8e5",
                  page_table="*i32", seq_lens="*i32", first_page="*i32", active="*i32")
 DECODE_PTRS = dict(q="*bf16", k_cache="*bf16", v_cache="*bf16", page_table="*i32", seq_lens="*i32", sel="*i32",
-                   sel_phys="*i32", o_part="*fp32", lse_part="*fp32", out="*bf16", counters="*i32", qk_scale="fp32")
+                   sel_phys="*i32", o_part="*fp32", lse_part="*fp32", out="*bf16", counters="*i32", qk_scale="fp32",
+                   status="*i32")
 DECODE = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, PER_HEAD=False, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
-              DENSE=False, HAS_PHYS=True, UPCAST=False, PDL=True)
+              DENSE=False, HAS_PHYS=True, UPCAST=False, PDL=True, STATUS=False)
 STEP_PTRS = dict(q="*bf16", kmin="*bf16", kmax="*bf16", k_cache="*bf16", v_cache="*bf16", page_table="*i32",
                  seq_lens="*i32", scores="*fp32", sel="*i32", sel_phys="*i32", o_part="*fp32", lse_part="*fp32",
-                 out="*bf16", counters="*i32", barrier="*i32", qk_scale="fp32")
+                 out="*bf16", counters="*i32", barrier="*i32", qk_scale="fp32", status="*i32")
 STEP = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_H=16, PER_HEAD=False, KV_GROUP=4, PAGES_PER_BLOCK=4,
             SLOTS=8, BLOCK_SLOTS=8, BLOCK_W=2048, PHYS_UPFRONT=True, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
             RADIX=False, UPCAST=False, PDL=True, PERSISTENT=False, SCORE_BLOCK_D=128, SCORE_BLOCK_G=16, SHARED=True,
-            AGG_MAX=False, CHUNK=64, IEEE=False)
+            AGG_MAX=False, CHUNK=64, IEEE=False, STATUS=True)
+ADAPTIVE_PTRS = dict(SELECT_PTRS, aux="*fp32", threshold="fp32", zscale="fp32")
+ADAPTIVE = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=64, SHARED=True, AGG_MAX=False, CHUNK=64, KC=64, NC=4, FILL=64,
+                IEEE=False, WRITE_PHYS=True, STATUS=True)
 CASES = {
     "metadata-build-fp8": ("_metadata_build_kernel", META_PTRS, dict(PAGE=16, HEAD_DIM=128, BLOCK_D=64, META_FP8=True)),
     "metadata-append-fp8": ("_append_kernel", META_PTRS,
@@ -66,7 +72,14 @@ CASES = {
     "decode-sparse-unrolled": ("_decode_split_kernel", DECODE_PTRS,
                                dict(DECODE, GROUP=1, BLOCK_H=16, KV_GROUP=1, PAGES_PER_BLOCK=4, STATIC_ITERS=2)),
     "decode-dense-group": ("_decode_split_kernel", DECODE_PTRS,
-                           dict(DECODE, GROUP=4, BLOCK_H=16, KV_GROUP=4, PAGES_PER_BLOCK=2, STATIC_ITERS=0, DENSE=True)),
+                           dict(DECODE, GROUP=4, BLOCK_H=16, KV_GROUP=4, PAGES_PER_BLOCK=2, STATIC_ITERS=0, DENSE=True,
+                                STATUS=True)),
+    "decode-combine": ("_combine_kernel", DECODE_PTRS, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=16, PDL=True)),
+    "select-merge": ("_select_merge_kernel", SELECT_PTRS, dict(PAGE=16, BLOCK_N=2048, FILL=128, WRITE_PHYS=True,
+                                                               RADIX=False, TRIGGER=False)),
+    "adaptive-tile-gqa-fp8": ("_adaptive_tile_kernel", ADAPTIVE_PTRS, dict(ADAPTIVE, GROUP=4, BLOCK_G=16, ONE_STAGE=False)),
+    "adaptive-merge": ("_adaptive_merge_kernel", ADAPTIVE_PTRS, dict(PAGE=16, NC=4, BLOCK_NC=4, BLOCK_N=256, FILL=64,
+                                                                    WRITE_PHYS=True)),
     "step-gqa-bisect": ("_topk_decode_kernel", STEP_PTRS, STEP),
     "step-mha-radix-fused-combine": ("_topk_decode_kernel", STEP_PTRS,
                                      dict(STEP, GROUP=1, KV_GROUP=1, RADIX=True, FUSE_COMBINE=True, SLOTS=32,
@@ -74,6 +87,8 @@ CASES = {
     "step-per-head-persistent-fp8": ("_topk_decode_kernel", dict(STEP_PTRS, kmin="*fp8e5", kmax="*fp8e5"),
                                      dict(STEP, GROUP=1, PER_HEAD=True, PERSISTENT=True, PDL=False, SHARED=False,
                                           SINGLE_SPLIT=True, SCORE_BLOCK_D=64, SLOTS=12, BLOCK_SLOTS=16)),
+    "step-shared-persistent-fused-combine": ("_topk_decode_kernel", STEP_PTRS,
+                                             dict(STEP, PERSISTENT=True, PDL=False, FUSE_COMBINE=True)),
 }
 
 

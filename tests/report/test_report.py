@@ -209,3 +209,51 @@ def test_table_vs_heuristic_comes_from_the_heuristic_rows_own_run(tmp_path):
     assert plot.fig.layout.yaxis.title.text == "heuristic time / table time (×)"
     page, _ = render(gather([tmp_path / "a", tmp_path / "b"], [], []), title="t")
     assert "Tuning table vs heuristic configs, same run" in page and plot.id in page
+
+
+# ---------------------------------------------------------------- bad --data: named, never a traceback, never skipped silently
+
+
+def _bench_text(**override):
+    cols = {"gpu": "g", "op": "select", "seq_len": "8", "median_us": "3.0", "batch": "1"}
+    cols.update(override)
+    return ",".join(cols) + "\n" + ",".join(cols.values()) + "\n"
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("bench.csv", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text CSV file"),
+    ("bench.csv", b"", "empty file"),
+    ("bench.csv", b"gpu,op,seq_len\nx,select,8\n", "lacks columns ['median_us']"),
+    ("bench.csv", _bench_text(seq_len="long").encode(), "column 'seq_len' must hold numbers, got 'long' in data row 1"),
+    ("bench.csv", _bench_text(median_us="fast").encode(), "column 'median_us' must hold numbers, got 'fast'"),
+    ("bench.csv", b"gpu,op,seq_len,median_us\n", "has a header but no rows"),
+    ("quality_x.csv", b"metric,value\nrecall,high\n", "column 'value' must hold numbers"),
+])
+def test_report_bad_data_file_is_one_line_error(tmp_path, capsys, name, content, expect):
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--name", "x", "--data", str(f), "--no-tuning", "--profiles", str(tmp_path / "none"),
+              "--out-dir", str(tmp_path / "out")])
+    msg = str(e.value.code)
+    assert msg.startswith("questkern report: ") and str(f) in msg and expect in msg
+    assert not (tmp_path / "out" / "x.html").exists()
+
+
+def test_report_folder_csv_that_is_no_input_is_skipped_and_said_so(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "bench.csv").write_text(_bench_text())
+    (d / "notes.csv").write_text("a,b\n1,2\n")
+    (d / "empty.csv").write_text("")
+    assert main(["report", "--name", "x", "--data", str(d), "--no-tuning", "--profiles", str(tmp_path / "none"),
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {d / 'notes.csv'}: neither a bench CSV" in err and f"skipped {d / 'empty.csv'}: empty file" in err
+
+
+def test_report_out_dir_that_is_a_file_is_refused_first(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--name", "x", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "f")])
+    assert "--out-dir" in str(e.value.code) and "is a file, expected a directory" in str(e.value.code)

@@ -128,3 +128,57 @@ def test_show_config_gpu_family_alias_finds_the_one_table_of_that_family(dirs, c
     write_doc(dirs["env"], [entry("sparse_decode")], gpu_key="nvidia-h100-nvl")
     assert main(["show-config", "--op", "sparse_decode", "--seq", "32k", "--gpu", "h100"]) == 2
     assert "matches the tables of nvidia-h100-80gb-hbm3, nvidia-h100-nvl: pass one of these keys" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- every path checked before any trial
+
+
+def _tune_argv(dirs, *extra):
+    return ["tune", "--gpu", "cpu", *TINY, "--ops", "metadata", "--trials", "1", "--verify-rounds", "0", *extra]
+
+
+@pytest.mark.parametrize("make,flags,expect", [
+    (lambda d: (d / "f").write_text("x"), lambda d: ["--out", str(d / "f")], "--out {d}/f: is a file, expected a directory"),
+    (lambda d: (d / "f").write_text("x"), lambda d: ["--out", str(d / "f" / "sub")], "cannot be created, {d}/f is a file"),
+    (lambda d: (d / "f.json").write_text("{}"), lambda d: ["--storage", f"sqlite:///{d}/f.json"], "is not an SQLite database"),
+    (lambda d: (d / "db").mkdir(), lambda d: ["--storage", f"sqlite:///{d}/db"], "is a directory, expected an SQLite database"),
+    (lambda d: (d / "f").write_text("x"), lambda d: ["--storage", f"sqlite:///{d}/f/s.db"], "cannot be created, {d}/f is a file"),
+    (lambda d: (d / "sub").mkdir(), lambda d: ["--summary", str(d / "sub")], "--summary {d}/sub: is a directory"),
+    (lambda d: (d / "f").write_text("x"), lambda d: ["--log-dir", str(d / "f")], "--log-dir {d}/f: is a file"),
+])
+def test_bad_paths_are_refused_before_any_trial(dirs, capsys, make, flags, expect):
+    d = dirs["data"]
+    make(d)
+    argv = _tune_argv(dirs, "--out", str(dirs["env"]), "--storage", "inmemory", *flags(d))
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("questkern tune: error: ") and expect.format(d=d) in err
+    assert "Traceback" not in err and "trial" not in out.lower()
+    assert not list(dirs["env"].iterdir())
+
+
+def test_a_table_of_another_gpu_or_a_corrupt_one_in_out_is_refused_up_front(dirs, capsys):
+    write_doc(dirs["env"], [entry()], gpu_key="nvidia-h100-80gb-hbm3")
+    (dirs["env"] / "nvidia-h100-80gb-hbm3.json").rename(dirs["env"] / f"{CPU_KEY}.json")  # copied under this GPU's name
+    argv = _tune_argv(dirs, "--out", str(dirs["env"]), "--storage", "inmemory")
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert f"holds the table of GPU 'nvidia-h100-80gb-hbm3', not '{CPU_KEY}'" in err and "trial" not in out.lower()
+    (dirs["env"] / f"{CPU_KEY}.json").write_text("{")
+    assert main(argv) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value,expect", [("--page-size", "12", "page size must be among 8,16,32,64"),
+                                               ("--head-dim", "48", "head dim must be among 32,64,128,256")])
+def test_unsupported_page_size_or_head_dim_is_a_flag_error(flag, value, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("--seq", "1k", flag, value)
+    assert e.value.code == 2 and expect in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_show_config_refuses_an_empty_gpu(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["show-config", "--op", "select", "--seq", "1k", "--gpu", value])
+    assert e.value.code == 2 and "argument --gpu: expected a GPU key" in capsys.readouterr().err

@@ -248,3 +248,59 @@ def test_bad_flags_are_clear_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["recheck", flag, value])
     assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def _apply_setup(dirs):
+    e_sel = tiny_entry("select", FAST_SELECT)
+    path = write_doc(dirs["env"], [e_sel])
+    doc = load_table(path)
+    base = {"gpu_key": doc["gpu_key"], "table_updated": doc["updated"], "table_digest": R.table_digest(doc),
+            "complete": True}
+    row = {"id": R.entry_id(e_sel), "error": None, "table_fail": None, "table_us": 12.0, "default_us": 10.0,
+           "default_config": default_config("select")}
+    return path, base, row
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda s, r: s.pop("rows"), r"\$.rows: expected a list"),
+    (lambda s, r: s.update(rows={"a": 1}), r"\$.rows: expected a list"),
+    (lambda s, r: s.update(rows=[5]), r"\$.rows\[0\]: expected an object, got int"),
+    (lambda s, r: r.pop("id"), r"\$.rows\[0\].id: expected an entry id"),
+    (lambda s, r: r.update(table_us="fast"), r"\$.rows\[0\].table_us: expected null or a positive number"),
+    (lambda s, r: r.pop("default_config"), r"\$.rows\[0\].default_config: expected the heuristic's config"),
+    (lambda s, r: s.update(gpu_key=7), r"\$.gpu_key: expected the GPU key"),
+])
+def test_apply_a_malformed_summary_is_one_line_error(dirs, capsys, mutate, expect):
+    import re
+
+    path, summary, row = _apply_setup(dirs)
+    summary["rows"] = [row]
+    mutate(summary, row)
+    before = path.read_text()
+    f = dirs["data"] / "s.json"
+    f.write_text(json.dumps(summary))
+    assert main(["recheck", "--apply", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("questkern recheck: error: --apply") and "is not a recheck summary" in err
+    assert re.search(expect, err) and "Traceback" not in err
+    assert path.read_text() == before
+
+
+def test_apply_rows_matching_no_entry_change_nothing_and_say_so(dirs, capsys):
+    path, summary, row = _apply_setup(dirs)
+    summary["rows"] = [{**row, "id": "op=select|nothing=here"}]
+    before = path.read_text()
+    f = dirs["data"] / "s.json"
+    f.write_text(json.dumps(summary))
+    assert main(["recheck", "--apply", str(f)]) == 1
+    out, err = capsys.readouterr()
+    assert "1 row(s) match no entry" in out and "the table is untouched" in out
+    assert "none of its 1 rows changed an entry" in err and "updated" not in out.split("untouched")[-1]
+    assert path.read_text() == before  # the timestamp did not move
+
+
+def test_apply_a_missing_or_directory_summary(dirs, capsys):
+    assert main(["recheck", "--apply", str(dirs["data"] / "nope.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["recheck", "--apply", str(dirs["data"])]) == 2
+    assert "is a directory" in capsys.readouterr().err

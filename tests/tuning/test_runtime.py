@@ -197,3 +197,32 @@ def test_questdecode_plan_uses_the_table(dirs):
     assert plan.select_config == C.SelectConfig(**sel) and plan.decode_config == C.DecodeConfig(**dec)
     assert plan.sources["select"].startswith("table cpu-interpreter.json")
     assert plan.sources["sparse_decode"].startswith("table cpu-interpreter.json")
+
+
+def test_entry_violating_a_kernel_constraint_falls_back_with_one_warning(dirs):
+    """pages_per_block x page_size < 16 passes the schema but not tl.dot: at load time one
+    warning naming the file and the entry, and the calls it would serve get the heuristic
+    (before: plan() took it and run() failed with a message naming no file)."""
+    import questkern
+
+    bad = {"pages_per_block": 1, "num_splits": 2, "num_warps": 2, "num_stages": 1, "combine_warps": 1}
+    sel = {"chunk_pages": 16, "block_d": 32, "num_warps": 2, "num_stages": 1, "merge_warps": 1}
+    path = write_doc(dirs["env"], [entry("sparse_decode", seq=64, page=8, group=2, head_dim=32, config=bad),
+                                   entry("select", seq=64, page=8, group=2, head_dim=32, config=sel)],
+                     gpu_key=CPU_KEY)
+    cache = questkern.PagedKVCache(1, 64, 1, 32, page_size=8, dtype=torch.bfloat16, device="cpu")
+    with pytest.warns(TuningTableWarning) as rec:  # the table is read on the first lookup (the append's)
+        cache.append(torch.randn(1, 64, 1, 32).bfloat16(), torch.randn(1, 64, 1, 32).bfloat16())
+        plan = questkern.QuestDecode(32).plan(cache, num_q_heads=2)
+    msgs = [str(w.message) for w in rec if "kernel constraint" in str(w.message)]
+    assert len(msgs) == 1 and str(path) in msgs[0] and "entry 0 [sparse_decode bfloat16 d32 group 2 page 8" in msgs[0]
+    assert "pages_per_block * page_size = 1 x 8 = 8 tokens" in msgs[0]
+    assert plan.decode_config == C.default_decode_config(8, 32)
+    assert plan.sources["sparse_decode"].startswith("heuristic (tuning table") and str(path) in plan.sources["sparse_decode"]
+    assert plan.select_config == C.SelectConfig(**sel)  # the valid entry of the same file is still used
+    no_warnings(lambda: questkern.QuestDecode(32).plan(cache, num_q_heads=2))  # warned once
+    w = questkern.QuestDecode(32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.plan(cache, num_q_heads=2)
+    w.run(torch.randn(1, 2, 32).bfloat16())

@@ -70,6 +70,37 @@ def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cach
 
 
 @triton.jit
+def _split_lse(b_m, b_l):
+    """log2-sum-exp of a split's partial: -inf for an empty split, NaN for a NaN partial
+    (NaN rule, README: the combine then makes the row NaN instead of dropping the split)."""
+    lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+    return tl.where((b_l != b_l) | (b_m != b_m), float("nan"), lse)
+
+
+@triton.jit
+def _split_weights(b_lse, m_s):
+    """[S] split log2-sum-exps -> combine weights: 0 for empty splits, NaN for all when a
+    split is NaN (no NaN reaches the max reduction: a GPU max would drop it)."""
+    nan = tl.max((m_s & (b_lse != b_lse)).to(tl.int32), axis=0) > 0
+    lse = tl.where(b_lse != b_lse, float("-inf"), b_lse)
+    m = tl.max(lse, axis=0)
+    m = tl.where(m > float("-inf"), m, 0.0)
+    w = tl.where(m_s & (lse > float("-inf")), tl.exp2(lse - m), 0.0)
+    return tl.where(nan, float("nan"), w)
+
+
+@triton.jit
+def _split_weights_rows(b_lse, m_s):
+    """``_split_weights`` for rows of heads: b_lse [H, S], m_s [1, S] or [H, S] -> [H, S]."""
+    nan = tl.max((m_s & (b_lse != b_lse)).to(tl.int32), axis=1) > 0
+    lse = tl.where(b_lse != b_lse, float("-inf"), b_lse)
+    m = tl.max(lse, axis=1)
+    m = tl.where(m > float("-inf"), m, 0.0)
+    w = tl.where(m_s & (lse > float("-inf")), tl.exp2(lse - m[:, None]), 0.0)
+    return tl.where(nan[:, None], float("nan"), w)
+
+
+@triton.jit
 def _decode_split_kernel(
     q,  # [B, Hq, D]
     k_cache, v_cache,  # [P, Hkv, PAGE, D]
@@ -107,6 +138,8 @@ def _decode_split_kernel(
     HAS_PHYS: tl.constexpr,
     UPCAST: tl.constexpr,
     PDL: tl.constexpr,  # launched with PDL: wait for the previous kernel, then let the combine launch
+    status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the page table (dense, STATUS)
+    STATUS: tl.constexpr = False,
 ):
     if PDL:
         gdc_wait()
@@ -120,8 +153,11 @@ def _decode_split_kernel(
         i_kv = i_x
         h0 = i_x * KV_GROUP
     seq_len = tl.load(seq_lens + i_b)
-    if DENSE:
+    if DENSE:  # clamped to the page-table width (n_slots): a grown sequence is never read past it
         n_valid = tl.cdiv(seq_len, PAGE)
+        if STATUS:
+            tl.atomic_or(status, 1, mask=n_valid > n_slots)
+        n_valid = tl.minimum(n_valid, n_slots)
     else:
         # the split range comes from the row width alone (slots past the sequence hold -1),
         # so no load waits for seq_len: the row, its physical ids and seq_len load together
@@ -173,7 +209,7 @@ def _decode_split_kernel(
     else:
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_h[:, None] & m_d[None, :])
-        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        lse = _split_lse(b_m, b_l)
         p_lse = lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh
         tl.store(p_lse + i_s, lse, mask=m_h)
         if FUSE_COMBINE:
@@ -194,8 +230,7 @@ def _decode_split_kernel(
                     b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + h * stride_ph + o_s[:, None] * stride_ps
                                    + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.0,
                                    cache_modifier=".cg")  # [BLOCK_S, BLOCK_D]
-                    m_all = tl.max(b_lse, axis=0)
-                    w = tl.where(b_lse > float("-inf"), tl.exp2(b_lse - tl.where(m_all > float("-inf"), m_all, 0.0)), 0.0)
+                    w = _split_weights(b_lse, m_s)
                     res = tl.sum(w[:, None] * b_os, axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
                     tl.store(out + i_b.to(tl.int64) * stride_ob + h * stride_oh + o_d, res.to(out.dtype.element_ty),
                              mask=m_d)
@@ -224,11 +259,11 @@ def _combine_kernel(
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
     b_lse = tl.load(lse_part + i_b.to(tl.int64) * stride_lb + i_h * stride_lh + o_s, mask=m_s, other=float("-inf"))
-    m = tl.max(b_lse, axis=0)
-    w = tl.where(m_s & (b_lse > float("-inf")), tl.exp2(b_lse - m), 0.0)  # [BLOCK_S]
+    w = _split_weights(b_lse, m_s)  # [BLOCK_S]
     p_o = o_part + i_b.to(tl.int64) * stride_pb + i_h * stride_ph + o_s[:, None] * stride_ps + o_d[None, :]
-    b_o = tl.load(p_o, mask=(w > 0)[:, None] & m_d[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
-    res = tl.sum(b_o * w[:, None], axis=0) / tl.sum(w, axis=0)
+    # every split's partial is read (a weight-0 split holding NaN still makes the row NaN, as in dense attention)
+    b_o = tl.load(p_o, mask=m_s[:, None] & m_d[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    res = tl.sum(b_o * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
     tl.store(out + i_b.to(tl.int64) * stride_ob + i_h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d)
 
 
@@ -259,8 +294,10 @@ def paged_decode(
     out: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     selected_phys: torch.Tensor | None = None,  # [B, Hsel, K] physical ids of ``selected`` (skips a lookup)
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table (dense)
 ) -> torch.Tensor:
-    """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api)."""
+    """Launch split-K decode (+ combine). Inputs are assumed validated (see questkern.api).
+    Dense decode reads a sequence longer than the page table up to its width only."""
     B, Hq, D = q.shape
     _, Hkv, PAGE, _ = k_cache.shape
     G = Hq // Hkv
@@ -302,6 +339,7 @@ def paged_decode(
         PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1, STATIC_ITERS=static_iters,
         FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
         DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype), PDL=pdl,
+        status=seq_lens if status is None else status, STATUS=status is not None and dense,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if S > 1 and not cfg.fuse_combine:

@@ -48,7 +48,14 @@ def _to_e5m2(v):
     """float32 values exact in float8_e5m2 (+-inf included) -> float8_e5m2, bit for bit:
     e5m2 is the top byte of float16, and float32 -> float16 is exact for them."""
     b16 = v.to(tl.float16).to(tl.int16, bitcast=True)
-    return (b16 >> 8).to(tl.int8).to(tl.float8e5, bitcast=True)
+    b8 = tl.where(v != v, 0x7F, (b16 >> 8).to(tl.int8))  # NaN -> e5m2 NaN, whatever the float16 NaN's bits
+    return b8.to(tl.int8).to(tl.float8e5, bitcast=True)
+
+
+@triton.jit
+def _not_finite(x):
+    """NaN or +-inf (metadata of a channel holding such a key is NaN: the README's rule)."""
+    return (x != x) | (tl.abs(x) == float("inf"))
 
 
 @triton.jit
@@ -84,11 +91,18 @@ def _metadata_build_kernel(
         m_d = (d0 + o_d) < HEAD_DIM
         b_k = tl.load(p_k + o_t[:, None] * stride_kt + (d0 + o_d)[None, :],
                       mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [PAGE, BLOCK_D]
+        bad = tl.max((m_t[:, None] & _not_finite(b_k)).to(tl.int32), axis=0) > 0  # [BLOCK_D] a non-finite key
+        b_k = tl.where(_not_finite(b_k), 0.0, b_k)  # no NaN reaches the min/max (GPU min/max drop NaN)
         b_min = tl.min(tl.where(m_t[:, None], b_k, float("inf")), axis=0)
         b_max = tl.max(tl.where(m_t[:, None], b_k, float("-inf")), axis=0)
         if META_FP8:
-            b_min = _to_e5m2(_round_e5m2(b_min, True))
-            b_max = _to_e5m2(_round_e5m2(b_max, False))
+            b_min = _round_e5m2(b_min, True)
+            b_max = _round_e5m2(b_max, False)
+        b_min = tl.where(bad, float("nan"), b_min)
+        b_max = tl.where(bad, float("nan"), b_max)
+        if META_FP8:
+            b_min = _to_e5m2(b_min)
+            b_max = _to_e5m2(b_max)
         tl.store(kmin + p_meta + d0 + o_d, b_min.to(kmin.dtype.element_ty), mask=m_d & live)
         tl.store(kmax + p_meta + d0 + o_d, b_max.to(kmax.dtype.element_ty), mask=m_d & live)
 
@@ -135,6 +149,10 @@ def _append_kernel(
     p_kv = phys * stride_kp + o_h[:, None] * stride_kh + slot * stride_kt + o_d[None, :]
     tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_hd)
     tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_hd)
+    if META_FP8:  # e5m2 NaN by its bits (the interpreter converts e5m2 NaN to a finite value)
+        was_bad = ((old_min.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C) | ((old_max.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C)
+    else:
+        was_bad = (old_min.to(tl.float32) != old_min.to(tl.float32)) | (old_max.to(tl.float32) != old_max.to(tl.float32))
     if META_FP8:  # safe-rounded in float32; min/max of e5m2 values store exactly
         b_lo = _round_e5m2(b_k.to(tl.float32), True)
         b_hi = _round_e5m2(b_k.to(tl.float32), False)
@@ -143,8 +161,14 @@ def _append_kernel(
     else:  # exact: a key converts to the key dtype or float32 without rounding
         b_lo = b_k.to(kmin.dtype.element_ty)
         b_hi = b_lo
+    # NaN rule: a non-finite key, or metadata already NaN, makes the channel NaN (GPU
+    # min/max would drop a NaN operand)
+    new_bad = _not_finite(b_k.to(tl.float32))
     b_lo = tl.where(first, b_lo, tl.minimum(old_min, b_lo))
     b_hi = tl.where(first, b_hi, tl.maximum(old_max, b_hi))
+    nan = new_bad | (was_bad & (slot > 0))
+    b_lo = tl.where(nan, float("nan"), b_lo)
+    b_hi = tl.where(nan, float("nan"), b_hi)
     if META_FP8:
         b_lo = _to_e5m2(b_lo)
         b_hi = _to_e5m2(b_hi)

@@ -5,6 +5,9 @@ Metadata is stored as float32, in the key dtype (exact: a key's min/max are keys
 rounded toward -inf and kmax toward +inf (``round_safe``), so a page's score stays an
 upper bound of every q.k in it (DESIGN.md §1). Rounding is monotone, so the min of
 rounded keys equals the rounded min: a running min/max on append equals a rebuild.
+
+Non-finite keys: a channel of a page holding a NaN or +-inf key has kmin = kmax = NaN
+(every metadata dtype; the page then always ranks first in select, see the README).
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def metadata_build_ref(
             phys = int(page_table[b, p])
             valid = min(PAGE, n - p * PAGE)
             k = k_cache[phys, :, :valid, :].float()  # [H, valid, D]
-            kmin[phys] = round_safe(k.amin(dim=1), kmin.dtype, "down").to(kmin.dtype)
-            kmax[phys] = round_safe(k.amax(dim=1), kmax.dtype, "up").to(kmax.dtype)
+            bad = (~torch.isfinite(k)).any(dim=1)  # [H, D] channels holding a NaN or +-inf key
+            lo = round_safe(k.amin(dim=1), kmin.dtype, "down").masked_fill(bad, float("nan"))
+            hi = round_safe(k.amax(dim=1), kmax.dtype, "up").masked_fill(bad, float("nan"))
+            kmin[phys] = lo.to(kmin.dtype)
+            kmax[phys] = hi.to(kmax.dtype)
     return kmin, kmax

@@ -33,7 +33,8 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import _emit_selection, _group_scores, _page_scores, _topk_mask, select_block_g, select_plan
+from questkern.ops.select.kernel import (_emit_selection, _finite_heads, _group_scores, _nan_to_inf, _page_scores,
+                                         _planned_pages, _topk_mask, select_block_g, select_plan)
 
 _LOG2E = 1.4426950408889634
 
@@ -67,15 +68,23 @@ def _mass_count(scores, valid, mass, need):
 
 
 @triton.jit
+def _exp2_from(z, z_ref):
+    """exp2(z - z_ref), with exp2(inf - inf) = 1: an infinite logit at the maximum."""
+    return tl.where(z == z_ref, 1.0, tl.exp2(z - z_ref))
+
+
+@triton.jit
 def _adaptive_row(scores, v_all, v_c, is_last, ids, phys, p_row, p_srow, p_prow, p_aux, i_c, n_pages, last_phys,
                   K_MIN, K_MAX, threshold, zscale, NC: tl.constexpr, KC: tl.constexpr, FILL: tl.constexpr,
                   ONE_STAGE: tl.constexpr, WRITE_PHYS: tl.constexpr):
     """One selection row within a tile: the final row (one stage) or the tile's K_MAX - 1
-    best candidates plus its softmax partials (two stages)."""
+    best candidates plus its softmax partials (two stages). NaN scores rank as +inf, and
+    +inf scores share the whole mass (the softmax's limit; README)."""
+    scores = _nan_to_inf(scores)
     z = scores * zscale  # base-2 estimated logits
     z_max = tl.max(tl.where(v_all, z, float("-inf")), axis=0)
     z_ref = tl.where(z_max > float("-inf"), z_max, 0.0)
-    e = tl.where(v_all, tl.exp2(z - z_ref), 0.0)
+    e = tl.where(v_all, _exp2_from(z, z_ref), 0.0)
     e_sum = tl.sum(e, axis=0)
     if ONE_STAGE:
         mass = e / tl.maximum(e_sum, 1e-30)
@@ -135,6 +144,8 @@ def _adaptive_tile_kernel(
     FILL: tl.constexpr,
     IEEE: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
+    status=None,  # [1] int32 plan status (STATUS), see kernel._planned_pages
+    STATUS: tl.constexpr = False,
 ):
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
@@ -142,7 +153,7 @@ def _adaptive_tile_kernel(
     phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
     seq_len = tl.load(seq_lens + i_b)
     phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)  # never dereferenced out of range
-    n_pages = tl.cdiv(seq_len, PAGE)
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)
     sparse = n_pages > K_MIN  # otherwise every page is attended: no scores needed
     m_all = o_c < n_pages  # every page: the last one counts in the mass
     m_c = o_c < n_pages - 1  # candidates
@@ -165,7 +176,7 @@ def _adaptive_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        b_agg = _group_scores(b_s, m_g, m_all, AGG_MAX)  # [CHUNK]
+        b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_all, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _adaptive_row(b_agg, m_all, m_c, is_last, o_c, phys, p_out + r, p_sco + r, p_phy + r, p_aux + i_h * stride_ah,
                       i_c, n_pages, last_phys, K_MIN, K_MAX, threshold, zscale, NC, KC, FILL, ONE_STAGE, WRITE_PHYS)
@@ -200,9 +211,10 @@ def _adaptive_merge_kernel(
     BLOCK_N: tl.constexpr,
     FILL: tl.constexpr,
     WRITE_PHYS: tl.constexpr,
+    max_pages=None,  # page-table width: n_pages is clamped to it
 ):
     i_b, i_r = tl.program_id(0), tl.program_id(1)
-    n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
+    n_pages = _planned_pages(tl.load(seq_lens + i_b), PAGE, max_pages, seq_lens, False)
     o_n = tl.arange(0, BLOCK_N)
     m_n = o_n < N_CAND
     p_c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch + o_n
@@ -221,11 +233,11 @@ def _adaptive_merge_kernel(
     t_max = tl.load(p_aux + o_t, mask=m_t, other=float("-inf"))  # [BLOCK_NC]
     t_sum = tl.load(p_aux + NC + o_t, mask=m_t, other=0.0)
     z_all = tl.max(t_max, axis=0)
-    w = tl.where(t_max > float("-inf"), tl.exp2(t_max - z_all), 0.0)
+    w = tl.where(t_max > float("-inf"), _exp2_from(t_max, z_all), 0.0)
     inv = 1.0 / tl.maximum(tl.sum(t_sum * w, axis=0), 1e-30)
     z_last = tl.load(p_aux + 2 * NC)
-    mass = tl.where(valid, tl.exp2(scores * zscale - z_all), 0.0) * inv
-    m_last = tl.exp2(z_last - z_all) * inv
+    mass = tl.where(valid, _exp2_from(scores * zscale, z_all), 0.0) * inv
+    m_last = _exp2_from(z_last, z_all) * inv
 
     k = _mass_count(scores, valid, mass, threshold - m_last)
     k = tl.minimum(tl.maximum(k, K_MIN - 1), K_MAX - 1)
@@ -260,6 +272,7 @@ def select_pages_adaptive(
     out: torch.Tensor | None = None,  # [B, Hsel, K_max] int32 logical page ids (K_max capped at max_pages)
     out_phys: torch.Tensor | None = None,  # [B, Hsel, K_max] int32 physical ids (written when given)
     workspace: tuple | None = None,
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
 ) -> torch.Tensor:
     """Launch the adaptive selection; returns ``out`` [B, Hsel, K_max]. Inputs are
     assumed validated like :func:`questkern.ops.select.select_pages`'s (see questkern.api)."""
@@ -289,10 +302,11 @@ def select_pages_adaptive(
     )
     thr = float(adaptive.threshold)
     head = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
+    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None)
     if n_chunks == 1:
         _adaptive_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, k_min, k_max, thr, zscale,
-            max_pages, kmin.shape[0], *head, out.stride(0), out.stride(1), 0, 0, ONE_STAGE=True, **common,
+            max_pages, kmin.shape[0], *head, out.stride(0), out.stride(1), 0, 0, ONE_STAGE=True, **flag, **common,
         )
         return out
     if workspace is None:
@@ -301,7 +315,7 @@ def select_pages_adaptive(
     _adaptive_tile_kernel[(B, Hkv, n_chunks)](
         q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, aux, k_min, k_max, thr, zscale,
         max_pages, kmin.shape[0], *head, cand_idx.stride(0), cand_idx.stride(1), aux.stride(0), aux.stride(1),
-        ONE_STAGE=False, **common,
+        ONE_STAGE=False, **flag, **common,
     )
     n_cand = n_chunks * kc
     _adaptive_merge_kernel[(B, rows)](
@@ -309,6 +323,6 @@ def select_pages_adaptive(
         page_table.stride(0), cand_idx.stride(0), cand_idx.stride(1), aux.stride(0), aux.stride(1),
         out.stride(0), out.stride(1),
         PAGE=page_size, NC=n_chunks, BLOCK_NC=next_pow2(n_chunks), BLOCK_N=next_pow2(n_cand),
-        FILL=common["FILL"], WRITE_PHYS=write_phys, num_warps=cfg.merge_warps,
+        FILL=common["FILL"], WRITE_PHYS=write_phys, max_pages=max_pages, num_warps=cfg.merge_warps,
     )
     return out

@@ -84,10 +84,19 @@ def _row_scores(q, kmin, kmax, page_table, seq_lens, page_size, gqa_mode, aggreg
     B, Hq, _ = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
-    out = [selection_rows_ref(s.double(), Hkv, gqa_mode, aggregate)  # [R, n]
-           for s in page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)]
+    out = [selection_rows_ref(s.double(), Hkv, gqa_mode, aggregate, torch.isfinite(q[b].float()).all(-1))  # [R, n]
+           for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size))]
     div = G if (gqa_mode == "shared" and aggregate == "sum") else 1
     return out, div
+
+
+def _mass(z: torch.Tensor) -> torch.Tensor:
+    """softmax over dim 1; a row holding +inf logits gives them equal shares of the whole mass
+    (the softmax's limit; torch.softmax would give NaN)."""
+    inf = torch.isinf(z) & (z > 0)
+    has = inf.any(dim=1, keepdim=True)
+    lim = inf.double() / inf.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.where(has, lim, torch.softmax(torch.where(has, torch.zeros_like(z), z), dim=1))
 
 
 def adaptive_k_ref(scores: torch.Tensor, threshold: float, k_min: int, k_max: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,9 +105,10 @@ def adaptive_k_ref(scores: torch.Tensor, threshold: float, k_min: int, k_max: in
     ``scale`` multiplies the scores into estimated logits (sm_scale / A).
     """
     scores = scores.cpu()  # the reference runs on the CPU (stable sort, float64), whatever the inputs' device
+    scores = scores.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks as +inf
     R, n = scores.shape
     z = scores.double() * scale
-    m = torch.softmax(z, dim=1)  # [R, n] estimated mass
+    m = _mass(z)  # [R, n] estimated mass
     order = torch.sort(scores[:, : n - 1], dim=1, descending=True, stable=True).indices  # [R, n-1]
     prefix = m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)  # [R, n-1]: k = 1..n-1
     mass0 = m[:, n - 1]  # k = 0
@@ -163,7 +173,7 @@ def adaptive_margin_ref(
     best = math.inf
     for s in rows_scores:
         n = s.shape[1]
-        m = torch.softmax(s * (scale0 / (div * adaptive.temperature)), dim=1)
+        m = _mass(s * (scale0 / (div * adaptive.temperature)))
         order = torch.sort(s[:, : n - 1], dim=1, descending=True, stable=True).indices
         prefix = torch.cat([m[:, n - 1 :], m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)], dim=1)
         best = min(best, float((prefix - adaptive.threshold).abs().min()))

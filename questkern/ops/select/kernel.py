@@ -40,6 +40,36 @@ def _count_max_min(a0, a1, a2, b0, b1, b2):
 
 
 @triton.jit
+def _planned_pages(seq_len, PAGE: tl.constexpr, max_pages, status, STATUS: tl.constexpr):
+    """Pages of a sequence, clamped to the page-table width planned (a sequence that grew
+    past it is read no further: never out of bounds); with STATUS, bit 0 of the plan's
+    ``status`` flag is set when that happened (``QuestDecode.check``)."""
+    n = tl.cdiv(seq_len, PAGE)
+    if STATUS:
+        tl.atomic_or(status, 1, mask=n > max_pages)
+    return tl.minimum(n, max_pages)
+
+
+@triton.jit
+def _nan_to_inf(x):
+    """NaN rule (README): a NaN page score ranks as +inf (a page whose metadata holds a
+    non-finite key is always selected; ties still go to the lower page index)."""
+    return tl.where(x != x, float("inf"), x)
+
+
+@triton.jit
+def _finite_heads(p_q, m_g, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr):
+    """[BLOCK_G] query heads (rows ``p_q``, [BLOCK_G, 1]) whose every component is finite:
+    a head holding NaN or +-inf is left out of its group's shared score (README)."""
+    bad = tl.zeros([BLOCK_G], dtype=tl.int32)
+    for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0).to(tl.float32)  # [BLOCK_G, BLOCK_D]
+        bad = tl.maximum(bad, tl.max(((b_q != b_q) | (tl.abs(b_q) == float("inf"))).to(tl.int32), axis=1))
+    return m_g & (bad == 0)
+
+
+@triton.jit
 def _topk_mask(scores, valid, k):
     """[N] scores, [N] valid -> mask of the k best valid entries; ties toward the lower index.
 
@@ -55,7 +85,7 @@ def _topk_mask(scores, valid, k):
     """
     INT_MIN: tl.constexpr = -2147483647 - 1
     INT_MAX: tl.constexpr = 2147483647
-    s = tl.where(valid, scores, float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
+    s = tl.where(valid, _nan_to_inf(scores), float("-inf")) + 0.0  # + 0.0 folds -0.0 into +0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
     key = tl.where(valid, key, INT_MIN)
@@ -97,7 +127,7 @@ def _topk_mask(scores, valid, k):
 def _topk_mask_radix(scores, valid, k):
     """Same contract as ``_topk_mask``, by an 8-bit radix select: four histogram passes
     (``tl.histogram`` over the active entries) find the k-th largest key byte by byte."""
-    s = tl.where(valid, scores, float("-inf")) + 0.0
+    s = tl.where(valid, _nan_to_inf(scores), float("-inf")) + 0.0
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # [N] int32, same order as the scores
     u = key ^ (-2147483647 - 1)  # offset binary: byte-wise order of u == order of key
@@ -178,9 +208,12 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
     p_q: [BLOCK_G, 1] query-row pointers; p_meta: [CHUNK, 1] metadata offsets of the pages.
     """
     b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
+    q_bad = tl.zeros([BLOCK_G], dtype=tl.int32)  # query heads holding NaN or +-inf: their rows are NaN
     for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         b_q = tl.load(p_q + o_d[None, :], mask=m_g[:, None], other=0.0)  # [BLOCK_G, BLOCK_D]
+        q32 = b_q.to(tl.float32)
+        q_bad = tl.maximum(q_bad, tl.max(((q32 != q32) | (tl.abs(q32) == float("inf"))).to(tl.int32), axis=1))
         # metadata is streamed once per step: evict it first (H100, runs/020: select 0-17% faster)
         b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0,
                        eviction_policy="evict_first")  # [CHUNK, BLOCK_D]
@@ -193,8 +226,11 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
             hi_inf = b_hi.to(tl.uint8, bitcast=True) == 0x7C
             # (a plain value, not a named constexpr: the unrolled head-dim loop would reassign it)
             big = 65504.0 if b_q.dtype == tl.float16 else 3.3895313892515355e38
-            b_lo = tl.where(lo_inf, -big, b_lo.to(tl.float32)).to(b_q.dtype)
-            b_hi = tl.where(hi_inf, big, b_hi.to(tl.float32)).to(b_q.dtype)
+            # NaN (a non-finite key) by its bits too: the interpreter reads e5m2 NaN as a finite value
+            lo_nan = (b_lo.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C
+            hi_nan = (b_hi.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C
+            b_lo = tl.where(lo_nan, float("nan"), tl.where(lo_inf, -big, b_lo.to(tl.float32))).to(b_q.dtype)
+            b_hi = tl.where(hi_nan, float("nan"), tl.where(hi_inf, big, b_hi.to(tl.float32))).to(b_q.dtype)
         zero = tl.zeros_like(b_q)
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
         q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
@@ -207,14 +243,17 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         else:
             b_s += tl.dot(q_pos, tl.trans(b_hi))
             b_s += tl.dot(q_neg, tl.trans(b_lo))
-    return b_s
+    return tl.where(q_bad[:, None] > 0, float("nan"), b_s)
 
 
 @triton.jit
 def _group_scores(b_s, m_g, m_pages, AGG_MAX: tl.constexpr):
     """[BLOCK_G, CHUNK] per-query-head scores -> [CHUNK] shared-selection score of the
-    group (max or sum over its valid heads; invalid pages/heads never contribute)."""
+    group (max or sum over its valid heads; invalid pages/heads never contribute; callers
+    pass ``m_g & _finite_heads(..)`` so that a non-finite query head does not either).
+    A NaN score (NaN metadata) counts as +inf."""
     m = m_g[:, None] & m_pages[None, :]
+    b_s = _nan_to_inf(b_s)  # no NaN reaches the reduction (a GPU max drops it)
     if AGG_MAX:
         return tl.max(tl.where(m, b_s, float("-inf")), axis=0)
     return tl.sum(tl.where(m, b_s, 0.0), axis=0)
@@ -257,6 +296,8 @@ def _select_tile_kernel(
     FUSED_MERGE: tl.constexpr,  # the last tile of a row to finish merges it (no merge launch)
     BLOCK_M: tl.constexpr,  # FUSED_MERGE: next_pow2(tiles * KC)
     TRIGGER: tl.constexpr,  # one stage: a decode launched with PDL may start now (it waits for this grid)
+    status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the planned width (STATUS)
+    STATUS: tl.constexpr = False,
 ):
     if TRIGGER:
         gdc_launch_dependents()
@@ -268,7 +309,7 @@ def _select_tile_kernel(
     phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
     seq_len = tl.load(seq_lens + i_b)
     phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
-    n_pages = tl.cdiv(seq_len, PAGE)
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)
     sparse = n_pages > K
     m_c = o_c < n_pages - 1  # candidates: every page but the last
     m_load = m_c & sparse  # a dense sequence needs no scores
@@ -288,7 +329,7 @@ def _select_tile_kernel(
     if ONE_STAGE and WRITE_PHYS:
         last_phys = tl.load(p_tab + n_pages - 1)
     if SHARED:
-        b_agg = _group_scores(b_s, m_g, m_c, AGG_MAX)  # [CHUNK]
+        b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_c, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
         _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
                   ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
@@ -340,6 +381,8 @@ def _select_score_kernel(
     FILL: tl.constexpr,
     RADIX: tl.constexpr,  # FUSED_MERGE: the merge's top-K algorithm (SelectConfig.topk)
     TRIGGER: tl.constexpr,  # FUSED_MERGE: a decode launched with PDL may start now
+    status=None,  # [1] int32 plan status (STATUS), see _planned_pages
+    STATUS: tl.constexpr = False,
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
@@ -354,12 +397,16 @@ def _select_score_kernel(
     n_progs = tl.num_programs(0)
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     seq_len = tl.load(seq_lens + i_b)
-    n_pages = tl.cdiv(seq_len, PAGE)
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)
     sparse = n_pages > K
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < GROUP
     p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
     p_cand = i_b.to(tl.int64) * stride_cb
+    if SHARED:
+        m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # heads in the group's score
+    else:
+        m_gf = m_g
     for i_c in tl.range(i_s, n_chunks, n_progs, num_stages=NUM_STAGES):
         o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
         phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
@@ -371,7 +418,7 @@ def _select_score_kernel(
         if SHARED:
             r = p_cand + i_h * stride_ch + o_c
             tl.store(cand_idx + r, ids)
-            tl.store(cand_score + r, _group_scores(b_s, m_g, m_c, AGG_MAX))
+            tl.store(cand_score + r, _group_scores(b_s, m_gf, m_c, AGG_MAX))
             if WRITE_PHYS:
                 tl.store(cand_phys + r, phys.to(tl.int32))
         else:
@@ -457,13 +504,14 @@ def _select_merge_kernel(
     WRITE_PHYS: tl.constexpr,
     RADIX: tl.constexpr,
     TRIGGER: tl.constexpr,  # a decode launched with PDL may start now (it waits for this grid)
+    max_pages=None,  # page-table width: n_pages is clamped to it
 ):
     # Launched without PDL: on the H100 a merge launched with PDL (waiting in gdc_wait
     # from the start) made the MHA 8K/32K select 10 us slower (runs/014).
     if TRIGGER:
         gdc_launch_dependents()
     i_b, i_r = tl.program_id(0), tl.program_id(1)
-    n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
+    n_pages = _planned_pages(tl.load(seq_lens + i_b), PAGE, max_pages, seq_lens, False)
     c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
     _merge_row(cand_idx + c, cand_score + c, cand_phys + c, out_idx + r, out_phys + r,
@@ -503,8 +551,10 @@ def select_pages(
     out: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 logical page ids
     out_phys: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 physical ids (written when given)
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
 ) -> torch.Tensor:
-    """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api)."""
+    """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api).
+    A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only."""
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -526,11 +576,12 @@ def select_pages(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
+    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None)
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
             kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
-            BLOCK_M=16, TRIGGER=use_pdl(q.device), **common,
+            BLOCK_M=16, TRIGGER=use_pdl(q.device), **flag, **common,
         )
         return out
     if workspace is None:
@@ -547,13 +598,13 @@ def select_pages(
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
             WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
             BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], RADIX=common["RADIX"], TRIGGER=False,
-            num_warps=cfg.num_warps,
+            num_warps=cfg.num_warps, **flag,
         )
     else:
         _select_tile_kernel[(B, Hkv, n_chunks)](
             q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
             max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
-            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **common,
+            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **flag, **common,
         )
     if cfg.fused_merge:
         return out
@@ -561,7 +612,7 @@ def select_pages(
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
         PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
-        TRIGGER=use_pdl(q.device), num_warps=cfg.merge_warps,
+        TRIGGER=use_pdl(q.device), max_pages=max_pages, num_warps=cfg.merge_warps,
     )
     return out
 

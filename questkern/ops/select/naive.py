@@ -11,6 +11,13 @@ the group's aggregated score (``sum`` or ``max`` over the group's query heads).
 Metadata may be float32, the key dtype, or float8_e5m2 (safe-rounded; a key past
 +-57344 makes kmax +inf / kmin -inf there, read as +-the largest finite value of the
 query dtype — still a bound on any key, and a zero query component adds 0, not NaN).
+
+NaN and infinity (README): the score is computed as ``relu(q) . kmax + min(q, 0) . kmin``
+(equal to the sum above when kmin <= kmax), so NaN metadata (a page holding a non-finite
+key) gives a NaN score, infinite metadata in float32/16-bit dtypes a NaN or +inf one; a NaN score ranks
+as +inf (always selected, ties to the lower page index). A query head holding NaN or
++-inf scores NaN on every page (per_head: its row keeps the lowest pages) and is left out
+of its group's ``shared`` score.
 """
 
 from __future__ import annotations
@@ -34,27 +41,37 @@ def page_scores_ref(
     for b in range(B):
         n = -(-int(seq_lens[b]) // page_size)
         phys = page_table[b, :n].long()
-        big = torch.finfo(q.dtype).max
-        lo = kmin[phys].float().clamp(min=-big).repeat_interleave(G, dim=1)  # [n, Hq, D]
-        hi = kmax[phys].float().clamp(max=big).repeat_interleave(G, dim=1)
+        lo = kmin[phys].float().repeat_interleave(G, dim=1)  # [n, Hq, D]
+        hi = kmax[phys].float().repeat_interleave(G, dim=1)
+        if kmin.dtype == torch.float8_e5m2:  # +-inf (keys past +-57344) read as +-the query dtype's max
+            big = torch.finfo(q.dtype).max
+            lo = lo.clamp(min=-big)
+            hi = hi.clamp(max=big)
         qq = q[b].float()[None]  # [1, Hq, D]
-        s = torch.maximum(qq * lo, qq * hi).sum(-1)  # [n, Hq]
+        s = (qq.clamp(min=0) * hi + qq.clamp(max=0) * lo).sum(-1)  # [n, Hq]
+        s[:, ~torch.isfinite(q[b].float()).all(-1)] = float("nan")  # non-finite query heads
         out.append(s.t().contiguous())
     return out
 
 
-def selection_rows_ref(scores: torch.Tensor, num_kv_heads: int, gqa_mode: str, aggregate: str = "sum") -> torch.Tensor:
+def selection_rows_ref(scores: torch.Tensor, num_kv_heads: int, gqa_mode: str, aggregate: str = "sum",
+                       heads: torch.Tensor | None = None) -> torch.Tensor:
     """[Hq, n] per-query-head scores -> [Hsel, n] selection-row scores: per_head keeps them;
-    shared aggregates each KV head's group by ``sum`` or ``max``."""
+    shared aggregates each KV head's group by ``sum`` or ``max`` over the heads in ``heads``
+    ([Hq] bool, default all; a non-finite query head is left out), a NaN score counting as +inf."""
     if gqa_mode != "shared":
         return scores
-    s = scores.view(num_kv_heads, scores.shape[0] // num_kv_heads, -1)
+    s = torch.nan_to_num(scores, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
+    if heads is not None:
+        s = s.masked_fill(~heads.to(s.device)[:, None], 0.0 if aggregate == "sum" else float("-inf"))
+    s = s.view(num_kv_heads, scores.shape[0] // num_kv_heads, -1)
     return s.sum(1) if aggregate == "sum" else s.amax(1)
 
 
 def topk_pages_ref(scores: torch.Tensor, k_pages: int) -> torch.Tensor:
     """scores [R, n] -> [R, k_pages] int32 ascending logical ids, -1 padded."""
     R, n = scores.shape
+    scores = torch.nan_to_num(scores, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks as +inf
     out = torch.full((R, k_pages), -1, dtype=torch.int32)
     for r in range(R):
         if n <= k_pages:
@@ -84,5 +101,6 @@ def select_pages_ref(
     rows = Hkv if gqa_mode == "shared" else Hq
     out = torch.full((B, rows, k_pages), -1, dtype=torch.int32)
     for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size)):
-        out[b] = topk_pages_ref(selection_rows_ref(s, Hkv, gqa_mode, aggregate), k_pages)
+        heads = torch.isfinite(q[b].float()).all(-1)  # [Hq]
+        out[b] = topk_pages_ref(selection_rows_ref(s, Hkv, gqa_mode, aggregate, heads), k_pages)
     return out.to(q.device)

@@ -38,9 +38,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from questkern._details import dot_upcast, is_interpreter, use_pdl
 from questkern.config import StepConfig, choose_step_splits, next_pow2
-from questkern.ops.decode.kernel import _LOG2E, _combine_kernel, _decode_block
-from questkern.ops.select.kernel import (_page_scores, _group_scores, _select_score_kernel, _topk_mask,
-                                         _topk_mask_radix, select_block_g)
+from questkern.ops.decode.kernel import _LOG2E, _combine_kernel, _decode_block, _split_lse, _split_weights_rows
+from questkern.ops.select.kernel import (_finite_heads, _page_scores, _planned_pages, _group_scores, _select_score_kernel,
+                                         _topk_mask, _topk_mask_radix, select_block_g)
 
 
 @triton.jit
@@ -76,7 +76,7 @@ def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, m
         i_h = (w // n_chunks) % n_rows
         i_b = w // (n_chunks * n_rows)
         p_tab = page_table + i_b.to(tl.int64) * stride_tb
-        n_pages = tl.cdiv(tl.load(seq_lens + i_b), PAGE)
+        n_pages = tl.minimum(tl.cdiv(tl.load(seq_lens + i_b), PAGE), max_pages)
         o_c = i_c * CHUNK + tl.arange(0, CHUNK)
         phys = tl.load(p_tab + o_c, mask=o_c < max_pages, other=0)
         phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
@@ -87,7 +87,8 @@ def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, m
                            IEEE)
         p_row = scores + i_b.to(tl.int64) * stride_cb
         if SHARED:
-            tl.store(p_row + i_h * stride_ch + o_c, _group_scores(b_s, m_g, m_c, AGG_MAX), mask=o_c < n_chunks * CHUNK)
+            m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # a non-finite query head is left out
+            tl.store(p_row + i_h * stride_ch + o_c, _group_scores(b_s, m_gf, m_c, AGG_MAX), mask=o_c < n_chunks * CHUNK)
         else:
             for g in tl.static_range(GROUP):
                 tl.store(p_row + (i_h * GROUP + g) * stride_ch + o_c,
@@ -142,6 +143,8 @@ def _topk_decode_kernel(
     # persistent stage 1 only:
     SCORE_BLOCK_D: tl.constexpr, SCORE_BLOCK_G: tl.constexpr, SHARED: tl.constexpr, AGG_MAX: tl.constexpr,
     CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the planned width (STATUS)
+    STATUS: tl.constexpr = False,
 ):
     i_s, i_x, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if PER_HEAD:
@@ -153,7 +156,7 @@ def _topk_decode_kernel(
     # everything below up to the scores was written before stage 1 started: load it while
     # stage 1 still runs
     seq_len = tl.load(seq_lens + i_b)
-    n_pages = tl.minimum(tl.cdiv(seq_len, PAGE), max_pages)  # never past the planned page-table width
+    n_pages = _planned_pages(seq_len, PAGE, max_pages, status, STATUS)  # never past the planned page-table width
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     o_h = tl.arange(0, BLOCK_H)
     m_h = o_h < GROUP
@@ -233,7 +236,7 @@ def _topk_decode_kernel(
     else:
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_out)
-        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        lse = _split_lse(b_m, b_l)  # NaN for a NaN partial: the combine keeps it (README)
         tl.store(lse_part + i_b.to(tl.int64) * stride_lb + heads * stride_lh + i_s, lse, mask=m_h)
         if FUSE_COMBINE:  # the last split of the row to finish merges all of them
             tl.debug_barrier()
@@ -245,9 +248,7 @@ def _topk_decode_kernel(
                 p_l = lse_part + i_b.to(tl.int64) * stride_lb + heads[:, None] * stride_lh + o_s[None, :]
                 b_lse = tl.load(p_l, mask=m_h[:, None] & m_s[None, :], other=float("-inf"),
                                 cache_modifier=".cg")  # [BLOCK_H, BLOCK_S]
-                m_all = tl.max(b_lse, axis=1)
-                m_all = tl.where(m_all > float("-inf"), m_all, 0.0)
-                b_w = tl.where(b_lse > float("-inf"), tl.exp2(b_lse - m_all[:, None]), 0.0)  # [BLOCK_H, BLOCK_S]
+                b_w = _split_weights_rows(b_lse, m_s[None, :])  # [BLOCK_H, BLOCK_S]
                 b_res = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
                 for s in range(0, num_splits):
                     b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + s * stride_ps
@@ -308,6 +309,7 @@ def quest_step(
     selected_phys: torch.Tensor | None = None,  # [B, rows, k_pages] int32, written
     workspace: dict | None = None,
     num_sms: int | None = None,
+    status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Quest decode step (selection + sparse attention) in two launches (one when
     persistent). Returns (out, selected). Inputs are assumed validated (questkern.api)."""
@@ -371,7 +373,7 @@ def quest_step(
         FUSE_COMBINE=cfg.fuse_combine and S > 1, BLOCK_S=next_pow2(S), RADIX=cfg.topk == "radix",
         UPCAST=dot_upcast(q.dtype), PDL=pdl and not persistent, PERSISTENT=persistent,
         SCORE_BLOCK_D=block_d, SCORE_BLOCK_G=block_g, SHARED=not per_head, AGG_MAX=aggregate == "max",
-        CHUNK=cfg.chunk_pages, IEEE=ieee,
+        CHUNK=cfg.chunk_pages, IEEE=ieee, status=seq_lens if status is None else status, STATUS=status is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl and not persistent,
     )
     if S > 1 and not cfg.fuse_combine:

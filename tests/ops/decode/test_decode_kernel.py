@@ -80,3 +80,37 @@ def test_rejects_blocks_too_small_for_tensor_cores():
     q, k, v, table, seq_lens = _inputs(1, 2, 1, 64, 8, [40], torch.float16)
     with pytest.raises(ValueError, match="pages_per_block"):
         paged_decode(q, k, v, table, seq_lens, None, config=DecodeConfig(pages_per_block=1))
+
+
+# ---------------------------------------------------------------- NaN: the combine keeps it (README)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("where", ["k", "v", "q"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_split_with_nan_makes_its_rows_nan_like_dense(where, fuse, sparse):
+    """A NaN in one split's keys, values or one query head: exactly the rows dense attention
+    makes NaN are NaN, the others match the reference (before: a split whose partial was NaN
+    got weight 0 in the combine and the row came out finite)."""
+    B, Hq, Hkv, D, PS, lens = 2, 4, 2, 64, 16, [300, 100]
+    q, k, v, table, seq_lens = _inputs(B, Hq, Hkv, D, PS, lens, torch.float16, seed=3)
+    if where == "k":
+        k[table[0, 14].long(), 1, 3, 7] = float("nan")  # sequence 0, KV head 1, token 227
+    elif where == "v":
+        v[table[0, 14].long(), 1, 3, 7] = float("nan")
+    else:
+        q[1, 2, 9] = float("nan")  # sequence 1, query head 2
+    sel = None
+    if sparse:  # page 14 selected: it holds the largest bound
+        kmin = torch.zeros(int(table.max()) + 1, Hkv, D)
+        kmax = kmin.clone()
+        kmax[table[0, 14].long()] = 1.0
+        sel = select_pages_ref(q.nan_to_num(0.5), kmin, kmax, table, seq_lens, PS, 64, "shared")
+        assert (sel[0, 1] == 14).any()
+    out = torch.full_like(q, 7.0)
+    paged_decode(q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=2, fuse_combine=fuse),
+                 num_splits=4, out=out)
+    ref = paged_attention_ref(q, k, v, table, seq_lens, sel)
+    nan_rows = torch.isnan(ref).any(-1)
+    assert nan_rows.sum() in (1, 2) and torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out[~nan_rows].float(), ref[~nan_rows], **TOL[torch.float16])

@@ -106,3 +106,66 @@ def test_append_writes_slot_and_skips_inactive():
     assert torch.equal(k_cache[phys, 0, 0], k_new[0, 0]) and torch.equal(v_cache[phys, 0, 0], v_new[0, 0])
     assert torch.equal(kmin[phys, 0], k_new[0, 0]) and torch.equal(kmax[phys, 0], k_new[0, 0])
     assert torch.count_nonzero(k_cache[table[1].long()]) == 0, "inactive sequence must not be written"
+
+
+# ---------------------------------------------------------------- NaN and infinity (README: one rule)
+
+_META = [(torch.bfloat16, None), (torch.float16, torch.float32), (torch.float16, None),
+         (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e5m2)]
+
+
+def _poison(k, where):
+    """k [B, T, H, D]: channel 3 of head 0 gets NaN at token where[0], channel 5 +inf at where[1],
+    channel 9 -inf at where[2]."""
+    k = k.clone()
+    k[:, where[0], 0, 3] = float("nan")
+    k[:, where[1], 0, 5] = float("inf")
+    k[:, where[2], 0, 9] = float("-inf")
+    return k
+
+
+def _check_nan_rule(cache, bad_pages):
+    """Every channel of a page holding a non-finite key is NaN in kmin and kmax; the rest
+    equal the reference, and the reference says the same."""
+    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens,
+                                          torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax))
+    for b, n in enumerate(cache.lens):
+        pages = cache.page_table[b, : -(-n // cache.page_size)].long()
+        got_min, got_max = cache.kmin[pages].float(), cache.kmax[pages].float()
+        torch.testing.assert_close(got_min, ref_min[pages].float(), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(got_max, ref_max[pages].float(), rtol=0, atol=0, equal_nan=True)
+        for p in range(len(pages)):
+            want = p in bad_pages
+            for c in (3, 5, 9):
+                assert bool(torch.isnan(got_min[p, 0, c])) == want and bool(torch.isnan(got_max[p, 0, c])) == want
+            assert not torch.isnan(got_min[p, 1]).any() and not torch.isnan(got_min[p, 0, :3]).any()
+
+
+@pytest.mark.parametrize("dtype,meta", _META)
+def test_non_finite_key_makes_channel_nan_on_rebuild(dtype, meta):
+    torch.manual_seed(1)
+    B, H, D, PS = 2, 2, 64, 8
+    cache = PagedKVCache(B, 64, H, D, page_size=PS, dtype=dtype, device="cpu", meta_dtype=meta, shuffle=True)
+    k = _poison(torch.randn(B, 20, H, D).to(dtype), (9, 10, 15))  # all in page 1
+    cache.append(k, torch.randn(B, 20, H, D).to(dtype), [20, 17])
+    _check_nan_rule(cache, bad_pages={1})
+
+
+@pytest.mark.parametrize("dtype,meta", _META)
+def test_append_decode_follows_the_same_rule_as_the_rebuild(dtype, meta):
+    """The same tokens written by prefill or one by one give the same metadata (before: the
+    rebuild dropped a NaN key, the running min/max kept it)."""
+    torch.manual_seed(2)
+    B, H, D, PS, T = 2, 2, 64, 8, 20
+    k = _poison(torch.randn(B, T, H, D).to(dtype), (9, 10, 15))
+    v = torch.randn(B, T, H, D).to(dtype)
+    one = PagedKVCache(B, 64, H, D, page_size=PS, dtype=dtype, device="cpu", meta_dtype=meta)
+    one.append(k, v)
+    step = PagedKVCache(B, 64, H, D, page_size=PS, dtype=dtype, device="cpu", meta_dtype=meta)
+    step.append(k[:, :2].contiguous(), v[:, :2].contiguous())
+    for t in range(2, T):
+        step.append_decode(k[:, t].contiguous(), v[:, t].contiguous())
+    for c in (one, step):
+        _check_nan_rule(c, bad_pages={1})
+    # a page that starts after the non-finite keys is clean again
+    assert not torch.isnan(step.kmin[step.page_table[0, 2].long()].float()).any()

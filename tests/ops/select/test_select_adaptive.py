@@ -146,3 +146,21 @@ def test_adaptive_budget_validation():
         select_pages_adaptive(*case, 16, 0.9)
     assert AdaptiveBudget(0.9, 40, 100).page_bounds(16) == (3, 7)
     assert AdaptiveBudget(0.9, 40, 100).page_bounds(16, 5) == (3, 5) and AdaptiveBudget(0.9, 40, 100).page_bounds(16, 2) == (2, 2)
+
+
+@pytest.mark.parametrize("mode,agg,chunk", [("shared", "sum", 64), ("shared", "max", 16), ("per_head", "sum", 16)])
+def test_kernel_nan_rule_matches_reference(mode, agg, chunk):
+    """NaN metadata pages rank as +inf and share the whole estimated mass (so the rule takes
+    them, then stops at min_budget); a NaN query head is left out of its group's shared score."""
+    lens, hq, hkv, page = [1100, 300], 4, 2, 16
+    q, kmin, kmax, table, seq_lens = make_case(lens, hq, hkv, page=page, seed=5)
+    for b, p in [(0, 3), (0, 40), (1, 2)]:
+        kmin[table[b, p].long(), 0, 9] = float("nan")
+        kmax[table[b, p].long(), 0, 9] = float("nan")
+    q[1, 1, 4] = float("nan")
+    ad = AdaptiveBudget(0.9, 32, 640)
+    cfg = SelectConfig(chunk_pages=chunk, block_d=32)
+    out = select_pages_adaptive(q, kmin, kmax, table, seq_lens, page, ad, mode, agg, config=cfg)
+    ref = select_pages_adaptive_ref(q, kmin, kmax, table, seq_lens, page, ad, mode, agg)
+    assert torch.equal(out, ref)
+    assert (out[0, 0] == 3).any() and (out[0, 0] == 40).any() and (out[1, 0] == 2).any()

@@ -181,3 +181,72 @@ def test_topk_mask_on_page_like_scores(radix):
             o = torch.empty(512, dtype=torch.int32)
             _topk_probe[(1,)](s, v.int(), o, k, N=512, RADIX=radix)
             assert torch.equal(o.bool(), _topk_ref(s, v, k)), k
+
+
+# ---------------------------------------------------------------- NaN and infinity (README: one rule)
+
+
+def _nan_inputs(meta_dtype, Hq, Hkv, lens, PS, seed=20):
+    """Integer metadata with NaN channels on a few pages (a non-finite key was written there),
+    a NaN and an infinite query head in the first group of sequence 0."""
+    table, P, seq_lens = random_page_table(len(lens), lens, PS, seed=seed)
+    kmin = integer_tensor((P, Hkv, 64), -4, 4, torch.float32, seed=seed + 1)
+    kmax = kmin + integer_tensor((P, Hkv, 64), 0, 4, torch.float32, seed=seed + 2)
+    nan_pages = [(0, 2), (0, 9), (1, 1)]  # (sequence, logical page), none the last page
+    for b, p in nan_pages:
+        kmin[table[b, p].long(), 0, 5] = float("nan")
+        kmax[table[b, p].long(), 0, 5] = float("nan")
+    q = integer_tensor((len(lens), Hq, 64), -3, 4, torch.bfloat16, seed=seed + 3)
+    q[0, 1, 7] = float("nan")
+    q[0, 2, 3] = float("inf")
+    return q, kmin.to(meta_dtype), kmax.to(meta_dtype), table, seq_lens, nan_pages
+
+
+@pytest.mark.parametrize("mode,agg", [("shared", "sum"), ("shared", "max"), ("per_head", "sum")])
+@pytest.mark.parametrize("meta", [torch.bfloat16, torch.float8_e5m2])
+@pytest.mark.parametrize("cfg", [dict(chunk_pages=64), dict(chunk_pages=16), dict(chunk_pages=16, topk="radix"),
+                                 dict(chunk_pages=16, fused_merge=True)], ids=["one-stage", "tile-topk", "radix", "fused"])
+def test_nan_metadata_pages_always_selected_and_nan_query_heads_left_out(mode, agg, meta, cfg):
+    """The rule on every select path: a page with NaN metadata ranks as +inf (taken by every
+    row of its KV head); a query head holding NaN/inf does not change its group's shared
+    selection (before: NaN scores ranked by their sign bit, a NaN head poisoned the group)."""
+    Hq, Hkv, PS, lens, k_pages = 8, 2, 16, [700, 200], 6
+    q, kmin, kmax, table, seq_lens, nan_pages = _nan_inputs(meta, Hq, Hkv, lens, PS)
+    config = SelectConfig(block_d=32, **cfg)
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, config)
+    ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, k_pages * PS, mode, agg)
+    assert torch.equal(out, ref)
+    rows = range(1) if mode == "shared" else [0, 3]  # KV head 0's selection rows with finite query heads
+    for b, p in nan_pages:
+        for r in rows:
+            assert (out[b, r] == p).any(), f"page {p} of sequence {b} (NaN metadata) not selected by row {r}"
+    if mode == "shared":  # the NaN / inf query heads are left out: same pages as without them
+        q2 = q.clone()
+        q2[0, 1:3] = 0
+        keep = torch.tensor([True, False, False, True] + [True] * 4)
+        from questkern.ops.select.naive import page_scores_ref, selection_rows_ref, topk_pages_ref
+        s = page_scores_ref(q2, kmin, kmax, table, seq_lens, PS)[0]
+        want = topk_pages_ref(selection_rows_ref(s, Hkv, mode, agg, keep), k_pages)
+        assert torch.equal(out[0], want)
+
+
+@pytest.mark.parametrize("cfg", [dict(chunk_pages=16), dict(chunk_pages=16, fused_merge=True), dict(chunk_pages=64)],
+                         ids=["two-stage", "fused-merge", "one-stage"])
+@pytest.mark.parametrize("k_pages", [4, 25])  # tile top-K / score stream
+def test_sequence_longer_than_the_page_table_is_clamped_and_flagged(cfg, k_pages):
+    """seq_lens past the page-table width (grown after plan): the selection is that of the
+    sequence cut at the width (never a page id past it), and bit 0 of ``status`` is set."""
+    PS, width = 16, 40
+    table, P, seq_lens = random_page_table(2, [width * PS, 300], PS)
+    kmin = integer_tensor((P, 2, 64), -4, 4, torch.bfloat16, seed=31)
+    kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=32)
+    q = integer_tensor((2, 4, 64), -3, 4, torch.bfloat16, seed=33)
+    config = SelectConfig(block_d=32, **cfg)
+    status = torch.zeros(1, dtype=torch.int32)
+    out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, "shared", "sum", config, status=status)
+    assert int(status) == 0
+    grown = seq_lens.clone()
+    grown[0] = 5000
+    out2 = select_pages(q, kmin, kmax, table, grown, PS, k_pages, "shared", "sum", config, status=status)
+    assert int(status) == 1
+    assert torch.equal(out2, out) and int(out2.max()) == width - 1

@@ -52,3 +52,40 @@ def test_step_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtyp
                                                    sel.clamp(min=0).long()).int(), -1)
     assert torch.equal(phys, want_phys)
     torch.testing.assert_close(out.float(), ref_out, **TOL[dtype])
+
+
+# ---------------------------------------------------------------- NaN and infinity (README: one rule)
+
+
+@pytest.mark.parametrize("mode,agg", [("shared", "sum"), ("shared", "max"), ("per_head", "sum")])
+@pytest.mark.parametrize("cfg", [dict(splits=3), dict(splits=2, fuse_combine=True, topk="radix"), dict(splits=1)])
+def test_step_nan_rule_matches_reference(mode, agg, cfg):
+    """NaN metadata pages (from a NaN key in them) are selected and make their rows NaN; a
+    NaN query head leaves its group's selection alone and only its own output is NaN."""
+    B, Hq, Hkv, D, PS, lens, budget = 2, 8, 2, 64, 16, [700, 200], 96
+    table, P, seq_lens = random_page_table(B, lens, PS, seed=7)
+    kmin = integer_tensor((P, Hkv, D), -4, 4, torch.bfloat16, seed=1)
+    kmax = kmin + integer_tensor((P, Hkv, D), 0, 4, torch.bfloat16, seed=2)
+    k_cache = torch.randn(P, Hkv, PS, D, generator=torch.Generator().manual_seed(4)).bfloat16()
+    v_cache = torch.randn(P, Hkv, PS, D, generator=torch.Generator().manual_seed(5)).bfloat16()
+    phys = table[0, 9].long()
+    k_cache[phys, 1, 4, 5] = float("nan")  # the key of sequence 0, page 9, KV head 1 ...
+    kmin[phys, 1, 5] = kmax[phys, 1, 5] = float("nan")  # ... and the metadata the rule gives it
+    q = integer_tensor((B, Hq, D), -3, 4, torch.bfloat16, seed=3)
+    q[1, 1, 7] = float("nan")
+    k_pages = -(-budget // PS)
+    config = StepConfig(chunk_pages=16, block_d=32, **cfg)
+    rows = Hq if mode == "per_head" else Hkv
+    geo = step_plan(B, rows, table.shape[1], k_pages, config, num_sms=4)
+    ws = step_workspace(B, Hq, rows, D, geo, q.device)
+    out, sel = quest_step(q, kmin, kmax, k_cache, v_cache, table, seq_lens, k_pages, gqa_mode=mode, aggregate=agg,
+                          config=config, workspace=ws, num_sms=4)
+    ref_out, ref_sel = quest_step_ref(q, kmin, kmax, k_cache, v_cache, table, seq_lens, budget, mode, agg)
+    assert torch.equal(sel, ref_sel)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref_out))
+    nan_rows = torch.isnan(ref_out).any(-1)
+    want = torch.zeros(B, Hq, dtype=torch.bool)
+    want[0, 4:] = True  # KV head 1's query heads attend to the NaN key (page 9 always selected)
+    want[1, 1] = True  # the NaN query head alone
+    assert torch.equal(nan_rows, want)
+    torch.testing.assert_close(out[~nan_rows].float(), ref_out[~nan_rows], **TOL[torch.bfloat16])
