@@ -81,6 +81,45 @@ def parse_ints(text: str) -> list[int]:
     return vals
 
 
+def _choices(text: str, allowed: tuple, what: str) -> list[int]:
+    vals = parse_ints(text)
+    bad = [v for v in vals if v not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{what} must be among {', '.join(map(str, allowed))} (what the kernels take), "
+                                         f"got {', '.join(map(str, bad))}")
+    return vals
+
+
+def parse_head_dims(text: str) -> list[int]:
+    """'64,128' -> [64, 128]; only the head dims the kernels take (questkern.validate.HEAD_DIMS)."""
+    from questkern.validate import HEAD_DIMS
+
+    return _choices(text, HEAD_DIMS, "head dims")
+
+
+def parse_page_sizes(text: str) -> list[int]:
+    """'16' -> [16]; only the page sizes the kernels take (questkern.validate.PAGE_SIZES)."""
+    from questkern.validate import PAGE_SIZES
+
+    return _choices(text, PAGE_SIZES, "page sizes")
+
+
+def parse_head_dim(text: str) -> int:
+    """One head dim the kernels take."""
+    vals = parse_head_dims(text)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"expected one head dim, got {text!r}")
+    return vals[0]
+
+
+def parse_page_size(text: str) -> int:
+    """One page size the kernels take."""
+    vals = parse_page_sizes(text)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"expected one page size, got {text!r}")
+    return vals[0]
+
+
 def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) -> None:
     d = {"seq": "8k,32k,128k", "batch": "1,8", "heads": "32/32,32/8", "head_dim": "128", "dtype": "bf16",
          "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
@@ -88,8 +127,8 @@ def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) 
     p.add_argument("--seq", type=parse_sizes, default=parse_sizes(d["seq"]), help=f"context lengths (default {d['seq']})")
     p.add_argument("--batch", type=parse_ints, default=parse_ints(d["batch"]), help=f"batch sizes (default {d['batch']})")
     p.add_argument("--heads", type=parse_heads, default=parse_heads(d["heads"]), help=f"Q/KV head layouts (default {d['heads']})")
-    p.add_argument("--head-dim", type=parse_ints, default=parse_ints(d["head_dim"]), help="head dims (default %(default)s)")
-    p.add_argument("--dtype", type=parse_dtype, default=parse_dtype(d["dtype"]), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=parse_ints(d["page_size"]), help="page sizes (default %(default)s)")
-    p.add_argument("--budget", type=parse_ints, default=parse_ints(d["budget"]), help="token budgets (default %(default)s)")
+    p.add_argument("--head-dim", type=parse_head_dims, default=parse_head_dims(d["head_dim"]), help=f"head dims (default {d['head_dim']})")
+    p.add_argument("--dtype", type=parse_dtype, default=parse_dtype(d["dtype"]), help=f"bf16 or fp16 (default {d['dtype']})")
+    p.add_argument("--page-size", type=parse_page_sizes, default=parse_page_sizes(d["page_size"]), help=f"page sizes (default {d['page_size']})")
+    p.add_argument("--budget", type=parse_ints, default=parse_ints(d["budget"]), help=f"token budgets (default {d['budget']})")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=d["gqa_mode"], help="GQA selection mode (default %(default)s)")

@@ -1,7 +1,12 @@
 """``questkern bench``: time a Quest decode step against its baselines on this device.
 
-Writes ``reports/data/<gpu-key>/bench.csv`` (each run writes its own file unless --out is
-given; it is rewritten after every case, so an interrupted run keeps the cases it finished).
+Each run writes a new file, reports/data/<gpu-key>/bench-<UTC time>.csv (with --model,
+bench_model-<UTC time>.csv), unless --out names one; an existing --out is refused unless
+--force. The file is rewritten after every case, so an interrupted run keeps the cases it
+finished. With --check every case prints PASS or FAIL and the tolerance it was held to.
+
+Without a CUDA GPU the kernels run in the Triton interpreter at a toy size: the timings
+mean nothing there, but --check still proves the kernels right.
 
 Every row also carries the run's measurement floor (``floor_us``: a CUDA graph of one tiny
 kernel, timed like the ops) and the op's bound, ``bound_us`` = floor + bytes at the copy
@@ -27,10 +32,12 @@ from pathlib import Path
 
 import torch
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
+from questkern.cli._out import OutputExists, check_new, stamped
 from questkern.cli._shapes import add_shape_args
 from questkern.profiling.files import write_text_atomic
 
+CHECK_TOL = 5e-2  # max abs error of a bf16/fp16 output vs the float32 reference that --check accepts
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
@@ -41,7 +48,7 @@ COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch"
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p)
     p.add_argument("--mixed", type=_parse_mixed, default=None,
                    help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
@@ -67,9 +74,14 @@ def register(sub) -> None:
     p.add_argument("--compare-paths", action="store_true",
                    help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
                         "attention quest_classic)")
-    p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
+    p.add_argument("--check", action="store_true",
+                   help=f"also check each case against the float32 references: selection exact, outputs within "
+                        f"{CHECK_TOL:g} (prints PASS or FAIL per case)")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per op in ms (default %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV file to write (default: a new reports/data/<gpu-key>/bench-<UTC time>.csv, "
+                        "or bench_model-<UTC time>.csv with --model)")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists (default: refuse)")
     p.set_defaults(func=run)
 
 
@@ -169,7 +181,7 @@ def run_model(args, note: str | None) -> int:
     print(f"model: {shape.describe()}")
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
-    out = args.out or Path("reports") / "data" / gpu / "bench_model.csv"
+    out = getattr(args, "resolved_out", None) or resolve_out(args, gpu)  # run() decides (and checks) it first
     out.parent.mkdir(parents=True, exist_ok=True)
     atts = ("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
     rows: list[dict] = []
@@ -200,6 +212,15 @@ def run_model(args, note: str | None) -> int:
     return 0
 
 
+def resolve_out(args, gpu: str) -> Path:
+    """The CSV this run writes: --out (refused when it exists, unless --force) or a new
+    timestamped file in reports/data/<gpu-key>/ (bench-*.csv; bench_model-*.csv with --model)."""
+    if args.out is not None:
+        check_new([args.out], force=args.force)
+        return args.out
+    return stamped(Path("reports") / "data" / gpu, "bench_model" if args.model is not None else "bench")
+
+
 def _dtype_name(dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -208,6 +229,13 @@ def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
+    from questkern.tuning.gpus import current_gpu_key
+
+    try:
+        args.resolved_out = resolve_out(args, current_gpu_key())
+    except OutputExists as e:
+        print(f"questkern bench: error: {e}", file=sys.stderr)
+        return 2
     if args.model is not None:
         return run_model(args, note)
     from questkern.bench.core import Case, run_case
@@ -231,8 +259,10 @@ def run(args) -> int:
     gpu = current_gpu_key()
     copy_gbps = copy_bandwidth_gbps()
     floor_us = graph_floor_us(args.rep_ms)
+    dev = (f"copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us" if on_gpu
+           else "Triton interpreter (no bandwidth, no floor)")
     print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
-          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us")
+          f"cuda {info['cuda'] or '-'} | {dev}")
     cases = []
     if args.mixed:  # first: its padded SDPA inputs are the largest allocations of a run
         b, lens = _mixed_lens(args.mixed)
@@ -246,7 +276,7 @@ def run(args) -> int:
                   for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
-    out = args.out or Path("reports") / "data" / gpu / "bench.csv"
+    out = args.resolved_out
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
     for i_case, case in enumerate(cases):
@@ -281,12 +311,12 @@ def run(args) -> int:
         bound = f" (bound {bound:.2f}x)" if on_gpu else ""
         heur = f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x" if "quest_step_heuristic" in by_op else ""
         mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
-        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}",
-              flush=True)
+        vs = f"  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}" if on_gpu else ""
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}{vs}", flush=True)
         if checks:
-            print(f"    check: {checks}")
-            errs = [checks.get(k, 0) for k in ("quest_maxerr", "dense_vs_sdpa_maxerr", "flex_vs_quest_maxerr")]
-            if checks.get("select_exact") is False or checks.get("heuristic_select_exact") is False or max(errs) > 5e-2:
+            ok, text = check_verdict(checks)
+            print(f"    check {'PASS' if ok else 'FAIL'}: {text}", flush=True)
+            if not ok:
                 failures.append((tag, checks))
         _write_csv(out, rows)  # after every case: an interrupted run keeps what it measured
     if args.vs_heuristic:
@@ -300,7 +330,25 @@ def run(args) -> int:
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
+    if args.check:
+        print(f"check: {len(cases) - len(failures)} of {len(cases)} cases PASS" + (f", {len(failures)} FAIL" if failures else ""))
     if failures:
-        print(f"CHECK FAILED for {len(failures)} case(s): {failures}")
+        print(f"CHECK FAILED for {len(failures)} case(s): {', '.join(tag for tag, _ in failures)}")
         return 1
     return 0
+
+
+def check_verdict(checks: dict) -> tuple[bool, str]:
+    """One case's --check results as (passed, one line): exact selection, errors vs the tolerance."""
+    parts, ok = [], True
+    for k, label in (("select_exact", "selection exact"), ("heuristic_select_exact", "heuristic selection exact")):
+        if k in checks:
+            ok &= bool(checks[k])
+            parts.append(f"{label}: {'yes' if checks[k] else 'NO'}")
+    for k, label in (("quest_maxerr", "Quest output vs float32 reference"), ("dense_vs_sdpa_maxerr", "dense vs SDPA"),
+                     ("flex_vs_quest_maxerr", "FlexAttention vs Quest")):
+        if k in checks:
+            good = checks[k] <= CHECK_TOL
+            ok &= good
+            parts.append(f"{label} max error {checks[k]:.2g} {'<=' if good else '>'} {CHECK_TOL:g}")
+    return ok, "; ".join(parts)

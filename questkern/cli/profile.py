@@ -1,7 +1,7 @@
 """``questkern profile``: one decode-step workload under Nsight Compute, NVTX-filtered to the
 questkern ranges; falls back to the PyTorch profiler where ncu is missing or cannot read
-the counters. Results: ``profiles/<gpu-key>/<timestamp>-<name>/`` (see
-questkern.profiling.runner). Shape flags are those of ``questkern bench``, one value each.
+the counters. Each run writes a new folder, ``profiles/<gpu-key>/<timestamp>-<name>/``.
+Shape flags are those of ``questkern bench``, one value each.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
 from questkern.cli._shapes import add_shape_args
 
 PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
@@ -18,7 +18,7 @@ PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "1
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="profile a decode step under Nsight Compute (or torch.profiler)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p, defaults=PROFILE_DEFAULTS)
     p.add_argument("--name", default="decode", help="label of the profile folder (default %(default)s)")
     p.add_argument("--mode", choices=["quest", "dense"], default="quest", help="Quest step or dense decode (default quest)")

@@ -1,4 +1,4 @@
-"""``questkern quality``: attention quality of Quest selection on real traces (issue 6).
+"""``questkern quality``: attention quality of Quest selection on real traces (SmolLM2-135M on CPU).
 
     questkern quality traces   # SmolLM2 traces + end-to-end passkey accuracy (2 CPU cores: ~25 min)
     questkern quality study    # recall / output error CSVs from the cached traces (~16 min)
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from questkern.cli import describe
 
 DATA_DIR = Path("reports/data")
 
@@ -30,7 +32,7 @@ def _floats(s: str) -> tuple[float, ...]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("quality", help="attention quality study (recall, page size, adaptive budget)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="quality_command", required=True)
 
     def common(sp):

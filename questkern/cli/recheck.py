@@ -21,12 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from questkern.cli import describe
 from questkern.cli._shapes import parse_positive_int, parse_positive_seconds, parse_size
 
 
 def register(sub) -> None:
     p = sub.add_parser("recheck", help="time a tuning table against the heuristic defaults on this GPU, in one run",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     from questkern.cli.tune import parse_ops
 
     p.add_argument("--table", type=Path, default=None,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
 from questkern.profiling.runner import NAME_RE
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="build reports/<name>.html from benchmarks, tuning and profiles",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="report name: writes <out-dir>/<name>.html")
     p.add_argument("--data", type=Path, action="append", default=None,
                    help="bench/quality CSV file or folder, repeatable (default reports/data)")

@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 
-from questkern.cli._shapes import parse_dtype, parse_heads, parse_positive_int, parse_size
+from questkern.cli import describe
+from questkern.cli._shapes import parse_dtype, parse_head_dim, parse_heads, parse_page_size, parse_positive_int, parse_size
 
 
 def _one_heads(text: str) -> tuple[int, int]:
@@ -27,14 +28,14 @@ def register(sub) -> None:
     from questkern.tuning.keys import OPS
 
     p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
     p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
     p.add_argument("--batch", type=parse_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
-    p.add_argument("--head-dim", type=parse_positive_int, default=128, help="head dim (default 128)")
+    p.add_argument("--head-dim", type=parse_head_dim, default=128, help="head dim (default 128)")
     p.add_argument("--dtype", type=parse_dtype, default=parse_dtype("bf16"), help="bf16 or fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_positive_int, default=16, help="page size (default 16)")
+    p.add_argument("--page-size", type=parse_page_size, default=16, help="page size (default 16)")
     p.add_argument("--budget", type=parse_positive_int, default=None, help="token budget (select/sparse_decode; default: any)")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=None, help="GQA mode (default: any)")
     p.add_argument("--gpu", default=None,

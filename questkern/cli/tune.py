@@ -13,7 +13,11 @@ default): rerun the same command to resume an interrupted run.
 Several GPUs: --devices 0,1,2,3 starts one worker process per GPU on the same studies
 (SQLite is fine on one host); with --storage postgresql://... other hosts join by
 running the same command. The launcher shows the whole study's progress and writes
-the table once at the end. See questkern/tuning/distributed.py.
+the table once at the end.
+
+Before it starts, tune prints the number of buckets, trials and an estimated time. Without
+a GPU (--gpu cpu: the Triton interpreter, to test the pipeline only) sizes the interpreter
+cannot finish in a few minutes need --yes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli._shapes import (parse_dtype, parse_heads, parse_ints, parse_positive_int, parse_positive_seconds,
-                                   parse_sizes)
+from questkern.cli import describe
+from questkern.cli._shapes import (parse_dtype, parse_head_dims, parse_heads, parse_ints, parse_page_sizes,
+                                   parse_positive_int, parse_positive_seconds, parse_sizes)
 
 
 def parse_ops(text: str) -> list[str]:
@@ -66,16 +71,16 @@ def register(sub) -> None:
     from questkern.tuning.strategy import SAMPLERS
 
     p = sub.add_parser("tune", help="tune kernel configs on this GPU and write its lookup table",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", required=True,
                    help="GPU family (a100, h100, h200, l40s, l4, 4090, ...; 'cpu' for the interpreter) or full key; "
                         "must match the detected device unless --dry-run")
     p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k")
     p.add_argument("--batch", type=parse_ints, default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--heads", type=parse_heads, default=[(32, 32), (32, 8)], help="Q/KV heads (default 32/32,32/8)")
-    p.add_argument("--head-dim", type=parse_ints, default=[128], help="head dims (default 128)")
+    p.add_argument("--head-dim", type=parse_head_dims, default=[128], help="head dims (default 128)")
     p.add_argument("--dtype", type=parse_dtypes, default=parse_dtypes("bf16"), help="bf16, fp16 or bf16,fp16 (default bf16)")
-    p.add_argument("--page-size", type=parse_ints, default=[16], help="page sizes; several = searched (default 16)")
+    p.add_argument("--page-size", type=parse_page_sizes, default=[16], help="page sizes; several = searched (default 16)")
     p.add_argument("--budget", type=parse_ints, default=[2048], help="token budgets; several = searched (default 2048)")
     p.add_argument("--ops", type=parse_ops, default=list(OPS), help=f"ops to tune (default {','.join(OPS)})")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default="shared", help="GQA selection mode (default shared)")
