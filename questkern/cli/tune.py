@@ -66,6 +66,36 @@ def parse_fix(text: str) -> dict:
     return out
 
 
+# Rough seconds per evaluated trial (check + timing + compile), for the estimate printed before a run.
+# GPU: compile and check dominate, then the do_bench windows. Triton interpreter: proportional to the
+# elements a call touches (256K elements took ~2 s a trial on one CPU core).
+GPU_TRIAL_S = 1.5
+CPU_TRIAL_S_PER_ELEMENT = 2.0 / (1000 * 4 * 64)
+CPU_LONG_S = 300.0  # without a GPU, a run estimated longer than this asks for --yes
+CPU_TOY_HINT = "--seq 1000 --batch 1 --heads 4/2 --head-dim 64 --budget 64 --trials 3"
+
+
+def estimate_seconds(spec, buckets, on_gpu: bool) -> float:
+    """A rough wall time of a tune run: trials (or the per-bucket timeout) plus the verification rounds,
+    capped by --max-time."""
+    total = 0.0
+    for b in buckets:
+        if on_gpu:
+            trial = GPU_TRIAL_S + 2 * (spec.rep_ms + spec.warmup_ms) / 1000
+        else:
+            trial = 0.5 + CPU_TRIAL_S_PER_ELEMENT * b.seq_len * b.batch * b.num_q_heads * b.head_dim
+        n = spec.n_trials if spec.n_trials else None
+        t = n * trial if n else float(spec.timeout)
+        if spec.timeout:
+            t = min(t, spec.timeout)
+        total += t + spec.verify_rounds * 4 * trial / 2
+    return min(total, spec.max_time) if spec.max_time else total
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
 def register(sub) -> None:
     from questkern.tuning.keys import OPS
     from questkern.tuning.strategy import SAMPLERS
@@ -124,6 +154,8 @@ def register(sub) -> None:
                    help="seconds between the launcher's progress lines (default 10)")
     d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
+    p.add_argument("--yes", action="store_true",
+                   help="start without asking, also when the interpreter (no GPU) would take long at these sizes")
     p.set_defaults(func=run)
 
 
@@ -181,12 +213,25 @@ def run(args) -> int:
     except StorageError as exc:
         print(f"questkern tune: error: {exc}", file=sys.stderr)
         return 2
+    buckets, _notes = spec.buckets()
+    on_gpu = device_name != CPU_KEY
+    est = estimate_seconds(spec, buckets, on_gpu)
+    trials = f"{spec.n_trials} trials" if spec.n_trials else "no trial limit"
+    per = f", at most {spec.timeout:g} s" if spec.timeout else ""
+    cap = f", the whole run at most {spec.max_time:g} s" if spec.max_time else ""
+    print(f"plan: {len(buckets)} buckets x {trials} each{per}{cap}; estimated {_duration(est)}"
+          + ("" if on_gpu else " in the Triton interpreter"))
     if args.dry_run:
         for line in plan_lines(spec):
             print(line)
         if slots:
             print(f"  workers: {', '.join(f'{s.label} (CUDA_VISIBLE_DEVICES={s.visible!r})' for s in slots)}")
         return 0
+    if not on_gpu and est > CPU_LONG_S and not args.yes:
+        print(f"questkern tune: without a GPU these sizes take about {_duration(est)} in the Triton interpreter. "
+              f"Pass --yes to run anyway, or try a toy size to test the pipeline: questkern tune --gpu cpu "
+              f"{CPU_TOY_HINT}", file=sys.stderr)
+        return 2
     if slots is not None:
         from questkern.tuning.distributed import LaunchOptions, launch
 
