@@ -346,8 +346,7 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     gpus = [gpu] if gpu else []
     device = F.gpu_title(b, gpu) if len(b) and gpu else (gpu or "none")
     d.add(f"<h1>{html.escape(title)}</h1>")
-    d.add(_p(f"{device} (GPU key {gpu or '–'}) · questkern {__version__} · generated {now}"
-             + (f" · command: {command}" if command else "")))
+    d.add(_p(f"{device} (GPU key {gpu or '–'}) · questkern {__version__} · generated {now}"))
     if _is_synthetic(inputs):
         d.add('<div class="banner"><b>Synthetic fixture data.</b> These numbers come from committed test fixtures, not from a'
               " measurement; they show what a report looks like. Rebuild from a real bench CSV for results.</div>")
@@ -485,6 +484,8 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     env = _environment(inputs)
     d.add(_table(env) if not env.empty else _p("No bench CSV or profile found."))
     with_src = "\n".join(html.escape(s) for s in inputs.sources) or "(none)"
+    if command:
+        d.add(_details("the command that built this report", f"<pre>{html.escape(command)}</pre>"))
     d.add(_details(f"data sources ({len(inputs.sources)})", f"<pre>{with_src}</pre>"))
     if len(b):
         cmds = sorted({c for c in b["command"] if c})
