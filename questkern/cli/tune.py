@@ -122,7 +122,7 @@ def register(sub) -> None:
                    help="seconds for the whole run, shared out over the buckets left (time-boxed runs)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default $QUESTKERN_STORAGE or "
                    "sqlite:///~/.local/share/questkern/studies.db); postgresql://USER@HOST/DB for several hosts "
-                   "(pip install 'questkern[postgres]'); 'inmemory' keeps nothing")
+                   "(in the questkern clone: pip install -e '.[postgres]'); 'inmemory' keeps nothing")
     p.add_argument("--study", default=None, help="study name prefix (default: the GPU key); each bucket adds ':<bucket>'")
     p.add_argument("--out", type=Path, default=None, help="table directory (default ~/.cache/questkern/tuning, read at "
                    "import; the tables shipped with questkern live in questkern/tuning/tables)")
