@@ -28,6 +28,7 @@ import io
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def register(sub) -> None:
     add_shape_args(p)
     p.add_argument("--mixed", type=_parse_mixed, default=None,
                    help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
-                        "benched too (first); alone, instead of them")
+                        "benched too (first); alone, instead of them (default: none)")
     p.add_argument("--flex", action="store_true",
                    help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
@@ -65,7 +66,7 @@ def register(sub) -> None:
                    help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
-                        "in-house dense, Quest, and none (the ceiling), in one run")
+                        "in-house dense, Quest, and none (the ceiling), in one run (default: one attention layer, no model)")
     p.add_argument("--dense-layers", type=int, default=2,
                    help="with --model: the first N layers decode densely under Quest (default %(default)s)")
     p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
@@ -279,6 +280,7 @@ def run(args) -> int:
     out = args.resolved_out
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
+    t_start = time.monotonic()
     for i_case, case in enumerate(cases):
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex,
                                        vs_heuristic=args.vs_heuristic)
@@ -312,7 +314,10 @@ def run(args) -> int:
         heur = f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x" if "quest_step_heuristic" in by_op else ""
         mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
         vs = f"  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}" if on_gpu else ""
-        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}{vs}", flush=True)
+        spent = time.monotonic() - t_start
+        left = spent / (i_case + 1) * (len(cases) - i_case - 1)
+        eta = f"  | {spent:.0f} s, ~{left:.0f} s left" if i_case + 1 < len(cases) else f"  | {spent:.0f} s"
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}{vs}{eta}", flush=True)
         if checks:
             ok, text = check_verdict(checks)
             print(f"    check {'PASS' if ok else 'FAIL'}: {text}", flush=True)

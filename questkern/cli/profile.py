@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--tool", choices=["auto", "ncu", "torch"], default="auto",
                    help="auto: ncu, else torch.profiler with a note; ncu: fail without it; torch: skip ncu (default auto)")
     p.add_argument("--ncu", default=None, help="path of the ncu binary (default: PATH, then the CUDA folders)")
-    p.add_argument("--nsys", default=None, help="path of the nsys binary, for the printed command")
+    p.add_argument("--nsys", default=None, help="path of the nsys binary, for the printed command (default: PATH)")
     p.add_argument("--out-dir", type=Path, default=Path("profiles"), help="profiles root (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the command lines, run nothing, write nothing")
     p.set_defaults(func=run)

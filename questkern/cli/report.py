@@ -25,7 +25,7 @@ from questkern.profiling.runner import NAME_RE
 def register(sub) -> None:
     p = sub.add_parser("report", help="build reports/<name>.html from benchmarks, tuning and profiles",
                        description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="report name: writes <out-dir>/<name>.html")
+    p.add_argument("--name", required=True, help="report name: writes OUT_DIR/NAME.html (required)")
     p.add_argument("--data", type=Path, action="append", default=None,
                    help="bench/quality CSV file or folder, repeatable (default reports/data)")
     p.add_argument("--gpu", default=None,
@@ -36,12 +36,12 @@ def register(sub) -> None:
     p.add_argument("--tuning", type=Path, action="append", default=None,
                    help="tuning table file or folder, repeatable (default tuning and questkern/tuning/tables)")
     p.add_argument("--no-tuning", action="store_true", help="leave tuning tables out (e.g. for a fixture report)")
-    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db")
+    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db (default: none, no study plots)")
     p.add_argument("--study", action="append", default=None, help="study name in that storage (default: all)")
     p.add_argument("--title", default=None, help="page title (default 'questkern performance report: NAME')")
     p.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <name>.html goes (default %(default)s)")
     p.add_argument("--screenshot", type=Path, default=None,
-                   help="also write a PNG of the main plot there (needs Debian's chromium)")
+                   help="also write a PNG of the summary figure there (needs Debian's chromium) (default: none)")
     p.add_argument("--force", action="store_true", help="replace an existing <name>.html")
     p.set_defaults(func=run)
 

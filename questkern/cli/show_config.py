@@ -30,7 +30,7 @@ def register(sub) -> None:
     p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
                        description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
-    p.add_argument("--seq", type=parse_size, required=True, help="sequence length (e.g. 32k)")
+    p.add_argument("--seq", type=parse_size, required=True, help="sequence length, e.g. 32k (required)")
     p.add_argument("--batch", type=parse_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--heads", type=_one_heads, default=(32, 8), help="Q/KV heads (default 32/8)")
     p.add_argument("--head-dim", type=parse_head_dim, default=128, help="head dim (default 128)")

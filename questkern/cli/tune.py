@@ -104,8 +104,8 @@ def register(sub) -> None:
                        description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", required=True,
                    help="GPU family (a100, h100, h200, l40s, l4, 4090, ...; 'cpu' for the interpreter) or full key; "
-                        "must match the detected device unless --dry-run")
-    p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k")
+                        "must match the detected device unless --dry-run (required)")
+    p.add_argument("--seq", type=parse_sizes, required=True, help="context lengths: 32k, 32768 or 8k,32k,128k (required)")
     p.add_argument("--batch", type=parse_ints, default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--heads", type=parse_heads, default=[(32, 32), (32, 8)], help="Q/KV heads (default 32/32,32/8)")
     p.add_argument("--head-dim", type=parse_head_dims, default=[128], help="head dims (default 128)")
@@ -117,9 +117,9 @@ def register(sub) -> None:
     p.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="shared-mode score aggregate (default sum)")
     p.add_argument("--trials", type=parse_positive_int, default=None,
                    help="evaluated trials per bucket study, resumed count (default 40 when --timeout is not given)")
-    p.add_argument("--timeout", type=parse_positive_seconds, default=None, help="seconds per bucket (with --trials: whichever first)")
+    p.add_argument("--timeout", type=parse_positive_seconds, default=None, help="seconds per bucket (with --trials: whichever first) (default: no limit)")
     p.add_argument("--max-time", type=parse_positive_seconds, default=None,
-                   help="seconds for the whole run, shared out over the buckets left (time-boxed runs)")
+                   help="seconds for the whole run, shared out over the buckets left (default: no limit)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default $QUESTKERN_STORAGE or "
                    "sqlite:///~/.local/share/questkern/studies.db); postgresql://USER@HOST/DB for several hosts "
                    "(in the questkern clone: pip install -e '.[postgres]'); 'inmemory' keeps nothing")
@@ -128,12 +128,12 @@ def register(sub) -> None:
                    "import; the tables shipped with questkern live in questkern/tuning/tables)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--seed", type=int, default=0, help="sampler and input seed (default 0)")
-    p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect")
+    p.add_argument("--fix", type=parse_fix, default={}, help="pin parameters, e.g. num_stages=2,fuse_combine=true,topk=bisect (default: none pinned)")
     p.add_argument("--verify-rounds", type=int, default=3,
                    help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
-    p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here")
+    p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here (default: none)")
     p.add_argument("--force", action="store_true", help="replace existing table entries even when they are faster")
     from questkern.tuning.distributed import parse_devices
     from questkern.tuning.strategy import GRACE_S, HEARTBEAT_S
@@ -142,7 +142,7 @@ def register(sub) -> None:
     d.add_argument("--devices", type=parse_devices, default=None,
                    help="GPUs of this host to tune on, e.g. 0,1,2,3 or all: one worker process each (pinned with "
                         "CUDA_VISIBLE_DEVICES), all on the same studies; other hosts join by running the same command "
-                        "with the same PostgreSQL --storage")
+                        "with the same PostgreSQL --storage (default: one process, this GPU)")
     d.add_argument("--heartbeat", type=parse_positive_int, default=HEARTBEAT_S,
                    help=f"seconds between a worker's heartbeats (default {HEARTBEAT_S})")
     d.add_argument("--grace", type=parse_positive_int, default=GRACE_S,
@@ -152,7 +152,7 @@ def register(sub) -> None:
                    help="seconds a worker retries an unreachable storage (with back-off) before it exits (default 120)")
     d.add_argument("--progress-every", type=parse_positive_seconds, default=10.0,
                    help="seconds between the launcher's progress lines (default 10)")
-    d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log")
+    d.add_argument("--log-dir", type=Path, default=None, help="also write each worker's output to DIR/worker-*.log (default: none)")
     p.add_argument("--dry-run", action="store_true", help="print what would be tuned (works for another GPU) and exit")
     p.add_argument("--yes", action="store_true",
                    help="start without asking, also when the interpreter (no GPU) would take long at these sizes")
