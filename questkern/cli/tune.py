@@ -133,7 +133,9 @@ def register(sub) -> None:
                    help="alternating re-timings of the best configs and the default after each study (default 3; 0 = off)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
-    p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here (default: none)")
+    p.add_argument("--summary", type=Path, default=None, help="also write the run's results as JSON here; an existing file is refused unless --replace-summary "
+                        "(default: none)")
+    p.add_argument("--replace-summary", action="store_true", help="replace the --summary file if it exists")
     p.add_argument("--force", action="store_true", help="replace existing table entries even when they are faster")
     from questkern.tuning.distributed import parse_devices
     from questkern.tuning.strategy import GRACE_S, HEARTBEAT_S
@@ -227,6 +229,10 @@ def run(args) -> int:
         if slots:
             print(f"  workers: {', '.join(f'{s.label} (CUDA_VISIBLE_DEVICES={s.visible!r})' for s in slots)}")
         return 0
+    if args.summary is not None and args.summary.exists() and not args.replace_summary:
+        print(f"questkern tune: error: --summary {args.summary} exists; pass --replace-summary to replace it, or "
+              "choose another path", file=sys.stderr)
+        return 2
     if not on_gpu and est > CPU_LONG_S and not args.yes:
         print(f"questkern tune: without a GPU these sizes take about {_duration(est)} in the Triton interpreter. "
               f"Pass --yes to run anyway, or try a toy size to test the pipeline: questkern tune --gpu cpu "

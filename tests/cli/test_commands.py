@@ -49,10 +49,12 @@ def test_shapes_are_checked_before_any_work(argv, what, capsys):
 
 
 def test_scripts_that_write_committed_data_pass_force():
-    """`questkern bench --out FILE` refuses an existing FILE: the scripts that document the committed
-    CSVs say --force, and no script relies on a default path that would be replaced."""
+    """`questkern bench --out FILE` and `questkern tune --summary FILE` refuse an existing FILE: the scripts
+    that document the committed files say --force / --replace-summary."""
     for sh in sorted((ROOT / "scripts").rglob("*.sh")):
         text = sh.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             if re.search(r"questkern bench\b", line) and not line.lstrip().startswith("#") and "--out" in line:
                 assert "--force" in line, (sh.name, line)
+            if re.search(r"questkern tune\b", line) and not line.lstrip().startswith("#") and "--summary" in line:
+                assert "--replace-summary" in line, (sh.name, line)

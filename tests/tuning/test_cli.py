@@ -107,6 +107,11 @@ def test_tune_cli_end_to_end_with_real_timing(dirs, capsys):
     argv = ["tune", "--gpu", "cpu", *TINY, "--ops", "metadata", "--trials", "2", "--verify-rounds", "0",
             "--storage", f"sqlite:///{dirs['data'] / 's.db'}", "--out", str(dirs["env"]),
             "--summary", str(dirs["data"] / "summary.json")]
+    (dirs["data"] / "summary.json").write_text("mine")
+    assert main(argv) == 2  # an existing summary is refused before any work
+    assert "summary.json exists; pass --replace-summary" in capsys.readouterr().err
+    assert not list(dirs["env"].iterdir()) and (dirs["data"] / "summary.json").read_text() == "mine"
+    argv.append("--replace-summary")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "geometric mean speedup over the heuristic default" in out and "the timings mean nothing" in out
