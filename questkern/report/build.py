@@ -140,6 +140,7 @@ details summary{cursor:pointer;color:#444;margin:6px 0} .tablewrap{overflow-x:au
 details>.inner{border-left:3px solid #eee;padding-left:12px} .summary table.qk{font-size:0.95em}
 .verdict{font-size:1.05em;margin:8px 0} .interp{background:#fde2e1;border:1px solid #d9534f;padding:10px 14px;margin:12px 0}
 """
+INTERPRETER_LABEL = "Triton interpreter on CPU: timings mean nothing"
 INTERPRETER_NOTE = ("Triton interpreter on CPU (no GPU): these times are of the interpreter and mean nothing about a GPU;"
                     " they show the pipeline runs.")
 
@@ -210,7 +211,7 @@ class _Doc:
 
     def plot_html(self, p: F.Plot, timed: bool = True) -> str:
         if self.interpreter and timed:
-            p.fig.update_layout(title=dict(text=f"{p.fig.layout.title.text} [Triton interpreter: timings mean nothing]"))
+            p.fig.update_layout(title=dict(text=f"{p.fig.layout.title.text}<br><sup>{INTERPRETER_LABEL}</sup>"))
             p.caption = INTERPRETER_NOTE
         base, n = p.id, 2
         while p.id in self.plot_ids:  # e.g. two studies whose names slug alike

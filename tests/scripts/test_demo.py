@@ -30,7 +30,7 @@ def test_demo_runs_the_pipeline_and_ends_with_a_verdict(tmp_path):
     page = (run / "demo.html").read_text()
     manifest = read_manifest(page)
     assert manifest["interpreter"] and manifest["sections"][0] == "summary" and manifest["plots"]
-    assert "[Triton interpreter: timings mean nothing]" in page and "CUDA-graph replays" not in page
+    assert "Triton interpreter on CPU: timings mean nothing" in page and "CUDA-graph replays" not in page
     # the demo writes under its temporary folder only
     after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert after == before
