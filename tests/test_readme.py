@@ -32,3 +32,20 @@ def test_install_lines_name_real_extras_from_a_clone():
     named = set(re.findall(r"pip install -e '\.\[(\w+)\]'", README))
     assert named == extras
     assert "pip install 'questkern[" not in README  # not on an index: the clone's path, never the name
+
+
+def test_commands_in_the_docs_parse():
+    """Every `questkern ...` line of the READMEs' shell blocks is a command line questkern accepts as written."""
+    import shlex
+
+    from questkern.cli import build_parser
+
+    seen = 0
+    for doc in (ROOT / "README.md", ROOT / "reports" / "README.md", ROOT / "tuning" / "README.md"):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith("questkern "):
+                    build_parser().parse_args(shlex.split(line)[1:])  # SystemExit (a test error) when it does not
+                    seen += 1
+    assert seen >= 2

@@ -318,3 +318,11 @@ def test_log_axes_label_every_decade_and_plots_hold_few_series():
     recall = pd.read_csv(DATA / "quality_recall.csv")
     for p in F.recall_plots(recall):
         assert len(p.fig.data) <= F.MAX_SERIES
+
+
+def test_profiles_given_for_another_gpu_are_left_out():
+    inputs = gather([DATA / OTHER_GPU], [PROFILES], [])
+    assert inputs.gpu == OTHER_GPU and inputs.profiles == [] and inputs.dropped_gpus == 1
+    assert any(n.startswith("left out profile ") and n.endswith(f"of GPU {GPU}") for n in inputs.notices)
+    with pytest.raises(ReportDataError, match="--gpu 'h100': the data holds fixture-gpu-b"):
+        gather([DATA / OTHER_GPU], [], [], gpu="h100")
