@@ -85,8 +85,8 @@ def _choices(text: str, allowed: tuple, what: str) -> list[int]:
     vals = parse_ints(text)
     bad = [v for v in vals if v not in allowed]
     if bad:
-        raise argparse.ArgumentTypeError(f"{what} must be among {', '.join(map(str, allowed))} (what the kernels take), "
-                                         f"got {', '.join(map(str, bad))}")
+        raise argparse.ArgumentTypeError(f"{what} must be among {', '.join(map(str, allowed))} (what the kernels "
+                                         f"take), got {', '.join(map(str, bad))}")
     return vals
 
 
@@ -127,8 +127,10 @@ def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None) 
     p.add_argument("--seq", type=parse_sizes, default=parse_sizes(d["seq"]), help=f"context lengths (default {d['seq']})")
     p.add_argument("--batch", type=parse_ints, default=parse_ints(d["batch"]), help=f"batch sizes (default {d['batch']})")
     p.add_argument("--heads", type=parse_heads, default=parse_heads(d["heads"]), help=f"Q/KV head layouts (default {d['heads']})")
-    p.add_argument("--head-dim", type=parse_head_dims, default=parse_head_dims(d["head_dim"]), help=f"head dims (default {d['head_dim']})")
+    p.add_argument("--head-dim", type=parse_head_dims, default=parse_head_dims(d["head_dim"]),
+                   help=f"head dims (default {d['head_dim']})")
     p.add_argument("--dtype", type=parse_dtype, default=parse_dtype(d["dtype"]), help=f"bf16 or fp16 (default {d['dtype']})")
-    p.add_argument("--page-size", type=parse_page_sizes, default=parse_page_sizes(d["page_size"]), help=f"page sizes (default {d['page_size']})")
+    p.add_argument("--page-size", type=parse_page_sizes, default=parse_page_sizes(d["page_size"]),
+                   help=f"page sizes (default {d['page_size']})")
     p.add_argument("--budget", type=parse_ints, default=parse_ints(d["budget"]), help=f"token budgets (default {d['budget']})")
     p.add_argument("--gqa-mode", choices=["shared", "per_head"], default=d["gqa_mode"], help="GQA selection mode (default %(default)s)")

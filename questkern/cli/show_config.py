@@ -14,7 +14,8 @@ import json
 import sys
 
 from questkern.cli import describe
-from questkern.cli._shapes import parse_dtype, parse_head_dim, parse_heads, parse_page_size, parse_positive_int, parse_size
+from questkern.cli._shapes import (parse_dtype, parse_head_dim, parse_heads, parse_page_size, parse_positive_int,
+                                   parse_size)
 
 
 def _one_heads(text: str) -> tuple[int, int]:

@@ -424,7 +424,7 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
         # one line per policy, page size and (adaptive) temperature: settings of one curve only
         by = ["policy", "page_size"] + (["temperature"] if "temperature" in g.columns else [])
         for vals, t in g.groupby(by, sort=True, dropna=False):
-            pol, ps = vals[0], vals[1]
+            pol = vals[0]
             temp = vals[2] if len(vals) > 2 else None
             label = {"oracle": "oracle (truly heaviest pages)", "fixed": "fixed budget", "prop": "budget proportional to context",
                      "adaptive": "adaptive budget"}.get(pol, pol) + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
