@@ -1,7 +1,12 @@
 """``questkern bench``: time a Quest decode step against its baselines on this device.
 
-Writes ``reports/data/<gpu-key>/bench.csv`` (each run writes its own file unless --out is
-given; it is rewritten after every case, so an interrupted run keeps the cases it finished).
+Each run writes a new file, reports/data/<gpu-key>/bench-<UTC time>.csv (with --model,
+bench_model-<UTC time>.csv), unless --out names one; an existing --out is refused unless
+--force. The file is rewritten after every case, so an interrupted run keeps the cases it
+finished. With --check every case prints PASS or FAIL and the tolerance it was held to.
+
+Without a CUDA GPU the kernels run in the Triton interpreter at a toy size: the timings
+mean nothing there, but --check still proves the kernels right.
 
 Every row also carries the run's measurement floor (``floor_us``: a CUDA graph of one tiny
 kernel, timed like the ops) and the op's bound, ``bound_us`` = floor + bytes at the copy
@@ -23,15 +28,18 @@ import io
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
+from questkern.cli._out import OutputExists, check_new, stamped
 from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 from questkern._dtypes import short_name
 from questkern._io import write_text_atomic
 
+CHECK_TOL = 5e-2  # max abs error of a bf16/fp16 output vs the float32 reference that --check accepts
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
@@ -42,11 +50,11 @@ COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch"
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p)
     p.add_argument("--mixed", type=_parse_mixed, default=None,
                    help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
-                        "benched too (first); alone, instead of them")
+                        "benched too (first); alone, instead of them (default: none)")
     p.add_argument("--flex", action="store_true",
                    help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
@@ -59,7 +67,7 @@ def register(sub) -> None:
                    help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
-                        "in-house dense, Quest, and none (the ceiling), in one run")
+                        "in-house dense, Quest, and none (the ceiling), in one run (default: one attention layer, no model)")
     p.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
                    help="with --model: the first N layers decode densely under Quest (default %(default)s)")
     p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
@@ -68,10 +76,15 @@ def register(sub) -> None:
     p.add_argument("--compare-paths", action="store_true",
                    help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
                         "attention quest_classic)")
-    p.add_argument("--check", action="store_true", help="also check selection (exact) and outputs against the float32 references")
+    p.add_argument("--check", action="store_true",
+                   help=f"also check each case against the float32 references: selection exact, outputs within "
+                        f"{CHECK_TOL:g} (prints PASS or FAIL per case)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=200,
                    help="do_bench repetition time per op in ms (default %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="CSV path (default reports/data/<gpu-key>/bench.csv)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV file to write (default: a new reports/data/<gpu-key>/bench-<UTC time>.csv, "
+                        "or bench_model-<UTC time>.csv with --model)")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists (default: refuse)")
     p.set_defaults(func=run)
 
 
@@ -171,7 +184,7 @@ def run_model(args, note: str | None) -> int:
     print(f"model: {shape.describe()}")
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
-    out = args.out or Path("reports") / "data" / gpu / "bench_model.csv"
+    out = getattr(args, "resolved_out", None) or resolve_out(args, gpu)  # run() decides (and checks) it first
     out.parent.mkdir(parents=True, exist_ok=True)
     atts = ("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
     rows: list[dict] = []
@@ -202,18 +215,30 @@ def run_model(args, note: str | None) -> int:
     return 0
 
 
+def resolve_out(args, gpu: str) -> Path:
+    """The CSV this run writes: --out (refused when it exists, unless --force) or a new
+    timestamped file in reports/data/<gpu-key>/ (bench-*.csv; bench_model-*.csv with --model)."""
+    if args.out is not None:
+        check_new([args.out], force=args.force)
+        return args.out
+    return stamped(Path("reports") / "data" / gpu, "bench_model" if args.model is not None else "bench")
+
+
 def run(args) -> int:
     from questkern._details import select_backend
 
     note = select_backend()
-    if args.out is not None:  # before any case runs
-        from questkern.cli._paths import check_output_file
+    from questkern.configs.gpus import current_gpu_key
 
-        try:
+    try:  # before any case runs
+        if args.out is not None:
+            from questkern.cli._paths import check_output_file
+
             check_output_file("--out", args.out)
-        except ValueError as exc:
-            print(f"questkern bench: error: {exc}", file=sys.stderr)
-            return 2
+        args.resolved_out = resolve_out(args, current_gpu_key())
+    except (ValueError, OutputExists) as e:
+        print(f"questkern bench: error: {e}", file=sys.stderr)
+        return 2
     if args.model is not None:
         return run_model(args, note)
     from questkern.bench.core import Case, run_case
@@ -237,8 +262,10 @@ def run(args) -> int:
     gpu = current_gpu_key()
     copy_gbps = copy_bandwidth_gbps()
     floor_us = graph_floor_us(args.rep_ms)
+    dev = (f"copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us" if on_gpu
+           else "Triton interpreter (no bandwidth, no floor)")
     print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
-          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us")
+          f"cuda {info['cuda'] or '-'} | {dev}")
     cases = []
     if args.mixed:  # first: its padded SDPA inputs are the largest allocations of a run
         b, lens = _mixed_lens(args.mixed)
@@ -252,9 +279,10 @@ def run(args) -> int:
                   for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
-    out = args.out or Path("reports") / "data" / gpu / "bench.csv"
+    out = args.resolved_out
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
+    t_start = time.monotonic()
     for i_case, case in enumerate(cases):
         case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex,
                                        vs_heuristic=args.vs_heuristic, path=args.path, compare_paths=args.compare_paths)
@@ -287,12 +315,15 @@ def run(args) -> int:
         bound = f" (bound {bound:.2f}x)" if on_gpu else ""
         heur = f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x" if "quest_step_heuristic" in by_op else ""
         mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
-        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}",
-              flush=True)
+        vs = f"  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}" if on_gpu else ""
+        spent = time.monotonic() - t_start
+        left = spent / (i_case + 1) * (len(cases) - i_case - 1)
+        eta = f"  | {spent:.0f} s, ~{left:.0f} s left" if i_case + 1 < len(cases) else f"  | {spent:.0f} s"
+        print(f"[{i_case + 1}/{len(cases)}] {tag}: {line}{vs}{eta}", flush=True)
         if checks:
-            print(f"    check: {checks}")
-            errs = [v for k, v in checks.items() if k.endswith("maxerr")]
-            if any(v is False for k, v in checks.items() if k.endswith("select_exact")) or max(errs, default=0) > 5e-2:
+            ok, text = check_verdict(checks)
+            print(f"    check {'PASS' if ok else 'FAIL'}: {text}", flush=True)
+            if not ok:
                 failures.append((tag, checks))
         _write_csv(out, rows)  # after every case: an interrupted run keeps what it measured
     if args.vs_heuristic:
@@ -306,7 +337,31 @@ def run(args) -> int:
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
+    if args.check:
+        print(f"check: {len(cases) - len(failures)} of {len(cases)} cases PASS" + (f", {len(failures)} FAIL" if failures else ""))
     if failures:
-        print(f"CHECK FAILED for {len(failures)} case(s): {failures}")
+        print(f"CHECK FAILED for {len(failures)} case(s): {', '.join(tag for tag, _ in failures)}")
         return 1
     return 0
+
+
+def check_verdict(checks: dict) -> tuple[bool, str]:
+    """One case's --check results as (passed, one line): every selection exact (``*select_exact``),
+    every output error within the tolerance (``*maxerr``), including each compared path's."""
+    labels = {"select_exact": "selection exact", "heuristic_select_exact": "heuristic selection exact",
+              "quest_maxerr": "Quest output vs float32 reference", "dense_vs_sdpa_maxerr": "dense vs SDPA",
+              "flex_vs_quest_maxerr": "FlexAttention vs Quest"}
+    labels.update(step_select_exact="step selection exact")
+    parts, ok = [], True
+    known = [k for k in labels if k in checks]  # the main checks first, in this order, then any other
+    for k in known + [k for k in checks if k not in labels]:
+        v = checks[k]
+        label = labels.get(k, k.replace("_", " "))
+        if k.endswith("select_exact"):
+            ok &= bool(v)
+            parts.append(f"{label}: {'yes' if v else 'NO'}")
+        elif k.endswith("maxerr"):
+            good = v <= CHECK_TOL
+            ok &= good
+            parts.append(f"{label} max error {v:.2g} {'<=' if good else '>'} {CHECK_TOL:g}")
+    return ok, "; ".join(parts)

@@ -1,7 +1,7 @@
 """``questkern profile``: one decode-step workload under Nsight Compute, NVTX-filtered to the
 questkern ranges; falls back to the PyTorch profiler where ncu is missing or cannot read
-the counters. Results: ``profiles/<gpu-key>/<timestamp>-<name>/`` (see
-questkern.profiling.runner). Shape flags are those of ``questkern bench``, one value each.
+the counters. Each run writes a new folder, ``profiles/<gpu-key>/<timestamp>-<name>/``.
+Shape flags are those of ``questkern bench``, one value each.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
 from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 
 PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
@@ -18,7 +18,7 @@ PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "1
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="profile a decode step under Nsight Compute (or torch.profiler)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(p, defaults=PROFILE_DEFAULTS)
     p.add_argument("--name", default="decode", help="label of the profile folder (default %(default)s)")
     p.add_argument("--mode", choices=["quest", "dense"], default="quest", help="Quest step or dense decode (default quest)")
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--tool", choices=["auto", "ncu", "torch"], default="auto",
                    help="auto: ncu, else torch.profiler with a note; ncu: fail without it; torch: skip ncu (default auto)")
     p.add_argument("--ncu", default=None, help="path of the ncu binary (default: PATH, then the CUDA folders)")
-    p.add_argument("--nsys", default=None, help="path of the nsys binary, for the printed command")
+    p.add_argument("--nsys", default=None, help="path of the nsys binary, for the printed command (default: PATH)")
     p.add_argument("--out-dir", type=Path, default=Path("profiles"), help="profiles root (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the command lines, run nothing, write nothing")
     p.set_defaults(func=run)

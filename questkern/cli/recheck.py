@@ -23,24 +23,25 @@ from pathlib import Path
 
 from questkern._details import default_device
 from questkern._shapes import parse_positive_int, parse_positive_seconds, parse_size
+from questkern.cli import describe
 
 
 def register(sub) -> None:
     p = sub.add_parser("recheck", help="time a tuning table against the heuristic defaults on this GPU, in one run",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     from questkern.cli.tune import parse_ops
 
     p.add_argument("--table", type=Path, default=None,
                    help="table file (default: this GPU's <gpu-key>.json from the first table source that has it: "
                         "$QUESTKERN_TUNING_DIR, the user cache, the shipped tables)")
     p.add_argument("--ops", type=parse_ops, default=None, help="only these ops (default: every op in the table)")
-    p.add_argument("--max-seq", type=parse_size, default=None, help="only entries tuned at this sequence length or less")
-    p.add_argument("--max-batch", type=parse_positive_int, default=None, help="only entries tuned at this batch or less")
+    p.add_argument("--max-seq", type=parse_size, default=None, help="only entries tuned at this sequence length or less (default: all)")
+    p.add_argument("--max-batch", type=parse_positive_int, default=None, help="only entries tuned at this batch or less (default: all)")
     p.add_argument("--rounds", type=parse_positive_int, default=3, help="alternating measurements of each (default 3)")
     p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
     p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
-    p.add_argument("--max-time", type=parse_positive_seconds, default=None, help="stop after this many seconds (resume with the same --summary)")
-    p.add_argument("--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes")
+    p.add_argument("--max-time", type=parse_positive_seconds, default=None, help="stop after this many seconds (resume with the same --summary) (default: no limit)")
+    p.add_argument("--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes (default: none)")
     p.add_argument("--update", action="store_true",
                    help="write the measured latencies (and the heuristic's config where it was faster) into the table")
     p.add_argument("--apply", type=Path, default=None, metavar="SUMMARY",

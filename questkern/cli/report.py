@@ -1,12 +1,16 @@
-"""``questkern report``: bench CSVs, tuning tables and studies, profile summaries -> one
-self-contained HTML file (plotly.js inlined; opens with no network).
+"""``questkern report``: one GPU's bench CSVs, tuning table, profiles and the quality study
+-> one self-contained HTML file (plotly.js inlined; opens with no network).
 
-    questkern report --name h100 --data reports/data/nvidia-h100-80gb-hbm3
-    questkern report --name example --data tests/fixtures/report --profiles tests/fixtures/report/profiles
+    questkern report --name h100 --data reports/data/nvidia-h100-80gb-hbm3 --data reports/data/quality_recall.csv
 
-Data: every CSV under --data (bench CSVs are told apart from quality CSVs, named
-quality*.csv, by their columns). Tuning: tables under --tuning (default tuning/ and
-questkern/tuning/tables/). Optuna: --study-storage URL [--study NAME ...].
+The page opens with a summary (headline cases, the model step, tuned vs heuristic, quality
+at the default) and one figure; details follow, long tables collapsed.
+
+One GPU per report: --gpu picks it when the data holds several (a key, or a family such as
+h100); rows, tuning tables and profiles of other GPUs are left out with a notice. Data:
+every CSV under --data (bench, model bench and quality CSVs are told apart by their
+columns). Profiles: profiles/<gpu-key>/ unless --profiles. Tuning tables: tuning/ and the
+shipped tables, this GPU's only. Optuna plots: --study-storage URL [--study NAME ...].
 """
 
 from __future__ import annotations
@@ -15,27 +19,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern.cli import invocation
+from questkern.cli import describe, invocation
 from questkern.profiling.runner import NAME_RE
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="build reports/<name>.html from benchmarks, tuning and profiles",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="report name: writes <out-dir>/<name>.html")
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="report name: writes OUT_DIR/NAME.html (required)")
     p.add_argument("--data", type=Path, action="append", default=None,
                    help="bench/quality CSV file or folder, repeatable (default reports/data)")
+    p.add_argument("--gpu", default=None,
+                   help="the GPU of the report: a key (nvidia-h100-80gb-hbm3) or a family (h100) (default: the one GPU "
+                        "of the data; several are an error)")
     p.add_argument("--profiles", type=Path, action="append", default=None,
-                   help="folder searched for **/summary.csv, repeatable (default profiles)")
+                   help="folder searched for **/summary.csv, repeatable (default profiles/<gpu-key>)")
     p.add_argument("--tuning", type=Path, action="append", default=None,
                    help="tuning table file or folder, repeatable (default tuning and questkern/tuning/tables)")
     p.add_argument("--no-tuning", action="store_true", help="leave tuning tables out (e.g. for a fixture report)")
-    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db")
+    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db (default: none, no study plots)")
     p.add_argument("--study", action="append", default=None, help="study name in that storage (default: all)")
-    p.add_argument("--title", default=None, help="page title (default 'questkern performance report: <name>')")
+    p.add_argument("--title", default=None, help="page title (default 'questkern performance report: NAME')")
     p.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <name>.html goes (default %(default)s)")
     p.add_argument("--screenshot", type=Path, default=None,
-                   help="also write a PNG of the main plot there (needs Debian's chromium)")
+                   help="also write a PNG of the summary figure there (needs Debian's chromium) (default: none)")
     p.add_argument("--force", action="store_true", help="replace an existing <name>.html")
     p.set_defaults(func=run)
 
@@ -59,7 +66,7 @@ def run(args) -> int:
     if out.exists() and not args.force:
         raise SystemExit(f"questkern report: {out} exists; pass --force to replace it (or choose another --name)")
     data = args.data or [Path("reports/data")]
-    profiles = args.profiles or [Path("profiles")]
+    profiles = args.profiles  # None: profiles/<gpu-key>/ of the report's GPU
     for t in args.tuning or []:
         if not t.exists():
             raise SystemExit(f"questkern report: --tuning {t}: no such file or folder")
@@ -68,14 +75,16 @@ def run(args) -> int:
     else:  # defaults: missing folders are fine (no table yet)
         tuning = args.tuning or [Path("tuning"), Path(__file__).resolve().parents[1] / "tuning" / "tables"]
     try:
-        inputs = gather(data, profiles, tuning, args.study_storage, args.study)
+        inputs = gather(data, profiles, tuning, args.study_storage, args.study, gpu=args.gpu)
     except ReportDataError as e:
         raise SystemExit(f"questkern report: {e}") from None
     for line in inputs.skipped:
         print(f"questkern report: note: skipped {line}", file=sys.stderr)
+    for n in inputs.notices:
+        print(f"note: {n}")
     if inputs.bench.empty and not inputs.profiles and not inputs.studies:
         raise SystemExit(f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
-                         f"no profile under {[str(p) for p in profiles]}, no --study-storage")
+                         f"no profile under {[str(p) for p in profiles or ['profiles/<gpu-key>']]}, no --study-storage")
     command = invocation(args)
     page, manifest = render(inputs, title=args.title or f"questkern performance report: {args.name}", command=command)
     write_text_atomic(out, page)

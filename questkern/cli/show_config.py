@@ -14,6 +14,7 @@ import json
 import sys
 
 from questkern._shapes import add_shape_args
+from questkern.cli import describe
 
 
 def _gpu_arg(text: str) -> str:
@@ -29,7 +30,7 @@ def register(sub) -> None:
     from questkern.configs.keys import OPS
 
     p = sub.add_parser("show-config", help="show which tuned config a call would use and why",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=OPS, required=True, help="kernel op")
     add_shape_args(p, lists=(), required=("seq",), defaults={"batch": "1", "heads": "32/8", "budget": None, "gqa_mode": None},
                    notes={"budget": "select/sparse_decode", "gqa_mode": "select/sparse_decode"})

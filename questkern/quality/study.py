@@ -209,10 +209,11 @@ def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 6
         sources = [(t.info.get("name", f"trace{i}"), lambda t=t: t) for i, t in enumerate(traces)]
     acc, layer_acc = _Acc(), _Acc()
     t0 = time.time()
-    for name, get in sources:
+    for i, (name, get) in enumerate(sources, 1):
         t1 = time.time()
         study_trace(get(), page_sizes, dense_layers, acc, layer_acc, variants, step_stride)
-        log(f"  {name}: {time.time() - t1:.0f}s")
+        left = (time.time() - t0) / i * (len(sources) - i)
+        log(f"  [{i}/{len(sources)}] {name}: {time.time() - t1:.0f}s" + (f", ~{left:.0f}s left" if i < len(sources) else ""))
     summary = pd.DataFrame(acc.rows(KEY_NAMES)).sort_values(list(KEY_NAMES)).reset_index(drop=True)
     summary.insert(len(KEY_NAMES), "min_budget", np.where(summary["policy"] == "adaptive", ADAPTIVE_MIN, np.nan))
     summary.insert(len(KEY_NAMES) + 1, "max_budget", np.where(summary["policy"] == "adaptive", ADAPTIVE_MAX, np.nan))

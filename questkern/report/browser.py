@@ -4,7 +4,8 @@
 the top of <head> that records JavaScript errors (uncaught exceptions, failed resource
 loads, unhandled rejections, console.error), one at the end of <body> that, after load,
 writes into the DOM, as JSON, the errors, every plotly div with its trace and point
-counts, and every resource the page fetched — and reads it back with ``--dump-dom``.
+counts, every resource the page fetched, and what the reader sees (the first section, the
+summary's text, tables and plots, the page's text) — and reads it back with ``--dump-dom``.
 No network is involved: the page is a local file and host resolution is disabled.
 """
 
@@ -47,6 +48,16 @@ window.addEventListener('load', function () { setTimeout(function () {
                        title: (d._fullLayout && d._fullLayout.title && d._fullLayout.title.text) || ''};
   });
   (performance.getEntriesByType('resource') || []).forEach(function (r) { out.resources.push(r.name); });
+  try {
+  var h2 = document.querySelector('h2[id]'), sum = document.getElementById('summary'), sumEls = [];
+  for (var el = sum && sum.nextElementSibling; el && el.tagName !== 'H2'; el = el.nextElementSibling) { sumEls.push(el); }
+  out.page = {first_section: h2 ? h2.id : null, text: document.body.innerText,
+              summary_text: sumEls.map(function (e) { return e.innerText; }).join(' '),
+              summary_tables: sumEls.reduce(function (n, e) { return n + e.querySelectorAll('table').length; }, 0),
+              summary_plots: sumEls.reduce(function (a, e) {
+                return a.concat(Array.prototype.map.call(e.querySelectorAll('.plotly-graph-div'), function (g) { return g.id; }));
+              }, [])};
+  } catch (err) { out.errors.push('check script: ' + String(err)); }
   var pre = document.createElement('pre'); pre.id = '%s'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 }, 300); });

@@ -38,6 +38,14 @@ QUALITY_REQUIRED = ["metric", "value"]
 RECALL_REQUIRED = ["policy", "page_size", "recall_mean"]
 
 
+# Model-level bench CSVs (``questkern bench --model``: bench_model*.csv, one row per attention variant
+# of a (model, batch, context) case).
+MODEL_REQUIRED = ["gpu", "model", "batch", "seq_len", "attention", "tokens_per_s"]
+MODEL_NUMERIC = ["layers", "batch", "seq_len", "ms_per_token", "tokens_per_s", "speedup_vs_sdpa", "ceiling_speedup",
+                 "attention_bytes", "bound_us", "bound_speedup", "gain_captured", "copy_gbps", "budget", "dense_layers",
+                 "page_size"]
+
+
 class ReportDataError(ValueError):
     """Input data a report cannot use; the message names the file and the problem."""
 
@@ -53,10 +61,12 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def classify_csv(path: Path) -> tuple[str | None, str]:
-    """('bench' | 'quality' | 'recall', '') or (None, why the file is none of them)."""
+    """('model' | 'bench' | 'quality' | 'recall', '') or (None, why the file is none of them)."""
     header = _csv_header(path)
     if header == [""]:
         return None, "empty file (no header row)"
+    if is_model_csv(path):
+        return "model", ""
     if is_bench_csv(path):
         return "bench", ""
     if is_quality_csv(path):
@@ -64,7 +74,8 @@ def classify_csv(path: Path) -> tuple[str | None, str]:
     if is_recall_csv(path):
         return "recall", ""
     missing = [c for c in BENCH_REQUIRED if c not in header]
-    return None, (f"neither a bench CSV (lacks columns {missing} of {BENCH_REQUIRED}) nor a quality CSV "
+    return None, (f"neither a bench CSV (lacks columns {missing} of {BENCH_REQUIRED}), a model bench CSV "
+                  f"(columns {MODEL_REQUIRED}) nor a quality CSV "
                   f"(quality*.csv with columns {QUALITY_REQUIRED} or {RECALL_REQUIRED})")
 
 
@@ -105,6 +116,36 @@ def find_csvs(paths: list[Path]) -> list[Path]:
 
 def is_bench_csv(path: Path) -> bool:
     return set(BENCH_REQUIRED) <= set(_csv_header(path))
+
+
+def is_model_csv(path: Path) -> bool:
+    """A model-level bench CSV (``questkern bench --model``)."""
+    return set(MODEL_REQUIRED) <= set(_csv_header(path))
+
+
+def load_model(files: list[Path]) -> pd.DataFrame:
+    """Model-level bench rows; the latest run of each (GPU, model, batch, context, attention) wins."""
+    frames = []
+    for f in files:
+        df = pd.read_csv(f, dtype={c: str for c in ("gpu", "gpu_name", "model", "attention", "dtype", "timestamp",
+                                                     "command", "path", "gqa_mode")}, keep_default_na=False, na_values=[""])
+        df["source"] = str(f)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=MODEL_REQUIRED)
+    df = pd.concat(frames, ignore_index=True)
+    for c in MODEL_NUMERIC:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in ("gpu", "gpu_name", "model", "attention", "timestamp", "dtype", "path"):
+        if c not in df.columns:
+            df[c] = ""
+        df[c] = df[c].fillna("").astype(str)
+    df["ts"] = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
+    df = df.sort_values("ts", na_position="first", kind="stable")
+    key = [c for c in ("gpu", "model", "batch", "seq_len", "attention", "dtype", "page_size", "budget", "path")
+           if c in df.columns]
+    return df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
 def is_quality_csv(path: Path) -> bool:

@@ -1,8 +1,9 @@
 """Plotly figures and pandas tables of a report, one function per section.
 
 Rules every figure follows (``check_figure`` enforces them): a title, both axes titled
-with units, and data from ONE GPU — a ratio never mixes devices (each figure is built
-per GPU key; a speedup divides two times of the same GPU and the same run).
+with units, at most ``MAX_SERIES`` series (facets beyond that), and data from ONE GPU — a
+ratio never mixes devices (each figure is built per GPU key; a speedup divides two times of
+the same GPU and the same run). Log axes carry a labelled tick at 1, 2 and 5 of every decade.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ OP_STYLE = {  # op -> (label, color, dash)
     "copy": ("device copy", "#8c564b", "dot"),
 }
 SHAPE_COLS = ["batch", "q_heads", "kv_heads", "head_dim", "dtype"]
+MAX_SERIES = 8
+# a line colour per series of the summary figure (pairs: measured solid, bound dotted)
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+# the configuration the README and the summary lead with
+HEADLINE = {"head_dim": 128, "dtype": "bf16", "page_size": 16, "budget": 2048, "gqa_mode": "shared"}
 
 
 @dataclass
@@ -33,7 +39,13 @@ class Plot:
     title: str
     fig: go.Figure
     caption: str = ""
-    rank: tuple = ()  # higher = better candidate for the report's main plot (latency plots only)
+    rank: tuple = ()  # higher = better candidate for the report's main plot
+    key: tuple = ()  # the shape (shape_key) or facet a figure shows, for the report's layout
+
+
+def shape_key(vals) -> tuple:
+    """(batch, q_heads, kv_heads, head_dim, dtype) as comparable text, whatever the number types."""
+    return tuple(str(_int(v)) if isinstance(v, (int, float)) else str(v) for v in vals)
 
 
 def slug(*parts) -> str:
@@ -60,14 +72,46 @@ def gpu_title(df: pd.DataFrame, gpu: str) -> str:
     return str(names[0]) if len(names) else gpu
 
 
+def _fmt_tick(v: float) -> str:
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e4:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def log_ticks(values) -> tuple[list[float], list[str]]:
+    """Tick values and labels for a log axis over ``values``: 1, 2 and 5 of every decade they span
+    (a label on every tick: 700 us reads 700, not 7)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v)) and float(v) > 0]
+    if not vals:
+        return [], []
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    steps = (1, 2, 5) if hi - lo <= 4 else (1,)
+    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps]
+    ticks = [t for t in ticks if min(vals) / 2.5 <= t <= max(vals) * 2.5]
+    return ticks, [_fmt_tick(t) for t in ticks]
+
+
+def _trace_values(fig: go.Figure, axis: str) -> list:
+    out = []
+    for t in fig.data:
+        v = getattr(t, axis, None)
+        if v is not None:
+            out += [x for x in v if isinstance(x, (int, float))]
+    return out
+
+
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, logx=True, logy=False) -> go.Figure:
     fig.update_layout(title=dict(text=title), xaxis_title=x, yaxis_title=y, template="plotly_white",
                       legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), margin=dict(t=70, b=130),
                       height=520)
     if logx:
-        fig.update_xaxes(type="log")
+        tv, tt = log_ticks(_trace_values(fig, "x"))
+        fig.update_xaxes(type="log", tickvals=tv or None, ticktext=tt or None)
     if logy:
-        fig.update_yaxes(type="log")
+        tv, tt = log_ticks(_trace_values(fig, "y"))
+        fig.update_yaxes(type="log", tickvals=tv or None, ticktext=tt or None)
     return fig
 
 
@@ -88,6 +132,8 @@ def check_figure(p: Plot) -> Plot:
             raise ValueError(f"plot {p.id}: axis {'xyz'[i]} has no title (with units)")
     if not p.fig.data:
         raise ValueError(f"plot {p.id}: no data")
+    if len(p.fig.data) > MAX_SERIES:
+        raise ValueError(f"plot {p.id}: {len(p.fig.data)} series, more than {MAX_SERIES} (facet it)")
     return p
 
 
@@ -139,7 +185,7 @@ def latency_plots(bench: pd.DataFrame) -> list[Plot]:
         rank = (rows["seq_len"].nunique(), d == 128, hq == hkv, b == 1)
         plots.append(check_figure(Plot(slug("latency", gpu, *key), title, fig,
                                        "Median of CUDA-graph replays with the L2 cache flushed (questkern bench)."
-                                       " Log-log axes.", rank)))
+                                       " Log-log axes.", rank, shape_key(key))))
     return plots
 
 
@@ -204,7 +250,7 @@ def speedup_plots(bench: pd.DataFrame) -> list[Plot]:
                                        "Ideal speedup = bytes a dense step must read / bytes a Quest step must read"
                                        " (selected K/V pages + all page metadata). Dotted: the most the step could"
                                        " gain over SDPA at the copy bandwidth of the run plus its measured graph floor"
-                                       " (one tiny kernel in a CUDA graph, timed like the ops).")))
+                                       " (one tiny kernel in a CUDA graph, timed like the ops).", key=shape_key(key))))
     return plots
 
 
@@ -238,7 +284,8 @@ def bandwidth_plots(bench: pd.DataFrame) -> list[Plot]:
         _seq_ticks(fig, rows["seq_len"])
         plots.append(check_figure(Plot(slug("bandwidth", gpu, *key), title, fig,
                                        "Bytes each op must move (each input read once) over its median time, divided by"
-                                       " the device-to-device copy bandwidth measured in the same run.")))
+                                       " the device-to-device copy bandwidth measured in the same run.",
+                                       key=shape_key(key))))
     return plots
 
 
@@ -272,7 +319,8 @@ def step_breakdown_plots(bench: pd.DataFrame) -> list[Plot]:
             _layout(fig, title, "context length (tokens per sequence)", "median time (µs)", logx=False)
             fig.update_layout(barmode="stack")
             plots.append(check_figure(Plot(slug("breakdown", gpu, *key, ps, bud, mode), title, fig,
-                                           "Each part timed on its own (CUDA graph, L2 flushed); the whole step as one graph.")))
+                                           "Each part timed on its own (CUDA graph, L2 flushed); the whole step as one graph.",
+                                           key=shape_key(key))))
     return plots
 
 
@@ -328,17 +376,27 @@ def quality_plots(quality: pd.DataFrame) -> list[Plot]:
     series = [c for c in ("page_size", "gqa_mode", "trace", "seq_len", "budget") if c in quality.columns and c != xcol]
     xunit = {"budget": "token budget (tokens)", "seq_len": "context length (tokens)", "page_size": "page size (tokens)"}[xcol]
     for metric, m in quality.groupby("metric", sort=True):
-        fig = go.Figure()
-        groups = m.groupby(series, dropna=False, sort=True) if series else [((), m)]
-        for key, g in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            g = g.groupby(xcol, as_index=False)["value"].mean().sort_values(xcol)
-            name = ", ".join(f"{c}={k}" for c, k in zip(series, key)) or metric
-            fig.add_trace(go.Scatter(x=g[xcol], y=g["value"], mode="lines+markers", name=name))
-        unit = m["unit"].dropna().iloc[0] if "unit" in m.columns and m["unit"].notna().any() else "fraction"
-        title = f"Quality: {metric} vs {xcol.replace('_', ' ')}"
-        _layout(fig, title, xunit, f"{metric} ({unit})", logx=xcol != "page_size")
-        plots.append(check_figure(Plot(slug("quality", metric), title, fig, "From reports/data/quality*.csv.")))
+        groups = list(m.groupby(series, dropna=False, sort=True)) if series else [((), m)]
+        # more series than a plot can tell apart: one figure per value of the first series column
+        facets = ([(f"{series[0]}={k}", [(key, g) for key, g in groups
+                                         if (key if isinstance(key, tuple) else (key,))[0] == k])
+                   for k in dict.fromkeys((key if isinstance(key, tuple) else (key,))[0] for key, _ in groups)]
+                  if len(groups) > MAX_SERIES and series else [("", groups)])
+        for facet, fgroups in facets:
+            for part in range(0, len(fgroups), MAX_SERIES):
+                chunk = fgroups[part: part + MAX_SERIES]
+                fig = go.Figure()
+                for key, g in chunk:
+                    key = key if isinstance(key, tuple) else (key,)
+                    g = g.groupby(xcol, as_index=False)["value"].mean().sort_values(xcol)
+                    name = ", ".join(f"{c}={k}" for c, k in zip(series, key)) or metric
+                    fig.add_trace(go.Scatter(x=g[xcol], y=g["value"], mode="lines+markers", name=name))
+                unit = m["unit"].dropna().iloc[0] if "unit" in m.columns and m["unit"].notna().any() else "fraction"
+                more = f" (part {part // MAX_SERIES + 1})" if len(fgroups) > MAX_SERIES else ""
+                title = f"Quality: {metric} vs {xcol.replace('_', ' ')}" + (f" — {facet}" if facet else "") + more
+                _layout(fig, title, xunit, f"{metric} ({unit})", logx=xcol != "page_size")
+                plots.append(check_figure(Plot(slug("quality", metric, facet, more), title, fig,
+                                               "From reports/data/quality*.csv.")))
     return plots
 
 
@@ -356,6 +414,8 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
                   else ("tokens_mean", "tokens attended per selection row (log)"))
     if xcol not in df.columns:
         return plots
+    page = 16 if (df["page_size"] == 16).any() else df["page_size"].min()
+    df = df[df["page_size"] == page]  # one page size per figure: the default (the table has the others)
     facets = [c for c in ("kind", "context") if c in df.columns]
     groups = df.groupby(facets, sort=True, dropna=False) if facets else [((), df)]
     for key, g in groups:
@@ -364,20 +424,22 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
         # one line per policy, page size and (adaptive) temperature: settings of one curve only
         by = ["policy", "page_size"] + (["temperature"] if "temperature" in g.columns else [])
         for vals, t in g.groupby(by, sort=True, dropna=False):
-            pol, ps = vals[0], vals[1]
+            pol = vals[0]
             temp = vals[2] if len(vals) > 2 else None
-            label = f"{pol}, page {_int(ps)}" + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
+            label = {"oracle": "oracle (truly heaviest pages)", "fixed": "fixed budget", "prop": "budget proportional to context",
+                     "adaptive": "adaptive budget"}.get(pol, pol) + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
             t = t.sort_values(xcol)
             fig.add_trace(go.Scatter(x=t[xcol], y=t["recall_mean"], mode="lines+markers", name=label,
                                      line=dict(dash="dot" if pol == "oracle" else "solid")))
         if not fig.data:
             continue
         where = ", ".join(f"{c} {k}" for c, k in zip(facets, key))
-        title = f"Attention recall vs bytes read — {where or 'all traces'} (shared, sum, fp32 metadata)"
+        title = f"Attention recall vs bytes read — {where or 'all traces'} (page {_int(page)}, shared, sum, fp32 metadata)"
         _layout(fig, title, xlab, "attention recall (mean over samples, fraction 0-1)")
         plots.append(check_figure(Plot(slug("recall", *key), title, fig,
                                        "From quality_recall.csv (questkern quality): each point a policy setting;"
-                                       " the oracle takes the truly heaviest pages (an upper bound).")))
+                                       " the oracle takes the truly heaviest pages (an upper bound).",
+                                       key=tuple(str(k) for k in key))))
     return plots
 
 
@@ -511,3 +573,77 @@ def heuristic_plots(bench: pd.DataFrame) -> list[Plot]:
                                        "Each case timed with the table's configs and with the heuristic's in one run "
                                        "(`questkern bench --vs-heuristic`); above 1 the table is faster.")))
     return plots
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def headline_rows(tab: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a speedup table in the headline configuration (``HEADLINE``), else in the
+    configuration with the most cases: what the summary shows."""
+    if tab.empty:
+        return tab
+    cols = list(HEADLINE)
+    mask = pd.Series(True, index=tab.index)
+    for c, v in HEADLINE.items():
+        mask &= tab[c] == v
+    if mask.any():
+        return tab[mask]
+    best = tab.groupby(cols, dropna=False).size().idxmax()
+    mask = pd.Series(True, index=tab.index)
+    for c, v in zip(cols, best):
+        mask &= tab[c] == v
+    return tab[mask]
+
+
+def summary_plot(bench: pd.DataFrame, gpu: str) -> Plot | None:
+    """The report's one summary figure: Quest step speedup over SDPA vs context length, per batch and
+    head layout of the headline configuration, with the bound of each (dotted) when the CSV has it."""
+    tab = speedup_table(bench)
+    tab = headline_rows(tab[tab["gpu"] == gpu]) if not tab.empty else tab
+    if tab.empty or tab["speedup_vs_sdpa"].isna().all():
+        return None
+    fig = go.Figure()
+    series = sorted(tab.groupby(["batch", "q_heads", "kv_heads"]), key=lambda kv: (-len(kv[1]), kv[0]))
+    with_bound = tab["bound_vs_sdpa"].notna().any()
+    keep = series[: MAX_SERIES // 2 if with_bound else MAX_SERIES]
+    for i, ((b, hq, hkv), g) in enumerate(sorted(keep, key=lambda kv: kv[0])):
+        g = g.sort_values("seq_len")
+        color = PALETTE[i % len(PALETTE)]
+        kind = "MHA" if hq == hkv else f"GQA {int(hq) // int(hkv)}:1"
+        name = f"batch {_int(b)}, heads {_int(hq)}/{_int(hkv)} ({kind})"
+        fig.add_trace(go.Scatter(x=g["seq_len"], y=g["speedup_vs_sdpa"], mode="lines+markers", name=f"measured, {name}",
+                                 line=dict(color=color)))
+        if with_bound and g["bound_vs_sdpa"].notna().any():
+            fig.add_trace(go.Scatter(x=g["seq_len"], y=g["bound_vs_sdpa"], mode="lines", name=f"bound, {name}",
+                                     line=dict(color=color, dash="dot")))
+    r = tab.iloc[0]
+    title = (f"Quest step speedup over torch SDPA — {gpu_title(bench, gpu)} — d={_int(r['head_dim'])}, {r['dtype']}, "
+             f"page {_int(r['page_size'])}, budget {_int(r['budget'])}")
+    _layout(fig, title, "context length (tokens per sequence)", "speedup over SDPA (×, same GPU and run)", logx=True)
+    fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
+    _seq_ticks(fig, tab["seq_len"])
+    left = len(series) - len(keep)
+    cap = ("SDPA time / Quest step time, each case timed in one run. Dotted: the most the step could gain were it at"
+           " its bound (graph floor + its bytes at the run's copy bandwidth).") + (
+        f" {left} more batch/head layouts in the tables below." if left else "")
+    return check_figure(Plot(slug("summary", gpu), title, fig, cap, rank=(99,)))
+
+
+def model_table(model: pd.DataFrame) -> pd.DataFrame:
+    """Per model, batch and context: Quest's tokens/s against SDPA's, the bound and the share of
+    the possible gain captured (``questkern bench --model``)."""
+    if model.empty:
+        return pd.DataFrame()
+    rows = []
+    for (gpu, name, b, L), g in model.groupby(["gpu", "model", "batch", "seq_len"], sort=True):
+        by = g.set_index("attention")
+        if "quest" not in by.index:
+            continue
+        q = by.loc["quest"]
+        rows.append({"gpu": gpu, "model": name, "batch": b, "seq_len": L, "quest_tokens_per_s": q["tokens_per_s"],
+                     "sdpa_tokens_per_s": by.loc["sdpa", "tokens_per_s"] if "sdpa" in by.index else math.nan,
+                     "speedup_vs_sdpa": q.get("speedup_vs_sdpa", math.nan), "bound_speedup": q.get("bound_speedup", math.nan),
+                     "gain_captured_pct": 100 * q.get("gain_captured", math.nan),
+                     "ceiling_speedup": q.get("ceiling_speedup", math.nan)})
+    return pd.DataFrame(rows)

@@ -12,7 +12,7 @@ Which storage, and why:
   second per GPU, far below what SQLite sustains, and a 60 s busy timeout absorbs the
   contention.
 * **Several hosts: PostgreSQL** (``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB``, needs
-  ``pip install 'questkern[postgres]'``). Every host runs the same command.
+  ``pip install -e '.[postgres]'`` in the clone). Every host runs the same command.
 * MySQL URLs work for single-process tuning (Optuna supports them) but not for
   ``--devices``: the study lock below is implemented for SQLite and PostgreSQL only.
 
@@ -197,7 +197,7 @@ def open_storage(url: str, *, heartbeat_s: int = 30, grace_s: int = 120,
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable: the last attempt returns or raises")
     except ImportError as exc:
-        extra = " (pip install 'questkern[postgres]')" if scheme(url) == "postgresql" else ""
+        extra = " (in the questkern clone: pip install -e '.[postgres]')" if scheme(url) == "postgresql" else ""
         raise StorageError(f"--storage {redact(url)}: the database driver is not installed{extra}: "
                            f"{_first_line(exc)}") from None
     except Exception as exc:  # sqlalchemy / driver errors

@@ -11,10 +11,10 @@ mkdir -p "$D"
 case "${1:-kernel}" in
 kernel)
   python3 -m questkern bench --check --compare-paths --seq 32k,128k --batch 1,8 --heads 32/32,32/8 --mixed 32:4k-64k \
-    --head-dim 128 --dtype bf16 --budget 2048 --page-size 16 --out "$D/bench_step.csv" 2>&1 | tee "$D/bench_step.log" ;;
+    --head-dim 128 --dtype bf16 --budget 2048 --page-size 16 --out "$D/bench_step.csv" --force 2>&1 | tee "$D/bench_step.log" ;;
 model)
   python3 -m questkern bench --model llama3-8b --seq 32k,128k --batch 1,8 --compare-paths \
-    --out "$D/bench_model.csv" 2>&1 | tee "$D/bench_model.log" ;;
+    --out "$D/bench_model.csv" --force 2>&1 | tee "$D/bench_model.log" ;;
 *)
   echo "usage: $0 [kernel|model]" >&2; exit 2 ;;
 esac

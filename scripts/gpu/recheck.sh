@@ -20,7 +20,7 @@ table)
   exit "${PIPESTATUS[0]}" ;;
 bench)
   $PY -m questkern bench --vs-heuristic --check --seq 4k,32k,128k --batch 1,8 --heads 32/32,32/8 --mixed 32:4k-64k \
-    --head-dim 128 --dtype bf16 --budget 2048 --page-size 16 --rep-ms 100 --out "$D/bench_vs_heuristic.csv" 2>&1 \
+    --head-dim 128 --dtype bf16 --budget 2048 --page-size 16 --rep-ms 100 --out "$D/bench_vs_heuristic.csv" --force 2>&1 \
     | tee "$D/bench_vs_heuristic.log"
   exit "${PIPESTATUS[0]}" ;;
 *)

@@ -21,7 +21,7 @@ $PY -m questkern tune --gpu "$FAMILY" \
   --page-size 16 --budget 2048 --ops "${OPS:-select,sparse_decode,dense_decode}" ${FORCE:+--force} \
   --timeout 15 --max-time "${MAX_TIME:-420}" --rep-ms 40 --warmup-ms 10 --verify-rounds 3 \
   --storage "sqlite:///tuning/studies/$KEY${TAG:+-$TAG}.db" --out questkern/tuning/tables \
-  --summary "tuning/runs/$KEY-tune${TAG:+-$TAG}.json" 2>&1 | tee "tuning/runs/$KEY-tune${TAG:+-$TAG}.log" \
+  --summary "tuning/runs/$KEY-tune${TAG:+-$TAG}.json" --replace-summary 2>&1 | tee "tuning/runs/$KEY-tune${TAG:+-$TAG}.log" \
   || echo "tune.sh: questkern tune exited $? (buckets skipped by --max-time or failed: see the log)" >&2
 $PY -m questkern show-config --op sparse_decode --seq 32k --batch 8 --heads 32/8 --head-dim 128 \
   --page-size 16 --budget 2048 | tee -a "tuning/runs/$KEY-tune${TAG:+-$TAG}.log"

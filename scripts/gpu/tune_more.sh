@@ -25,7 +25,7 @@ tune() {  # tune NAME SECONDS ARGS...
   local name=$1 secs=$2; shift 2
   $PY -m questkern tune --gpu "$FAMILY" --heads 32/8 --timeout 12 --max-time "$secs" --rep-ms 30 --warmup-ms 10 \
     --verify-rounds 2 --storage "sqlite:///tuning/studies/$KEY-$PART.db" --out questkern/tuning/tables \
-    --summary "tuning/runs/$KEY-tune-$name.json" "$@" 2>&1 | tee "tuning/runs/$KEY-tune-$name.log" \
+    --summary "tuning/runs/$KEY-tune-$name.json" --replace-summary "$@" 2>&1 | tee "tuning/runs/$KEY-tune-$name.log" \
     || echo "tune_more.sh: $name exited $? (buckets skipped by the time box or failed: see its log); going on" >&2
 }
 case "$PART" in

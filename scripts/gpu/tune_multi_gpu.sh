@@ -60,7 +60,7 @@ run() {  # run NAME DEVICES: one tuning run, its wall time in $OUT/NAME.wall
   t0=$(date +%s.%N)
   TRITON_CACHE_DIR=$cache $PY -m questkern tune "${SWEEP[@]}" --devices "$devices" \
     --storage "sqlite:///$OUT/$name.db" --out "$OUT/$name" --log-dir "$OUT/logs-$name" \
-    --summary "$OUT/$name-summary.json" >"$OUT/$name.log" 2>&1 || rc=$?
+    --summary "$OUT/$name-summary.json" --replace-summary >"$OUT/$name.log" 2>&1 || rc=$?
   t1=$(date +%s.%N)
   rm -rf "$cache"
   echo "$t0 $t1" | awk '{printf "%.2f\n", $2 - $1}' >"$OUT/$name.wall"

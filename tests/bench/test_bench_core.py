@@ -1,6 +1,8 @@
 """The benchmark's case runner on CPU (interpreter): correctness checks pass, bytes add up."""
 
+import argparse
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,7 +135,7 @@ def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_pat
     finally:
         runtime.clear_cache()
     text = capsys.readouterr().out
-    assert "'heuristic_select_exact': True" in text and "tuning table vs heuristic configs, this run" in text
+    assert "heuristic selection exact: yes" in text and "check PASS" in text and "tuning table vs heuristic configs, this run" in text
     rows = {r["op"]: r for r in csv.DictReader(open(out))}
     assert "quest_step_heuristic" in rows and "dense_decode_heuristic" in rows
     assert "select=table" in rows["quest_step"]["config_source"]
@@ -171,3 +173,30 @@ def test_bench_out_is_checked_before_the_first_case(tmp_path, capsys, where):
     captured = capsys.readouterr()
     assert captured.err.startswith("questkern bench: error: --out ") and "[1/" not in captured.out
     assert ("is a directory" if where == "dir" else "is a file, not a directory") in captured.err
+
+
+def test_bench_never_overwrites_by_default(tmp_path, monkeypatch, capsys):
+    """Without --out every run writes a new timestamped CSV; an existing --out is refused before any
+    work unless --force (layer mode and --model alike)."""
+    from questkern.cli.bench import resolve_out
+    from questkern.configs.gpus import current_gpu_key
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32", "--rep-ms", "1"]
+    assert main(["bench", *tiny, "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "check PASS: selection exact: yes; Quest output vs float32 reference max error" in text
+    assert "check: 1 of 1 cases PASS" in text and "quest vs sdpa" not in text and "nan" not in text.split("\n")[1]
+    (first,) = (tmp_path / "reports" / "data" / current_gpu_key()).glob("bench-*.csv")
+    before = first.read_bytes()
+    assert main(["bench", *tiny]) == 0
+    assert len(list(first.parent.glob("bench-*.csv"))) == 2 and first.read_bytes() == before
+    capsys.readouterr()
+    for extra in ([], ["--model", "tiny"]):
+        assert main(["bench", *tiny, *extra, "--out", str(first)]) == 2
+        assert "exists; pass --force" in capsys.readouterr().err
+        assert first.read_bytes() == before
+    ns = argparse.Namespace(out=None, force=False, model=object())
+    assert resolve_out(ns, "g").parent == Path("reports/data/g") and resolve_out(ns, "g").name.startswith("bench_model-")
+    assert main(["bench", *tiny, "--out", str(first), "--force"]) == 0
+    assert first.read_bytes() != before

@@ -111,3 +111,23 @@ def test_cli_study_and_figures(trace_dir, tmp_path):
     assert [t for t, _ in figs] == ["Recall vs budget", "Fixed vs adaptive budget", "GQA modes and metadata",
                                     "Recall per layer and head"]
     assert all(len(f.data) > 0 for _, f in figs)
+
+
+def test_cli_quality_never_overwrites(trace_dir, tmp_path, monkeypatch, capsys):
+    """An --out-dir whose outputs exist is refused (nothing changed) unless --force; without --out-dir
+    every run writes a new timestamped folder."""
+    from questkern.cli import main
+
+    args = ["quality", "study", "--trace-dir", str(trace_dir), "--page-sizes", "16", "--dense-layers", "1"]
+    (tmp_path / "quality_recall.csv").write_text("mine\n")
+    assert main([*args, "--out-dir", str(tmp_path)]) == 2
+    assert "quality_recall.csv exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "quality_recall.csv").read_text() == "mine\n" and not (tmp_path / "quality_layers.csv").exists()
+    assert main([*args, "--out-dir", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "quality_recall.csv").read_text() != "mine\n"
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted((tmp_path / "reports" / "data").glob("quality-*"))
+    assert len(runs) == 2 and all((r / "quality_recall.csv").exists() for r in runs)
+    with pytest.raises(SystemExit):
+        main([*args, "--page-sizes", "12"])  # a page size no kernel takes

@@ -12,7 +12,7 @@ def fixture_report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("report")
     rc = main(["report", "--name", "example", "--data", str(DATA), "--profiles", str(PROFILES),
-               "--no-tuning", "--out-dir", str(out)])
+               "--no-tuning", "--out-dir", str(out), "--gpu", "fixture-gpu-a"])
     assert rc == 0
     path = out / "example.html"
     return path, read_manifest(path.read_text(encoding="utf-8"))

@@ -3,7 +3,7 @@ no JavaScript error, nothing fetched from the network, every expected plot drawn
 
 import struct
 
-from report_fixtures import EXPECTED_PLOTS
+from report_fixtures import EXPECTED_PLOTS, OTHER_GPU
 
 from questkern.report.browser import check_page, find_chromium, screenshot_plot
 
@@ -18,6 +18,18 @@ def test_report_loads_and_draws_every_plot(fixture_report):
     for pid, st in result["plots"].items():
         assert st["drawn"] and st["traces"] > 0 and st["points"] > 0 and st["svg_traces"] > 0, (pid, st)
         assert st["title"], pid
+        assert OTHER_GPU not in st["title"] and "GPU B" not in st["title"], pid  # one GPU per report
+
+
+def test_summary_is_what_the_reader_sees_first(fixture_report):
+    """As rendered: the summary section is the first, holds the headline table and its figure, and the
+    text of the whole page names no other GPU."""
+    result = check_page(fixture_report[0])
+    page = result["page"]
+    assert page["first_section"] == "summary"
+    assert page["summary_tables"] >= 1 and "summary-fixture-gpu-a" in page["summary_plots"]
+    assert "speedup vs SDPA (×)" in page["summary_text"] and "Best case" in page["summary_text"]
+    assert OTHER_GPU not in page["text"] and "GPU B" not in page["text"]
 
 
 def test_check_catches_errors_and_empty_plots(fixture_report, tmp_path):

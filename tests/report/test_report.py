@@ -14,16 +14,17 @@ from questkern.report import gather, read_manifest, render
 from questkern.report import figures as F
 from questkern.report.data import ReportDataError, load_bench
 
-from report_fixtures import DATA, EXPECTED_PLOTS, PROFILES
+from report_fixtures import DATA, EXPECTED_PLOTS, GPU, OTHER_GPU, PROFILES
 
 
 def test_fixture_report_plots_and_sections(fixture_report):
     path, manifest = fixture_report
     assert manifest["plots"] == EXPECTED_PLOTS
-    assert manifest["sections"] == ["environment", "latency", "speedup", "bandwidth", "breakdown", "tuning", "quality",
-                                    "mixed"]
-    assert manifest["main"] == "latency-fixture-gpu-a-1-32-32-128-bf16"  # MHA d=128 batch 1, 3 lengths
-    assert manifest["gpus"] == ["fixture-gpu-a", "fixture-gpu-b"]
+    # the summary first, then sections in order of importance; the environment last
+    assert manifest["sections"] == ["summary", "speedup", "tuning", "quality", "latency", "bandwidth", "breakdown",
+                                    "mixed", "environment"]
+    assert manifest["main"] == "summary-fixture-gpu-a"  # the summary's figure
+    assert manifest["gpus"] == [GPU] and not manifest["interpreter"]
 
 
 def test_report_is_self_contained(fixture_report):
@@ -39,7 +40,7 @@ def test_report_is_self_contained(fixture_report):
 def test_environment_table(fixture_report):
     page = fixture_report[0].read_text(encoding="utf-8")
     env = page.split('id="environment"')[1].split("</table>")[0]
-    for cell in ("fixture-gpu-a", "fixture-gpu-b", "000.00", "3.6.0", "2.11.0", "profile 20260101T000000Z-decode-32k"):
+    for cell in ("fixture-gpu-a", "000.00", "3.6.0", "2.11.0", "profile 20260101T000000Z-decode-32k"):
         assert f"<td>{cell}</td>" in env, cell  # versions kept as text ("000.00", not 0.0)
 
 
@@ -114,7 +115,8 @@ def test_bench_only_report_tolerates_absence(tmp_path):
     inputs = gather([DATA / "fixture-gpu-b"], [tmp_path / "none"], [tmp_path / "none"])
     page, manifest = render(inputs, title="t")
     assert "quality" not in manifest["sections"] and "profile-fixture-gpu-a" not in manifest["plots"]
-    assert "No tuning table found" in page and "No Optuna study given" in page and "No profile summaries" in page
+    assert "No tuning table of this GPU found" in page and "No Optuna study given" in page
+    assert "No profile of this GPU (profiles/fixture-gpu-b/" in page
 
 
 def _study(storage: str) -> None:
@@ -147,9 +149,9 @@ def test_tuning_sections_from_table_and_study(tmp_path):
     for pid in ("history-select-h100-latency-us", "history-select-h100-recall", "importance-select-h100-latency-us",
                 "pareto-select-h100"):
         assert pid in manifest["plots"], manifest["plots"]
-    assert "chunk_pages=32" in page and "speedup_vs_default" in page
+    assert "chunk_pages=32" in page and "tuned vs default (×)" in page
     with pytest.raises(ReportDataError, match="not in"):
-        gather([DATA], [], [], storage, ["no-such-study"])
+        gather([DATA / "fixture-gpu-a"], [], [], storage, ["no-such-study"])
 
 
 def test_cli_never_overwrites(tmp_path, fixture_report):
@@ -257,3 +259,118 @@ def test_report_out_dir_that_is_a_file_is_refused_first(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["report", "--name", "x", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "f")])
     assert "--out-dir" in str(e.value.code) and "is a file, expected a directory" in str(e.value.code)
+
+
+def test_summary_opens_the_report(fixture_report):
+    """The page opens with the summary: the headline cases as a small table with human column names,
+    a verdict line, and the one summary figure, before any other section."""
+    page = fixture_report[0].read_text(encoding="utf-8")
+    body = page.split("<body>", 1)[1]
+    summary = body.split('id="summary"')[1].split('id="speedup"')[0]
+    assert body.index('id="summary"') < body.index('id="speedup"') < body.index('id="environment"')
+    for name in ("context (tokens)", "Quest step (µs)", "torch SDPA (µs)", "speedup vs SDPA (×)"):
+        assert f"<th>{name}</th>" in summary, name
+    assert "Best case: " in summary and 'id="summary-fixture-gpu-a"' in summary
+    assert "quest_us" not in summary and "<details" not in summary
+    # long tables are collapsed
+    assert body.split('id="speedup"')[1].split('id="tuning"')[0].count("<details>") >= 1
+
+
+def test_one_gpu_per_report(tmp_path, monkeypatch, capsys):
+    """Data of several GPUs: an error naming them without --gpu; with it, the other GPU's rows, profiles
+    and tuning tables are left out with a printed notice, and nothing of it reaches the page."""
+    import shutil
+
+    with pytest.raises(SystemExit, match="2 GPUs .*fixture-gpu-a, fixture-gpu-b.*--gpu"):
+        main(["report", "--name", "x", "--data", str(DATA), "--no-tuning", "--out-dir", str(tmp_path)])
+    assert not (tmp_path / "x.html").exists()
+    monkeypatch.chdir(tmp_path)  # default profiles: profiles/<gpu-key>/ of the report's GPU only
+    shutil.copytree(PROFILES / GPU, tmp_path / "profiles" / GPU)
+    shutil.copytree(PROFILES / GPU, tmp_path / "profiles" / OTHER_GPU)
+    for meta in (tmp_path / "profiles" / OTHER_GPU).rglob("meta.json"):
+        doc = json.loads(meta.read_text())
+        doc["device"].update(gpu=OTHER_GPU, gpu_name="Synthetic fixture GPU B (not a measurement)")
+        meta.write_text(json.dumps(doc))
+    from questkern.configs.table import new_table
+
+    (tmp_path / "tables").mkdir()
+    for g in (GPU, OTHER_GPU):
+        (tmp_path / "tables" / f"{g}.json").write_text(json.dumps(new_table(g, g)))
+    assert main(["report", "--name", "x", "--data", str(DATA), "--gpu", OTHER_GPU, "--tuning", "tables",
+                 "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: left out 41 bench rows of GPU {GPU}" in out and f"left out tuning table tables/{GPU}.json" in out
+    assert "left out profile" not in out  # profiles/<other key>/ is not even read
+    page = (tmp_path / "x.html").read_text()
+    manifest = read_manifest(page)
+    assert manifest["gpus"] == [OTHER_GPU] and f"profile-{OTHER_GPU}" in manifest["plots"]
+    assert GPU not in page and "GPU A" not in page  # nothing of the other GPU: rows, profile, table
+    assert "1 other GPU(s) were left out" in page
+
+
+def test_interpreter_data_is_labelled_on_every_figure(tmp_path):
+    """A CPU run (the Triton interpreter): a banner, and every timing figure says the times mean nothing
+    instead of claiming CUDA-graph replays."""
+    from questkern.configs.gpus import CPU_KEY
+
+    raw = pd.read_csv(DATA / GPU / "bench.csv", dtype=str)
+    raw["gpu"], raw["gpu_name"] = CPU_KEY, "cpu (Triton interpreter)"
+    (tmp_path / CPU_KEY).mkdir()
+    raw.to_csv(tmp_path / CPU_KEY / "bench-20260101T000000Z.csv", index=False)
+    page, manifest = render(gather([tmp_path], [], []), title="t")
+    assert manifest["interpreter"] and "No GPU." in page and "CUDA-graph replays" not in page
+    timed = [pid for pid in manifest["plots"] if not pid.startswith(("recall", "quality"))]
+    assert timed
+    for pid in timed:
+        div = page.split(f'id="{pid}"')[1].split('<div class="plot">')[0]
+        assert "Triton interpreter on CPU: timings mean nothing" in div, pid
+        assert "Triton interpreter on CPU (no GPU): these times are of the interpreter" in div, pid
+
+
+def test_model_bench_in_the_summary(tmp_path):
+    """A bench_model CSV (questkern bench --model): Quest's tokens/s, SDPA's, speedup, bound and gain captured
+    in the summary and in its own section; another GPU's model rows are left out."""
+    from questkern.cli.bench import MODEL_COLUMNS
+
+    rows = []
+    for gpu in (GPU, OTHER_GPU):
+        for att, us in (("sdpa", 2000.0), ("none", 1000.0), ("dense", 1900.0), ("quest", 1250.0)):
+            rows.append({c: "" for c in MODEL_COLUMNS} | dict(
+                gpu=gpu, gpu_name=gpu, model="llama3-8b", layers=32, batch=8, seq_len=32768, attention=att,
+                ms_per_token=us / 1e3, tokens_per_s=8 / (us * 1e-6), speedup_vs_sdpa=2000.0 / us,
+                bound_speedup=1.6 if att == "quest" else "", gain_captured=0.8 if att == "quest" else "",
+                timestamp="2026-01-01T00:00:00+00:00"))
+    (tmp_path / "m").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "m" / "bench_model-20260101T000000Z.csv", index=False)
+    inputs = gather([DATA / GPU, tmp_path / "m"], [], [], gpu=GPU)
+    assert any(f"model bench rows of GPU {OTHER_GPU}" in n for n in inputs.notices)
+    page, manifest = render(inputs, title="t")
+    summary = page.split('id="summary"')[1].split('id="speedup"')[0]
+    for name in ("Quest (tokens/s)", "SDPA (tokens/s)", "speedup vs SDPA (×)", "bound vs SDPA (×)", "gain captured (%)"):
+        assert f"<th>{name}</th>" in summary, name
+    assert "<td>6400</td>" in summary and "<td>4000</td>" in summary and "<td>1.6</td>" in summary
+    assert "<td>80</td>" in summary and "model" in manifest["sections"]
+
+
+def test_log_axes_label_every_decade_and_plots_hold_few_series():
+    ticks, labels = F.log_ticks([20.0, 700.0])
+    assert ticks == [10, 20, 50, 100, 200, 500, 1000] and labels == ["10", "20", "50", "100", "200", "500", "1000"]
+    assert F.log_ticks([3e4, 2e6])[1][:3] == ["20k", "50k", "100k"]
+    bench = load_bench([DATA / GPU / "bench.csv"])
+    for p in F.latency_plots(bench):
+        assert list(p.fig.layout.yaxis.tickvals) and all(t for t in p.fig.layout.yaxis.ticktext)
+    many = go.Figure([go.Scatter(x=[1], y=[1]) for _ in range(F.MAX_SERIES + 1)], layout=dict(
+        title="t", xaxis_title="x (s)", yaxis_title="y (s)"))
+    with pytest.raises(ValueError, match="series"):
+        F.check_figure(F.Plot("x", "t", many))
+    recall = pd.read_csv(DATA / "quality_recall.csv")
+    for p in F.recall_plots(recall):
+        assert len(p.fig.data) <= F.MAX_SERIES
+
+
+def test_profiles_given_for_another_gpu_are_left_out():
+    inputs = gather([DATA / OTHER_GPU], [PROFILES], [])
+    assert inputs.gpu == OTHER_GPU and inputs.profiles == [] and inputs.dropped_gpus == 1
+    assert any(n.startswith("left out profile ") and n.endswith(f"of GPU {GPU}") for n in inputs.notices)
+    with pytest.raises(ReportDataError, match="--gpu 'h100': the data holds fixture-gpu-b"):
+        gather([DATA / OTHER_GPU], [], [], gpu="h100")

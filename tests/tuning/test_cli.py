@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from questkern.cli import build_parser, main
 from questkern.configs import paths
@@ -78,13 +79,44 @@ def test_dry_run_plans_for_another_gpu(dirs, capsys):
     assert not list(dirs["env"].iterdir()) and not list(dirs["data"].iterdir())  # nothing run, nothing written
 
 
+def test_tune_on_cpu_at_real_sizes_asks_for_yes(dirs, capsys):
+    """What the GPU-mismatch message suggests (--gpu cpu) at a real size: the estimate, a refusal
+    without --yes naming a toy size, and nothing run or written."""
+    assert main(["tune", "--gpu", "cpu", "--seq", "32k", "--out", str(dirs["env"])]) == 2
+    out, err = capsys.readouterr()
+    assert "plan: 18 buckets x 40 trials each; estimated" in out and " h in the Triton interpreter" in out
+    assert "Pass --yes to run anyway" in err and "questkern tune --gpu cpu --seq 1000" in err
+    assert not list(dirs["env"].iterdir()) and not list(dirs["data"].iterdir())
+
+
+def test_tune_estimate_follows_trials_timeout_and_max_time():
+    from questkern.cli.tune import estimate_seconds
+    from questkern.tuning.tuner import TuneSpec
+
+    def est(on_gpu=True, **kw):
+        spec = TuneSpec(gpu_key="g", device_name="g", seqs=(32768,), batches=(1,), heads=((32, 8),), head_dims=(128,),
+                        dtypes=(torch.bfloat16,), page_sizes=(16,), budgets=(2048,), ops=("select",), **kw)
+        return estimate_seconds(spec, spec.buckets()[0], on_gpu)
+
+    assert est(n_trials=80) > est(n_trials=40) > est(n_trials=40, verify_rounds=0) > 0
+    assert est(n_trials=None, timeout=30.0, verify_rounds=0) == 30.0
+    assert est(n_trials=40, max_time=10.0) == 10.0
+    assert est(False, n_trials=40) > 100 * est(True, n_trials=40)  # the interpreter at 32K
+
+
 def test_tune_cli_end_to_end_with_real_timing(dirs, capsys):
     argv = ["tune", "--gpu", "cpu", *TINY, "--ops", "metadata", "--trials", "2", "--verify-rounds", "0",
             "--storage", f"sqlite:///{dirs['data'] / 's.db'}", "--out", str(dirs["env"]),
             "--summary", str(dirs["data"] / "summary.json")]
+    (dirs["data"] / "summary.json").write_text("mine")
+    assert main(argv) == 2  # an existing summary is refused before any work
+    assert "summary.json exists; pass --replace-summary" in capsys.readouterr().err
+    assert not list(dirs["env"].iterdir()) and (dirs["data"] / "summary.json").read_text() == "mine"
+    argv.append("--replace-summary")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "geometric mean speedup over the heuristic default" in out and "the timings mean nothing" in out
+    assert "plan: 1 buckets x 2 trials each; estimated " in out and "in the Triton interpreter" in out
     (e,) = load_table(paths.table_path(dirs["env"], CPU_KEY))["entries"]
     assert e["op"] == "metadata" and e["trials"] == 2 and e["latency_us"] > 0
     summary = json.loads((dirs["data"] / "summary.json").read_text())
