@@ -9,6 +9,10 @@ int32. Serving engines that own their page tables can skip this class and call
 
 Pages are taken from a free list as sequences grow (host bookkeeping, no device
 sync); ``shuffle=True`` hands them out in random order, as a long-running server does.
+
+``reference=True`` keeps the same layout but writes pages and metadata with plain torch
+ops instead of the Triton kernels (for CPU runs without the interpreter, e.g. the
+transformers hook on CPU); only then may ``dtype`` be float32 (the kernels take fp16/bf16).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from questkern import validate as V
 from questkern.ops.metadata import append_decode, metadata_build
+from questkern.ops.metadata.naive import round_safe
 from questkern.profiling import annotate
 from questkern.tuning import resolve_config
 
@@ -36,19 +41,23 @@ class PagedKVCache:
         meta_dtype: torch.dtype | None = None,
         shuffle: bool = False,
         seed: int = 0,
+        reference: bool = False,
     ):
         V.check_positive_int("batch_size", batch_size)
         V.check_positive_int("max_seq_len", max_seq_len)
         V.check_positive_int("num_kv_heads", num_kv_heads)
         V.check_choice("head_dim", head_dim, V.HEAD_DIMS)
         V.check_choice("page_size", page_size, V.PAGE_SIZES)
-        V.check_choice("dtype", dtype, V.KV_DTYPES)
+        if not isinstance(reference, bool):
+            raise TypeError(f"reference must be a bool, got {type(reference).__name__}")
+        V.check_choice("dtype", dtype, V.KV_DTYPES + ((torch.float32,) if reference else ()))
         meta_dtype = meta_dtype or dtype
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
+        self.reference = reference
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
         V.check_positive_int("num_pages", self.num_pages)
@@ -126,6 +135,9 @@ class PagedKVCache:
         self.seq_lens.copy_(torch.tensor(new, dtype=torch.int32))
         first = [o // ps for o in old]
         n_build = max(-(-n // ps) - f for n, f in zip(new, first))
+        if self.reference:
+            self._build_ref(first, new)
+            return
         cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
                                 page_size=ps, seq_len=max(new), batch=B)
         with annotate("questkern.metadata", op="build", batch=B):
@@ -141,6 +153,49 @@ class PagedKVCache:
         new = [n + int(a) for n, a in zip(self._lens, act)]
         self._reserve(new)
         act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
+        if self.reference:
+            append_decode_torch(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
+            self._lens = new
+            return
         with annotate("questkern.metadata", op="append", batch=B):
             append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
         self._lens = new
+
+    def _build_ref(self, first: list[int], new: list[int]) -> None:
+        """Metadata of logical pages first[b].. of every sequence, with torch ops (reference mode)."""
+        ps = self.page_size
+        for b, (f, n) in enumerate(zip(first, new)):
+            n_pages = -(-n // ps)
+            if n_pages <= f:
+                continue
+            phys = self._table[b, f:n_pages].to(self.device, torch.long)
+            k = self.k_cache[phys].float()  # [n, Hkv, PAGE, D]
+            valid = (torch.arange(f, n_pages)[:, None] * ps + torch.arange(ps)[None]) < n  # [n, PAGE]
+            valid = valid.to(self.device)[:, None, :, None]
+            lo = torch.where(valid, k, float("inf")).amin(2)
+            hi = torch.where(valid, k, float("-inf")).amax(2)
+            self.kmin[phys] = round_safe(lo, self.kmin.dtype, "down").to(self.kmin.dtype)
+            self.kmax[phys] = round_safe(hi, self.kmax.dtype, "up").to(self.kmax.dtype)
+
+
+def append_decode_torch(k, v, k_cache, v_cache, kmin, kmax, page_table, seq_lens, active) -> None:
+    """What :func:`questkern.ops.metadata.append_decode` does, with torch ops (reference
+    mode of PagedKVCache): k, v [B, Hkv, D] written at seq_lens[b] of the active
+    sequences, that page's running min/max updated, seq_lens incremented in place."""
+    PAGE = k_cache.shape[2]
+    live = active != 0  # [B]
+    pos = seq_lens.long()
+    phys = page_table.gather(1, (pos // PAGE)[:, None])[:, 0].long()  # [B]
+    slot = pos % PAGE
+    rows = live.nonzero()[:, 0]  # the writes of inactive rows are dropped (their page may be unmapped)
+    phys, slot = phys[rows], slot[rows]
+    kb, vb = k[rows].to(k_cache.dtype), v[rows].to(v_cache.dtype)  # [n, Hkv, D]
+    k_cache[phys, :, slot] = kb
+    v_cache[phys, :, slot] = vb
+    first = (slot == 0)[:, None, None]
+    kf = kb.float()
+    lo = round_safe(kf, kmin.dtype, "down").to(kmin.dtype)
+    hi = round_safe(kf, kmax.dtype, "up").to(kmax.dtype)
+    kmin[phys] = torch.where(first, lo, torch.minimum(kmin[phys], lo))
+    kmax[phys] = torch.where(first, hi, torch.maximum(kmax[phys], hi))
+    seq_lens.add_(live.to(seq_lens.dtype))

@@ -71,3 +71,27 @@ def test_append_validation():
         c.append_decode(torch.zeros(2, 1, 64), torch.zeros(2, 1, 64))
     with pytest.raises(ValueError, match="lens must hold 2 values"):
         c.append(torch.zeros(2, 4, 1, 64).bfloat16(), torch.zeros(2, 4, 1, 64).bfloat16(), [5, 1])
+
+
+def test_reference_mode_matches_kernels():
+    """reference=True (torch writes and metadata) keeps the same pages, lengths and metadata
+    as the kernels, for a chunked prefill and decode appends; float32 pages only there."""
+    torch.manual_seed(3)
+    k = torch.randn(2, 30, 2, 32).bfloat16()
+    v = torch.randn(2, 30, 2, 32).bfloat16()
+    caches = [questkern.PagedKVCache(2, 48, 2, 32, page_size=8, device="cpu", reference=r) for r in (False, True)]
+    for c in caches:
+        c.append(k[:, :11], v[:, :11], [11, 5])
+        c.append(k[:, 11:20], v[:, 11:20], [9, 2])
+        for t in range(20, 24):
+            c.append_decode(k[:, t].contiguous(), v[:, t].contiguous(), torch.tensor([1, t % 2], dtype=torch.int32))
+    a, b = caches
+    assert a.lens == b.lens == [24, 9]
+    for name in ("k_cache", "v_cache", "kmin", "kmax", "page_table", "seq_lens"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    c32 = questkern.PagedKVCache(1, 16, 2, 32, page_size=8, dtype=torch.float32, device="cpu", reference=True)
+    c32.append(k[:1, :9].float(), v[:1, :9].float())
+    ref_min, ref_max = metadata_build_ref(c32.k_cache, c32.page_table, c32.seq_lens)
+    assert torch.equal(c32.kmin[:2], ref_min[:2]) and torch.equal(c32.kmax[:2], ref_max[:2])
+    with pytest.raises(ValueError, match="dtype"):
+        questkern.PagedKVCache(1, 16, 2, 32, dtype=torch.float32, device="cpu")
