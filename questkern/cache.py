@@ -71,6 +71,7 @@ class PagedKVCache:
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)  # [B]
         self._table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32)  # host mirror
         self._lens = [0] * batch_size
+        self._mapped = [0] * batch_size  # pages mapped per sequence (>= those its length uses; see reserve)
         order = torch.randperm(self.num_pages, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(self.num_pages)
         self._free = order.tolist()[::-1]  # pop() from the end
 
@@ -89,20 +90,44 @@ class PagedKVCache:
         for b, n in enumerate(new_lens):
             if n > self.max_pages * self.page_size:
                 raise ValueError(f"sequence {b} would reach {n} tokens, more than max_seq_len capacity {self.max_pages * self.page_size}")
-            have = -(-self._lens[b] // self.page_size)
+            have = self._mapped[b]
             need = -(-n // self.page_size)
             for p in range(have, need):
                 if not self._free:
                     raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all); raise num_pages or release sequences")
                 self._table[b, p] = self._free.pop()
+                self._mapped[b] = p + 1
                 changed = True
         if changed:
             self.page_table.copy_(self._table)
 
+    def reserve(self, max_len: int) -> None:
+        """Map now the pages of every sequence up to ``max_len`` tokens (<= max_seq_len), so
+        that decode appends made by the kernels alone (a CUDA-graph loop calling
+        :func:`questkern.ops.metadata.append_decode`) find their pages mapped. Lengths are
+        unchanged; pages already mapped stay."""
+        V.check_positive_int("max_len", max_len)
+        cap = self.max_pages * self.page_size
+        if max_len > cap:
+            raise ValueError(f"max_len = {max_len} exceeds the max_seq_len capacity {cap}")
+        self._reserve([max(n, max_len) for n in self._lens])
+
+    def sync_lens(self) -> list[int]:
+        """Read ``seq_lens`` back into the host mirror (after appends made outside this
+        object, e.g. by a replayed CUDA graph; one device sync). Returns the lengths."""
+        lens = [int(x) for x in self.seq_lens.tolist()]
+        for b, n in enumerate(lens):
+            if -(-n // self.page_size) > self._mapped[b]:
+                raise RuntimeError(f"seq_lens[{b}] = {n} reaches pages that were never mapped "
+                                   f"({self._mapped[b]} pages): reserve() them before appending outside the cache")
+        self._lens = lens
+        return list(lens)
+
     def release(self, b: int) -> None:
         """Free sequence b's pages and set its length to 0."""
-        for p in range(-(-self._lens[b] // self.page_size)):
+        for p in range(self._mapped[b]):
             self._free.append(int(self._table[b, p]))
+        self._mapped[b] = 0
         self._lens[b] = 0
         self.seq_lens[b] = 0
 
