@@ -12,7 +12,7 @@ import shlex
 import sys
 
 # subcommand modules under questkern.cli (each defines register(subparsers))
-SUBCOMMANDS = ["bench", "profile", "report", "tune", "recheck", "show_config", "quality"]
+SUBCOMMANDS = ["bench", "profile", "report", "tune", "recheck", "show_config", "quality", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
