@@ -84,3 +84,14 @@ def test_sampling_and_argument_errors():
         generate(model, P, 4, cache="sdpa", temperature=-1)
     with pytest.raises(ValueError, match="prompts"):
         generate(model, [[]], 4, cache="sdpa")
+
+
+def test_kernels_static_step_equals_kernels_eager():
+    """The step a CUDA graph captures, with the Triton kernels (interpreter here): device-only
+    appends into pages mapped ahead give the tokens of the eager path's host-managed appends."""
+    model = tiny_llama(layers=2, dtype=torch.bfloat16)
+    enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1, backend="kernels"))
+    P = prompts_of([27, 12], seed=9)
+    eager = generate(model, P, 4, cache="quest", mode="eager")
+    static = generate(model, P, 4, cache="quest", mode="static")
+    assert torch.equal(eager.tokens, static.tokens)
