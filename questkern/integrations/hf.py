@@ -234,7 +234,15 @@ def attention_modules(model) -> list:
 
 def enable_quest(model, settings: QuestAttention | None = None) -> QuestAttention:
     """Switch ``model`` to questkern attention with ``settings`` (returned; mutate it
-    or call again to change the budget between generations)."""
+    or call again to change the budget between generations).
+
+    Then generate with a :class:`QuestCache` so the K/V live once, in questkern's pages::
+
+        cache = QuestCache(model, max_cache_len=prompt_len + max_new_tokens)
+        model.generate(**inputs, past_key_values=cache, max_new_tokens=max_new_tokens)
+
+    (``cache=cache`` on transformers releases that renamed the argument). Any other cache
+    works too, through the slower paths of the module doc."""
     settings = settings or QuestAttention()
     if not isinstance(settings, QuestAttention):
         raise TypeError(f"settings must be a QuestAttention, got {type(settings).__name__}")
