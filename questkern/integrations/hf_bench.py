@@ -35,6 +35,9 @@ def load_local(path: str | Path, dtype: torch.dtype | None, device: str):
     """(model, tokenizer) from a local model directory or a ``.gguf`` file, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":

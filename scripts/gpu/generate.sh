@@ -4,7 +4,7 @@
 # dense paged decode and Quest, eager and CUDA-graph captured, plus the peak-memory check of generate()
 # with QuestCache vs DynamicCache (limit x(1 + 1/16 + 5%)). About 4-6 minutes on an H100.
 #   bash scripts/gpu/generate.sh            # tests + 32K batch 1,4 (the committed figures)
-#   bash scripts/gpu/generate.sh 128k       # 128K prompt tokens, batch 1 (K/V of batch 4 would not fit)
+#   bash scripts/gpu/generate.sh 128k       # 128K prompt tokens, batch 1 (batch 4: 64 GB of K/V, BATCH=1,4 on an H200)
 # Writes CSVs and logs under $OUT (default reports/data/<gpu-key>/).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -23,7 +23,7 @@ case "${1:-32k}" in
     --budget 2048 --page-size 16 --dense-layers 2 --modes eager,graph --memory-check \
     --out "$OUT/generate_llama3-8b_32k.csv" 2>&1 | tee "$OUT/generate_llama3-8b_32k.log" || rc=1 ;;
 128k)
-  timeout 560 $PY -m questkern generate --random-config llama3-8b --prompt-tokens 131072 --batch 1 --new-tokens 64 \
+  timeout 560 $PY -m questkern generate --random-config llama3-8b --prompt-tokens 131072 --batch "${BATCH:-1}" --new-tokens 64 \
     --budget 2048 --page-size 16 --dense-layers 2 --modes eager,graph \
     --out "$OUT/generate_llama3-8b_128k.csv" 2>&1 | tee "$OUT/generate_llama3-8b_128k.log" || rc=1 ;;
 *)
