@@ -4,6 +4,7 @@
 # dense paged decode and Quest, eager and CUDA-graph captured, plus the peak-memory check of generate()
 # with QuestCache vs DynamicCache (limit x(1 + 1/16 + 5%)). About 4-6 minutes on an H100.
 #   bash scripts/gpu/generate.sh            # tests + 32K batch 1,4 (the committed figures)
+#   bash scripts/gpu/generate.sh bench      # the same shapes through `questkern bench --model` (one step, no transformers)
 #   bash scripts/gpu/generate.sh 128k       # 128K prompt tokens, batch 1 (batch 4: 64 GB of K/V, BATCH=1,4 on an H200)
 # Writes CSVs and logs under $OUT (default reports/data/<gpu-key>/).
 set -uo pipefail
@@ -26,7 +27,10 @@ case "${1:-32k}" in
   timeout 560 $PY -m questkern generate --random-config llama3-8b --prompt-tokens 131072 --batch "${BATCH:-1}" --new-tokens 64 \
     --budget 2048 --page-size 16 --dense-layers 2 --modes eager,graph \
     --out "$OUT/generate_llama3-8b_128k.csv" 2>&1 | tee "$OUT/generate_llama3-8b_128k.log" || rc=1 ;;
+bench)
+  timeout 560 $PY -m questkern bench --model llama3-8b --seq 32k --batch 1,4 --budget 2048 --page-size 16 \
+    --dense-layers 2 --out "$OUT/bench_model_llama3-8b_32k.csv" 2>&1 | tee "$OUT/bench_model_llama3-8b_32k.log" || rc=1 ;;
 *)
-  echo "usage: $0 [32k|128k]" >&2; exit 2 ;;
+  echo "usage: $0 [32k|bench|128k]" >&2; exit 2 ;;
 esac
 exit "$rc"
