@@ -135,6 +135,11 @@ def run(args) -> int:
         raise SystemExit("questkern generate: --memory-check measures CUDA memory; run it on a GPU")
     if args.dense_layers < 0:
         raise SystemExit(f"questkern generate: --dense-layers must be >= 0, got {args.dense_layers}")
+    if not args.temperature >= 0:
+        raise SystemExit(f"questkern generate: --temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.random_config is not None and args.random_config.tp != 1:
+        raise SystemExit(f"questkern generate: --random-config {args.random_config.name} is one GPU's shard of a "
+                         "tensor-parallel model, not a whole model; use llama3-8b, qwen2.5-7b, tiny or custom:...")
     s = Settings(budget=args.budget, page_size=args.page_size, dense_layers=args.dense_layers, gqa_mode=args.gqa_mode,
                  temperature=args.temperature, top_k=args.top_k)
     torch.manual_seed(args.seed)

@@ -64,7 +64,9 @@ def test_random_config_rows_and_errors(tmp_path, capsys):
     for argv, match in [(["--random-config", "tiny", "--modes", "graph"], "CUDA"),
                         (["--random-config", "tiny", "--memory-check"], "GPU"),
                         (["--model", str(tmp_path)], "prompt-file"),
-                        (["--random-config", "tiny", "--prompt-file", str(out)], "--model")]:
+                        (["--random-config", "tiny", "--prompt-file", str(out)], "--model"),
+                        (["--random-config", "llama3-70b-tp8"], "tensor-parallel"),
+                        (["--random-config", "tiny", "--temperature", "-1"], "temperature")]:
         with pytest.raises(SystemExit, match=match):
             main(["generate", *argv, "--out", str(tmp_path / "x.csv")])
     with pytest.raises(SystemExit):
