@@ -280,5 +280,5 @@ def disable_quest(model, implementation: str = "sdpa") -> None:
             del m.questkern
 
 
-__all__ = ["QuestAttention", "QuestCache", "AdaptiveBudget", "enable_quest", "disable_quest", "model_settings", "register",
+__all__ = ["QuestAttention", "QuestCache", "AdaptiveBudget", "enable_quest", "disable_quest", "model_settings", "register",  # noqa: F822 (QuestCache: lazy, __getattr__)
            "questkern_attention", "NAME"]
