@@ -43,19 +43,34 @@ def test_static_quest_step_uses_the_paged_decode_and_advances():
     enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1,
                                        on_select=lambda l, s: sizes.append(int((s >= 0).sum(-1).max()))))
     P = prompts_of([30, 21], seed=7)
-    made = []
-    orig = QuestCache.__init__
+    made, host = [], {}
+    orig, orig_prep, orig_adv = QuestCache.__init__, QuestCache.prepare_static, QuestCache.advance
 
     def spy(self, *a, **kw):
         orig(self, *a, **kw)
         made.append(self)
 
-    QuestCache.__init__ = spy
+    def state(c):  # what a replayed graph could not update: host-side state
+        return [(layer.seen, layer.paged.lens, list(layer.paged._mapped)) for layer in c.layers]
+
+    def prep(self, n):
+        orig_prep(self, n)
+        host["prepared"] = state(self)
+
+    def adv(self, n):
+        host["before_advance"] = state(self)
+        host["plans"] = [dict(layer._plans) for layer in self.layers]
+        orig_adv(self, n)
+
+    QuestCache.__init__, QuestCache.prepare_static, QuestCache.advance = spy, prep, adv
     try:
         r = G.generate(model, P, 5, cache="quest", mode="static")
     finally:
-        QuestCache.__init__ = orig
+        QuestCache.__init__, QuestCache.prepare_static, QuestCache.advance = orig, orig_prep, orig_adv
     (cache,) = made
+    assert host["before_advance"] == host["prepared"]  # the static steps touched device state only
+    assert host["prepared"][0][1] == [30, 21] and host["prepared"][0][2] == [5, 5]  # 35 tokens mapped ahead
+    assert all(len(p) == 1 for p in host["plans"])  # one plan per layer, made by the first step
     assert cache.lens == [34, 25] and cache.get_seq_length() == 30 + 4
     assert sizes and set(sizes) == {2}  # 16 tokens = 2 pages of 4 or 5
     assert not any(layer.static for layer in cache.layers)
