@@ -59,7 +59,6 @@ def test_static_quest_step_uses_the_paged_decode_and_advances():
 
     def adv(self, n):
         host["before_advance"] = state(self)
-        host["plans"] = [dict(layer._plans) for layer in self.layers]
         orig_adv(self, n)
 
     QuestCache.__init__, QuestCache.prepare_static, QuestCache.advance = spy, prep, adv
@@ -70,7 +69,6 @@ def test_static_quest_step_uses_the_paged_decode_and_advances():
     (cache,) = made
     assert host["before_advance"] == host["prepared"]  # the static steps touched device state only
     assert host["prepared"][0][1] == [30, 21] and host["prepared"][0][2] == [5, 5]  # 35 tokens mapped ahead
-    assert all(len(p) == 1 for p in host["plans"])  # one plan per layer, made by the first step
     assert cache.lens == [34, 25] and cache.get_seq_length() == 30 + 4
     assert sizes and set(sizes) == {2}  # 16 tokens = 2 pages of 4 or 5
     assert not any(layer.static for layer in cache.layers)
