@@ -22,8 +22,8 @@ unpadded and the positions are each sequence's own. Greedy by default; ``tempera
 samples (Gumbel-max, optionally over the ``top_k`` best), in the graph as well. The loop
 always runs ``max_new_tokens`` steps (no early stop: it would need a sync per step);
 ``GenerateResult.trimmed(eos)`` cuts the returned tokens at an end token. Python callbacks
-(``QuestAttention.on_select`` / ``on_query``) run at every eager or static step but only
-once, at capture, under ``mode="graph"``. Timing: ``decode_s`` covers the
+(``QuestAttention.on_select`` / ``on_query``) run at every eager or static step; under
+``mode="graph"`` only in the first step and the capture, never in replays. Timing: ``decode_s`` covers the
 steps after the first (which compiles kernels, plans, and for ``graph`` captures).
 """
 
