@@ -9,6 +9,10 @@ int32. Serving engines that own their page tables can skip this class and call
 
 Pages are taken from a free list as sequences grow (host bookkeeping, no device
 sync); ``shuffle=True`` hands them out in random order, as a long-running server does.
+
+``reference=True`` keeps the same layout but writes pages and metadata with plain torch
+ops instead of the Triton kernels (for CPU runs without the interpreter, e.g. the
+transformers hook on CPU); only then may ``dtype`` be float32 (the kernels take fp16/bf16).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from questkern._details import default_device
 from questkern._nvtx import annotate
 from questkern.configs.runtime import resolve_config
 from questkern.ops.metadata import append_decode, metadata_build
+from questkern.ops.metadata.naive import round_safe
 
 
 def _check_device(device) -> torch.device:
@@ -63,13 +68,16 @@ class PagedKVCache:
         meta_dtype: torch.dtype | None = None,
         shuffle: bool = False,
         seed: int = 0,
+        reference: bool = False,
     ):
         V.check_positive_int("batch_size", batch_size)
         V.check_positive_int("max_seq_len", max_seq_len)
         V.check_positive_int("num_kv_heads", num_kv_heads)
         V.check_choice("head_dim", head_dim, V.HEAD_DIMS)
         V.check_choice("page_size", page_size, V.PAGE_SIZES)
-        V.check_choice("dtype", dtype, V.KV_DTYPES)
+        if not isinstance(reference, bool):
+            raise TypeError(f"reference must be a bool, got {type(reference).__name__}")
+        V.check_choice("dtype", dtype, V.KV_DTYPES + ((torch.float32,) if reference else ()))
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -80,6 +88,7 @@ class PagedKVCache:
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
         device = _check_device(device)
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
+        self.reference = reference
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
         V.check_positive_int("num_pages", self.num_pages)
@@ -93,6 +102,7 @@ class PagedKVCache:
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)  # [B]
         self._table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32)  # host mirror
         self._lens = [0] * batch_size
+        self._mapped = [0] * batch_size  # pages mapped per sequence (>= those its length uses; see reserve)
         order = torch.randperm(self.num_pages, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(self.num_pages)
         self._free = order.tolist()[::-1]  # pop() from the end
 
@@ -114,7 +124,7 @@ class PagedKVCache:
         for b, n in enumerate(new_lens):
             if n > cap:
                 raise ValueError(f"sequence {b} would reach {n} tokens, more than max_seq_len capacity {cap}")
-            have = -(-self._lens[b] // self.page_size)
+            have = self._mapped[b]  # pages mapped (>= those its length uses; see reserve)
             need += [(b, p) for p in range(have, -(-n // self.page_size))]
         if len(need) > len(self._free):
             raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all, {len(self._free)} free, "
@@ -127,22 +137,51 @@ class PagedKVCache:
         for b, p in slots:
             taken.append((b, p, int(self._table[b, p])))
             self._table[b, p] = self._free.pop()
+            self._mapped[b] = max(self._mapped[b], p + 1)
         if taken:
             self.page_table.copy_(self._table)
         return taken
+
+    def _reserve(self, new_lens: list[int]) -> None:
+        """Map the pages that growing to ``new_lens`` needs (all or nothing)."""
+        self._take(self._plan_pages(new_lens))
 
     def _give_back(self, taken: list[tuple[int, int, int]]) -> None:
         for b, p, old in reversed(taken):
             self._free.append(int(self._table[b, p]))
             self._table[b, p] = old
+            self._mapped[b] = min(self._mapped[b], p)
         if taken:
             self.page_table.copy_(self._table)
+
+    def reserve(self, max_len: int) -> None:
+        """Map now the pages of every sequence up to ``max_len`` tokens (<= max_seq_len), so
+        that decode appends made by the kernels alone (a CUDA-graph loop calling
+        :func:`questkern.ops.metadata.append_decode`) find their pages mapped. Lengths are
+        unchanged; pages already mapped stay."""
+        V.check_positive_int("max_len", max_len)
+        cap = self.max_pages * self.page_size
+        if max_len > cap:
+            raise ValueError(f"max_len = {max_len} exceeds the max_seq_len capacity {cap}")
+        self._reserve([max(n, max_len) for n in self._lens])
+
+    def sync_lens(self) -> list[int]:
+        """Read ``seq_lens`` back into the host mirror (after appends made outside this
+        object, e.g. by a replayed CUDA graph; one device sync). Returns the lengths."""
+        lens = [int(x) for x in self.seq_lens.tolist()]
+        for b, n in enumerate(lens):
+            if -(-n // self.page_size) > self._mapped[b]:
+                raise RuntimeError(f"seq_lens[{b}] = {n} reaches pages that were never mapped "
+                                   f"({self._mapped[b]} pages): reserve() them before appending outside the cache")
+        self._lens = lens
+        return list(lens)
 
     def release(self, b: int) -> None:
         """Free sequence b's pages and set its length to 0."""
         self._check_index("b", b)
-        for p in range(-(-self._lens[b] // self.page_size)):
+        for p in range(self._mapped[b]):
             self._free.append(int(self._table[b, p]))
+        self._mapped[b] = 0
         self._lens[b] = 0
         self.seq_lens[b] = 0
 
@@ -204,8 +243,10 @@ class PagedKVCache:
         new = [o + n for o, n in zip(old, lens)]
         slots = self._plan_pages(new)
         ps = self.page_size
-        cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
-                                page_size=ps, seq_len=max(new), batch=B)
+        cfg = None
+        if not self.reference:
+            cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
+                                    page_size=ps, seq_len=max(new), batch=B)
         taken = self._take(slots)
         try:
             for b in range(B):
@@ -219,9 +260,12 @@ class PagedKVCache:
             self.seq_lens.copy_(torch.tensor(new, dtype=torch.int32))
             first = [o // ps for o in old]
             n_build = max(-(-n // ps) - f for n, f in zip(new, first))
-            with annotate("questkern.metadata", op="build", batch=B):
-                metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
-                               torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
+            if self.reference:
+                self._build_ref(first, new)
+            else:
+                with annotate("questkern.metadata", op="build", batch=B):
+                    metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
+                                   torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
         except BaseException:
             self._give_back(taken)
             self.seq_lens.copy_(torch.tensor(old, dtype=torch.int32))
@@ -240,12 +284,33 @@ class PagedKVCache:
         taken = self._take(self._plan_pages(new))
         try:
             act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
-            with annotate("questkern.metadata", op="append", batch=B):
-                append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t)
+            if self.reference:
+                append_decode_torch(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table,
+                                    self.seq_lens, act_t)
+            else:
+                with annotate("questkern.metadata", op="append", batch=B):
+                    append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table,
+                                  self.seq_lens, act_t)
         except BaseException:
             self._give_back(taken)
             raise
         self._lens = new
+
+    def _build_ref(self, first: list[int], new: list[int]) -> None:
+        """Metadata of logical pages first[b].. of every sequence, with torch ops (reference mode)."""
+        ps = self.page_size
+        for b, (f, n) in enumerate(zip(first, new)):
+            n_pages = -(-n // ps)
+            if n_pages <= f:
+                continue
+            phys = self._table[b, f:n_pages].to(self.device, torch.long)
+            k = self.k_cache[phys].float()  # [n, Hkv, PAGE, D]
+            valid = (torch.arange(f, n_pages)[:, None] * ps + torch.arange(ps)[None]) < n  # [n, PAGE]
+            valid = valid.to(self.device)[:, None, :, None]
+            lo = torch.where(valid, k, float("inf")).amin(2)
+            hi = torch.where(valid, k, float("-inf")).amax(2)
+            self.kmin[phys] = round_safe(lo, self.kmin.dtype, "down").to(self.kmin.dtype)
+            self.kmax[phys] = round_safe(hi, self.kmax.dtype, "up").to(self.kmax.dtype)
 
 
 PREFILL_CHUNK = 8192  # tokens appended per step while filling a cache (bounds the temporary K/V)
@@ -263,3 +328,26 @@ def prefill_chunked(cache: PagedKVCache, lens: list[int], make_kv: Callable[[tup
         k, v = make_kv((cache.batch_size, T, cache.num_kv_heads, cache.head_dim))  # [B, T, Hkv, D]
         cache.append(k, v, [max(0, min(T, n - start)) for n in lens])
         del k, v
+
+
+def append_decode_torch(k, v, k_cache, v_cache, kmin, kmax, page_table, seq_lens, active) -> None:
+    """What :func:`questkern.ops.metadata.append_decode` does, with torch ops (reference
+    mode of PagedKVCache): k, v [B, Hkv, D] written at seq_lens[b] of the active
+    sequences, that page's running min/max updated, seq_lens incremented in place."""
+    PAGE = k_cache.shape[2]
+    live = active != 0  # [B]
+    pos = seq_lens.long()
+    phys = page_table.gather(1, (pos // PAGE)[:, None])[:, 0].long()  # [B]
+    slot = pos % PAGE
+    rows = live.nonzero()[:, 0]  # the writes of inactive rows are dropped (their page may be unmapped)
+    phys, slot = phys[rows], slot[rows]
+    kb, vb = k[rows].to(k_cache.dtype), v[rows].to(v_cache.dtype)  # [n, Hkv, D]
+    k_cache[phys, :, slot] = kb
+    v_cache[phys, :, slot] = vb
+    first = (slot == 0)[:, None, None]
+    kf = kb.float()
+    lo = round_safe(kf, kmin.dtype, "down").to(kmin.dtype)
+    hi = round_safe(kf, kmax.dtype, "up").to(kmax.dtype)
+    kmin[phys] = torch.where(first, lo, torch.minimum(kmin[phys], lo))
+    kmax[phys] = torch.where(first, hi, torch.maximum(kmax[phys], hi))
+    seq_lens.add_(live.to(seq_lens.dtype))

@@ -227,3 +227,53 @@ def test_empty_prefill_is_a_no_op():
     k, v = _kv(2, 5)
     c.append(k, v, [5, 0])  # one empty sequence beside a full one
     assert c.lens == [5, 0]
+
+
+def test_reference_mode_matches_kernels():
+    """reference=True (torch writes and metadata) keeps the same pages, lengths and metadata
+    as the kernels, for a chunked prefill and decode appends; float32 pages only there."""
+    torch.manual_seed(3)
+    k = torch.randn(2, 30, 2, 32).bfloat16()
+    v = torch.randn(2, 30, 2, 32).bfloat16()
+    caches = [questkern.PagedKVCache(2, 48, 2, 32, page_size=8, device="cpu", reference=r) for r in (False, True)]
+    for c in caches:
+        c.append(k[:, :11], v[:, :11], [11, 5])
+        c.append(k[:, 11:20], v[:, 11:20], [9, 2])
+        for t in range(20, 24):
+            c.append_decode(k[:, t].contiguous(), v[:, t].contiguous(), torch.tensor([1, t % 2], dtype=torch.int32))
+    a, b = caches
+    assert a.lens == b.lens == [24, 9]
+    for name in ("k_cache", "v_cache", "kmin", "kmax", "page_table", "seq_lens"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    c32 = questkern.PagedKVCache(1, 16, 2, 32, page_size=8, dtype=torch.float32, device="cpu", reference=True)
+    c32.append(k[:1, :9].float(), v[:1, :9].float())
+    ref_min, ref_max = metadata_build_ref(c32.k_cache, c32.page_table, c32.seq_lens)
+    assert torch.equal(c32.kmin[:2], ref_min[:2]) and torch.equal(c32.kmax[:2], ref_max[:2])
+    with pytest.raises(ValueError, match="dtype"):
+        questkern.PagedKVCache(1, 16, 2, 32, dtype=torch.float32, device="cpu")
+
+
+def test_reserve_then_appends_outside_the_cache():
+    """reserve() maps the pages ahead; appends by the kernel alone (as a CUDA graph does)
+    then land in them, sync_lens() brings the host lengths back, and later appends and
+    release() keep using the same pages (none mapped twice)."""
+    from questkern.ops.metadata import append_decode
+
+    torch.manual_seed(4)
+    c = questkern.PagedKVCache(2, 40, 2, 32, page_size=8, dtype=torch.float16, device="cpu", shuffle=True)
+    c.append(torch.randn(2, 5, 2, 32).half(), torch.randn(2, 5, 2, 32).half(), [5, 3])
+    c.reserve(20)
+    table = c.page_table.clone()
+    assert c.lens == [5, 3] and len(c._free) == 10 - 6
+    act = torch.ones(2, dtype=torch.int32)
+    for _ in range(12):
+        k = torch.randn(2, 2, 32).half()
+        append_decode(k, k, c.k_cache, c.v_cache, c.kmin, c.kmax, c.page_table, c.seq_lens, act)
+    assert c.sync_lens() == [17, 15] and torch.equal(c.page_table, table)
+    c.append_decode(torch.zeros(2, 2, 32).half(), torch.zeros(2, 2, 32).half())
+    assert torch.equal(c.page_table[:, :3], table[:, :3]) and c.lens == [18, 16]
+    c.release(0)
+    assert len(c._free) == 4 + 3
+    c.seq_lens[1] = 33
+    with pytest.raises(RuntimeError, match="never mapped"):
+        c.sync_lens()

@@ -13,7 +13,7 @@ import shlex
 import sys
 
 # subcommand modules under questkern.cli (each defines register(subparsers))
-SUBCOMMANDS = ["bench", "profile", "report", "tune", "recheck", "show_config", "quality"]
+SUBCOMMANDS = ["bench", "profile", "report", "tune", "recheck", "show_config", "quality", "generate"]
 
 DESCRIPTION = """Quest sparse decoding for paged KV caches: Triton kernels, per-GPU tuning, benchmarks and reports.
 

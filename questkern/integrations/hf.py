@@ -1,33 +1,39 @@
 """questkern as the decode attention of a Hugging Face ``transformers`` model.
 
-    from questkern.integrations.hf import QuestAttention, enable_quest
-    enable_quest(model, QuestAttention(budget=256, page_size=16, dense_layers=2))
-    model.generate(...)            # decode steps of layers >= 2 use Quest selection
+    from questkern.integrations.hf import QuestAttention, QuestCache, enable_quest
+    enable_quest(model, QuestAttention(budget=2048, page_size=16, dense_layers=2))
+    cache = QuestCache(model, max_cache_len=prompt_len + 64)     # K/V in questkern's pages only
+    model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
 
-How it hooks in: transformers calls the attention function registered under the
-model's ``config._attn_implementation`` with post-RoPE ``query [B, Hq, T, D]`` and the
-whole cached ``key, value [B, Hkv, S, D]`` (after the cache update). ``enable_quest``
-registers :func:`questkern_attention` as ``"questkern"`` in ``AttentionInterface`` (and
-the SDPA mask builder under the same name in ``AttentionMaskInterface``), switches the
-model to it and attaches the settings to every attention module. Prefill (T > 1), the
-first ``dense_layers`` layers and ``budget=None`` run dense SDPA, as Quest does.
+``enable_quest`` registers :func:`questkern_attention` as ``"questkern"`` in transformers'
+``AttentionInterface`` (and the SDPA mask builder under the same name in
+``AttentionMaskInterface``), switches the model to it and attaches the settings to every
+attention module. transformers then calls it with post-RoPE ``query [B, Hq, T, D]`` and
+whatever the cache's ``update`` returned.
 
-Backends for the sparse decode step:
+With a :class:`QuestCache` (:mod:`questkern.integrations.hf_cache`; the way to use it)
+the K/V are stored once, in one :class:`questkern.PagedKVCache` per layer, with the page
+metadata kept in step by the metadata kernels; prefill runs SDPA, decode steps of layers
+``>= dense_layers`` run :class:`questkern.QuestDecode` (the others the dense paged decode);
+left-padded / ragged batches are stored unpadded; ``generate()`` works greedy and sampling
+(beam search is refused). A CUDA-graph decode loop is in
+:mod:`questkern.integrations.hf_generate`.
 
-* ``"reference"`` (default; CPU friendly): the float32 torch references of questkern —
-  metadata per page of the cached keys (optionally narrowed with safe rounding),
-  :func:`questkern.ops.select.select_pages_ref` (or the adaptive reference) and
-  :func:`questkern.ops.decode.naive.paged_attention_ref`. Metadata is recomputed from
-  the keys at every step, which costs O(S) per layer but needs no state.
-* ``"kernels"``: the Triton kernels through the public API. Each layer mirrors the HF
-  cache into a :class:`questkern.PagedKVCache` (bf16 or fp16, built at the first
-  decode step, then one ``append_decode`` per step) and runs
-  :class:`questkern.QuestDecode`. Adaptive budgets call the adaptive selection kernel
-  and the sparse decode kernel directly (``QuestDecode`` gains an ``adaptive`` option
-  in the issue 6 patch; until then this is the wiring).
+With any other cache (e.g. transformers' ``DynamicCache``) the hook gets the whole
+contiguous K/V at each step and runs the sparse decode step on them; prefill (T > 1), the
+first ``dense_layers`` layers and ``budget=None`` run dense SDPA, as Quest does:
 
-Batches: decode steps need sequences of equal length (no padding mask); prefill may
-be padded (the SDPA mask is used).
+* ``"reference"``: the float32 torch references — metadata per page of the cached keys
+  (optionally narrowed with safe rounding), :func:`questkern.ops.select.select_pages_ref`
+  (or the adaptive reference) and :func:`questkern.ops.decode.naive.paged_attention_ref`;
+  metadata is recomputed from the keys at every step (O(S) per layer, no state).
+* ``"kernels"``: each layer mirrors the cache into a :class:`questkern.PagedKVCache`
+  (built at the first decode step, then one ``append_decode`` per step: **a second copy
+  of the K/V** — QuestCache avoids it) and runs :class:`questkern.QuestDecode`.
+
+``backend="auto"`` (the default) is ``"kernels"`` on CUDA and ``"reference"`` elsewhere (a
+warning says so once); decode steps without QuestCache need sequences of equal length
+(no padding mask).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from questkern.ops.select.naive import select_pages_ref
 from questkern.ops.metadata.minmax import META_DTYPES, page_minmax, round_meta
 
 NAME = "questkern"
-BACKENDS = ("reference", "kernels")
+BACKENDS = ("auto", "reference", "kernels")
 
 
 @dataclass
@@ -60,8 +66,10 @@ class QuestAttention:
     adaptive: an :class:`AdaptiveBudget` to pick K per query (see adaptive_naive).
     meta: metadata type for the reference backend ("fp32", "bf16", "fp16",
         "fp8_e5m2"; narrow types are safe-rounded).
-    backend: "reference" or "kernels" (see module doc).
-    kv_dtype: K/V dtype of the kernels backend's paged cache (bf16 or fp16).
+    backend: "auto" (kernels on CUDA, the references elsewhere), "reference" or
+        "kernels" (see module doc).
+    kv_dtype: K/V dtype of the kernels backend's pages: always for the mirror of another
+        cache; for QuestCache when the model's dtype is neither bf16 nor fp16.
     on_select: optional callback ``(layer_idx, selected [B, Hsel, K]) -> None`` (for
         studies: which pages each step read).
     on_query: optional callback ``(layer_idx, q [B, Hq, D]) -> None`` called at every
@@ -75,7 +83,7 @@ class QuestAttention:
     aggregate: str = "sum"
     adaptive: AdaptiveBudget | None = None
     meta: str = "fp32"
-    backend: str = "reference"
+    backend: str = "auto"
     kv_dtype: torch.dtype = torch.bfloat16
     on_select: Callable | None = None
     on_query: Callable | None = None
@@ -105,6 +113,14 @@ class QuestAttention:
         """Drop the kernels backend's mirrored caches (call between unrelated generations)."""
         self._state.clear()
 
+    def resolved_backend(self, device: torch.device) -> str:
+        """The backend used on ``device`` ("auto": kernels on CUDA with exact metadata)."""
+        if self.backend == "auto" and self.meta != "fp32":
+            return "reference"
+        from questkern.integrations.hf_cache import resolve_backend
+
+        return resolve_backend(self.backend, device)
+
 
 def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -116,6 +132,10 @@ def questkern_attention(module, query, key, value, attention_mask, scaling=None,
     """transformers attention function. query [B, Hq, T, D], key/value [B, Hkv, S, D]
     -> (out [B, T, Hq, D], None)."""
     cfg: QuestAttention | None = getattr(module, "questkern", None)
+    paged_layer = getattr(key, "_questkern_layer", None)  # set by QuestCache.update
+    if paged_layer is not None:
+        return paged_layer.attend(module, cfg or paged_layer.settings, query, key, value, attention_mask, scaling,
+                                  dropout, **kwargs)
     layer = getattr(module, "layer_idx", 0)
     T = query.shape[2]
     if cfg is not None and cfg.on_query is not None and T == 1:
@@ -128,7 +148,7 @@ def questkern_attention(module, query, key, value, attention_mask, scaling=None,
     D = query.shape[3]
     scale = scaling if scaling is not None else 1.0 / math.sqrt(D)
     q = query[:, :, 0, :]  # [B, Hq, D]
-    if cfg.backend == "kernels":
+    if cfg.resolved_backend(query.device) == "kernels":
         out = _kernels_step(cfg, layer, q, key, value, scale)
     else:
         out = _reference_step(cfg, layer, q, key, value, scale)
@@ -184,17 +204,8 @@ def _kernels_step(cfg: QuestAttention, layer: int, q, key, value, scale):
         st = cfg._state[layer] = {"cache": cache, "cap": cap}
     cache.append_decode(key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous())
     qk = q.to(cfg.kv_dtype).contiguous()  # [B, Hq, D]
-    if cfg.adaptive is not None:
-        from questkern.ops.select.adaptive import select_pages_adaptive
-
-        sel = select_pages_adaptive(qk, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, cfg.page_size,
-                                    cfg.adaptive, cfg.gqa_mode, cfg.aggregate, sm_scale=scale)
-        if cfg.on_select is not None:
-            cfg.on_select(layer, sel)
-        from questkern.ops.decode import paged_decode
-
-        return paged_decode(qk, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, sel, scale).float()
-    w = QuestDecode(cfg.budget, gqa_mode=cfg.gqa_mode, aggregate=cfg.aggregate, sm_scale=scale)
+    w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive, gqa_mode=cfg.gqa_mode,
+                    aggregate=cfg.aggregate, sm_scale=scale)
     w.plan(cache, num_q_heads=q.shape[1])
     out, sel = w.run(qk, return_selected=True)
     if cfg.on_select is not None:
@@ -223,7 +234,15 @@ def attention_modules(model) -> list:
 
 def enable_quest(model, settings: QuestAttention | None = None) -> QuestAttention:
     """Switch ``model`` to questkern attention with ``settings`` (returned; mutate it
-    or call again to change the budget between generations)."""
+    or call again to change the budget between generations).
+
+    Then generate with a :class:`QuestCache` so the K/V live once, in questkern's pages::
+
+        cache = QuestCache(model, max_cache_len=prompt_len + max_new_tokens)
+        model.generate(**inputs, past_key_values=cache, max_new_tokens=max_new_tokens)
+
+    (``cache=cache`` on transformers releases that renamed the argument). Any other cache
+    works too, through the slower paths of the module doc."""
     settings = settings or QuestAttention()
     if not isinstance(settings, QuestAttention):
         raise TypeError(f"settings must be a QuestAttention, got {type(settings).__name__}")
@@ -235,6 +254,24 @@ def enable_quest(model, settings: QuestAttention | None = None) -> QuestAttentio
     return settings
 
 
+def model_settings(model) -> QuestAttention:
+    """The QuestAttention that ``enable_quest`` attached to ``model`` (ValueError if none)."""
+    found = {id(m.questkern): m.questkern for m in attention_modules(model) if hasattr(m, "questkern")}
+    if not found:
+        raise ValueError("model has no questkern settings: call enable_quest(model, QuestAttention(...)) first")
+    if len(found) > 1:
+        raise ValueError("model's attention modules carry different QuestAttention settings; call enable_quest again")
+    return next(iter(found.values()))
+
+
+def __getattr__(name):  # QuestCache imports transformers: load it on first use
+    if name == "QuestCache":
+        from questkern.integrations.hf_cache import QuestCache
+
+        return QuestCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def disable_quest(model, implementation: str = "sdpa") -> None:
     """Back to a stock attention implementation; removes the settings from the modules."""
     model.set_attn_implementation(implementation)
@@ -243,4 +280,5 @@ def disable_quest(model, implementation: str = "sdpa") -> None:
             del m.questkern
 
 
-__all__ = ["QuestAttention", "AdaptiveBudget", "enable_quest", "disable_quest", "register", "questkern_attention", "NAME"]
+__all__ = ["QuestAttention", "QuestCache", "AdaptiveBudget", "enable_quest", "disable_quest", "model_settings", "register",  # noqa: F822 (QuestCache: lazy, __getattr__)
+           "questkern_attention", "NAME"]

@@ -27,12 +27,14 @@ def run_decode(model, ids, steps):
     """Prefill ids[:-steps], then feed the last ``steps`` tokens one at a time; logits [steps, V]."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    from questkern.integrations.hf_generate import cache_kwarg
+
+    kw = {cache_kwarg(model): DynamicCache(config=model.config)}  # "cache" (5.2x) or "past_key_values" (5.17)
     S0 = len(ids) - steps
-    model(input_ids=torch.tensor([ids[:S0]]), cache=cache, use_cache=True)
+    model(input_ids=torch.tensor([ids[:S0]]), use_cache=True, **kw)
     out = []
     for i in range(steps):
-        o = model(input_ids=torch.tensor([[ids[S0 + i]]]), position_ids=torch.tensor([[S0 + i]]), cache=cache, use_cache=True)
+        o = model(input_ids=torch.tensor([[ids[S0 + i]]]), position_ids=torch.tensor([[S0 + i]]), use_cache=True, **kw)
         out.append(o.logits[0, -1])
     return torch.stack(out)
 
