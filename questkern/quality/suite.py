@@ -5,7 +5,7 @@ Tasks (in the style of RULER's generated tasks; filler from :mod:`questkern.qual
 * ``niah_single``  one needle "One of the special magic numbers for {key} is: {value}.";
   ask for it (answer: the 5-digit value);
 * ``niah_multikey`` four needles with different keys; each question asks for one
-  (two questions per haystack, needles at different depths; the others are distractors);
+  (every needle asked in turn, one question each; the other three are distractors);
 * ``niah_multivalue`` four values for one key; ask for all (score: fraction found);
 * ``vt``           variable tracking: a chain ``VAR A = 12345 ... VAR B = VAR A ...`` of
   four variables spread over the context; ask which variables hold the value (fraction);
@@ -229,7 +229,7 @@ def build(task: str, tok, context: int, seed: int) -> Haystack:
     if task == "niah_single":
         return niah(tok, context, seed)
     if task == "niah_multikey":
-        return niah(tok, context, seed, num_needles=4, num_questions=2, task="niah_multikey")
+        return niah(tok, context, seed, num_needles=4, num_questions=4, task="niah_multikey")
     if task == "niah_multivalue":
         return multivalue(tok, context, seed)
     if task == "vt":
