@@ -1,0 +1,124 @@
+"""Summaries of the quality suite's CSVs (issue 16): accuracy per variant against dense, head diagnostics.
+
+    python -m questkern.quality.suite_summary PREFIX [--out-dir DIR] [--name NAME]
+
+reads ``PREFIX_accuracy.csv`` / ``PREFIX_heads.csv`` (written by
+:mod:`questkern.quality.suite`) and writes
+
+* ``NAME_accuracy.csv`` — per (task, context, variant): prompts, correct, accuracy,
+  dense accuracy on the same prompts, ``delta_points`` (variant - dense, in points),
+  ``retained`` (variant correct among the prompts dense answers; variants are not run
+  where dense fails, and count as wrong there), and bytes read per sparse layer and
+  step at the questkern target shape (GQA 32/8, head dim 128, 32K context, bf16);
+* ``NAME_heads_layers.csv`` — per (task, context, layer, kv_head): mean and max dense
+  attention mass on the needle's value tokens at the step that writes its first digit
+  (prompts that dense answers), and how often it is a retrieval head (mass >= 0.1);
+* ``NAME_heads_kept.csv`` — per (task, context, variant): over retrieval heads
+  (query heads with needle mass >= 0.1, layers that are sparse by default), the mean
+  fraction of the needle's value tokens in the selected pages, the fraction of heads
+  keeping it all, and the mean recall (dense mass on the selection).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+RETRIEVAL_MASS = 0.1
+TARGET_SHAPE = {"S": 32768, "num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
+
+
+def parse_variant(name: str):
+    """Variant from its label (inverse of Variant.label)."""
+    from questkern.quality.selection import Variant
+
+    if name == "dense":
+        return Variant(None)
+    m = re.match(r"p(\d+) b(\d+) (per_head|shared-(\w+))(.*)$", name)
+    if not m:
+        raise ValueError(f"not a variant label: {name!r}")
+    kw = {"page_size": int(m.group(1)), "gqa_mode": "per_head" if m.group(3) == "per_head" else "shared"}
+    if m.group(4):
+        kw["aggregate"] = m.group(4)
+    for tok in m.group(5).split():
+        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank")):
+            if tok.startswith(key) and tok[len(key):].isdigit():
+                kw[attr] = int(tok[len(key):])
+        if tok.startswith("dense"):
+            kw["dense_layers"] = tuple(int(x) for x in tok[5:].split("-"))
+    return Variant(int(m.group(2)), **kw)
+
+
+def accuracy_table(acc):
+    import pandas as pd
+
+    dense = acc[acc["variant"] == "dense"].set_index(["haystack", "question"])["correct"]
+    out = []
+    for (task, ctx, var), g in acc.groupby(["task", "context", "variant"], sort=False):
+        d = dense.reindex(pd.MultiIndex.from_frame(g[["haystack", "question"]])).to_numpy()
+        c = g["correct"].to_numpy()
+        row = {"task": task, "context": int(ctx), "variant": var, "budget": g["budget"].iloc[0],
+               "prompts": len(g), "correct": int(c.sum()), "accuracy": c.mean(), "dense_accuracy": d.mean(),
+               "delta_points": 100 * (c.mean() - d.mean()),
+               "retained": c[d == 1].mean() if (d == 1).any() else float("nan"),
+               "dense_correct": int(d.sum())}
+        v = parse_variant(var)
+        if not v.dense:
+            row.update(v.bytes_per_step(**TARGET_SHAPE))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def heads_tables(heads):
+    import pandas as pd
+
+    h = heads[heads["dense_correct"] == 1]
+    lay = h.groupby(["task", "context", "layer", "kv_head"]).agg(
+        needle_mass_mean=("needle_mass", "mean"), needle_mass_max=("needle_mass", "max"),
+        retrieval_frac=("needle_mass", lambda x: float((x >= RETRIEVAL_MASS).mean())),
+        samples=("needle_mass", "size")).reset_index()
+    ret = h[(h["needle_mass"] >= RETRIEVAL_MASS) & (h["layer"] >= 2)]
+    rows = []
+    for col in [c for c in h.columns if c.startswith("kept[")]:
+        name = col[5:-1]
+        for (task, ctx), g in ret.groupby(["task", "context"]):
+            if g[col].isna().all():  # a variant of another context's budgets
+                continue
+            rows.append({"task": task, "context": int(ctx), "variant": name, "retrieval_heads": len(g),
+                         "needle_kept_mean": g[col].mean(), "needle_all_kept": float((g[col] >= 1.0).mean()),
+                         "recall_mean": g[f"recall[{name}]"].mean()})
+    return lay, pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    import pandas as pd
+
+    from questkern.quality.io import write_csv
+
+    ap = argparse.ArgumentParser(prog="python -m questkern.quality.suite_summary")
+    ap.add_argument("prefix")
+    ap.add_argument("--out-dir", default="reports/data/quality")
+    ap.add_argument("--name", default=None, help="output name prefix (default: the prefix's file name)")
+    a = ap.parse_args(argv)
+    name = a.name or Path(a.prefix).name
+    out = Path(a.out_dir)
+    acc = pd.read_csv(f"{a.prefix}_accuracy.csv", dtype={"expected": str, "generated": str})
+    t = accuracy_table(acc)
+    write_csv(t, out / f"{name}_accuracy.csv")
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(t[["task", "context", "variant", "prompts", "dense_correct", "correct", "accuracy", "dense_accuracy",
+                 "delta_points", "retained"]].to_string(index=False))
+    hp = Path(f"{a.prefix}_heads.csv")
+    if hp.exists():
+        lay, kept = heads_tables(pd.read_csv(hp))
+        write_csv(lay, out / f"{name}_heads_layers.csv")
+        write_csv(kept, out / f"{name}_heads_kept.csv")
+        with pd.option_context("display.width", 200, "display.max_rows", 500):
+            print(kept.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
