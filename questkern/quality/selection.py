@@ -32,6 +32,7 @@ defaults is exactly today's rule (a test checks it against ``select_pages_ref``)
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -110,6 +111,29 @@ class Variant:
         free = max(0, K - 1 - self.sinks - -(-self.recent // P))
         rr = rows * min(n, self.rerank * free) * P * head_dim * elt if self.rerank else 0
         return {"meta_bytes": meta, "kv_bytes": kv, "rerank_bytes": rr, "total_bytes": meta + kv + rr}
+
+
+def parse_variant(name: str) -> Variant:
+    """Variant from its label (inverse of :meth:`Variant.label`), e.g. ``"p16 b1024 shared-sum rerank2"``."""
+    if name == "dense":
+        return Variant(None)
+    m = re.match(r"p(\d+) b(\d+) (per_head|shared-(\w+))(.*)$", name.strip())
+    if not m:
+        raise ValueError(f"not a variant label: {name!r} (expected e.g. 'p16 b1024 shared-sum rerank4')")
+    kw: dict = {"page_size": int(m.group(1)), "gqa_mode": "per_head" if m.group(3) == "per_head" else "shared"}
+    if m.group(4):
+        kw["aggregate"] = m.group(4)
+    for tok in m.group(5).split():
+        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank")):
+            if tok.startswith(key) and tok[len(key):].isdigit():
+                kw[attr] = int(tok[len(key):])
+                break
+        else:
+            if tok.startswith("dense") and all(x.isdigit() for x in tok[5:].split("-")):
+                kw["dense_layers"] = tuple(int(x) for x in tok[5:].split("-"))
+            else:
+                raise ValueError(f"not a variant label: {name!r} (unknown part {tok!r})")
+    return Variant(int(m.group(2)), **kw)
 
 
 def page_bounds(q: torch.Tensor, k: torch.Tensor, page_size: int, sub_page: int | None = None) -> torch.Tensor:

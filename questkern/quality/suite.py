@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 import torch
 
 from questkern.quality.filler import sentences
-from questkern.quality.selection import SuiteHook, Variant, attention_probs, enable, select_mask, token_mask
+from questkern.quality.selection import (SuiteHook, Variant, attention_probs, enable, parse_variant, select_mask,
+                                         token_mask)
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "cwe")
 EXACT_TASKS = ("niah_single", "niah_multikey")
@@ -434,6 +435,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="", help="context:budget,... e.g. 4096:512,4096:1024,8192:1024,8192:2048")
     ap.add_argument("--rich-budgets", default="", help="budgets (per context as above) that run every variant; others run shared-sum and per_head")
     ap.add_argument("--retrieval-layers", default="", help="comma list: the dense layers of the 'dense by retrieval' variant")
+    ap.add_argument("--variants", default="", help="context:label;... explicit variants (labels as in the CSVs), "
+                    "added to --budgets' lists, e.g. '8192:p16 b1024 shared-sum rerank2;8192:p16 b3072 shared-sum'")
     ap.add_argument("--diag", action="store_true", help="head diagnostics (every variant at every budget, on the dense run's step)")
     ap.add_argument("--out", required=True, help="output prefix: writes PREFIX_accuracy.csv (and PREFIX_heads.csv)")
     ap.add_argument("--threads", type=int, default=2)
@@ -455,6 +458,14 @@ def main(argv=None) -> int:
         for b in budgets.get(ctx, []):
             vs[ctx] += study_variants(b, rl, rich=(ctx, b) in rich)
             dv[ctx] += [v for v in study_variants(b, rl, rich=True) if v.dense_layers == (0, 1)]
+    for item in filter(None, a.variants.split(";")):
+        c, label = item.split(":", 1)
+        v = parse_variant(label)
+        vs.setdefault(int(c), []).append(v)
+        dv.setdefault(int(c), [])
+        if v.dense_layers == (0, 1):
+            dv[int(c)].append(v)
+    contexts = sorted(set(contexts) | set(vs), reverse=True) if a.variants else contexts
     for s in range(a.first_seed, a.first_seed + a.haystacks):  # seeds outer: a cut-off run stays balanced
         for ctx in contexts:
             for task in a.tasks.split(","):

@@ -21,32 +21,12 @@ reads ``PREFIX_accuracy.csv`` / ``PREFIX_heads.csv`` (written by
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from questkern.quality.selection import parse_variant
 
 RETRIEVAL_MASS = 0.1
 TARGET_SHAPE = {"S": 32768, "num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
-
-
-def parse_variant(name: str):
-    """Variant from its label (inverse of Variant.label)."""
-    from questkern.quality.selection import Variant
-
-    if name == "dense":
-        return Variant(None)
-    m = re.match(r"p(\d+) b(\d+) (per_head|shared-(\w+))(.*)$", name)
-    if not m:
-        raise ValueError(f"not a variant label: {name!r}")
-    kw = {"page_size": int(m.group(1)), "gqa_mode": "per_head" if m.group(3) == "per_head" else "shared"}
-    if m.group(4):
-        kw["aggregate"] = m.group(4)
-    for tok in m.group(5).split():
-        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank")):
-            if tok.startswith(key) and tok[len(key):].isdigit():
-                kw[attr] = int(tok[len(key):])
-        if tok.startswith("dense"):
-            kw["dense_layers"] = tuple(int(x) for x in tok[5:].split("-"))
-    return Variant(int(m.group(2)), **kw)
 
 
 def accuracy_table(acc):

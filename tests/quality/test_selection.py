@@ -129,3 +129,13 @@ def test_labels_and_bytes():
     assert c["kv_bytes"] == 8 * 64 * 16 * 128 * 2 * 2 and c["rerank_bytes"] == 0
     assert b.with_(gqa_mode="per_head").bytes_per_step(8192, 32, 8, 128)["kv_bytes"] == 4 * c["kv_bytes"]
     assert b.with_(sub_page=4).bytes_per_step(8192, 32, 8, 128)["meta_bytes"] == 4 * c["meta_bytes"]
+
+
+def test_labels_parse_back():
+    from questkern.quality.selection import parse_variant
+
+    for v in (Variant(None), Variant(1024), Variant(512, page_size=8, gqa_mode="per_head", rerank=2),
+              Variant(2048, aggregate="softmax", sub_page=4, sinks=1, recent=64, dense_layers=(21, 23))):
+        assert parse_variant(v.name) == v
+    with pytest.raises(ValueError, match="variant label"):
+        parse_variant("p16 b1024 shared-sum turbo")
