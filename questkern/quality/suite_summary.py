@@ -1,9 +1,10 @@
 """Summaries of the quality suite's CSVs (issue 16): accuracy per variant against dense, head diagnostics.
 
-    python -m questkern.quality.suite_summary PREFIX [--out-dir DIR] [--name NAME]
+    python -m questkern.quality.suite_summary PREFIX [PREFIX ...] [--out-dir DIR] [--name NAME]
 
 reads ``PREFIX_accuracy.csv`` / ``PREFIX_heads.csv`` (written by
-:mod:`questkern.quality.suite`) and writes
+:mod:`questkern.quality.suite`; several runs of the same seeds are joined on the
+prompts they all cover, dense rows taken from the first, and must agree) and writes
 
 * ``NAME_accuracy.csv`` — per (task, context, variant): prompts, correct, accuracy,
   dense accuracy on the same prompts, ``delta_points`` (variant - dense, in points),
@@ -27,6 +28,28 @@ from questkern.quality.selection import parse_variant
 
 RETRIEVAL_MASS = 0.1
 TARGET_SHAPE = {"S": 32768, "num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
+
+
+def join_runs(runs):
+    """Rows of several suite runs on the prompts every run covers; dense rows from the first run
+    (a prompt where the runs' dense answers differ is an error: they are not the same prompts)."""
+    import pandas as pd
+
+    if len(runs) == 1:
+        return runs[0]
+    key = ["haystack", "question"]
+    common = set(map(tuple, runs[0][key].drop_duplicates().to_numpy()))
+    for r in runs[1:]:
+        common &= set(map(tuple, r[key].drop_duplicates().to_numpy()))
+    keep = lambda r: r[[k in common for k in map(tuple, r[key].to_numpy())]]  # noqa: E731
+    dense = [keep(r)[keep(r)["variant"] == "dense"].set_index(key)["correct"].sort_index() for r in runs]
+    for d in dense[1:]:
+        if not d.equals(dense[0]):
+            raise ValueError("the runs' dense answers differ on shared prompts: not the same prompts/model")
+    parts = [keep(runs[0])] + [keep(r)[keep(r)["variant"] != "dense"] for r in runs[1:]]
+    out = pd.concat(parts, ignore_index=True)
+    dup = out.duplicated(key + ["variant"], keep="first")
+    return out[~dup]
 
 
 def accuracy_table(acc):
@@ -78,19 +101,19 @@ def main(argv=None) -> int:
     from questkern.quality.io import write_csv
 
     ap = argparse.ArgumentParser(prog="python -m questkern.quality.suite_summary")
-    ap.add_argument("prefix")
+    ap.add_argument("prefix", nargs="+")
     ap.add_argument("--out-dir", default="reports/data/quality")
     ap.add_argument("--name", default=None, help="output name prefix (default: the prefix's file name)")
     a = ap.parse_args(argv)
-    name = a.name or Path(a.prefix).name
+    name = a.name or Path(a.prefix[0]).name
     out = Path(a.out_dir)
-    acc = pd.read_csv(f"{a.prefix}_accuracy.csv", dtype={"expected": str, "generated": str})
+    acc = join_runs([pd.read_csv(f"{p}_accuracy.csv", dtype={"expected": str, "generated": str}) for p in a.prefix])
     t = accuracy_table(acc)
     write_csv(t, out / f"{name}_accuracy.csv")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(t[["task", "context", "variant", "prompts", "dense_correct", "correct", "accuracy", "dense_accuracy",
                  "delta_points", "retained"]].to_string(index=False))
-    hp = Path(f"{a.prefix}_heads.csv")
+    hp = Path(f"{a.prefix[0]}_heads.csv")
     if hp.exists():
         lay, kept = heads_tables(pd.read_csv(hp))
         write_csv(lay, out / f"{name}_heads_layers.csv")

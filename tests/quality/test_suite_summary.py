@@ -53,3 +53,18 @@ def test_cli_writes_tables_and_figures(tmp_path):
     assert {p.name for p in (tmp_path / "quality").iterdir()} == {"x_accuracy.csv", "x_heads_layers.csv", "x_heads_kept.csv"}
     titles = [t for t, _ in quality_figures(tmp_path)]
     assert titles == ["Quality suite x", "Head diagnostics x"]
+
+
+def test_join_runs_keeps_common_prompts_and_checks_dense():
+    from questkern.quality.suite_summary import join_runs
+
+    a = _acc()
+    b = _acc()
+    b = b[b["haystack"] != "h3"].copy()
+    b.loc[b["variant"] == "p16 b1024 shared-sum", "variant"] = "p8 b1024 per_head"
+    j = join_runs([a, b])
+    assert set(j["haystack"]) == {"h0", "h1", "h2"} and (j["variant"] == "dense").sum() == 3
+    assert set(j["variant"]) == {"dense", "p16 b1024 shared-sum", "p16 b1024 shared-sum rerank4", "p8 b1024 per_head"}
+    b.loc[(b["variant"] == "dense") & (b["haystack"] == "h0"), "correct"] = 0
+    with pytest.raises(ValueError, match="dense answers differ"):
+        join_runs([a, b])
