@@ -10,7 +10,9 @@ prompts they all cover, dense rows taken from the first, and must agree) and wri
   dense accuracy on the same prompts, ``delta_points`` (variant - dense, in points),
   ``retained`` (variant correct among the prompts dense answers; variants are not run
   where dense fails, and count as wrong there), and bytes read per sparse layer and
-  step at the questkern target shape (GQA 32/8, head dim 128, 32K context, bf16);
+  step at the questkern target shape (GQA 32/8, head dim 128, 32K context, bf16), and
+  ``read_frac_at_context``: the variant's bytes per sparse layer over dense K/V bytes at the
+  suite's own context and shape (SmolLM2: 9/3 heads, head dim 64);
 * ``NAME_heads_layers.csv`` — per (task, context, layer, kv_head): mean and max dense
   attention mass on the needle's value tokens at the step that writes its first digit
   (prompts that dense answers), and how often it is a retrieval head (mass >= 0.1);
@@ -28,6 +30,7 @@ from questkern.quality.selection import parse_variant
 
 RETRIEVAL_MASS = 0.1
 TARGET_SHAPE = {"S": 32768, "num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
+SUITE_SHAPE = {"num_q_heads": 9, "num_kv_heads": 3, "head_dim": 64}  # SmolLM2-135M
 
 
 def join_runs(runs):
@@ -68,6 +71,8 @@ def accuracy_table(acc):
         v = parse_variant(var)
         if not v.dense:
             row.update(v.bytes_per_step(**TARGET_SHAPE))
+            here = v.bytes_per_step(int(ctx), **SUITE_SHAPE)["total_bytes"]
+            row["read_frac_at_context"] = here / (SUITE_SHAPE["num_kv_heads"] * int(ctx) * SUITE_SHAPE["head_dim"] * 2 * 2)
         out.append(row)
     return pd.DataFrame(out)
 

@@ -68,3 +68,11 @@ def test_join_runs_keeps_common_prompts_and_checks_dense():
     b.loc[(b["variant"] == "dense") & (b["haystack"] == "h0"), "correct"] = 0
     with pytest.raises(ValueError, match="dense answers differ"):
         join_runs([a, b])
+
+
+def test_read_fraction_at_context():
+    t = accuracy_table(_acc()).set_index("variant")
+    base = t.loc["p16 b1024 shared-sum", "read_frac_at_context"]
+    # K/V of 1024 of 8192 tokens plus 512 pages of (min, max) metadata = 1/8 + 1/16
+    assert base == pytest.approx(1 / 8 + 1 / 16)
+    assert t.loc["p16 b1024 shared-sum rerank4", "read_frac_at_context"] == pytest.approx(base + 4 * 63 * 16 / 8192 / 2)
