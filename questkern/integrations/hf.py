@@ -49,6 +49,7 @@ from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_adaptive_ref
 from questkern.ops.select.naive import select_pages_ref
 from questkern.ops.metadata.minmax import META_DTYPES, page_minmax, round_meta
+from questkern.ops.select.rerank_naive import select_pages_rerank_ref
 
 NAME = "questkern"
 BACKENDS = ("auto", "reference", "kernels")
@@ -70,6 +71,11 @@ class QuestAttention:
         "kernels" (see module doc).
     kv_dtype: K/V dtype of the kernels backend's pages: always for the mirror of another
         cache; for QuestCache when the model's dtype is neither bf16 nor fp16.
+    rerank: 0 (today's rule) or a candidate factor: the ``rerank * (K - 1)`` best pages by
+        bound are re-ranked by their exact attention mass and the ``K - 1`` best kept
+        (:mod:`questkern.ops.select.rerank_naive`; reads those pages' keys). Reference
+        backend only for now ("auto" then means the reference; "kernels" refuses it); the
+        quality suite measures it.
     on_select: optional callback ``(layer_idx, selected [B, Hsel, K]) -> None`` (for
         studies: which pages each step read).
     on_query: optional callback ``(layer_idx, q [B, Hq, D]) -> None`` called at every
@@ -85,6 +91,7 @@ class QuestAttention:
     meta: str = "fp32"
     backend: str = "auto"
     kv_dtype: torch.dtype = torch.bfloat16
+    rerank: int = 0
     on_select: Callable | None = None
     on_query: Callable | None = None
     _state: dict = field(default_factory=dict, repr=False)  # kernels backend: per-layer caches
@@ -102,6 +109,11 @@ class QuestAttention:
         V.check_choice("meta", self.meta, tuple(META_DTYPES))
         V.check_choice("backend", self.backend, BACKENDS)
         V.check_choice("kv_dtype", self.kv_dtype, V.KV_DTYPES)
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
+            raise ValueError(f"rerank must be an int >= 0 (candidate pages per selected page), got {self.rerank!r}")
+        if self.rerank and (self.backend == "kernels" or self.adaptive is not None):
+            raise ValueError("rerank > 0 needs backend='reference' (or 'auto', which then uses the reference) and a "
+                             "fixed budget (no adaptive): the kernels have no re-rank stage yet")
         if self.backend == "kernels" and self.meta != "fp32":
             raise ValueError("meta must be 'fp32' with backend='kernels' (the paged cache keeps exact metadata in the kv dtype)")
 
@@ -115,7 +127,7 @@ class QuestAttention:
 
     def resolved_backend(self, device: torch.device) -> str:
         """The backend used on ``device`` ("auto": kernels on CUDA with exact metadata)."""
-        if self.backend == "auto" and self.meta != "fp32":
+        if self.backend == "auto" and (self.meta != "fp32" or self.rerank):
             return "reference"
         from questkern.integrations.hf_cache import resolve_backend
 
@@ -181,6 +193,9 @@ def _reference_step(cfg: QuestAttention, layer: int, q, key, value, scale):
         qb = q[b : b + 1].float()  # [1, Hq, D]
         if cfg.adaptive is not None:
             sel = select_pages_adaptive_ref(qb, kmin, kmax, table, lens, P, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale)
+        elif cfg.rerank:
+            sel = select_pages_rerank_ref(qb, kmin, kmax, k_pages, table, lens, P, cfg.budget, cfg.rerank,
+                                          cfg.gqa_mode, cfg.aggregate, scale)
         else:
             sel = select_pages_ref(qb, kmin, kmax, table, lens, P, cfg.budget, cfg.gqa_mode, cfg.aggregate)
         if cfg.on_select is not None:

@@ -104,6 +104,42 @@ def passkey_accuracy(passkey: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def suite_accuracy(acc: pd.DataFrame, name: str = "") -> go.Figure:
+    """Suite accuracy per variant, one panel per (task, context), dense as the first bar."""
+    keys = list(acc.groupby(["task", "context"], sort=False).groups)
+    fig = make_subplots(rows=len(keys) or 1, cols=1, subplot_titles=[f"{t} {c} (prompts: {int(acc[(acc.task == t) & (acc.context == c)].prompts.max())})"
+                                                                     for t, c in keys])
+    for i, (t, c) in enumerate(keys, 1):
+        g = acc[(acc["task"] == t) & (acc["context"] == c)]
+        fig.add_trace(go.Bar(x=g["variant"], y=g["accuracy"], name=f"{t} {c}", showlegend=False,
+                             marker_color=["#444" if v == "dense" else "#1f77b4" for v in g["variant"]]), row=i, col=1)
+        fig.update_yaxes(range=[0, 1.05], title_text="accuracy", row=i, col=1)
+    fig.update_layout(title=f"Quality suite {name}: greedy answers on varied filler, variants vs dense", height=320 * max(1, len(keys)))
+    return fig
+
+
+def suite_heads(layers: pd.DataFrame, kept: pd.DataFrame | None = None) -> go.Figure:
+    """Dense attention mass on the needle per layer and KV head (mean over heads of the group and
+    prompts), and the fraction of retrieval heads whose selection keeps the needle, per variant."""
+    keys = list(layers.groupby(["task", "context"]).groups)
+    cols = 2 if kept is not None else 1
+    titles = []
+    for t, c in keys:
+        titles += [f"needle mass {t} {c}"] + (["retrieval heads keeping the needle"] if kept is not None else [])
+    fig = make_subplots(rows=len(keys) or 1, cols=cols, subplot_titles=titles)
+    for i, (t, c) in enumerate(keys, 1):
+        g = layers[(layers["task"] == t) & (layers["context"] == c)]
+        z = g.pivot_table(index="kv_head", columns="layer", values="needle_mass_mean")
+        fig.add_trace(go.Heatmap(z=z.to_numpy(), x=list(z.columns), y=list(z.index), coloraxis="coloraxis"), row=i, col=1)
+        if kept is not None:
+            k = kept[(kept["task"] == t) & (kept["context"] == c)]
+            fig.add_trace(go.Bar(x=k["variant"], y=k["needle_all_kept"], showlegend=False), row=i, col=2)
+            fig.update_yaxes(range=[0, 1.05], row=i, col=2)
+    fig.update_layout(title="Head diagnostics: where dense attention reads the needle, and which selections keep it",
+                      coloraxis=dict(colorscale="Viridis"), height=340 * max(1, len(keys)))
+    return fig
+
+
 def quality_figures(data_dir: str | Path = "reports/data") -> list[tuple[str, go.Figure]]:
     """(title, figure) pairs for the quality CSVs found in ``data_dir``."""
     data_dir = Path(data_dir)
@@ -117,4 +153,10 @@ def quality_figures(data_dir: str | Path = "reports/data") -> list[tuple[str, go
         out.append(("Recall per layer and head", recall_by_layer(pd.read_csv(lp))))
     if pp.exists():
         out.append(("Passkey accuracy", passkey_accuracy(pd.read_csv(pp, dtype={"expected": str, "answer": str}))))
+    for ap in sorted((data_dir / "quality").glob("*_accuracy.csv")):  # the varied-text suite (issue 16)
+        name = ap.name[: -len("_accuracy.csv")]
+        out.append((f"Quality suite {name}", suite_accuracy(pd.read_csv(ap), name)))
+        lp2, kp = data_dir / "quality" / f"{name}_heads_layers.csv", data_dir / "quality" / f"{name}_heads_kept.csv"
+        if lp2.exists():
+            out.append((f"Head diagnostics {name}", suite_heads(pd.read_csv(lp2), pd.read_csv(kp) if kp.exists() else None)))
     return out
