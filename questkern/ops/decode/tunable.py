@@ -36,6 +36,19 @@ def default_splits(bucket, page_size: int, budget: int | None, num_sms: int) -> 
     return C.choose_num_splits(cfg, bucket.batch, bucket.head_programs(), bucket.slots(page_size, budget), num_sms)
 
 
+def kv_tile_violation(page_size: int, pages_per_block: int, head_dim: int, num_warps: int) -> str | None:
+    """Why a decode's K/V tile (``pages_per_block`` pages per inner step) cannot work, or None:
+    16..256 tokens per step, at most REG_BUDGET operand elements per thread. The fused step's
+    stage 2 walks the same tiles."""
+    tokens = pages_per_block * page_size
+    if not 16 <= tokens <= 256:
+        return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
+    per_thread = 2 * tokens * head_dim / (32 * num_warps)
+    if per_thread > REG_BUDGET:
+        return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
+    return None
+
+
 class DecodeTunable:
     """One description for both decodes: a sparse one walks the selection, a dense one every page
     (``bucket.slots``)."""
@@ -70,12 +83,9 @@ class DecodeTunable:
         return p
 
     def violation(self, bucket, params: dict, page_size: int, budget: int | None, num_sms: int) -> str | None:
-        tokens = params["pages_per_block"] * page_size
-        if not 16 <= tokens <= 256:
-            return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
-        per_thread = 2 * tokens * bucket.head_dim / (32 * params["num_warps"])
-        if per_thread > REG_BUDGET:
-            return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
+        bad = kv_tile_violation(page_size, params["pages_per_block"], bucket.head_dim, params["num_warps"])
+        if bad:
+            return bad
         useful = -(-bucket.slots(page_size, budget) // params["pages_per_block"])
         if params["num_splits"] > useful:
             return f"num_splits {params['num_splits']} > {useful} blocks of work"

@@ -15,7 +15,7 @@ import torch
 
 from questkern import config as C
 from questkern.config import next_pow2
-from questkern.ops.decode.tunable import POW2_SPLITS, TOLERANCES
+from questkern.ops.decode.tunable import POW2_SPLITS, TOLERANCES, kv_tile_violation
 from questkern.ops.select.tunable import SELECT_TOPK
 from questkern.ops.tunable import REG_BUDGET, Param, pow2_range
 
@@ -70,12 +70,9 @@ class StepTunable:
         per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["score_warps"])
         if per_thread > REG_BUDGET:
             return f"chunk_pages*block_d score tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
-        tokens = params["pages_per_block"] * page_size
-        if not 16 <= tokens <= 256:
-            return f"pages_per_block*page_size = {tokens} tokens, must be in 16..256"
-        per_thread = 2 * tokens * bucket.head_dim / (32 * params["num_warps"])
-        if per_thread > REG_BUDGET:
-            return f"K/V tiles need {per_thread:.0f} elements/thread > {REG_BUDGET}"
+        bad = kv_tile_violation(page_size, params["pages_per_block"], bucket.head_dim, params["num_warps"])
+        if bad:
+            return bad
         assert budget is not None, "quest_step is tuned with a budget"
         useful = -(-bucket.k_pages(page_size, budget) // params["pages_per_block"])
         if params["splits"] > useful:
