@@ -33,6 +33,7 @@ from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
+from questkern.ops.select.reuse import reuse_gate, reuse_state
 from questkern.ops.step import quest_step, step_plan, step_workspace
 
 
@@ -72,12 +73,23 @@ class QuestDecode:
         one launch in which every program of a selection row finds the row's top-K itself
         and attends to its share of the selected pages. ``"classic"``: select (scores, then
         a top-K merge with one program per row), split-K decode, combine. ``"auto"`` (the
-        default) is the fused path, except with an adaptive budget (classic only).
+        default) is the classic path until the fused one is measured faster on the GPU
+        (issue 15; the adaptive budget and selection reuse run the classic path only).
+    reselect_every: reuse a selection across decode steps (LServe's
+        ``dynamic_select_interval``): a KV head selects afresh every this many steps and
+        keeps its page ids in between (``1``, the default: every step; ``None``: no age
+        limit, with ``drift_threshold``).
+    drift_threshold: also select afresh when the cosine similarity of a KV head's group
+        of queries to those of its last selection falls below this (in [-1, 1]).
+        Whatever these say, a sequence new to the plan (or named by :meth:`reselect`),
+        and a sequence whose context crossed into a new page, selects at that step; the
+        decision is made on the device (no sync, CUDA-graph safe). Rules:
+        :mod:`questkern.ops.select.reuse_naive`.
     """
 
     def __init__(self, budget: int | None, *, gqa_mode: str = "shared", aggregate: str = "sum",
                  sm_scale: float | None = None, configs: dict | None = None, adaptive: AdaptiveBudget | None = None,
-                 path: str = "auto"):
+                 path: str = "auto", reselect_every: int | None = 1, drift_threshold: float | None = None):
         if budget is not None:
             V.check_positive_int("budget", budget)
         if adaptive is not None:
@@ -95,15 +107,23 @@ class QuestDecode:
         V.check_choice("path", path, ("auto", "fused", "classic"))
         if path == "fused" and adaptive is not None:
             raise ValueError("path='fused' does not take an adaptive budget (use path='auto' or 'classic')")
+        _check_reuse(reselect_every, drift_threshold, budget, adaptive, path)
+        self.reselect_every, self.drift_threshold = reselect_every, drift_threshold
         self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
         self.path = path
         self.configs = _check_configs(configs)
         self._plan: Plan | None = None
+        self._reuse = None  # ReuseState of the current plan (reuse only)
         self._status: torch.Tensor | None = None  # [1] int32 of the current plan: bit 0 = grown past it
 
     @property
     def dense(self) -> bool:
         return self.budget is None and self.adaptive is None
+
+    @property
+    def reuse(self) -> bool:
+        """Whether selections are reused across steps (``reselect_every`` != 1 or a drift threshold)."""
+        return self.reselect_every != 1 or self.drift_threshold is not None
 
     # ------------------------------------------------------------------ plan
     def plan(self, cache=None, *, num_q_heads: int, k_cache=None, v_cache=None, kmin=None, kmax=None,
@@ -162,7 +182,7 @@ class QuestDecode:
             budget = self.adaptive.max_budget if self.adaptive is not None else self.budget
             k_pages = min(-(-budget // PAGE), max_pages)
             sel_cfg, sources["select"] = self._config("select", key)
-        fused = not self.dense and self.adaptive is None and self.path == "fused"
+        fused = not self.dense and self.adaptive is None and not self.reuse and self.path == "fused"
         if fused:
             return self._plan_fused(key, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads, bucket_len,
                                     k_pages)
@@ -178,6 +198,7 @@ class QuestDecode:
         self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
         self._dec_ws = decode_workspace(B, num_q_heads, splits, D, dev) if splits > 1 else None
+        self._reuse = None
         if not self.dense:
             rows = Hkv if self.gqa_mode == "shared" else num_q_heads
             self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
@@ -186,6 +207,8 @@ class QuestDecode:
                 self._sel_ws = adaptive_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
             else:
                 self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
+            self._reuse = (reuse_state(B, Hkv, G, D, self.reselect_every, self.drift_threshold, dev)
+                           if self.reuse else None)
         self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
         return self._plan
 
@@ -200,6 +223,7 @@ class QuestDecode:
         geo = step_plan(B, rows, max_pages, k_pages, cfg, num_sms)
         self._plan = None  # every check passed; should an allocation below fail, no half-built plan runs
         self._num_sms = num_sms
+        self._reuse = None
         self._tensors = (k_cache, v_cache, kmin, kmax, page_table, seq_lens)
         self._status = torch.zeros(1, dtype=torch.int32, device=dev)
         self._out = torch.empty(B, num_q_heads, D, dtype=k_cache.dtype, device=dev)
@@ -248,6 +272,11 @@ class QuestDecode:
                                                      config=p.select_config, out=self._selected,
                                                      out_phys=self._selected_phys, workspace=self._sel_ws,
                                                      status=self._status)
+                elif self._reuse is not None:  # stored rows are logical ids: the decode maps them now
+                    gate = reuse_gate(q, page_table, seq_lens, p.page_size, self._reuse, status=self._status)
+                    selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
+                                            self.gqa_mode, self.aggregate, p.select_config, out=self._selected,
+                                            workspace=self._sel_ws, status=self._status, gate=gate)
                 else:
                     selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
                                             self.gqa_mode, self.aggregate, p.select_config,
@@ -257,8 +286,36 @@ class QuestDecode:
         with annotate(name, batch=p.batch, splits=p.num_splits):
             paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
                          num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
-                         selected_phys=None if self.dense else self._selected_phys, status=self._status)
+                         selected_phys=None if self.dense or self._reuse is not None else self._selected_phys,
+                         status=self._status)
         return (self._out, selected) if return_selected else self._out
+
+    def reselect(self, sequences=None) -> None:
+        """Make the given sequences (batch indices: an int, a list of ints or a [B] bool
+        tensor; ``None`` = all) select afresh at the next ``run()``, whatever the reuse
+        rules say (e.g. an engine that put a new request in a batch slot). Writes a device
+        flag: no sync. A plan without reuse ignores it."""
+        p = self._plan
+        if p is None:
+            raise RuntimeError("QuestDecode.reselect() called before plan()")
+        force = self._reuse.force if self._reuse is not None else None
+        if sequences is None:
+            idx: object = slice(None)
+        elif isinstance(sequences, torch.Tensor):
+            if sequences.dtype != torch.bool or sequences.shape != (p.batch,):
+                raise ValueError(f"sequences as a tensor must be a [batch] = [{p.batch}] bool mask, "
+                                 f"got {sequences.dtype} {tuple(sequences.shape)}")
+            idx = sequences.to(self._status.device)
+        else:
+            ids = [sequences] if isinstance(sequences, int) and not isinstance(sequences, bool) else sequences
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise TypeError(f"sequences must be None, an int, a list of ints or a [batch] bool tensor, got {sequences!r}")
+            bad = [i for i in ids if not 0 <= i < p.batch]
+            if bad:
+                raise ValueError(f"sequences must be batch indices in [0, {p.batch}), got {bad}")
+            idx = torch.tensor(ids, dtype=torch.long, device=self._status.device)
+        if force is not None:
+            force[idx] = 1
 
     # ------------------------------------------------------------------ status
     def check(self, *, raise_error: bool = True) -> bool:
@@ -289,6 +346,28 @@ class QuestDecode:
             if clear:
                 self._status.zero_()
             raise RuntimeError(msg + " (flag cleared: this plan() call was refused, the next one proceeds)")
+
+
+def _check_reuse(every, threshold, budget, adaptive, path) -> None:
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"reselect_every must be an int >= 1 or None, got {every!r}")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"drift_threshold must be a number in [-1, 1] or None, got {type(threshold).__name__}")
+        if not (math.isfinite(threshold) and -1 <= threshold <= 1):
+            raise ValueError(f"drift_threshold must be a number in [-1, 1] or None, got {threshold!r}")
+    if every is None and threshold is None:
+        raise ValueError("reselect_every=None (no age limit) needs a drift_threshold; pass reselect_every=1 "
+                         "to select at every step")
+    if every == 1 and threshold is None:
+        return
+    if budget is None and adaptive is None:
+        raise ValueError("reselect_every / drift_threshold reuse a sparse selection: they need a budget (got budget=None, dense)")
+    if adaptive is not None:
+        raise ValueError("reselect_every / drift_threshold do not take an adaptive budget yet (use a fixed budget)")
+    if path == "fused":
+        raise ValueError("reselect_every / drift_threshold run the classic path (select, then decode); "
+                         "use path='auto' or 'classic'")
 
 
 def _check_configs(configs) -> dict:

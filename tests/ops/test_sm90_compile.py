@@ -24,10 +24,11 @@ from questkern.ops.metadata import kernel as mk
 from questkern.ops.select import kernel as sk
 from questkern.ops.step import kernel as stk
 from questkern.ops.select import adaptive as ak
+from questkern.ops.select import reuse as rk
 
 kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
 fn = (getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(stk, kernel_name, None)
-      or getattr(ak, kernel_name, None) or getattr(dk, kernel_name))
+      or getattr(ak, kernel_name, None) or getattr(rk, kernel_name, None) or getattr(dk, kernel_name))
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
@@ -35,7 +36,7 @@ print("compiled", kernel_name)
 
 SELECT_PTRS = dict(q="*bf16", kmin="*fp8e5", kmax="*fp8e5", page_table="*i32", seq_lens="*i32", cand_idx="*i32",
                    cand_score="*fp32", cand_phys="*i32", out_idx="*i32", out_score="*fp32", out_phys="*i32",
-                   final_idx="*i32", final_phys="*i32", counters="*i32", status="*i32")
+                   final_idx="*i32", final_phys="*i32", counters="*i32", status="*i32", gate="*i32")
 STREAM = dict(PAGE=16, HEAD_DIM=128, SHARED=True, AGG_MAX=False, IEEE=False, WRITE_PHYS=True, FUSED_MERGE=False,
               BLOCK_M=2048, FILL=128, RADIX=False, TRIGGER=False, STATUS=True)
 TILE = dict(PAGE=16, HEAD_DIM=128, SHARED=False, AGG_MAX=False, CHUNK=256, KC=128, ONE_STAGE=False, FILL=128,
@@ -55,6 +56,8 @@ STEP = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_H=16, PER_HEAD=Fa
             SLOTS=8, BLOCK_SLOTS=8, BLOCK_W=2048, PHYS_UPFRONT=True, SINGLE_SPLIT=False, FUSE_COMBINE=False, BLOCK_S=16,
             RADIX=False, UPCAST=False, PDL=True, PERSISTENT=False, SCORE_BLOCK_D=128, SCORE_BLOCK_G=16, SHARED=True,
             AGG_MAX=False, CHUNK=64, IEEE=False, STATUS=True)
+REUSE_PTRS = dict(q="*bf16", page_table="*i32", seq_lens="*i32", gate="*i32", state="*i32", force="*i32",
+                  q_sel="*fp32", threshold="fp32", status="*i32")
 ADAPTIVE_PTRS = dict(SELECT_PTRS, aux="*fp32", threshold="fp32", zscale="fp32")
 ADAPTIVE = dict(PAGE=16, HEAD_DIM=128, BLOCK_D=64, SHARED=True, AGG_MAX=False, CHUNK=64, KC=64, NC=4, FILL=64,
                 IEEE=False, WRITE_PHYS=True, STATUS=True)
@@ -77,6 +80,17 @@ CASES = {
     "decode-combine": ("_combine_kernel", DECODE_PTRS, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=16, PDL=True)),
     "select-merge": ("_select_merge_kernel", SELECT_PTRS, dict(PAGE=16, BLOCK_N=2048, FILL=128, WRITE_PHYS=True,
                                                                RADIX=False, TRIGGER=False)),
+    "reuse-gate-drift": ("_reuse_gate_kernel", REUSE_PTRS, dict(PAGE=16, HEAD_DIM=128, GROUP=4, BLOCK_GD=512, AGE=True,
+                                                                DRIFT=True, STATUS=True)),
+    "reuse-gate-age": ("_reuse_gate_kernel", REUSE_PTRS, dict(PAGE=16, HEAD_DIM=64, GROUP=1, BLOCK_GD=64, AGE=True,
+                                                              DRIFT=False, STATUS=False)),
+    "score-stream-gated": ("_select_score_kernel", SELECT_PTRS,
+                           dict(STREAM, BLOCK_D=64, GROUP=4, BLOCK_G=16, CHUNK=32, NUM_STAGES=3, GATED=True)),
+    "tile-gated-one-stage": ("_select_tile_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
+                             dict(TILE, BLOCK_D=64, GROUP=4, BLOCK_G=16, ONE_STAGE=True, GATED=True)),
+    "select-merge-gated": ("_select_merge_kernel", SELECT_PTRS, dict(PAGE=16, BLOCK_N=2048, FILL=128, WRITE_PHYS=True,
+                                                                     RADIX=False, TRIGGER=False, GATE_DIV=4,
+                                                                     GATED=True)),
     "adaptive-tile-gqa-fp8": ("_adaptive_tile_kernel", ADAPTIVE_PTRS, dict(ADAPTIVE, GROUP=4, BLOCK_G=16, ONE_STAGE=False)),
     "adaptive-merge": ("_adaptive_merge_kernel", ADAPTIVE_PTRS, dict(PAGE=16, NC=4, BLOCK_NC=4, BLOCK_N=256, FILL=64,
                                                                     WRITE_PHYS=True)),

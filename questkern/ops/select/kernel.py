@@ -298,10 +298,15 @@ def _select_tile_kernel(
     TRIGGER: tl.constexpr,  # one stage: a decode launched with PDL may start now (it waits for this grid)
     status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the planned width (STATUS)
     STATUS: tl.constexpr = False,
+    gate=None,  # GATED: [B, Hkv] int32, 0 = this KV head reuses its rows (questkern.ops.select.reuse)
+    GATED: tl.constexpr = False,
 ):
     if TRIGGER:
         gdc_launch_dependents()
     i_b, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if GATED:
+        if tl.load(gate + i_b * tl.num_programs(1) + i_h) == 0:
+            return
     o_c = i_c * CHUNK + tl.arange(0, CHUNK)  # logical pages of this tile
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     # the page-table row is read without waiting for seq_len (ids past the sequence are
@@ -383,6 +388,8 @@ def _select_score_kernel(
     TRIGGER: tl.constexpr,  # FUSED_MERGE: a decode launched with PDL may start now
     status=None,  # [1] int32 plan status (STATUS), see _planned_pages
     STATUS: tl.constexpr = False,
+    gate=None,  # GATED: [B, Hkv] int32, 0 = this KV head reuses its rows (questkern.ops.select.reuse)
+    GATED: tl.constexpr = False,
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
@@ -394,6 +401,9 @@ def _select_score_kernel(
     if TRIGGER:
         gdc_launch_dependents()
     i_s, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if GATED:
+        if tl.load(gate + i_b * tl.num_programs(1) + i_h) == 0:
+            return
     n_progs = tl.num_programs(0)
     p_tab = page_table + i_b.to(tl.int64) * stride_tb
     seq_len = tl.load(seq_lens + i_b)
@@ -505,12 +515,18 @@ def _select_merge_kernel(
     RADIX: tl.constexpr,
     TRIGGER: tl.constexpr,  # a decode launched with PDL may start now (it waits for this grid)
     max_pages=None,  # page-table width: n_pages is clamped to it
+    gate=None,  # GATED: [B, Hkv] int32, 0 = this KV head reuses its rows (questkern.ops.select.reuse)
+    GATE_DIV: tl.constexpr = 1,  # rows per KV head
+    GATED: tl.constexpr = False,
 ):
     # Launched without PDL: on the H100 a merge launched with PDL (waiting in gdc_wait
     # from the start) made the MHA 8K/32K select 10 us slower (runs/014).
     if TRIGGER:
         gdc_launch_dependents()
     i_b, i_r = tl.program_id(0), tl.program_id(1)
+    if GATED:
+        if tl.load(gate + i_b * (tl.num_programs(1) // GATE_DIV) + i_r // GATE_DIV) == 0:
+            return
     n_pages = _planned_pages(tl.load(seq_lens + i_b), PAGE, max_pages, seq_lens, False)
     c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
@@ -552,9 +568,12 @@ def select_pages(
     out_phys: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 physical ids (written when given)
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
+    gate: torch.Tensor | None = None,  # [B, Hkv] int32 (questkern.ops.select.reuse): rows of a 0 entry are left as they are
 ) -> torch.Tensor:
     """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api).
-    A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only."""
+    A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only.
+    With ``gate``, only the KV heads whose entry is nonzero select; the others' rows of ``out``
+    (and ``out_phys``) keep what they held."""
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -576,7 +595,8 @@ def select_pages(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
-    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None)
+    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None,
+                gate=seq_lens if gate is None else gate, GATED=gate is not None)
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
@@ -612,7 +632,8 @@ def select_pages(
         cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
         cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
         PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
-        TRIGGER=use_pdl(q.device), max_pages=max_pages, num_warps=cfg.merge_warps,
+        TRIGGER=use_pdl(q.device), max_pages=max_pages, gate=flag["gate"], GATE_DIV=rows // Hkv,
+        GATED=gate is not None, num_warps=cfg.merge_warps,
     )
     return out
 
