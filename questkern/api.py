@@ -33,7 +33,7 @@ from questkern.ops.decode.kernel import decode_num_splits
 from questkern.ops.select import select_pages, select_workspace
 from questkern.ops.select.adaptive import adaptive_workspace, select_pages_adaptive
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.reuse import reuse_gate, reuse_state
+from questkern.ops.select.reuse import ReuseState, reuse_gate, reuse_state
 from questkern.ops.step import quest_step, step_plan, step_workspace
 
 
@@ -107,13 +107,13 @@ class QuestDecode:
         V.check_choice("path", path, ("auto", "fused", "classic"))
         if path == "fused" and adaptive is not None:
             raise ValueError("path='fused' does not take an adaptive budget (use path='auto' or 'classic')")
-        _check_reuse(reselect_every, drift_threshold, budget, adaptive, path)
+        V.check_reuse(reselect_every, drift_threshold, budget, adaptive, path)
         self.reselect_every, self.drift_threshold = reselect_every, drift_threshold
         self.budget, self.gqa_mode, self.aggregate, self.sm_scale = budget, gqa_mode, aggregate, sm_scale
         self.path = path
         self.configs = _check_configs(configs)
         self._plan: Plan | None = None
-        self._reuse = None  # ReuseState of the current plan (reuse only)
+        self._reuse: ReuseState | None = None  # of the current plan (reuse only)
         self._status: torch.Tensor | None = None  # [1] int32 of the current plan: bit 0 = grown past it
 
     @property
@@ -300,7 +300,7 @@ class QuestDecode:
             raise RuntimeError("QuestDecode.reselect() called before plan()")
         force = self._reuse.force if self._reuse is not None else None
         if sequences is None:
-            idx: object = slice(None)
+            idx: slice | torch.Tensor = slice(None)
         elif isinstance(sequences, torch.Tensor):
             if sequences.dtype != torch.bool or sequences.shape != (p.batch,):
                 raise ValueError(f"sequences as a tensor must be a [batch] = [{p.batch}] bool mask, "
@@ -346,28 +346,6 @@ class QuestDecode:
             if clear:
                 self._status.zero_()
             raise RuntimeError(msg + " (flag cleared: this plan() call was refused, the next one proceeds)")
-
-
-def _check_reuse(every, threshold, budget, adaptive, path) -> None:
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ValueError(f"reselect_every must be an int >= 1 or None, got {every!r}")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"drift_threshold must be a number in [-1, 1] or None, got {type(threshold).__name__}")
-        if not (math.isfinite(threshold) and -1 <= threshold <= 1):
-            raise ValueError(f"drift_threshold must be a number in [-1, 1] or None, got {threshold!r}")
-    if every is None and threshold is None:
-        raise ValueError("reselect_every=None (no age limit) needs a drift_threshold; pass reselect_every=1 "
-                         "to select at every step")
-    if every == 1 and threshold is None:
-        return
-    if budget is None and adaptive is None:
-        raise ValueError("reselect_every / drift_threshold reuse a sparse selection: they need a budget (got budget=None, dense)")
-    if adaptive is not None:
-        raise ValueError("reselect_every / drift_threshold do not take an adaptive budget yet (use a fixed budget)")
-    if path == "fused":
-        raise ValueError("reselect_every / drift_threshold run the classic path (select, then decode); "
-                         "use path='auto' or 'classic'")
 
 
 def _check_configs(configs) -> dict:

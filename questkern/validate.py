@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 KV_DTYPES = (torch.float16, torch.bfloat16)
@@ -122,3 +124,26 @@ def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk
             raise ValueError(f"kmin > kmax at page {int(sl[p])}, kv head {h}, channel {d} "
                              f"({float(kmin[sl[p], h, d])} > {float(kmax[sl[p], h, d])}): kmin and kmax swapped "
                              f"or not built from the keys")
+
+
+def check_reuse(every, threshold, budget, adaptive, path: str = "auto") -> None:
+    """``reselect_every`` / ``drift_threshold`` of QuestDecode (and the transformers hook)."""
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"reselect_every must be an int >= 1 or None, got {every!r}")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"drift_threshold must be a number in [-1, 1] or None, got {type(threshold).__name__}")
+        if not (math.isfinite(threshold) and -1 <= threshold <= 1):
+            raise ValueError(f"drift_threshold must be a number in [-1, 1] or None, got {threshold!r}")
+    if every is None and threshold is None:
+        raise ValueError("reselect_every=None (no age limit) needs a drift_threshold; pass reselect_every=1 "
+                         "to select at every step")
+    if every == 1 and threshold is None:
+        return
+    if budget is None and adaptive is None:
+        raise ValueError("reselect_every / drift_threshold reuse a sparse selection: they need a budget (got budget=None, dense)")
+    if adaptive is not None:
+        raise ValueError("reselect_every / drift_threshold do not take an adaptive budget yet (use a fixed budget)")
+    if path == "fused":
+        raise ValueError("reselect_every / drift_threshold run the classic path (select, then decode); "
+                         "use path='auto' or 'classic'")

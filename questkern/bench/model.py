@@ -38,6 +38,27 @@ from questkern.cache import PagedKVCache
 from questkern.ops.metadata import append_decode
 
 ATTENTIONS = ("sdpa", "none", "dense", "quest", "quest_classic")
+# plus Quest with selection reuse: "quest_every<N>" (QuestDecode(reselect_every=N)) and
+# "quest_drift<t>" (drift_threshold=t, no age limit), timed after the others
+
+
+def quest_options(attention: str) -> dict | None:
+    """QuestDecode keywords of a Quest attention name (None for sdpa / none / dense)."""
+    if attention in ("quest", "quest_classic"):
+        return {"path": "classic"} if attention == "quest_classic" else {}
+    for prefix, key in (("quest_every", "reselect_every"), ("quest_drift", "drift_threshold")):
+        if attention.startswith(prefix):
+            try:
+                v = (int if key == "reselect_every" else float)(attention[len(prefix):])
+            except ValueError:
+                break
+            return {key: v} if key == "reselect_every" else {key: v, "reselect_every": None}
+    return None
+
+
+def check_attention(attention: str) -> None:
+    if attention not in ATTENTIONS and quest_options(attention) is None:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, quest_every<N> or quest_drift<t>, got {attention!r}")
 
 
 @dataclass(frozen=True)
@@ -109,8 +130,7 @@ class ModelStep:
     Quest path (``quest_classic`` is ``quest`` with ``path="classic"``)."""
 
     def __init__(self, case: ModelCase, attention: str, weights: _Weights, device, caches: list | None = None):
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        check_attention(attention)
         s, B, T = case.shape, case.batch, case.seq_len
         self.case, self.attention, self.w, self.device = case, attention, weights, device
         self.x = weights.embed_row.expand(B, -1).contiguous()  # [B, hidden] the step's input
@@ -129,10 +149,10 @@ class ModelStep:
                 raise ValueError(f"attention {attention!r} needs the paged caches (paged_caches(case, device))")
             self.base_lens = torch.full((B,), T - 1, dtype=torch.int32, device=device)
             self.kv = caches
-            path = "classic" if attention == "quest_classic" else case.path
+            opts = {"path": case.path, **(quest_options(attention) or {})}
             for layer, cache in enumerate(caches):
                 sparse = attention != "dense" and layer >= case.dense_layers
-                dec = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=path) if sparse else QuestDecode(None)
+                dec = QuestDecode(case.budget, gqa_mode=case.gqa_mode, **opts) if sparse else QuestDecode(None)
                 dec.plan(cache, num_q_heads=s.q_heads)
                 self.decoders.append(dec)
 
@@ -248,8 +268,11 @@ def run_model_case(case: ModelCase, device, *, rep_ms: int = 300, attentions=ATT
     out = {}
     graph = device.type == "cuda"
     caches = None
-    for att in [a for a in ATTENTIONS if a in attentions]:
-        if att in ("dense", "quest", "quest_classic") and caches is None:
+    for a in attentions:
+        check_attention(a)
+    order = [a for a in ATTENTIONS if a in attentions] + [a for a in attentions if a not in ATTENTIONS]
+    for att in order:
+        if (att == "dense" or quest_options(att) is not None) and caches is None:
             gc.collect()
             if graph:
                 torch.cuda.empty_cache()
@@ -286,5 +309,5 @@ def summarize(case: ModelCase, times: dict, copy_gbps: float) -> list[dict]:
     return rows
 
 
-__all__ = ["ModelCase", "ModelStep", "ATTENTIONS", "paged_caches", "run_model_case", "summarize", "case_memory",
+__all__ = ["ModelCase", "ModelStep", "ATTENTIONS", "quest_options", "check_attention", "paged_caches", "run_model_case", "summarize", "case_memory",
            "check_fits"]

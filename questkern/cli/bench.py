@@ -76,6 +76,12 @@ def register(sub) -> None:
     p.add_argument("--compare-paths", action="store_true",
                    help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
                         "attention quest_classic)")
+    p.add_argument("--reselect-every", type=_parse_reuse_every, default=[],
+                   help="with --model: also time Quest reusing its selection, re-selecting every N steps "
+                        "(QuestDecode(reselect_every=N); attention quest_every<N>), e.g. 4,8,16 (default: none)")
+    p.add_argument("--drift", type=_parse_drift, default=[],
+                   help="with --model: also time Quest re-selecting only when the query drifts below this cosine "
+                        "(attention quest_drift<t>), e.g. 0.9 (default: none)")
     p.add_argument("--check", action="store_true",
                    help=f"also check each case against the float32 references: selection exact, outputs within "
                         f"{CHECK_TOL:g} (prints PASS or FAIL per case)")
@@ -89,6 +95,28 @@ def register(sub) -> None:
 
 
 META = {"kv": None, "fp32": torch.float32, "fp8": torch.float8_e5m2, "fp8_e5m2": torch.float8_e5m2}
+
+
+def _parse_reuse_every(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) < 2:
+            raise argparse.ArgumentTypeError(f"--reselect-every takes integers >= 2 separated by commas, got {text!r}")
+        out.append(int(part))
+    return out
+
+
+def _parse_drift(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            v = float("nan")
+        if not -1 <= v <= 1:
+            raise argparse.ArgumentTypeError(f"--drift takes cosines in [-1, 1] separated by commas, got {text!r}")
+        out.append(v)
+    return out
 
 
 def _parse_meta(text: str) -> list:
@@ -186,7 +214,8 @@ def run_model(args, note: str | None) -> int:
     command = invocation(args)
     out = getattr(args, "resolved_out", None) or resolve_out(args, gpu)  # run() decides (and checks) it first
     out.parent.mkdir(parents=True, exist_ok=True)
-    atts = ("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
+    atts = (("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
+            + tuple(f"quest_every{n}" for n in args.reselect_every) + tuple(f"quest_drift{t:g}" for t in args.drift))
     rows: list[dict] = []
     for b in batches:
         for L in seqs:
@@ -231,6 +260,8 @@ def run(args) -> int:
     from questkern.configs.gpus import current_gpu_key
 
     try:  # before any case runs
+        if args.model is None and (args.reselect_every or args.drift):
+            raise ValueError("--reselect-every and --drift time a whole model's step: they need --model")
         if args.out is not None:
             from questkern.cli._paths import check_output_file
 

@@ -50,6 +50,7 @@ from questkern.ops.select.adaptive_naive import AdaptiveBudget, select_pages_ada
 from questkern.ops.select.naive import select_pages_ref
 from questkern.ops.metadata.minmax import META_DTYPES, page_minmax, round_meta
 from questkern.ops.select.rerank_naive import select_pages_rerank_ref
+from questkern.ops.select.reuse_naive import ReuseStateRef
 
 NAME = "questkern"
 BACKENDS = ("auto", "reference", "kernels")
@@ -76,6 +77,9 @@ class QuestAttention:
         (:mod:`questkern.ops.select.rerank_naive`; reads those pages' keys). Reference
         backend only for now ("auto" then means the reference; "kernels" refuses it); the
         quality suite measures it.
+    reselect_every / drift_threshold: reuse a layer's selection across decode steps, as in
+        :class:`questkern.QuestDecode` (rules: :mod:`questkern.ops.select.reuse_naive`; the
+        reference backend keeps the same state per layer). Defaults: select at every step.
     on_select: optional callback ``(layer_idx, selected [B, Hsel, K]) -> None`` (for
         studies: which pages each step read).
     on_query: optional callback ``(layer_idx, q [B, Hq, D]) -> None`` called at every
@@ -92,6 +96,8 @@ class QuestAttention:
     backend: str = "auto"
     kv_dtype: torch.dtype = torch.bfloat16
     rerank: int = 0
+    reselect_every: int | None = 1
+    drift_threshold: float | None = None
     on_select: Callable | None = None
     on_query: Callable | None = None
     _state: dict = field(default_factory=dict, repr=False)  # kernels backend: per-layer caches
@@ -114,12 +120,29 @@ class QuestAttention:
         if self.rerank and (self.backend == "kernels" or self.adaptive is not None):
             raise ValueError("rerank > 0 needs backend='reference' (or 'auto', which then uses the reference) and a "
                              "fixed budget (no adaptive): the kernels have no re-rank stage yet")
+        V.check_reuse(self.reselect_every, self.drift_threshold, self.budget, self.adaptive)
         if self.backend == "kernels" and self.meta != "fp32":
             raise ValueError("meta must be 'fp32' with backend='kernels' (the paged cache keeps exact metadata in the kv dtype)")
 
     @property
     def sparse(self) -> bool:
         return self.budget is not None or self.adaptive is not None
+
+    @property
+    def reuse(self) -> bool:
+        return self.reselect_every != 1 or self.drift_threshold is not None
+
+    def reuse_options(self) -> dict:
+        """QuestDecode keywords of the reuse settings (none when every step selects)."""
+        return {"reselect_every": self.reselect_every, "drift_threshold": self.drift_threshold} if self.reuse else {}
+
+    def reuse_ref(self, key, batch: int, num_kv_heads: int) -> ReuseStateRef:
+        """The reference backends' reuse state for ``key`` (e.g. a layer), kept in ``_state``."""
+        st = self._state.get(("reuse", key))
+        if st is None or st.last_len.shape != (batch, num_kv_heads):
+            st = self._state[("reuse", key)] = ReuseStateRef(batch, num_kv_heads, self.page_size, self.reselect_every,
+                                                             self.drift_threshold)
+        return st
 
     def reset(self) -> None:
         """Drop the kernels backend's mirrored caches (call between unrelated generations)."""
@@ -198,6 +221,8 @@ def _reference_step(cfg: QuestAttention, layer: int, q, key, value, scale):
                                           cfg.gqa_mode, cfg.aggregate, scale)
         else:
             sel = select_pages_ref(qb, kmin, kmax, table, lens, P, cfg.budget, cfg.gqa_mode, cfg.aggregate)
+        if cfg.reuse:
+            sel = cfg.reuse_ref((layer, b), 1, Hkv).step(qb, table, lens, sel)
         if cfg.on_select is not None:
             cfg.on_select(layer, sel)
         out[b] = paged_attention_ref(qb, k_pages, v_pages, table, lens, sel, scale)[0]
@@ -219,9 +244,12 @@ def _kernels_step(cfg: QuestAttention, layer: int, q, key, value, scale):
         st = cfg._state[layer] = {"cache": cache, "cap": cap}
     cache.append_decode(key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous())
     qk = q.to(cfg.kv_dtype).contiguous()  # [B, Hq, D]
-    w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive, gqa_mode=cfg.gqa_mode,
-                    aggregate=cfg.aggregate, sm_scale=scale)
-    w.plan(cache, num_q_heads=q.shape[1])
+    w = st.get("decode")
+    if w is None or w.sm_scale != scale:  # one plan per mirror (its reuse state lives there)
+        w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive, gqa_mode=cfg.gqa_mode,
+                        aggregate=cfg.aggregate, sm_scale=scale, **cfg.reuse_options())
+        w.plan(cache, num_q_heads=q.shape[1], max_seq_len=cache.max_pages * cfg.page_size)
+        st["decode"] = w
     out, sel = w.run(qk, return_selected=True)
     if cfg.on_select is not None:
         cfg.on_select(layer, sel)

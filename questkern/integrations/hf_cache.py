@@ -239,6 +239,9 @@ class QuestCacheLayer(CacheLayerMixin):
             else:
                 sel = select_pages_ref(qf, pc.kmin, pc.kmax, pc.page_table, pc.seq_lens, pc.page_size, cfg.budget,
                                        cfg.gqa_mode, cfg.aggregate)
+                if cfg.reuse:
+                    sel = cfg.reuse_ref(self.layer_idx, pc.batch_size, pc.num_kv_heads).step(
+                        qf, pc.page_table, pc.seq_lens, sel).to(qf.device)
             out = paged_attention_ref(qf, pc.k_cache, pc.v_cache, pc.page_table, pc.seq_lens, sel, scale)
         if sel is not None and cfg.on_select is not None:
             cfg.on_select(self.layer_idx, sel)
@@ -248,14 +251,14 @@ class QuestCacheLayer(CacheLayerMixin):
         from questkern.api import QuestDecode
 
         key = (dense, None if dense else cfg.budget, None if dense else cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale,
-               num_q_heads)
+               num_q_heads, None if dense else tuple(cfg.reuse_options().items()))
         w = self._plans.get(key)
         if w is None:
             if dense:
                 w = QuestDecode(None, sm_scale=scale)
             else:
                 w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive,
-                                gqa_mode=cfg.gqa_mode, aggregate=cfg.aggregate, sm_scale=scale)
+                                gqa_mode=cfg.gqa_mode, aggregate=cfg.aggregate, sm_scale=scale, **cfg.reuse_options())
             w.plan(self.paged, num_q_heads=num_q_heads, max_seq_len=self.paged.max_pages * self.paged.page_size)
             self._plans = {key: w}  # one plan per layer: settings changed -> re-plan
         return w

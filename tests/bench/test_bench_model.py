@@ -72,3 +72,27 @@ def test_memory_and_refusal(monkeypatch):
 def test_bad_model_specs(text, match):
     with pytest.raises(ValueError, match=match):
         parse_model(text)
+
+
+def test_reuse_attentions_reuse_between_replays():
+    """quest_every<N> / quest_drift<t>: the layers' QuestDecode get the options; replays at the same
+    position (the bench's timing loop) select once every N steps; bad names are refused."""
+    from questkern.bench.model import check_attention, quest_options
+
+    assert quest_options("quest_every4") == {"reselect_every": 4}
+    assert quest_options("quest_drift0.9") == {"drift_threshold": 0.9, "reselect_every": None}
+    assert quest_options("dense") is None
+    for bad in ("quest_everyx", "quest_drift", "flash"):
+        with pytest.raises(ValueError, match="attention must be one of"):
+            check_attention(bad)
+    case = _case()
+    dev = torch.device("cpu")
+    m = ModelStep(case, "quest_every3", _Weights(case.shape, case.dtype, dev), dev, paged_caches(case, dev))
+    dec = m.decoders[1]
+    assert dec.reselect_every == 3 and m.decoders[0].dense
+    gates = []
+    for _ in range(4):
+        m.step()
+        gates.append(int(dec._reuse.gate.sum()))
+    n = case.batch * case.shape.kv_heads
+    assert gates == [n, 0, 0, n]

@@ -187,3 +187,43 @@ def test_backend_defaults_to_the_device():
     assert hf_cache.resolve_backend("kernels", torch.device("cpu")) == "kernels"
     assert QuestAttention().backend == "auto"
     assert QuestAttention(meta="bf16").resolved_backend(torch.device("cuda", 0)) == "reference"
+
+
+def test_selection_reuse_same_on_both_backends_and_reused_between_selections():
+    """QuestAttention(reselect_every=3): the kernels and the reference keep the same rows at
+    every step, and a row only changes at a selection step (page crossings select too)."""
+    model = tiny_llama(layers=2, dtype=torch.bfloat16)
+    P = prompts_of([40, 23], seed=4)
+    runs = {}
+    for backend in ("reference", "kernels"):
+        picked: list = []
+        enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1, backend=backend, reselect_every=3,
+                                           on_select=lambda l, s, picked=picked: picked.append(s.clone().cpu())))
+        cache = QuestCache(model, max_cache_len=52)
+        ids, mask, _ = left_pad(P, 0, "cpu")
+        kw = {cache_kwarg(model): cache}
+        pos = torch.tensor([[40], [23]])
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **kw)
+            for t in range(5):
+                mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+                model(input_ids=torch.tensor([[5 + t], [7 + t]]), position_ids=pos + t, attention_mask=mask, **kw)
+        runs[backend] = picked
+    assert len(runs["reference"]) == len(runs["kernels"]) == 5
+    for a, b in zip(runs["reference"], runs["kernels"]):
+        assert torch.equal(a, b)
+    # sequence 0 (41.. tokens, 6 pages): selects at steps 0 and 3; sequence 1 (24.. tokens): at 0, at 1
+    # (crosses into page 4) and 4 (age 3)
+    sel = runs["kernels"]
+    assert torch.equal(sel[1][0], sel[0][0]) and torch.equal(sel[2][0], sel[0][0]) and torch.equal(sel[4][0], sel[3][0])
+    assert torch.equal(sel[2][1], sel[1][1]) and torch.equal(sel[3][1], sel[1][1])
+    assert not torch.equal(sel[1][1], sel[0][1])  # the crossing's new last page is in the rows
+
+
+def test_reuse_settings_are_checked():
+    with pytest.raises(ValueError, match="reselect_every"):
+        QuestAttention(reselect_every=0)
+    with pytest.raises(ValueError, match="drift_threshold"):
+        QuestAttention(drift_threshold=2.0)
+    with pytest.raises(ValueError, match="need a budget"):
+        QuestAttention(budget=None, reselect_every=4)
