@@ -20,7 +20,7 @@ case "${1:-32k}" in
 32k)
   # graph == eager tokens (QuestCache with the kernels, SDPA on StaticCache), memory check on a small model: ~1 min
   if $PY -c "import pytest" 2>/dev/null; then
-    timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/integrations/test_hf_gpu.py 2>&1 | tee "$OUT/generate_gpu_tests.log" || rc=1
+    TRITON_INTERPRET=0 timeout 240 $PY -m pytest -q -m gpu --tb=short -p no:cacheprovider tests/integrations/test_hf_gpu.py 2>&1 | tee "$OUT/generate_gpu_tests.log" || rc=1
   else  # no pytest on this machine: the same two tests, called directly
     timeout 150 $PY - <<'PY' 2>&1 | tee "$OUT/generate_gpu_tests.log" || rc=1
 import sys, types
