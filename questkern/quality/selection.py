@@ -21,7 +21,12 @@ pages per selection row, **everything counted inside the budget**):
   page's tokens; for ``shared`` the sum over the group of each head's mass normalised
   over the candidates), reading the keys of those pages only;
 * ``dense_layers``: the layers that run dense (a set, so it can be chosen by where
-  retrieval happens instead of "the first two").
+  retrieval happens instead of "the first two");
+* ``reselect_every`` / ``drift``: selection reuse across decode steps (issue 19; the rules
+  of :func:`reuse_select`, the same as questkern.api's): a KV head re-selects every
+  ``reselect_every`` steps (1: every step, today's rule; ``None``: no age limit, with
+  ``drift`` only) and, with ``drift``, also when the cosine of its group's query to the
+  query at its last selection falls below ``drift``; in between it reuses its page mask.
 
 Forced pages (last, sinks, recent) come first; the remaining ``K - forced`` slots go to
 the other pages by score descending, ties to the lower page index (as the fixed rule).
@@ -53,6 +58,8 @@ class Variant:
     recent: int = 0
     rerank: int = 0
     dense_layers: tuple[int, ...] = (0, 1)
+    reselect_every: int | None = 1
+    drift: float | None = None
     name: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -72,12 +79,30 @@ class Variant:
                 raise ValueError(f"{k} must be an int >= 0, got {v!r}")
         if not isinstance(self.dense_layers, tuple) or any(not isinstance(i, int) or i < 0 for i in self.dense_layers):
             raise ValueError(f"dense_layers must be a tuple of layer indices >= 0, got {self.dense_layers!r}")
+        e = self.reselect_every
+        if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e <= 0):
+            raise ValueError(f"reselect_every must be a positive int (or None with drift: no age limit), got {e!r}")
+        d = self.drift
+        if d is not None:
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or not -1.0 <= d <= 1.0:
+                raise ValueError(f"drift must be a cosine threshold, a float in [-1, 1], got {d!r}")
+            object.__setattr__(self, "drift", float(d))
+            if e == 1:
+                raise ValueError("drift with reselect_every=1 re-selects every step anyway: "
+                                 "pass reselect_every=None (no age limit) or an int > 1")
+        elif e is None:
+            raise ValueError("reselect_every=None (no age limit) needs drift; without drift pass a positive int")
         if not self.name:
             object.__setattr__(self, "name", self.label())
 
     @property
     def dense(self) -> bool:
         return self.budget is None
+
+    @property
+    def reuses(self) -> bool:
+        """Whether selections may be reused across decode steps (else every step selects)."""
+        return self.reselect_every != 1 or self.drift is not None
 
     def with_(self, **kw) -> "Variant":
         return replace(self, name="", **kw)
@@ -94,6 +119,11 @@ class Variant:
             s += f" recent{self.recent}"
         if self.rerank:
             s += f" rerank{self.rerank}"
+        if self.reselect_every not in (1, None):
+            s += f" every{self.reselect_every}"
+        if self.drift is not None:
+            d = repr(self.drift)
+            s += " drift" + (d[:-2] if d.endswith(".0") else d)
         if self.dense_layers != (0, 1):
             s += " dense" + "-".join(map(str, self.dense_layers))
         return s
@@ -124,7 +154,14 @@ def parse_variant(name: str) -> Variant:
     if m.group(4):
         kw["aggregate"] = m.group(4)
     for tok in m.group(5).split():
-        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank")):
+        if tok.startswith("drift"):
+            try:
+                kw["drift"] = float(tok[5:])
+            except ValueError:
+                raise ValueError(f"not a variant label: {name!r} (drift needs a number: {tok!r})") from None
+            continue
+        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank"),
+                          ("every", "reselect_every")):
             if tok.startswith(key) and tok[len(key):].isdigit():
                 kw[attr] = int(tok[len(key):])
                 break
@@ -133,6 +170,8 @@ def parse_variant(name: str) -> Variant:
                 kw["dense_layers"] = tuple(int(x) for x in tok[5:].split("-"))
             else:
                 raise ValueError(f"not a variant label: {name!r} (unknown part {tok!r})")
+    if "drift" in kw and "reselect_every" not in kw:
+        kw["reselect_every"] = None  # drift alone: no age limit
     return Variant(int(m.group(2)), **kw)
 
 
@@ -272,23 +311,94 @@ NAME = "questkern_suite"
 
 
 @dataclass
+class ReuseState:
+    """Selection state of one layer across decode steps (issue 19), per KV head.
+
+    ``S`` key length at the last step, ``step`` decode steps since the sequence began,
+    ``pages`` page count at the last selection (common to the layer's heads: a page
+    crossing re-selects them all), ``at`` [Hkv] the step of each head's last selection,
+    ``q`` [Hkv, G*D] float32 the group's query at it, ``mask`` [R, n] the pages in use."""
+
+    S: int
+    step: int
+    pages: int
+    at: torch.Tensor
+    q: torch.Tensor
+    mask: torch.Tensor
+
+
+def reuse_select(v: Variant, state: ReuseState | None, q: torch.Tensor, k: torch.Tensor,
+                 sm_scale: float) -> tuple[torch.Tensor, ReuseState, torch.Tensor]:
+    """One decode step's page mask [R, n] with selection reuse: returns (mask, new state,
+    re-selected [Hkv] bool). The rules (the same as questkern.api's): a KV head re-selects
+    when (a) the sequence is new (``state`` None, or the key length is not the last step's + 1),
+    (b) the last page changed since its last selection (``ceil(S / page_size)`` differs),
+    (c) ``reselect_every`` steps passed since it (select at step 0, reuse at 1..N-1, select at
+    N; ``None``: no age limit), or (d) with ``drift``: the cosine of its group's query heads
+    concatenated [G*D] (float32) to the stored one is below ``drift`` (NaN counts as drifted).
+    Otherwise its stored pages are kept (the last page is in them: crossing re-selects).
+    ``per_head`` rows of one KV head re-select together."""
+    Hq, D = q.shape
+    Hkv, S, _ = k.shape
+    G = Hq // Hkv
+    n = -(-S // v.page_size)
+    qc = q.float().reshape(Hkv, G * D)
+    if state is None or S != state.S + 1:
+        step = 0
+        need = torch.ones(Hkv, dtype=torch.bool)
+    else:
+        step = state.step + 1
+        need = torch.full((Hkv,), n != state.pages, dtype=torch.bool)
+        if v.reselect_every is not None:
+            need |= (step - state.at) >= v.reselect_every
+        if v.drift is not None:
+            cos = (qc * state.q).sum(1) / (qc.norm(dim=1) * state.q.norm(dim=1))
+            need |= ~(cos >= v.drift)  # NaN: drifted
+    if bool(need.all()):
+        mask = select_mask(v, q, k, sm_scale)
+        return mask, ReuseState(S, step, n, torch.full((Hkv,), step), qc.clone(), mask), need
+    if not bool(need.any()):
+        return state.mask, replace(state, S=S, step=step), need
+    rows = need.repeat_interleave(G) if v.gqa_mode == "per_head" else need
+    mask = torch.where(rows[:, None], select_mask(v, q, k, sm_scale), state.mask)
+    at = torch.where(need, step, state.at)
+    qs = torch.where(need[:, None], qc, state.q)
+    return mask, ReuseState(S, step, n, at, qs, mask), need
+
+
+@dataclass
 class SuiteHook:
     """Settings attached to every attention module by :func:`enable`: the variant and an
-    optional recorder ``on_step(layer, q [Hq, D], k [Hkv, S, D], sel [R, n] | None)``."""
+    optional recorder ``on_step(layer, q [Hq, D], k [Hkv, S, D], sel [R, n] | None)``.
+
+    Selection reuse keeps its per-layer :class:`ReuseState` here; ``selections`` / ``steps``
+    count (sparse layer, KV head) selections made and decode steps run since :meth:`reset`
+    (call it when a new generation starts; a prefill, or a key length that does not continue
+    the last step's, resets a layer's state too)."""
 
     variant: Variant
     on_step: object = None
+    state: dict = field(default_factory=dict)
+    selections: int = 0
+    steps: int = 0
+
+    def reset(self) -> None:
+        self.state.clear()
+        self.selections = 0
+        self.steps = 0
 
 
 def suite_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention function: prefill and dense layers via SDPA, decode steps of
-    sparse layers via :func:`select_mask` + :func:`sparse_attention` (batch 1)."""
+    sparse layers via :func:`select_mask` (or :func:`reuse_select`) + :func:`sparse_attention` (batch 1)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     hook: SuiteHook | None = getattr(module, "questkern_suite", None)
     layer = getattr(module, "layer_idx", 0)
     T = query.shape[2]
     if hook is None or T != 1:
+        if hook is not None:
+            hook.state.pop(layer, None)  # a prefill: the next decode step starts a sequence
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if query.shape[0] != 1:
         raise NotImplementedError("questkern_suite attention runs batch 1 decode steps only")
@@ -299,7 +409,14 @@ def suite_attention(module, query, key, value, attention_mask, scaling=None, dro
     sel = None
     tmask = None
     if not v.dense and layer not in v.dense_layers:
-        sel = select_mask(v, q, k, scale)
+        Hkv = k.shape[0]
+        if v.reuses:
+            sel, hook.state[layer], need = reuse_select(v, hook.state.get(layer), q, k, scale)
+            hook.selections += int(need.sum())
+        else:
+            sel = select_mask(v, q, k, scale)
+            hook.selections += Hkv
+        hook.steps += Hkv
         tmask = token_mask(sel, q.shape[0], v.page_size, k.shape[1])
     if hook.on_step is not None:
         hook.on_step(layer, q, k, sel)

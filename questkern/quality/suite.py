@@ -19,7 +19,9 @@ last token and the answer go through real decode steps, so every answer token is
 predicted by a sparse step. Exact tasks (``niah_*`` single values) are scored by greedy
 decoding with early stop: the answer's tokens are fed while the argmax matches them, so
 ``correct`` is exactly "greedy generation reproduces the answer", and a wrong variant
-stops at its first wrong token. Set tasks generate ``gen_tokens`` greedily.
+stops at its first wrong token. Set tasks generate ``gen_tokens`` greedily. Rows count the
+(sparse layer, KV head) selections made and decode steps run (``selections`` / ``steps``: below 1
+with selection reuse, issue 19).
 The dense baseline runs on the same prompts in the same run.
 
 Head diagnostics: at the dense step that predicts the answer's first digit, every layer's
@@ -367,11 +369,12 @@ def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, dia
             for v in [dense] + list(variants):
                 if v is not dense and skip_if_dense_wrong and dense_ok is not None and dense_ok < 1.0:
                     rows.append(common | _vcols(v) | {"score": 0.0, "correct": 0, "tokens_ok": 0, "generated": "",
-                                                      "skipped": 1, "decode_s": 0.0})
+                                                      "skipped": 1, "decode_s": 0.0, "selections": 0, "steps": 0})
                     continue
                 _crop(cache, base)
                 hook.variant = v
                 hook.on_step = rec if v is dense else None
+                hook.reset()  # a new generation: selection reuse starts over, counts from 0
                 t1 = time.time()
                 if qu.exact:
                     n_ok, out = run_exact(model, cache, base, first, qu.answer_ids, early_stop=v is not dense)
@@ -384,7 +387,8 @@ def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, dia
                     dense_ok = score
                 rows.append(common | _vcols(v) | {"score": score, "correct": int(score == 1.0), "tokens_ok": n_ok,
                                                   "generated": tokenizer.decode(out), "skipped": 0,
-                                                  "decode_s": round(time.time() - t1, 2)})
+                                                  "decode_s": round(time.time() - t1, 2),
+                                                  "selections": hook.selections, "steps": hook.steps})
             if rec is not None:
                 diag += [common | {"dense_correct": int(dense_ok == 1.0)} | r for r in rec.rows]
         hook.on_step = None
@@ -402,7 +406,7 @@ def _vcols(v: Variant) -> dict:
     return {"variant": v.name, "budget": v.budget, "page_size": None if v.dense else v.page_size,
             "gqa_mode": None if v.dense else v.gqa_mode, "aggregate": None if v.dense or v.gqa_mode == "per_head" else v.aggregate,
             "sub_page": v.sub_page, "sinks": v.sinks, "recent": v.recent, "rerank": v.rerank,
-            "dense_layers": "-".join(map(str, v.dense_layers))}
+            "dense_layers": "-".join(map(str, v.dense_layers)), "reselect_every": v.reselect_every, "drift": v.drift}
 
 
 def study_variants(budget: int, retrieval_layers: tuple[int, ...] = (), rich: bool = True) -> list[Variant]:

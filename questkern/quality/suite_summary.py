@@ -12,7 +12,9 @@ prompts they all cover, dense rows taken from the first, and must agree) and wri
   where dense fails, and count as wrong there), and bytes read per sparse layer and
   step at the questkern target shape (GQA 32/8, head dim 128, 32K context, bf16), and
   ``read_frac_at_context``: the variant's bytes per sparse layer over dense K/V bytes at the
-  suite's own context and shape (SmolLM2: 9/3 heads, head dim 64);
+  suite's own context and shape (SmolLM2: 9/3 heads, head dim 64); and, for runs that count
+  them, ``selections`` / ``steps`` (sparse layer x KV head, summed over the rows actually
+  decoded) and ``selection_frac`` (selection reuse, issue 19: the fraction not skipped);
 * ``NAME_heads_layers.csv`` — per (task, context, layer, kv_head): mean and max dense
   attention mass on the needle's value tokens at the step that writes its first digit
   (prompts that dense answers), and how often it is a retrieval head (mass >= 0.1);
@@ -68,6 +70,9 @@ def accuracy_table(acc):
                "delta_points": 100 * (c.mean() - d.mean()),
                "retained": c[d == 1].mean() if (d == 1).any() else float("nan"),
                "dense_correct": int(d.sum())}
+        if "steps" in g.columns and g["steps"].notna().all():  # runs since issue 19 count selections
+            row["selections"], row["steps"] = int(g["selections"].sum()), int(g["steps"].sum())
+            row["selection_frac"] = row["selections"] / row["steps"] if row["steps"] else float("nan")
         v = parse_variant(var)
         if not v.dense:
             row.update(v.bytes_per_step(**TARGET_SHAPE))
@@ -116,8 +121,9 @@ def main(argv=None) -> int:
     t = accuracy_table(acc)
     write_csv_atomic(out / f"{name}_accuracy.csv", t, float_format="%.6g")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        print(t[["task", "context", "variant", "prompts", "dense_correct", "correct", "accuracy", "dense_accuracy",
-                 "delta_points", "retained"]].to_string(index=False))
+        cols = ["task", "context", "variant", "prompts", "dense_correct", "correct", "accuracy", "dense_accuracy",
+                "delta_points", "retained"] + (["selection_frac"] if "selection_frac" in t.columns else [])
+        print(t[cols].to_string(index=False))
     hp = Path(f"{a.prefix[0]}_heads.csv")
     if hp.exists():
         lay, kept = heads_tables(pd.read_csv(hp))

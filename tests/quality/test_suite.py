@@ -83,3 +83,25 @@ def test_score_text_counts_items():
     assert S.score_text("they are: ABCD, EFGH and 12345.", ["ABCD", "XYZW", "12345"]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="task"):
         S.build("nope", None, 100, 0)
+
+
+def test_selection_reuse_end_to_end_counts_selections(smollm):
+    """Through the model: every-step rows select at every (sparse layer, KV head, step); every4 rows
+    select at step 0, at a page crossing and 4 steps after the last selection; each run starts over."""
+    model, tok = smollm
+    every, reuse = Variant(32, page_size=8), Variant(32, page_size=8, reselect_every=4)
+    hs = S.build("niah_single", tok, 640, 1)
+    rows, _ = S.run_haystack(model, tok, hs, [every, reuse, every.with_(sub_page=4)], skip_if_dense_wrong=False,
+                             log=lambda m: None)
+    by = {r["variant"]: r for r in rows}
+    per_step = (model.config.num_hidden_layers - 2) * model.config.num_key_value_heads
+    assert by["dense"]["steps"] == 0 == by["dense"]["selections"]
+    assert by[every.name]["selections"] == by[every.name]["steps"] > 0
+    r = by[reuse.name]
+    assert r["reselect_every"] == 4 and r["steps"] % per_step == 0 and r["steps"] > 0
+    last, want = None, 0
+    for t in range(r["steps"] // per_step):
+        n = -(-(r["length"] + t) // 8)
+        if last is None or n != last[1] or t - last[0] >= 4:
+            last, want = (t, n), want + 1
+    assert r["selections"] == want * per_step < r["steps"]

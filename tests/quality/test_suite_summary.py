@@ -76,3 +76,14 @@ def test_read_fraction_at_context():
     # K/V of 1024 of 8192 tokens plus 512 pages of (min, max) metadata = 1/8 + 1/16
     assert base == pytest.approx(1 / 8 + 1 / 16)
     assert t.loc["p16 b1024 shared-sum rerank4", "read_frac_at_context"] == pytest.approx(base + 4 * 63 * 16 / 8192 / 2)
+
+
+def test_accuracy_table_sums_selections_when_counted():
+    acc = _acc()
+    assert "selection_frac" not in accuracy_table(acc).columns  # runs before issue 19
+    acc["steps"] = [0 if v == "dense" else 84 * 6 for v in acc["variant"]]
+    acc["selections"] = [0 if v == "dense" else 84 * (2 if "rerank" in v else 6) for v in acc["variant"]]
+    t = accuracy_table(acc).set_index("variant")
+    assert t.loc["p16 b1024 shared-sum rerank4", "selections"] == 4 * 168
+    assert t.loc["p16 b1024 shared-sum rerank4", "selection_frac"] == pytest.approx(1 / 3)
+    assert t.loc["p16 b1024 shared-sum", "selection_frac"] == 1.0 and t.loc["dense", "steps"] == 0
