@@ -122,3 +122,13 @@ def test_contract_catches_an_upward_import(tmp_path):
     src.write_text("def f():\n    from questkern.api import QuestDecode\n    from ..cache import PagedKVCache\n")
     known = {"questkern.api": Path(), "questkern.cache": Path()}
     assert [t for _, t in imports("questkern.ops.x", src, known)] == ["questkern.api", "questkern.cache"]
+
+
+def test_test_module_basenames_are_unique():
+    """pytest imports test modules by basename (no __init__.py): two test_x.py in different folders
+    stop the whole run at collection (it happened twice)."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1]
