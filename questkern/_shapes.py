@@ -75,12 +75,13 @@ def parse_positive_int(text: str) -> int:
 
 
 def parse_ints(text: str) -> list[int]:
+    """'1,4' -> [1, 4]; an empty list, zero, negatives and non-integers are argparse errors."""
     try:
         vals = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return vals
 
 

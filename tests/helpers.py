@@ -18,3 +18,14 @@ def integer_tensor(shape, lo: int, hi: int, dtype, seed: int):
     """Small integers: exactly representable in fp16/bf16, so scores are exact in float32."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(lo, hi, shape, generator=g).to(dtype)
+
+
+def tiny_llama(layers=3, dtype=torch.float32, seed=0):
+    """A tiny random Llama (GQA 4/2, head dim 32) for the transformers tests on CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=192, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+                      attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).to(dtype).eval()

@@ -63,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--vs-heuristic", action="store_true",
                    help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
                         "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)")
-    p.add_argument("--model", type=_parse_model, default=None,
+    p.add_argument("--model", type=parse_model_arg, default=None,
                    help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
                         "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
                         "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
@@ -128,7 +128,8 @@ def _parse_meta(text: str) -> list:
     return out
 
 
-def _parse_model(text: str):
+def parse_model_arg(text: str):
+    """argparse type of --model / --random-config: a preset or custom:... shape (bench.models.parse_model)."""
     from questkern.bench.models import parse_model
 
     try:

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from questkern.cli import invocation
-from questkern._shapes import parse_dtype, parse_nonnegative_int, parse_size
+from questkern._shapes import parse_dtype, parse_ints, parse_nonnegative_int, parse_positive_int, parse_size
+from questkern.cli.bench import parse_model_arg
 
 COLUMNS = ["gpu", "gpu_name", "torch", "transformers", "model", "dtype", "batch", "prompt_tokens", "new_tokens",
            "attention", "mode", "budget", "page_size", "dense_layers", "prefill_s", "decode_s", "timed_steps",
@@ -51,35 +52,6 @@ def _choices(allowed):
     return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        out = []
-    if not out or any(v <= 0 for v in out):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return out
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _model_shape(text: str):
-    from questkern.bench.models import parse_model
-
-    try:
-        return parse_model(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def register(sub) -> None:
     from questkern.integrations.hf_bench import ATTENTIONS
     from questkern.integrations.hf_generate import MODES
@@ -88,14 +60,14 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="local model directory or .gguf file (offline; this or --random-config is required)")
-    src.add_argument("--random-config", type=_model_shape, metavar="SHAPE",
+    src.add_argument("--random-config", type=parse_model_arg, metavar="SHAPE",
                      help="random weights of a decoder shape: llama3-8b, qwen2.5-7b, tiny or custom:... (no weights)")
     p.add_argument("--prompt-file", type=Path, action="append", default=[], help="one prompt per file (with --model)")
     p.add_argument("--prompt-tokens", type=parse_size, default=None, help="random prompt length (with --random-config)")
-    p.add_argument("--batch", type=_ints, default=[1], help="batch sizes (with --random-config), e.g. 1,4")
-    p.add_argument("--max-new-tokens", "--new-tokens", dest="new_tokens", type=_positive, default=64,
+    p.add_argument("--batch", type=parse_ints, default=[1], help="batch sizes (with --random-config), e.g. 1,4")
+    p.add_argument("--max-new-tokens", "--new-tokens", dest="new_tokens", type=parse_positive_int, default=64,
                    help="tokens generated per prompt (default %(default)s)")
-    p.add_argument("--budget", type=_positive, default=2048, help="Quest token budget (default %(default)s)")
+    p.add_argument("--budget", type=parse_positive_int, default=2048, help="Quest token budget (default %(default)s)")
     p.add_argument("--page-size", type=int, choices=(8, 16, 32, 64), default=16, help="tokens per page (default %(default)s)")
     p.add_argument("--dense-layers", type=parse_nonnegative_int, default=2, help="first N layers stay dense under Quest (default %(default)s)")
     p.add_argument("--gqa-mode", choices=("shared", "per_head"), default="shared",
@@ -107,7 +79,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", type=parse_dtype, default=None,
                    help="bf16 or fp16 (default: bf16 on CUDA; on CPU --model keeps its own dtype)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=_positive, default=None, help="sample from the k most likely tokens (default: all)")
+    p.add_argument("--top-k", type=parse_positive_int, default=None, help="sample from the k most likely tokens (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random prompts and sampling seed (default %(default)s)")
     p.add_argument("--memory-check", action="store_true",
                    help="also compare generate()'s peak memory with QuestCache vs DynamicCache (GPU)")

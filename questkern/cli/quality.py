@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from questkern._shapes import parse_nonnegative_int, parse_positive_int
+from questkern._shapes import parse_ints, parse_nonnegative_int, parse_positive_int
 from questkern.cli import describe
 from questkern.cli._out import OutputExists, check_new, stamped
 
@@ -25,13 +25,7 @@ STUDY_OUTPUTS = ("quality_recall.csv", "quality_layers.csv", "quality_answers.js
 
 
 def _ints(s: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
-    return vals
+    return tuple(parse_ints(s))
 
 
 def _floats(s: str) -> tuple[float, ...]:

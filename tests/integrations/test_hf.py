@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 from questkern.integrations.hf import QuestAttention, disable_quest, enable_quest, questkern_attention
 from questkern.ops.decode.naive import paged_attention_ref
 from questkern.ops.select import select_pages_ref
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
 from questkern.ops.metadata.minmax import page_minmax
-
-
-def tiny_llama(layers=3, dtype=torch.float32, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=192, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
-                      attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 @torch.no_grad()

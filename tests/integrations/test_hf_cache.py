@@ -6,21 +6,12 @@ import warnings
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 from questkern.integrations.hf import QuestAttention, QuestCache, disable_quest, enable_quest
 from questkern.integrations.hf_generate import cache_kwarg, left_pad
 
 pytestmark = pytest.mark.filterwarnings("ignore:questkern attention on cpu", "ignore:.*past_key_values.*deprecated")
-
-
-def tiny_llama(layers=3, dtype=torch.float32, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=192, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
-                      attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 def prompts_of(lens, seed=1):
