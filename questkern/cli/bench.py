@@ -263,6 +263,8 @@ def run(args) -> int:
     try:  # before any case runs
         if args.model is None and (args.reselect_every or args.drift):
             raise ValueError("--reselect-every and --drift time a whole model's step: they need --model")
+        if args.path == "fused" and (args.reselect_every or args.drift):
+            raise ValueError("--reselect-every and --drift run the classic path: use --path auto or classic")
         if args.out is not None:
             from questkern.cli._paths import check_output_file
 

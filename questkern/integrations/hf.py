@@ -244,12 +244,13 @@ def _kernels_step(cfg: QuestAttention, layer: int, q, key, value, scale):
         st = cfg._state[layer] = {"cache": cache, "cap": cap}
     cache.append_decode(key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous())
     qk = q.to(cfg.kv_dtype).contiguous()  # [B, Hq, D]
+    key = (cfg.budget, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale, q.shape[1], tuple(cfg.reuse_options().items()))
     w = st.get("decode")
-    if w is None or w.sm_scale != scale:  # one plan per mirror (its reuse state lives there)
+    if w is None or st.get("decode_key") != key:  # one plan per mirror and settings (its reuse state lives there)
         w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive, gqa_mode=cfg.gqa_mode,
                         aggregate=cfg.aggregate, sm_scale=scale, **cfg.reuse_options())
         w.plan(cache, num_q_heads=q.shape[1], max_seq_len=cache.max_pages * cfg.page_size)
-        st["decode"] = w
+        st["decode"], st["decode_key"] = w, key
     out, sel = w.run(qk, return_selected=True)
     if cfg.on_select is not None:
         cfg.on_select(layer, sel)
