@@ -17,7 +17,7 @@ torch.cuda.synchronize()
 PY
 for h in "32 32" "32 8"; do
   set -- $h
-  timeout 200 ncu --kernel-name regex:"_select|_decode_split|_combine" --launch-skip 4 --launch-count 4 \
+  timeout 100 ncu --clock-control none --kernel-name regex:"_select|_decode_split|_combine" --launch-skip 4 --launch-count 4 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy --section WarpStateStats \
     --csv --page details python3 /tmp/ncu_wl.py $1 $2 > "$OUT/ncu_step_$1_$2.csv" 2> "$OUT/ncu_step_$1_$2.err"
 done
