@@ -39,3 +39,18 @@ def check_new(paths, *, force: bool, flag: str = "--out") -> None:
         names = ", ".join(str(p) for p in taken)
         raise OutputExists(f"{names} exists; pass --force to replace it, or choose another {flag} "
                            f"(without {flag}, each run writes a new timestamped file)")
+
+
+def output_file(out, *, force: bool, folder: Path, stem: str, companions=(), flag: str = "--out") -> Path:
+    """The CSV a command writes, decided before any work: ``out`` when given (a writable,
+    creatable file name; refused when it or one of its ``companions`` suffixes — e.g.
+    ``"_memory.csv"`` for ``<stem>_memory.csv`` beside it — exists, unless ``force``), else a
+    new timestamped ``folder/<stem>-<UTC>.csv``. Raises ValueError (a path that cannot be
+    written) or OutputExists."""
+    if out is None:
+        return stamped(folder, stem)
+    from questkern.cli._paths import check_output_file
+
+    p = check_output_file(flag, out)
+    check_new([p, *(p.with_name(p.stem + c) for c in companions)], force=force, flag=flag)
+    return p

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from questkern.cli import describe, invocation
-from questkern.cli._out import OutputExists, check_new, stamped
+from questkern.cli._out import OutputExists, output_file
 from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 from questkern._dtypes import short_name
 from questkern._io import write_text_atomic
@@ -248,10 +248,8 @@ def run_model(args, note: str | None) -> int:
 def resolve_out(args, gpu: str) -> Path:
     """The CSV this run writes: --out (refused when it exists, unless --force) or a new
     timestamped file in reports/data/<gpu-key>/ (bench-*.csv; bench_model-*.csv with --model)."""
-    if args.out is not None:
-        check_new([args.out], force=args.force)
-        return args.out
-    return stamped(Path("reports") / "data" / gpu, "bench_model" if args.model is not None else "bench")
+    return output_file(args.out, force=args.force, folder=Path("reports") / "data" / gpu,
+                       stem="bench_model" if args.model is not None else "bench")
 
 
 def run(args) -> int:
@@ -265,10 +263,6 @@ def run(args) -> int:
             raise ValueError("--reselect-every and --drift time a whole model's step: they need --model")
         if args.path == "fused" and (args.reselect_every or args.drift):
             raise ValueError("--reselect-every and --drift run the classic path: use --path auto or classic")
-        if args.out is not None:
-            from questkern.cli._paths import check_output_file
-
-            check_output_file("--out", args.out)
         args.resolved_out = resolve_out(args, current_gpu_key())
     except (ValueError, OutputExists) as e:
         print(f"questkern bench: error: {e}", file=sys.stderr)

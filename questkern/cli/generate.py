@@ -110,16 +110,13 @@ def run(args) -> int:
         raise SystemExit("questkern generate: --modes graph needs a CUDA device (use static to run the same step eagerly)")
     if args.memory_check and not on_gpu:
         raise SystemExit("questkern generate: --memory-check measures CUDA memory; run it on a GPU")
-    from questkern.cli._out import OutputExists, check_new, stamped
+    from questkern.cli._out import OutputExists, output_file
 
-    if args.out is not None:  # before any model is loaded
-        try:
-            check_new([args.out, args.out.with_name(args.out.stem + "_memory.csv")], force=args.force)
-        except OutputExists as e:
-            raise SystemExit(f"questkern generate: error: {e}") from None
-        out = args.out
-    else:
-        out = stamped(Path("reports") / "data" / (current_gpu_key() if on_gpu else "cpu"), "generate")
+    try:  # before any model is loaded
+        out = output_file(args.out, force=args.force, companions=("_memory.csv",),
+                          folder=Path("reports") / "data" / (current_gpu_key() if on_gpu else "cpu"), stem="generate")
+    except (ValueError, OutputExists) as e:
+        raise SystemExit(f"questkern generate: error: {e}") from None
     if args.dense_layers < 0:
         raise SystemExit(f"questkern generate: --dense-layers must be >= 0, got {args.dense_layers}")
     if not args.temperature >= 0:

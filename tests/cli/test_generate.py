@@ -72,3 +72,16 @@ def test_random_config_rows_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--random-config", "llama9", "--out", str(tmp_path / "x.csv")])
     assert "llama9" in capsys.readouterr().err
+
+
+def test_out_is_checked_like_bench_before_any_model_loads(tmp_path):
+    """One --out rule for bench and generate (questkern.cli._out.output_file): a directory
+    or an existing file (or its _memory.csv companion) is refused, unless --force."""
+    base = ["generate", "--random-config", "tiny", "--prompt-tokens", "8", "--new-tokens", "1", "--modes", "static"]
+    with pytest.raises(SystemExit, match="is a directory, expected a file name"):
+        main([*base, "--out", str(tmp_path)])
+    out = tmp_path / "g.csv"
+    (tmp_path / "g_memory.csv").write_text("kept")
+    with pytest.raises(SystemExit, match="g_memory.csv exists; pass --force"):
+        main([*base, "--out", str(out)])
+    assert not out.exists() and (tmp_path / "g_memory.csv").read_text() == "kept"
