@@ -53,7 +53,8 @@ def test_hier_select_matches_reference(B, Hq, Hkv, D, PS, SP, lens, budget, mode
 def test_hier_paths_cover_one_stage_tile_and_stream():
     """The cases above run every path: one tile, tiles with a per-tile top-K, the score stream."""
     paths = set()
-    for B, Hq, Hkv, D, PS, SP, lens, budget, *_, chunk in CASES:
+    for case in CASES:
+        PS, lens, budget, chunk = case[4], case[6], case[7], case[-1]
         n_pages = max(-(-n // PS) for n in lens)
         k_pages = -(-budget // PS)
         cfg = SelectConfig(chunk_pages=chunk)
@@ -64,7 +65,7 @@ def test_hier_paths_cover_one_stage_tile_and_stream():
 def test_hier_score_is_max_over_sub_pages():
     """The reference's page score is the max of the sub-page bounds; a page whose best
     sub-page is the only good one outranks pages that are uniformly middling."""
-    PS, SP, D = 64, 16, 64
+    PS, D = 64, 64  # sub-pages of 16 tokens: SUB = 4
     table = torch.arange(6, dtype=torch.int32)[None]  # [1, 6]
     seq_lens = torch.tensor([6 * PS], dtype=torch.int32)
     q = torch.ones(1, 1, D, dtype=torch.bfloat16)
