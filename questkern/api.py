@@ -159,6 +159,13 @@ class QuestDecode:
             V.check_positive_int("page_size", page_size)
         V.check_kv_cache(k_cache, v_cache, kmin, kmax)
         P, Hkv, PAGE, D = k_cache.shape
+        if kmin.dim() == 4:  # hierarchical pages: the classic select only (configs keyed by the physical page)
+            if self.adaptive is not None:
+                raise ValueError(f"adaptive: the adaptive budget does not take hierarchical metadata yet (kmin "
+                                 f"{tuple(kmin.shape)} has {kmin.shape[2]} sub-pages a page); use a fixed budget")
+            if self.path == "fused":
+                raise ValueError(f"path='fused' does not take hierarchical metadata yet (kmin {tuple(kmin.shape)} "
+                                 f"has {kmin.shape[2]} sub-pages a page); use path='auto' or 'classic'")
         if page_size is not None and page_size != PAGE:
             raise ValueError(f"page_size = {page_size} does not match the cache's page size k_cache.shape[2] = {PAGE}")
         V.check_positive_int("num_q_heads", num_q_heads)

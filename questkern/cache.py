@@ -13,6 +13,12 @@ sync); ``shuffle=True`` hands them out in random order, as a long-running server
 ``reference=True`` keeps the same layout but writes pages and metadata with plain torch
 ops instead of the Triton kernels (for CPU runs without the interpreter, e.g. the
 transformers hook on CPU); only then may ``dtype`` be float32 (the kernels take fp16/bf16).
+
+``sub_page_size`` (hierarchical pages, LServe style): metadata ``[num_pages, Hkv, SUB, D]``
+with one min/max per sub-page of ``sub_page_size`` tokens (SUB = page_size // sub_page_size);
+selection scores a page by the max of its sub-pages' bounds and picks whole pages, so
+p64/sub16 keeps the metadata bytes of page 16 with a quarter of the top-K candidates.
+A sub-page with no valid token yet (in a sequence's last page) is not written.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class PagedKVCache:
         shuffle: bool = False,
         seed: int = 0,
         reference: bool = False,
+        sub_page_size: int | None = None,
     ):
         V.check_positive_int("batch_size", batch_size)
         V.check_positive_int("max_seq_len", max_seq_len)
@@ -86,7 +93,10 @@ class PagedKVCache:
         if meta_dtype not in (*V.META_DTYPES, dtype):
             raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
                              f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
+        if sub_page_size is not None:
+            _check_sub_page_size(sub_page_size, page_size)
         device = _check_device(device)
+        self.sub_page_size = sub_page_size  # None: one min/max per page (metadata [P, Hkv, D])
         self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
         self.reference = reference
         self.max_pages = -(-max_seq_len // page_size)
@@ -96,7 +106,9 @@ class PagedKVCache:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [P, Hkv, PAGE, D]
         self.device = device = self.k_cache.device  # "cuda" -> "cuda:0": compare like with like
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self.kmin = torch.zeros(self.num_pages, num_kv_heads, head_dim, dtype=meta_dtype, device=device)  # [P, Hkv, D]
+        sub = () if sub_page_size is None else (page_size // sub_page_size,)
+        # [P, Hkv, D], or [P, Hkv, SUB, D] with sub-pages
+        self.kmin = torch.zeros(self.num_pages, num_kv_heads, *sub, head_dim, dtype=meta_dtype, device=device)
         self.kmax = torch.zeros_like(self.kmin)
         self.page_table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32, device=device)  # [B, max_pages]
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int32, device=device)  # [B]
@@ -297,8 +309,10 @@ class PagedKVCache:
         self._lens = new
 
     def _build_ref(self, first: list[int], new: list[int]) -> None:
-        """Metadata of logical pages first[b].. of every sequence, with torch ops (reference mode)."""
+        """Metadata of logical pages first[b].. of every sequence, with torch ops (reference mode);
+        with sub-pages, one min/max per sub-page, those with no valid token left as they are."""
         ps = self.page_size
+        sub = self.sub_page_size or ps
         for b, (f, n) in enumerate(zip(first, new)):
             n_pages = -(-n // ps)
             if n_pages <= f:
@@ -307,10 +321,27 @@ class PagedKVCache:
             k = self.k_cache[phys].float()  # [n, Hkv, PAGE, D]
             valid = (torch.arange(f, n_pages)[:, None] * ps + torch.arange(ps)[None]) < n  # [n, PAGE]
             valid = valid.to(self.device)[:, None, :, None]
-            lo = torch.where(valid, k, float("inf")).amin(2)
-            hi = torch.where(valid, k, float("-inf")).amax(2)
-            self.kmin[phys] = round_safe(lo, self.kmin.dtype, "down").to(self.kmin.dtype)
-            self.kmax[phys] = round_safe(hi, self.kmax.dtype, "up").to(self.kmax.dtype)
+            shape = (k.shape[0], k.shape[1], ps // sub, sub, k.shape[3])  # [n, Hkv, SUB, SUBPAGE, D]
+            k, valid = k.view(shape), valid.view(shape[0], 1, shape[2], sub, 1)
+            lo = round_safe(torch.where(valid, k, float("inf")).amin(3), self.kmin.dtype, "down")  # [n, Hkv, SUB, D]
+            hi = round_safe(torch.where(valid, k, float("-inf")).amax(3), self.kmax.dtype, "up")
+            if self.sub_page_size is None:
+                self.kmin[phys] = lo[:, :, 0].to(self.kmin.dtype)
+                self.kmax[phys] = hi[:, :, 0].to(self.kmax.dtype)
+            else:
+                has = valid.any(3)  # [n, 1, SUB, 1] sub-pages holding a valid token
+                self.kmin[phys] = torch.where(has, lo.to(self.kmin.dtype), self.kmin[phys])
+                self.kmax[phys] = torch.where(has, hi.to(self.kmax.dtype), self.kmax[phys])
+
+
+def _check_sub_page_size(sub_page_size, page_size: int) -> None:
+    """``sub_page_size``: a power of two >= V.MIN_SUB_PAGE dividing page_size, smaller than it."""
+    if isinstance(sub_page_size, bool) or not isinstance(sub_page_size, int):
+        raise TypeError(f"sub_page_size must be an int or None, got {type(sub_page_size).__name__}")
+    ok = [s for s in (4, 8, 16, 32) if s >= V.MIN_SUB_PAGE and s < page_size and page_size % s == 0]
+    if sub_page_size not in ok:
+        raise ValueError(f"sub_page_size must be a power of two >= {V.MIN_SUB_PAGE} that divides page_size = "
+                         f"{page_size} and is smaller than it (one of {ok}; None for whole pages), got {sub_page_size}")
 
 
 PREFILL_CHUNK = 8192  # tokens appended per step while filling a cache (bounds the temporary K/V)
@@ -335,6 +366,7 @@ def append_decode_torch(k, v, k_cache, v_cache, kmin, kmax, page_table, seq_lens
     mode of PagedKVCache): k, v [B, Hkv, D] written at seq_lens[b] of the active
     sequences, that page's running min/max updated, seq_lens incremented in place."""
     PAGE = k_cache.shape[2]
+    sub = PAGE // kmin.shape[2] if kmin.dim() == 4 else PAGE  # tokens per sub-page (PAGE: whole pages)
     live = active != 0  # [B]
     pos = seq_lens.long()
     phys = page_table.gather(1, (pos // PAGE)[:, None])[:, 0].long()  # [B]
@@ -344,10 +376,15 @@ def append_decode_torch(k, v, k_cache, v_cache, kmin, kmax, page_table, seq_lens
     kb, vb = k[rows].to(k_cache.dtype), v[rows].to(v_cache.dtype)  # [n, Hkv, D]
     k_cache[phys, :, slot] = kb
     v_cache[phys, :, slot] = vb
-    first = (slot == 0)[:, None, None]
+    first = (slot % sub == 0)[:, None, None]  # a (sub-)page's first token starts its min/max afresh
     kf = kb.float()
-    lo = round_safe(kf, kmin.dtype, "down").to(kmin.dtype)
-    hi = round_safe(kf, kmax.dtype, "up").to(kmax.dtype)
-    kmin[phys] = torch.where(first, lo, torch.minimum(kmin[phys], lo))
-    kmax[phys] = torch.where(first, hi, torch.maximum(kmax[phys], hi))
+    lo = round_safe(kf, kmin.dtype, "down")  # float32 values of the metadata dtype (min/max of them are exact)
+    hi = round_safe(kf, kmax.dtype, "up")
+    if kmin.dim() == 4:  # [P, Hkv, SUB, D]: the sub-page slot // sub of each page
+        j = slot // sub
+        kmin[phys, :, j] = torch.where(first, lo, torch.minimum(kmin[phys, :, j].float(), lo)).to(kmin.dtype)
+        kmax[phys, :, j] = torch.where(first, hi, torch.maximum(kmax[phys, :, j].float(), hi)).to(kmax.dtype)
+    else:
+        kmin[phys] = torch.where(first, lo, torch.minimum(kmin[phys].float(), lo)).to(kmin.dtype)
+        kmax[phys] = torch.where(first, hi, torch.maximum(kmax[phys].float(), hi)).to(kmax.dtype)
     seq_lens.add_(live.to(seq_lens.dtype))

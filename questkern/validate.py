@@ -12,6 +12,7 @@ PAGE_SIZES = (8, 16, 32, 64)
 # page metadata besides the key dtype (exact): float32 (exact), float8_e5m2 (safe-rounded)
 META_DTYPES = (torch.float32, torch.float8_e5m2)
 GQA_MODES = ("shared", "per_head")
+MIN_SUB_PAGE = 4  # tokens per sub-page of hierarchical metadata, at least
 AGGREGATES = ("sum", "max")
 
 
@@ -68,8 +69,21 @@ def check_kv_cache(k_cache, v_cache, kmin, kmax) -> None:
     check_choice("page_size (k_cache.shape[2])", PAGE, PAGE_SIZES)
     check_choice("head_dim (k_cache.shape[3])", D, HEAD_DIMS)
     meta = META_DTYPES + (k_cache.dtype,)
-    check_tensor("kmin", kmin, ndim=3, dtypes=meta, device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
-    check_tensor("kmax", kmax, ndim=3, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, D), what="[num_pages, num_kv_heads, head_dim]")
+    if isinstance(kmin, torch.Tensor) and kmin.dim() == 4:  # hierarchical: one min/max per sub-page
+        what = "[num_pages, num_kv_heads, sub_pages, head_dim] (hierarchical metadata)"
+        check_tensor("kmin", kmin, ndim=4, dtypes=meta, device=k_cache.device, shape=(P, H, None, D), what=what)
+        SUB = kmin.shape[2]
+        if SUB < 1 or PAGE % SUB or PAGE // SUB < MIN_SUB_PAGE:
+            ok = [s for s in range(1, PAGE + 1) if PAGE % s == 0 and PAGE // s >= MIN_SUB_PAGE]
+            raise ValueError(f"kmin must have shape [num_pages, num_kv_heads, sub_pages, head_dim] with sub_pages "
+                             f"dividing page_size = {PAGE} into sub-pages of >= {MIN_SUB_PAGE} tokens (one of {ok}), "
+                             f"got {_shape(kmin)}")
+        check_tensor("kmax", kmax, ndim=4, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, SUB, D),
+                     what=what)
+        return
+    what = "[num_pages, num_kv_heads, head_dim] (or [num_pages, num_kv_heads, sub_pages, head_dim], hierarchical)"
+    check_tensor("kmin", kmin, ndim=3, dtypes=meta, device=k_cache.device, shape=(P, H, D), what=what)
+    check_tensor("kmax", kmax, ndim=3, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, D), what=what)
 
 
 def check_batch(page_table, seq_lens, num_pages: int, page_size: int, device) -> int:
@@ -104,25 +118,45 @@ def check_query(q, batch: int, num_kv_heads: int, head_dim: int, dtype, device, 
 
 def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk: int = 4096) -> None:
     """kmin <= kmax on every channel of every page in use (swapped tensors select wrongly).
-    NaN entries (a non-finite key, see the README) pass. Reads the metadata of the pages in
-    use, ``chunk`` pages at a time (a device sync: plan() only)."""
+    NaN entries (a non-finite key, see the README) pass. Hierarchical metadata
+    [P, Hkv, SUB, D]: every sub-page holding a valid token (those past a sequence's end
+    are never written, nor read). Reads the metadata of the pages in use, ``chunk``
+    pages at a time (a device sync: plan() only)."""
     B, max_pages = page_table.shape
     n_pages = (seq_lens.long() + page_size - 1) // page_size
     used = torch.arange(max_pages, device=page_table.device)[None, :] < n_pages[:, None]
-    ids = torch.unique(page_table[used].long())
+    if kmin.dim() == 4:
+        SUB = kmin.shape[2]
+        sub = page_size // SUB
+        n_valid = (seq_lens.long()[:, None] - torch.arange(max_pages, device=page_table.device)[None, :] * page_size)
+        n_sub = ((n_valid.clamp(0, page_size) + sub - 1) // sub)[used]  # [N] sub-pages in use of each page in use
+        ids = page_table[used].long()
+        live = torch.arange(SUB, device=ids.device)[None, :] < n_sub[:, None]  # [N, SUB]
+    else:
+        ids = torch.unique(page_table[used].long())
+        live = None
+
+    def bad_of(i: int):
+        sl = ids[i:i + chunk]
+        bad = kmin[sl].float() > kmax[sl].float()  # [n, H, D] or [n, H, SUB, D]
+        if live is not None:
+            bad &= live[i:i + chunk][:, None, :, None].to(bad.device)
+        return sl, bad
+
     found = torch.zeros((), dtype=torch.bool, device=kmin.device)
     for i in range(0, ids.numel(), chunk):  # one sync in all (then, on a bad page, the search for it)
-        sl = ids[i:i + chunk]
-        found |= (kmin[sl].float() > kmax[sl].float()).any()
+        found |= bad_of(i)[1].any()
     if not bool(found):
         return
     for i in range(0, ids.numel(), chunk):
-        sl = ids[i:i + chunk]
-        bad = kmin[sl].float() > kmax[sl].float()  # [n, H, D]
+        sl, bad = bad_of(i)
         if bool(bad.any()):
-            p, h, d = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(f"kmin > kmax at page {int(sl[p])}, kv head {h}, channel {d} "
-                             f"({float(kmin[sl[p], h, d])} > {float(kmax[sl[p], h, d])}): kmin and kmax swapped "
+            at = [int(x) for x in bad.nonzero()[0]]
+            p, h, d = at[0], at[1], at[-1]
+            where = f"page {int(sl[p])}, kv head {h}, " + (f"sub-page {at[2]}, " if live is not None else "")
+            idx = (sl[p], h, at[2], d) if live is not None else (sl[p], h, d)
+            raise ValueError(f"kmin > kmax at {where}channel {d} "
+                             f"({float(kmin[idx])} > {float(kmax[idx])}): kmin and kmax swapped "
                              f"or not built from the keys")
 
 

@@ -45,6 +45,7 @@ class Case:
     gqa_mode: str = "shared"
     lens: tuple[int, ...] | None = None  # per-sequence lengths (mixed batch); default all seq_len
     meta_dtype: torch.dtype | None = None  # page metadata dtype; None = the key dtype (exact)
+    sub_page_size: int | None = None  # hierarchical pages: one min/max per sub-page of this many tokens
 
     def seq_lens(self) -> list[int]:
         return list(self.lens) if self.lens else [self.seq_len] * self.batch
@@ -54,6 +55,7 @@ class Case:
         d["dtype"] = short_name(self.dtype)
         d["lens"] = "mixed" if self.lens else ""
         d["meta_dtype"] = meta_name(self.meta_dtype)
+        d["sub_page_size"] = self.sub_page_size or ""
         return d
 
 
@@ -61,7 +63,8 @@ def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0
     """A cache filled with random keys/values (shuffled pages), prefilled chunk by chunk."""
     lens = case.seq_lens()
     cache = PagedKVCache(case.batch, max(lens), case.kv_heads, case.head_dim, page_size=case.page_size,
-                         dtype=case.dtype, device=device, shuffle=True, seed=seed, meta_dtype=case.meta_dtype)
+                         dtype=case.dtype, device=device, shuffle=True, seed=seed, meta_dtype=case.meta_dtype,
+                         sub_page_size=case.sub_page_size)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def make_kv(shape):
@@ -100,7 +103,8 @@ def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
     k_pages = -(-case.budget // PS)
     rows_kv = Hkv if (case.gqa_mode == "shared" or Hq == Hkv) else Hq
     q_out = 2 * B * Hq * D * elt
-    meta = sum(pages) * Hkv * D * 2 * meta_elt
+    sub = PS // case.sub_page_size if case.sub_page_size else 1  # min/max pairs a page
+    meta = sum(pages) * sub * Hkv * D * 2 * meta_elt
     sel_tokens = sum(min(p, k_pages) * PS for p in pages)  # attended tokens, padded to pages
     sparse = sel_tokens * rows_kv * D * 2 * elt
     dense = sum(lens) * Hkv * D * 2 * elt
@@ -141,6 +145,9 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     ``sparse_decode`` rows always time the classic path's two stages (its breakdown).
     ``compare_paths`` also times the classic step (``quest_step_classic``) and, where
     ``path`` is classic, the fused one (``quest_step_fused``)."""
+    if case.sub_page_size and (path == "fused" or compare_paths):
+        raise ValueError("a hierarchical-page case (sub_page_size) runs the classic path only: no path='fused', "
+                         "no compare_paths")
     cache = build_cache(case, device, integer_keys=check)
     lens = case.seq_lens()
     B, Hq, D = case.batch, case.q_heads, case.head_dim

@@ -43,7 +43,7 @@ CHECK_TOL = 5e-2  # max abs error of a bf16/fp16 output vs the float32 reference
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
 COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
-           "meta_dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
+           "meta_dtype", "seq_len", "lens", "page_size", "sub_page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
            "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "floor_us", "bound_us",
            "bound_speedup_vs_sdpa", "speedup_vs_heuristic", "splits", "config_source", "timestamp", "command"]
 
@@ -60,6 +60,12 @@ def register(sub) -> None:
     p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
                    help="page metadata: kv (the key dtype, exact; default), fp32, fp8 (float8_e5m2, safe-rounded: "
                         "half the bytes select streams); several, e.g. kv,fp8, bench each in the same run")
+    p.add_argument("--sub-page-size", type=parse_positive_int, default=None,
+                   help="hierarchical pages (LServe): page sizes of --page-size larger than N keep one key min/max "
+                        "per sub-page of N tokens and select whole pages by the max of their sub-pages' bounds; the "
+                        "others run as ordinary pages. E.g. --page-size 16,64 --sub-page-size 16 compares page-16 "
+                        "select with p64/sub16 select at equal metadata bytes (column sub_page_size). Classic path "
+                        "only; a power of two in 4..32 (default: none)")
     p.add_argument("--vs-heuristic", action="store_true",
                    help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
                         "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)")
@@ -263,6 +269,7 @@ def run(args) -> int:
             raise ValueError("--reselect-every and --drift time a whole model's step: they need --model")
         if args.path == "fused" and (args.reselect_every or args.drift):
             raise ValueError("--reselect-every and --drift run the classic path: use --path auto or classic")
+        _check_sub_page_args(args)
         args.resolved_out = resolve_out(args, current_gpu_key())
     except (ValueError, OutputExists) as e:
         print(f"questkern bench: error: {e}", file=sys.stderr)
@@ -285,6 +292,8 @@ def run(args) -> int:
             if k not in given:  # flags the user gave keep their values
                 setattr(toy, k, v)
         args = toy
+        if args.sub_page_size is not None and "page_size" not in given:  # the toy page, split in two
+            args.page_size = [2 * args.sub_page_size]
     device = torch.device("cuda" if on_gpu else "cpu")
     info = device_info()
     gpu = current_gpu_key()
@@ -297,12 +306,13 @@ def run(args) -> int:
     cases = []
     if args.mixed:  # first: its padded SDPA inputs are the largest allocations of a run
         b, lens = _mixed_lens(args.mixed)
-        cases += [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta)
+        cases += [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta,
+                       sub_page_size=_sub_page(args, ps))
                   for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
                   for meta in args.meta_dtype]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
     if not args.mixed or "seq" in given:
-        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta)
+        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta, sub_page_size=_sub_page(args, ps))
                   for d in args.head_dim for ps in args.page_size for bud in args.budget
                   for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -337,6 +347,7 @@ def run(args) -> int:
         tag = f"B={case.batch:<3} H={case.q_heads}/{case.kv_heads} d={case.head_dim} L={'mixed' if case.lens else case.seq_len}"
         if case.meta_dtype is not None:
             tag += f" meta={case.describe()['meta_dtype']}"
+        tag += f" p{case.page_size}" + (f"/sub{case.sub_page_size}" if case.sub_page_size else "")
         line = "  ".join(f"{r['op']}={r['median_us']:.1f}us" for r in case_rows)
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
         bound = next(r["bound_speedup_vs_sdpa"] for r in case_rows if r["op"] == "quest_step")
@@ -371,6 +382,28 @@ def run(args) -> int:
         print(f"CHECK FAILED for {len(failures)} case(s): {', '.join(tag for tag, _ in failures)}")
         return 1
     return 0
+
+
+def _sub_page(args, page_size: int) -> int | None:
+    """The sub-page size of a case of ``page_size``: --sub-page-size where it is smaller, else None."""
+    n = getattr(args, "sub_page_size", None)
+    return n if n is not None and n < page_size else None
+
+
+def _check_sub_page_args(args) -> None:
+    """--sub-page-size: a power of two in 4..32, smaller than some --page-size, classic path,
+    no --model (refused before any case runs)."""
+    n = getattr(args, "sub_page_size", None)
+    if n is None:
+        return
+    if n not in (4, 8, 16, 32):
+        raise ValueError(f"--sub-page-size must be a power of two in 4..32, got {n}")
+    if args.model is not None:
+        raise ValueError("--sub-page-size times the kernels of one attention layer: it does not take --model")
+    if args.path == "fused" or args.compare_paths:
+        raise ValueError("--sub-page-size runs the classic path only: no --path fused, no --compare-paths")
+    if (torch.cuda.is_available() or "page_size" in _given(args)) and not any(ps > n for ps in args.page_size):
+        raise ValueError(f"--sub-page-size {n} needs a --page-size larger than it (got {args.page_size})")
 
 
 def check_verdict(checks: dict) -> tuple[bool, str]:

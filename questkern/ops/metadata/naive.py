@@ -55,27 +55,40 @@ def metadata_build_ref(
     k_cache: torch.Tensor,  # [P, Hkv, PAGE, D]
     page_table: torch.Tensor,  # [B, max_pages] int32
     seq_lens: torch.Tensor,  # [B] int32
-    kmin: torch.Tensor | None = None,  # [P, Hkv, D] updated in place when given
+    kmin: torch.Tensor | None = None,  # [P, Hkv, D] or [P, Hkv, SUB, D], updated in place when given
     kmax: torch.Tensor | None = None,
 ):
     """kmin/kmax over the valid tokens of every page that a sequence uses, stored in
     the dtype of the given outputs (safe-rounded when narrower than the keys).
 
-    Pages no sequence uses are left as they are (or 0 in fresh outputs).
+    4-D outputs [P, Hkv, SUB, D] (hierarchical pages) hold one min/max per sub-page of
+    PAGE // SUB tokens; a sub-page with no valid token yet is left as it is. Pages no
+    sequence uses are left as they are (or 0 in fresh outputs).
     """
     P, H, PAGE, D = k_cache.shape
     if kmin is None:
         kmin = torch.zeros(P, H, D, dtype=torch.float32, device=k_cache.device)
         kmax = torch.zeros(P, H, D, dtype=torch.float32, device=k_cache.device)
+    assert kmax is not None
+    hier = kmin.dim() == 4
+    SUB = kmin.shape[2] if hier else 1
+    SUBPAGE = PAGE // SUB
     for b in range(page_table.shape[0]):
         n = int(seq_lens[b])
         for p in range(-(-n // PAGE)):
             phys = int(page_table[b, p])
-            valid = min(PAGE, n - p * PAGE)
-            k = k_cache[phys, :, :valid, :].float()  # [H, valid, D]
-            bad = (~torch.isfinite(k)).any(dim=1)  # [H, D] channels holding a NaN or +-inf key
-            lo = round_safe(k.amin(dim=1), kmin.dtype, "down").masked_fill(bad, float("nan"))
-            hi = round_safe(k.amax(dim=1), kmax.dtype, "up").masked_fill(bad, float("nan"))
-            kmin[phys] = lo.to(kmin.dtype)
-            kmax[phys] = hi.to(kmax.dtype)
+            for j in range(SUB):
+                valid = min(SUBPAGE, n - p * PAGE - j * SUBPAGE)
+                if valid <= 0:
+                    break  # no valid token in this sub-page (nor in the later ones)
+                k = k_cache[phys, :, j * SUBPAGE:j * SUBPAGE + valid, :].float()  # [H, valid, D]
+                bad = (~torch.isfinite(k)).any(dim=1)  # [H, D] channels holding a NaN or +-inf key
+                lo = round_safe(k.amin(dim=1), kmin.dtype, "down").masked_fill(bad, float("nan"))
+                hi = round_safe(k.amax(dim=1), kmax.dtype, "up").masked_fill(bad, float("nan"))
+                if hier:
+                    kmin[phys, :, j] = lo.to(kmin.dtype)
+                    kmax[phys, :, j] = hi.to(kmax.dtype)
+                else:
+                    kmin[phys] = lo.to(kmin.dtype)
+                    kmax[phys] = hi.to(kmax.dtype)
     return kmin, kmax

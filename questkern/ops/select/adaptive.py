@@ -165,7 +165,8 @@ def _adaptive_tile_kernel(
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
     # upper-bound scores [BLOCK_G, CHUNK], one row per query head
-    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
+    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE,
+                       1, 0)  # SUB = 1: hierarchical metadata is refused by select_pages_adaptive
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
@@ -278,6 +279,9 @@ def select_pages_adaptive(
     assumed validated like :func:`questkern.ops.select.select_pages`'s (see questkern.api)."""
     if not isinstance(adaptive, AdaptiveBudget):
         raise TypeError(f"adaptive must be an AdaptiveBudget, got {type(adaptive).__name__}")
+    if kmin.dim() == 4:
+        raise ValueError("adaptive: the adaptive budget does not take hierarchical metadata yet (kmin is 4-D "
+                         f"{tuple(kmin.shape)}, sub-pages); use a fixed budget")
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv

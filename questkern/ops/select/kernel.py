@@ -27,6 +27,7 @@ from triton.language.extra.cuda import gdc_launch_dependents
 
 from questkern._details import dot_upcast, use_pdl
 from questkern.config import SelectConfig, next_pow2
+from questkern.ops.metadata.kernel import sub_args
 
 
 @triton.jit
@@ -200,13 +201,32 @@ def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phy
 
 @triton.jit
 def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr):
+                 BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr, stride_ms):
     """Upper-bound scores [BLOCK_G, CHUNK] of a tile of pages for a group's query heads:
     ``dot(relu(q), kmax) + dot(min(q, 0), kmin)`` over the head dim in BLOCK_D slices
     (tensor cores; BLOCK_G >= 16), or the same as products and a row sum when BLOCK_G == 1.
+    Hierarchical metadata (SUB > 1 sub-pages a page, ``stride_ms`` apart): the page's
+    score is the max of its sub-pages' bounds, a NaN one counting as +inf.
 
     p_q: [BLOCK_G, 1] query-row pointers; p_meta: [CHUNK, 1] metadata offsets of the pages.
     """
+    if SUB == 1:
+        b_s, q_bad = _bound_tile(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
+    else:
+        b_s = tl.full([BLOCK_G, CHUNK], float("-inf"), dtype=tl.float32)
+        q_bad = tl.zeros([BLOCK_G], dtype=tl.int32)
+        for j in tl.static_range(SUB):
+            b_j, q_bad = _bound_tile(q, kmin, kmax, p_q, p_meta + j * stride_ms, m_g, m_load, HEAD_DIM, BLOCK_D,
+                                     BLOCK_G, CHUNK, IEEE)  # [BLOCK_G, CHUNK] bounds of sub-page j
+            b_s = tl.maximum(b_s, _nan_to_inf(b_j))
+    return tl.where(q_bad[:, None] > 0, float("nan"), b_s)
+
+
+@triton.jit
+def _bound_tile(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr):
+    """(bounds [BLOCK_G, CHUNK] of the metadata rows at ``p_meta``, [BLOCK_G] query heads
+    holding NaN or +-inf): the body of ``_page_scores`` for one (sub-)page per row."""
     b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
     q_bad = tl.zeros([BLOCK_G], dtype=tl.int32)  # query heads holding NaN or +-inf: their rows are NaN
     for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
@@ -243,7 +263,7 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         else:
             b_s += tl.dot(q_pos, tl.trans(b_hi))
             b_s += tl.dot(q_neg, tl.trans(b_lo))
-    return tl.where(q_bad[:, None] > 0, float("nan"), b_s)
+    return b_s, q_bad
 
 
 @triton.jit
@@ -262,7 +282,7 @@ def _group_scores(b_s, m_g, m_pages, AGG_MAX: tl.constexpr):
 @triton.jit
 def _select_tile_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D]
+    kmin, kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     out_idx,  # one stage: [B, Hsel, K]; two stages: candidates [B, Hsel, NC * KC]
@@ -300,6 +320,8 @@ def _select_tile_kernel(
     STATUS: tl.constexpr = False,
     gate=None,  # GATED: [B, Hkv] int32, 0 = this KV head reuses its rows (questkern.ops.select.reuse)
     GATED: tl.constexpr = False,
+    stride_ms=0,  # SUB > 1: stride of the sub-page axis of kmin/kmax
+    SUB: tl.constexpr = 1,  # sub-pages per page (hierarchical metadata [P, Hkv, SUB, D])
 ):
     if TRIGGER:
         gdc_launch_dependents()
@@ -324,7 +346,8 @@ def _select_tile_kernel(
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
     # upper-bound scores [BLOCK_G, CHUNK], one row per query head
-    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
+    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, SUB,
+                       stride_ms)
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
@@ -355,7 +378,7 @@ def _select_tile_kernel(
 @triton.jit
 def _select_score_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D]
+    kmin, kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     cand_idx,  # [B, Hsel, NC * CHUNK] int32: page p at slot p, -1 = not a candidate
@@ -390,6 +413,8 @@ def _select_score_kernel(
     STATUS: tl.constexpr = False,
     gate=None,  # GATED: [B, Hkv] int32, 0 = this KV head reuses its rows (questkern.ops.select.reuse)
     GATED: tl.constexpr = False,
+    stride_ms=0,  # SUB > 1: stride of the sub-page axis of kmin/kmax
+    SUB: tl.constexpr = 1,  # sub-pages per page (hierarchical metadata [P, Hkv, SUB, D])
 ):
     """Stage 1 of the two-stage path when tiles keep every page (``chunk_pages < K``):
     no tile top-K, so each program streams tiles ``i_s, i_s + S, ...`` of its row,
@@ -423,7 +448,8 @@ def _select_score_kernel(
         phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
         m_c = o_c < n_pages - 1  # candidates: every page but the last
         p_meta = phys[:, None] * stride_mp + i_h * stride_mh
-        b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & sparse, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE)
+        b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & sparse, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE,
+                           SUB, stride_ms)
         ids = tl.where(m_c, o_c, -1)
         if SHARED:
             r = p_cand + i_h * stride_ch + o_c
@@ -555,11 +581,11 @@ def stream_scores(config: SelectConfig, k_pages: int) -> bool:
 
 def select_pages(
     q: torch.Tensor,  # [B, Hq, D]
-    kmin: torch.Tensor,  # [P, Hkv, D]
-    kmax: torch.Tensor,  # [P, Hkv, D]
+    kmin: torch.Tensor,  # [P, Hkv, D], or [P, Hkv, SUB, D] hierarchical
+    kmax: torch.Tensor,  # like kmin
     page_table: torch.Tensor,  # [B, max_pages] int32
     seq_lens: torch.Tensor,  # [B] int32
-    page_size: int,
+    page_size: int,  # PAGE: the physical page (hierarchical metadata: SUB sub-pages of it)
     k_pages: int,
     gqa_mode: str = "shared",
     aggregate: str = "sum",
@@ -573,7 +599,8 @@ def select_pages(
     """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api).
     A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only.
     With ``gate``, only the KV heads whose entry is nonzero select; the others' rows of ``out``
-    (and ``out_phys``) keep what they held."""
+    (and ``out_phys``) keep what they held. With 4-D metadata a page scores the max of its
+    sub-pages' bounds; top-K runs over the physical pages."""
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -597,11 +624,12 @@ def select_pages(
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
     flag = dict(status=seq_lens if status is None else status, STATUS=status is not None,
                 gate=seq_lens if gate is None else gate, GATED=gate is not None)
+    sub = sub_args(kmin)  # SUB and the sub-page stride (SUB = 1 for 3-D metadata)
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
             q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
             kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
-            BLOCK_M=16, TRIGGER=use_pdl(q.device), **flag, **common,
+            BLOCK_M=16, TRIGGER=use_pdl(q.device), **flag, **sub, **common,
         )
         return out
     if workspace is None:
@@ -618,13 +646,13 @@ def select_pages(
             SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
             WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
             BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], RADIX=common["RADIX"], TRIGGER=False,
-            num_warps=cfg.num_warps, **flag,
+            num_warps=cfg.num_warps, **flag, **sub,
         )
     else:
         _select_tile_kernel[(B, Hkv, n_chunks)](
             q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
             max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
-            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **flag, **common,
+            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **flag, **sub, **common,
         )
     if cfg.fused_merge:
         return out

@@ -18,6 +18,10 @@ key) gives a NaN score, infinite metadata in float32/16-bit dtypes a NaN or +inf
 as +inf (always selected, ties to the lower page index). A query head holding NaN or
 +-inf scores NaN on every page (per_head: its row keeps the lowest pages) and is left out
 of its group's ``shared`` score.
+
+Hierarchical pages (LServe): metadata [P, Hkv, SUB, D] holds one min/max per sub-page of
+page_size // SUB tokens; a page's score is the max of its sub-pages' scores (a NaN one
+counting as +inf), and top-K runs over the physical pages of ``page_size`` tokens.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ import torch
 
 def page_scores_ref(
     q: torch.Tensor,  # [B, Hq, D]
-    kmin: torch.Tensor,  # [P, Hkv, D]
-    kmax: torch.Tensor,  # [P, Hkv, D]
+    kmin: torch.Tensor,  # [P, Hkv, D] or [P, Hkv, SUB, D] (hierarchical)
+    kmax: torch.Tensor,  # like kmin
     page_table: torch.Tensor,  # [B, max_pages]
     seq_lens: torch.Tensor,  # [B]
-    page_size: int,
+    page_size: int,  # the physical page
 ) -> list[torch.Tensor]:
     """Per sequence: scores [Hq, n_pages] float32 (upper bounds of q.k per page)."""
     B, Hq, D = q.shape
@@ -48,7 +52,12 @@ def page_scores_ref(
             lo = lo.clamp(min=-big)
             hi = hi.clamp(max=big)
         qq = q[b].float()[None]  # [1, Hq, D]
-        s = (qq.clamp(min=0) * hi + qq.clamp(max=0) * lo).sum(-1)  # [n, Hq]
+        if kmin.dim() == 4:  # lo, hi [n, Hq, SUB, D]: per-sub-page bounds, NaN -> +inf, max over sub-pages
+            qs = qq[:, :, None]  # [1, Hq, 1, D]
+            s = (qs.clamp(min=0) * hi + qs.clamp(max=0) * lo).sum(-1)  # [n, Hq, SUB]
+            s = torch.nan_to_num(s, nan=float("inf"), posinf=float("inf"), neginf=float("-inf")).amax(-1)
+        else:
+            s = (qq.clamp(min=0) * hi + qq.clamp(max=0) * lo).sum(-1)  # [n, Hq]
         s[:, ~torch.isfinite(q[b].float()).all(-1)] = float("nan")  # non-finite query heads
         out.append(s.t().contiguous())
     return out
@@ -89,12 +98,12 @@ def select_pages_ref(
     kmax: torch.Tensor,
     page_table: torch.Tensor,
     seq_lens: torch.Tensor,
-    page_size: int,
+    page_size: int,  # PAGE, the physical page (also with hierarchical metadata)
     budget: int,
     gqa_mode: str = "shared",
     aggregate: str = "sum",
 ) -> torch.Tensor:
-    """[B, Hsel, K] int32 selected logical pages (see module doc)."""
+    """[B, Hsel, K] int32 selected logical pages, K = ceil(budget / page_size) (see module doc)."""
     B, Hq, _ = q.shape
     Hkv = kmin.shape[1]
     k_pages = -(-budget // page_size)

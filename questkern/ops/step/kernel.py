@@ -84,7 +84,7 @@ def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, m
         p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
         p_meta = phys[:, None] * stride_mp + i_h * stride_mh
         b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & (n_pages > K), HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK,
-                           IEEE)
+                           IEEE, 1, 0)  # SUB = 1: hierarchical metadata is refused by quest_step
         p_row = scores + i_b.to(tl.int64) * stride_cb
         if SHARED:
             m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # a non-finite query head is left out
@@ -313,6 +313,9 @@ def quest_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Quest decode step (selection + sparse attention) in two launches (one when
     persistent). Returns (out, selected). Inputs are assumed validated (questkern.api)."""
+    if kmin.dim() == 4:
+        raise ValueError("quest_step (path='fused') does not take hierarchical metadata yet (kmin is 4-D "
+                         f"{tuple(kmin.shape)}, sub-pages); use path='classic'")
     B, Hq, D = q.shape
     P, Hkv, PAGE, _ = k_cache.shape
     G = Hq // Hkv
