@@ -2,6 +2,7 @@
 # Issue 15's committed H200 figures, each in one run with its baselines and --check:
 #   kernel  the attention step at batch 1/8 and the mixed batch-32 case, fused vs classic path vs SDPA
 #   model   the whole token step of llama3-8b-shaped models (SDPA / dense / Quest fused / Quest classic / none)
+#   hier    issue 19: page-16 select vs hierarchical p64/sub16 select (equal metadata bytes), GQA 32/8
 # Run from the repo root on the GPU machine; writes under reports/data/<gpu-key>/ (and copies to $OUT if set).
 set -uo pipefail
 export PYTHONPATH=.:${PYTHONPATH:-}
@@ -15,6 +16,9 @@ kernel)
 model)
   python3 -m questkern bench --model llama3-8b --seq 32k,128k --batch 1,8 --compare-paths \
     --out "$D/bench_model.csv" --force 2>&1 | tee "$D/bench_model.log" ;;
+hier)
+  python3 -m questkern bench --check --seq 32k,128k --batch 1,8 --heads 32/8 --head-dim 128 --dtype bf16 --budget 2048 \
+    --page-size 16,64 --sub-page-size 16 --out "$D/bench_hier.csv" --force 2>&1 | tee "$D/bench_hier.log" ;;
 *)
-  echo "usage: $0 [kernel|model]" >&2; exit 2 ;;
+  echo "usage: $0 [kernel|model|hier]" >&2; exit 2 ;;
 esac
