@@ -101,6 +101,17 @@ CASES = {
     "step-per-head-persistent-fp8": ("_topk_decode_kernel", dict(STEP_PTRS, kmin="*fp8e5", kmax="*fp8e5"),
                                      dict(STEP, GROUP=1, PER_HEAD=True, PERSISTENT=True, PDL=False, SHARED=False,
                                           SINGLE_SPLIT=True, SCORE_BLOCK_D=64, SLOTS=12, BLOCK_SLOTS=16)),
+    # hierarchical pages (metadata [P, Hkv, SUB, D]): sub-page loops in build, append and both score paths
+    "metadata-build-hier-fp8": ("_metadata_build_kernel", META_PTRS,
+                                dict(PAGE=64, HEAD_DIM=128, BLOCK_D=64, META_FP8=True, SUB=4)),
+    "metadata-append-hier-fp8": ("_append_kernel", META_PTRS, dict(NUM_KV_HEADS=8, PAGE=32, HEAD_DIM=128, BLOCK_H=8,
+                                                                   BLOCK_D=128, META_FP8=True, SUB=4)),
+    "tile-hier-gqa-fp8": ("_select_tile_kernel", SELECT_PTRS, dict(TILE, PAGE=64, BLOCK_D=32, GROUP=4, BLOCK_G=16,
+                                                                    SUB=4)),
+    "tile-hier-mha-one-stage": ("_select_tile_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
+                                dict(TILE, PAGE=32, BLOCK_D=64, GROUP=1, BLOCK_G=1, ONE_STAGE=True, SUB=4)),
+    "score-stream-hier-gqa": ("_select_score_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
+                              dict(STREAM, PAGE=64, BLOCK_D=64, GROUP=8, BLOCK_G=16, CHUNK=32, NUM_STAGES=3, SUB=4)),
     "step-shared-persistent-fused-combine": ("_topk_decode_kernel", STEP_PTRS,
                                              dict(STEP, PERSISTENT=True, PDL=False, FUSE_COMBINE=True)),
 }
