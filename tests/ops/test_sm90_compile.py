@@ -15,7 +15,7 @@ import sys
 import pytest
 
 SCRIPT = r"""
-import json, sys
+import inspect, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -29,6 +29,9 @@ from questkern.ops.select import reuse as rk
 kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
 fn = (getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(stk, kernel_name, None)
       or getattr(ak, kernel_name, None) or getattr(rk, kernel_name, None) or getattr(dk, kernel_name))
+for prm in fn.params:  # constexpr arguments a case leaves out take their defaults, as in a launch (e.g. SUB=1)
+    if prm.is_constexpr and prm.name not in consts and prm.default is not inspect.Parameter.empty:
+        consts[prm.name] = prm.default
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
