@@ -15,7 +15,7 @@ import sys
 import pytest
 
 SCRIPT = r"""
-import json, sys
+import inspect, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -29,6 +29,9 @@ from questkern.ops.select import reuse as rk
 kernel_name, types, consts = json.loads(sys.argv[1])  # types: pointers "*bf16", scalars "fp32"; others i32
 fn = (getattr(mk, kernel_name, None) or getattr(sk, kernel_name, None) or getattr(stk, kernel_name, None)
       or getattr(ak, kernel_name, None) or getattr(rk, kernel_name, None) or getattr(dk, kernel_name))
+for prm in fn.params:  # constexpr arguments a case leaves out take their defaults, as in a launch (e.g. SUB=1)
+    if prm.is_constexpr and prm.name not in consts and prm.default is not inspect.Parameter.empty:
+        consts[prm.name] = prm.default
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
 triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 print("compiled", kernel_name)
@@ -101,6 +104,17 @@ CASES = {
     "step-per-head-persistent-fp8": ("_topk_decode_kernel", dict(STEP_PTRS, kmin="*fp8e5", kmax="*fp8e5"),
                                      dict(STEP, GROUP=1, PER_HEAD=True, PERSISTENT=True, PDL=False, SHARED=False,
                                           SINGLE_SPLIT=True, SCORE_BLOCK_D=64, SLOTS=12, BLOCK_SLOTS=16)),
+    # hierarchical pages (metadata [P, Hkv, SUB, D]): sub-page loops in build, append and both score paths
+    "metadata-build-hier-fp8": ("_metadata_build_kernel", META_PTRS,
+                                dict(PAGE=64, HEAD_DIM=128, BLOCK_D=64, META_FP8=True, SUB=4)),
+    "metadata-append-hier-fp8": ("_append_kernel", META_PTRS, dict(NUM_KV_HEADS=8, PAGE=32, HEAD_DIM=128, BLOCK_H=8,
+                                                                   BLOCK_D=128, META_FP8=True, SUB=4)),
+    "tile-hier-gqa-fp8": ("_select_tile_kernel", SELECT_PTRS, dict(TILE, PAGE=64, BLOCK_D=32, GROUP=4, BLOCK_G=16,
+                                                                    SUB=4)),
+    "tile-hier-mha-one-stage": ("_select_tile_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
+                                dict(TILE, PAGE=32, BLOCK_D=64, GROUP=1, BLOCK_G=1, ONE_STAGE=True, SUB=4)),
+    "score-stream-hier-gqa": ("_select_score_kernel", dict(SELECT_PTRS, kmin="*bf16", kmax="*bf16"),
+                              dict(STREAM, PAGE=64, BLOCK_D=64, GROUP=8, BLOCK_G=16, CHUNK=32, NUM_STAGES=3, SUB=4)),
     "step-shared-persistent-fused-combine": ("_topk_decode_kernel", STEP_PTRS,
                                              dict(STEP, PERSISTENT=True, PDL=False, FUSE_COMBINE=True)),
 }
