@@ -6,8 +6,9 @@ Bench CSV (``questkern bench``, one row per op and case): required columns
 ``BENCH_REQUIRED``; the others of ``BENCH_COLUMNS`` are used when present. Several files
 may hold the same case (a run folder and a merged ``bench.csv``): the latest timestamp
 of each (GPU, case, op) wins. Rows measured with page metadata narrower than the keys
-(column ``meta_dtype``, e.g. ``fp8_e5m2``; empty = the key dtype) are left out: the
-report compares the default configuration only.
+(column ``meta_dtype``, e.g. ``fp8_e5m2``; empty = the key dtype) and rows of hierarchical
+pages (column ``sub_page_size``; empty = ordinary pages) are left out: the report compares
+the default configuration only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ BENCH_REQUIRED = ["gpu", "op", "seq_len", "median_us"]
 BENCH_COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim",
                  "dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
                  "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "splits", "config_source", "timestamp", "command",
-                 "meta_dtype", "floor_us", "bound_us", "bound_speedup_vs_sdpa", "speedup_vs_heuristic"]
+                 "meta_dtype", "floor_us", "bound_us", "bound_speedup_vs_sdpa", "speedup_vs_heuristic", "sub_page_size"]
 NUMERIC = ["batch", "q_heads", "kv_heads", "head_dim", "seq_len", "page_size", "budget", "median_us", "bytes", "gbps",
            "pct_copy_bw", "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "floor_us", "bound_us", "bound_speedup_vs_sdpa",
            "speedup_vs_heuristic"]
@@ -180,7 +181,8 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
     for f in files:
         try:
             df = pd.read_csv(f, dtype={c: str for c in ("gpu", "gpu_name", "driver", "torch", "triton", "cuda", "lens",
-                                                         "gqa_mode", "dtype", "timestamp", "command", "meta_dtype")},
+                                                         "gqa_mode", "dtype", "timestamp", "command", "meta_dtype",
+                                                         "sub_page_size")},
                              keep_default_na=False,
                              na_values=[""])
         except Exception as e:
@@ -202,9 +204,9 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "dtype", "lens", "gqa_mode", "timestamp", "command",
-              "meta_dtype"):
+              "meta_dtype", "sub_page_size"):
         df[c] = df[c].fillna("").astype(str)
-    df = df[df["meta_dtype"].isin(["", "nan"])]
+    df = df[df["meta_dtype"].isin(["", "nan"]) & df["sub_page_size"].isin(["", "nan"])]
     bad = df[df["gpu"].str.strip() == ""]
     if len(bad):
         raise ReportDataError(f"{bad['source'].iloc[0]}: {len(bad)} row(s) without a gpu key; every row must name its GPU")

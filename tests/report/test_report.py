@@ -88,13 +88,14 @@ def test_latest_run_wins(tmp_path):
     assert len(bench) == len(raw) and (bench["median_us"] == 1.0).all()
 
 
-def test_narrow_metadata_rows_are_left_out(tmp_path):
-    """A later fp8-metadata run of the same cases must not replace the default rows."""
+@pytest.mark.parametrize("column, value", [("meta_dtype", "fp8_e5m2"), ("sub_page_size", "16")])
+def test_narrow_metadata_rows_are_left_out(tmp_path, column, value):
+    """A later fp8-metadata (or hierarchical-pages) run of the same cases must not replace the default rows."""
     raw = pd.read_csv(DATA / "fixture-gpu-b" / "bench.csv", dtype=str)
     fp8 = raw.copy()
     fp8["timestamp"] = "2026-02-01T00:00:00+00:00"
     fp8["median_us"] = "1.0"
-    fp8["meta_dtype"] = "fp8_e5m2"
+    fp8[column] = value
     raw.to_csv(tmp_path / "default.csv", index=False)
     fp8.to_csv(tmp_path / "fp8.csv", index=False)
     bench = load_bench([tmp_path / "default.csv", tmp_path / "fp8.csv"])
