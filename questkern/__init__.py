@@ -19,5 +19,15 @@ from questkern.config import DecodeConfig, MetadataConfig, SelectConfig
 from questkern._version import __version__
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
 
-__all__ = ["PagedKVCache", "QuestDecode", "Plan", "quest_decode", "dense_decode", "AdaptiveBudget",
-           "SelectConfig", "DecodeConfig", "MetadataConfig", "__version__"]
+__all__ = [
+    "PagedKVCache",
+    "QuestDecode",
+    "Plan",
+    "quest_decode",
+    "dense_decode",
+    "AdaptiveBudget",
+    "SelectConfig",
+    "DecodeConfig",
+    "MetadataConfig",
+    "__version__",
+]

@@ -61,6 +61,7 @@ def select_backend() -> str | None:
     global _backend_note
     if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
-        _backend_note = ("no CUDA device: questkern kernels run in the Triton CPU interpreter "
-                         "(correct results, meaningless timings)")
+        _backend_note = (
+            "no CUDA device: questkern kernels run in the Triton CPU interpreter (correct results, meaningless timings)"
+        )
     return _backend_note

@@ -61,8 +61,9 @@ def write_csv_atomic(path: str | os.PathLike, df, *, float_format: str | None = 
     return write_text_atomic(path, df.to_csv(index=False, float_format=float_format))
 
 
-def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2, sort_keys: bool = True,
-                      allow_nan: bool = True, default=None) -> Path:
+def write_json_atomic(
+    path: str | os.PathLike, obj, *, indent: int = 2, sort_keys: bool = True, allow_nan: bool = True, default=None
+) -> Path:
     with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan, default=default)
         f.write("\n")

@@ -50,8 +50,14 @@ DOMAIN = "questkern"
 PREFIX = "questkern."
 ENV_VAR = "QUESTKERN_NVTX"
 # The ranges questkern itself opens (the profiler filters and the report know these).
-RANGE_NAMES = ("questkern.metadata", "questkern.select", "questkern.sparse_decode", "questkern.combine",
-               "questkern.dense_decode", "questkern.trial")
+RANGE_NAMES = (
+    "questkern.metadata",
+    "questkern.select",
+    "questkern.sparse_decode",
+    "questkern.combine",
+    "questkern.dense_decode",
+    "questkern.trial",
+)
 _NAME_RE = re.compile(r"questkern\.[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 _TRUE = ("1", "true", "on", "yes")
@@ -121,8 +127,9 @@ def check_range_name(name: str) -> str:
     if "/" in name:
         raise ValueError(f"NVTX range name {name!r} must not contain '/' (ncu treats it as nesting)")
     if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"NVTX range name {name!r} must look like 'questkern.<op>' "
-                         "(letters, digits, '_', '.', '-'; no spaces)")
+        raise ValueError(
+            f"NVTX range name {name!r} must look like 'questkern.<op>' (letters, digits, '_', '.', '-'; no spaces)"
+        )
     return name
 
 
@@ -208,8 +215,8 @@ _NULL = contextlib.nullcontext()
 def annotate(name: str, **payload):
     """Context manager: a range ``name`` (``questkern.<op>``) with an optional int payload.
 
-        with annotate("questkern.select", batch=B, pages=P, k=K):
-            launch()
+    with annotate("questkern.select", batch=B, pages=P, k=K):
+        launch()
     """
     if name not in _checked:
         check_range_name(name)
@@ -262,5 +269,17 @@ def torch_ranges():
         _refresh()
 
 
-__all__ = ["DOMAIN", "RANGE_NAMES", "ENV_VAR", "annotate", "trial_range", "check_range_name", "nvtx_enabled",
-           "nvtx_switched_on", "set_nvtx_enabled", "record_ranges", "torch_ranges", "RangeEvent"]
+__all__ = [
+    "DOMAIN",
+    "RANGE_NAMES",
+    "ENV_VAR",
+    "annotate",
+    "trial_range",
+    "check_range_name",
+    "nvtx_enabled",
+    "nvtx_switched_on",
+    "set_nvtx_enabled",
+    "record_ranges",
+    "torch_ranges",
+    "RangeEvent",
+]

@@ -101,9 +101,12 @@ def _parse_ints_in(name: str, allowed: tuple):
         vals = parse_ints(text)
         bad = [v for v in vals if v not in allowed]
         if bad:
-            raise argparse.ArgumentTypeError(f"{name} must be among {','.join(map(str, allowed))} (what the kernels "
-                                             f"support), got {','.join(map(str, bad))}")
+            raise argparse.ArgumentTypeError(
+                f"{name} must be among {','.join(map(str, allowed))} (what the kernels "
+                f"support), got {','.join(map(str, bad))}"
+            )
         return vals
+
     return parse
 
 
@@ -113,6 +116,7 @@ def _one(parse_list):
         if len(vals) != 1:
             raise argparse.ArgumentTypeError(f"expected one value, got {text!r}")
         return vals[0]
+
     return parse
 
 
@@ -174,7 +178,12 @@ GQA_MODES = ("shared", "per_head")
 SHAPE_FLAGS: dict[str, tuple] = {
     "seq": (parse_size, parse_sizes, "context length, e.g. 32k", "context lengths, e.g. 8k,32k,128k"),
     "batch": (parse_positive_int, parse_ints, "batch size", "batch sizes"),
-    "heads": (parse_one_heads, parse_heads, "Q/KV heads, e.g. 32/8 ('32' means 32/32)", "Q/KV head layouts, e.g. 32/32,32/8"),
+    "heads": (
+        parse_one_heads,
+        parse_heads,
+        "Q/KV heads, e.g. 32/8 ('32' means 32/32)",
+        "Q/KV head layouts, e.g. 32/32,32/8",
+    ),
     "head_dim": (parse_head_dim, parse_head_dims, "head dim", "head dims"),
     "dtype": (parse_dtype, parse_dtypes, "bf16 or fp16", "bf16, fp16 or bf16,fp16"),
     "page_size": (parse_page_size, parse_page_sizes, "tokens per page", "page sizes"),
@@ -182,13 +191,27 @@ SHAPE_FLAGS: dict[str, tuple] = {
     "gqa_mode": (None, None, "GQA selection mode", "GQA selection mode"),
 }
 # what ``questkern bench`` measures by default (each command overrides what it needs)
-BENCH_DEFAULTS = {"seq": "8k,32k,128k", "batch": "1,8", "heads": "32/32,32/8", "head_dim": "128", "dtype": "bf16",
-                  "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
+BENCH_DEFAULTS = {
+    "seq": "8k,32k,128k",
+    "batch": "1,8",
+    "heads": "32/32,32/8",
+    "head_dim": "128",
+    "dtype": "bf16",
+    "page_size": "16",
+    "budget": "2048",
+    "gqa_mode": "shared",
+}
 LIST_FLAGS = ("seq", "batch", "heads", "head_dim", "page_size", "budget")  # bench and profile take these as lists
 
 
-def add_shape_args(p: argparse.ArgumentParser, *, defaults: dict | None = None, lists=LIST_FLAGS,
-                   required=(), notes: dict | None = None) -> None:
+def add_shape_args(
+    p: argparse.ArgumentParser,
+    *,
+    defaults: dict | None = None,
+    lists=LIST_FLAGS,
+    required=(),
+    notes: dict | None = None,
+) -> None:
     """Add the eight shape flags (--seq --batch --heads --head-dim --dtype --page-size --budget --gqa-mode).
 
     ``defaults`` (flag -> text as typed on the command line, or None: no default) update

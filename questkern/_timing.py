@@ -82,8 +82,14 @@ def device_info() -> dict:
     """Device name, driver, torch/Triton/CUDA versions: recorded with every figure."""
     import triton
 
-    info = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda or "",
-            "gpu_name": "cpu (Triton interpreter)", "driver": "", "sms": 0}
+    info = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda or "",
+        "gpu_name": "cpu (Triton interpreter)",
+        "driver": "",
+        "sms": 0,
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info["gpu_name"] = props.name
@@ -91,8 +97,16 @@ def device_info() -> dict:
         try:
             import subprocess
 
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+            info["driver"] = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
         except Exception:
             info["driver"] = "unknown"
     return info

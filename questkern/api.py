@@ -87,9 +87,19 @@ class QuestDecode:
         :mod:`questkern.ops.select.reuse_naive`.
     """
 
-    def __init__(self, budget: int | None, *, gqa_mode: str = "shared", aggregate: str = "sum",
-                 sm_scale: float | None = None, configs: dict | None = None, adaptive: AdaptiveBudget | None = None,
-                 path: str = "auto", reselect_every: int | None = 1, drift_threshold: float | None = None):
+    def __init__(
+        self,
+        budget: int | None,
+        *,
+        gqa_mode: str = "shared",
+        aggregate: str = "sum",
+        sm_scale: float | None = None,
+        configs: dict | None = None,
+        adaptive: AdaptiveBudget | None = None,
+        path: str = "auto",
+        reselect_every: int | None = 1,
+        drift_threshold: float | None = None,
+    ):
         if budget is not None:
             V.check_positive_int("budget", budget)
         if adaptive is not None:
@@ -126,8 +136,20 @@ class QuestDecode:
         return self.reselect_every != 1 or self.drift_threshold is not None
 
     # ------------------------------------------------------------------ plan
-    def plan(self, cache=None, *, num_q_heads: int, k_cache=None, v_cache=None, kmin=None, kmax=None,
-             page_table=None, seq_lens=None, page_size: int | None = None, max_seq_len: int | None = None) -> Plan:
+    def plan(
+        self,
+        cache=None,
+        *,
+        num_q_heads: int,
+        k_cache=None,
+        v_cache=None,
+        kmin=None,
+        kmax=None,
+        page_table=None,
+        seq_lens=None,
+        page_size: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> Plan:
         """Validate the cache and batch, choose configs, allocate buffers.
 
         Pass a :class:`questkern.PagedKVCache` or the raw tensors. ``page_size``, when
@@ -147,8 +169,10 @@ class QuestDecode:
                 raise ValueError(f"pass either a cache or the raw tensors, not both (got cache and {', '.join(given)})")
             for n in raw:
                 if not hasattr(cache, n):
-                    raise TypeError(f"cache must be a questkern.PagedKVCache (or pass the raw tensors), "
-                                    f"got {type(cache).__name__} without .{n}")
+                    raise TypeError(
+                        f"cache must be a questkern.PagedKVCache (or pass the raw tensors), "
+                        f"got {type(cache).__name__} without .{n}"
+                    )
             k_cache, v_cache, kmin, kmax = cache.k_cache, cache.v_cache, cache.kmin, cache.kmax
             page_table, seq_lens = cache.page_table, cache.seq_lens
         else:
@@ -161,11 +185,15 @@ class QuestDecode:
         P, Hkv, PAGE, D = k_cache.shape
         if kmin.dim() == 4:  # hierarchical pages: the classic select only (configs keyed by the physical page)
             if self.adaptive is not None:
-                raise ValueError(f"adaptive: the adaptive budget does not take hierarchical metadata yet (kmin "
-                                 f"{tuple(kmin.shape)} has {kmin.shape[2]} sub-pages a page); use a fixed budget")
+                raise ValueError(
+                    f"adaptive: the adaptive budget does not take hierarchical metadata yet (kmin "
+                    f"{tuple(kmin.shape)} has {kmin.shape[2]} sub-pages a page); use a fixed budget"
+                )
             if self.path == "fused":
-                raise ValueError(f"path='fused' does not take hierarchical metadata yet (kmin {tuple(kmin.shape)} "
-                                 f"has {kmin.shape[2]} sub-pages a page); use path='auto' or 'classic'")
+                raise ValueError(
+                    f"path='fused' does not take hierarchical metadata yet (kmin {tuple(kmin.shape)} "
+                    f"has {kmin.shape[2]} sub-pages a page); use path='auto' or 'classic'"
+                )
         if page_size is not None and page_size != PAGE:
             raise ValueError(f"page_size = {page_size} does not match the cache's page size k_cache.shape[2] = {PAGE}")
         V.check_positive_int("num_q_heads", num_q_heads)
@@ -180,8 +208,9 @@ class QuestDecode:
         bucket_len = max_seq_len or longest
         B, max_pages = page_table.shape
         G = num_q_heads // Hkv
-        key = dict(device=k_cache.device, dtype=k_cache.dtype, head_dim=D, group=G, page_size=PAGE,
-                   seq_len=bucket_len, batch=B)
+        key = dict(
+            device=k_cache.device, dtype=k_cache.dtype, head_dim=D, group=G, page_size=PAGE, seq_len=bucket_len, batch=B
+        )
         sources = {}
         sel_cfg = None
         k_pages = 0
@@ -191,8 +220,9 @@ class QuestDecode:
             sel_cfg, sources["select"] = self._config("select", key)
         fused = not self.dense and self.adaptive is None and not self.reuse and self.path == "fused"
         if fused:
-            return self._plan_fused(key, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads, bucket_len,
-                                    k_pages)
+            return self._plan_fused(
+                key, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads, bucket_len, k_pages
+            )
         op = "dense_decode" if self.dense else "sparse_decode"
         dec_cfg, sources[op] = self._config(op, key)
         per_head = self.gqa_mode == "per_head" and G > 1 and not self.dense
@@ -214,13 +244,25 @@ class QuestDecode:
                 self._sel_ws = adaptive_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
             else:
                 self._sel_ws = select_workspace(B, rows, max_pages, k_pages, sel_cfg, dev)
-            self._reuse = (reuse_state(B, Hkv, G, D, self.reselect_every, self.drift_threshold, dev)
-                           if self.reuse else None)
+            self._reuse = (
+                reuse_state(B, Hkv, G, D, self.reselect_every, self.drift_threshold, dev) if self.reuse else None
+            )
         self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, sel_cfg, dec_cfg, splits, sources)
         return self._plan
 
-    def _plan_fused(self, key: dict, k_cache, v_cache, kmin, kmax, page_table, seq_lens, num_q_heads: int,
-                    bucket_len: int, k_pages: int) -> Plan:
+    def _plan_fused(
+        self,
+        key: dict,
+        k_cache,
+        v_cache,
+        kmin,
+        kmax,
+        page_table,
+        seq_lens,
+        num_q_heads: int,
+        bucket_len: int,
+        k_pages: int,
+    ) -> Plan:
         P, Hkv, PAGE, D = k_cache.shape
         B, max_pages = page_table.shape
         dev = k_cache.device
@@ -237,8 +279,21 @@ class QuestDecode:
         self._selected = torch.empty(B, rows, k_pages, dtype=torch.int32, device=dev)
         self._selected_phys = torch.empty_like(self._selected)
         self._step_ws = step_workspace(B, num_q_heads, rows, D, geo, dev)
-        self._plan = Plan(B, num_q_heads, Hkv, D, PAGE, bucket_len, k_pages, None, DecodeConfig(), geo["splits"],
-                          {"quest_step": source}, path="fused", step_config=cfg)
+        self._plan = Plan(
+            B,
+            num_q_heads,
+            Hkv,
+            D,
+            PAGE,
+            bucket_len,
+            k_pages,
+            None,
+            DecodeConfig(),
+            geo["splits"],
+            {"quest_step": source},
+            path="fused",
+            step_config=cfg,
+        )
         return self._plan
 
     def _config(self, op: str, key: dict):
@@ -263,38 +318,103 @@ class QuestDecode:
         k_cache, v_cache, kmin, kmax, page_table, seq_lens = self._tensors
         V.check_query(q, p.batch, p.num_kv_heads, p.head_dim, k_cache.dtype, k_cache.device, p.num_q_heads)
         if p.path == "fused":
-            with annotate("questkern.quest_step", batch=p.batch, pages=page_table.shape[1], k=p.k_pages,
-                          splits=p.num_splits):
-                quest_step(q, kmin, kmax, k_cache, v_cache, page_table, seq_lens, p.k_pages, gqa_mode=self.gqa_mode,
-                           aggregate=self.aggregate, sm_scale=self.sm_scale, config=p.step_config, out=self._out,
-                           selected=self._selected, selected_phys=self._selected_phys, workspace=self._step_ws,
-                           num_sms=self._num_sms, status=self._status)
+            with annotate(
+                "questkern.quest_step", batch=p.batch, pages=page_table.shape[1], k=p.k_pages, splits=p.num_splits
+            ):
+                quest_step(
+                    q,
+                    kmin,
+                    kmax,
+                    k_cache,
+                    v_cache,
+                    page_table,
+                    seq_lens,
+                    p.k_pages,
+                    gqa_mode=self.gqa_mode,
+                    aggregate=self.aggregate,
+                    sm_scale=self.sm_scale,
+                    config=p.step_config,
+                    out=self._out,
+                    selected=self._selected,
+                    selected_phys=self._selected_phys,
+                    workspace=self._step_ws,
+                    num_sms=self._num_sms,
+                    status=self._status,
+                )
             return (self._out, self._selected) if return_selected else self._out
         selected = None
         if not self.dense:
             with annotate("questkern.select", batch=p.batch, pages=page_table.shape[1], k=p.k_pages):
                 if self.adaptive is not None:  # rows hold <= k_pages pages, -1 padded (decode skips -1)
-                    selected = select_pages_adaptive(q, kmin, kmax, page_table, seq_lens, p.page_size, self.adaptive,
-                                                     self.gqa_mode, self.aggregate, sm_scale=self.sm_scale,
-                                                     config=p.select_config, out=self._selected,
-                                                     out_phys=self._selected_phys, workspace=self._sel_ws,
-                                                     status=self._status)
+                    selected = select_pages_adaptive(
+                        q,
+                        kmin,
+                        kmax,
+                        page_table,
+                        seq_lens,
+                        p.page_size,
+                        self.adaptive,
+                        self.gqa_mode,
+                        self.aggregate,
+                        sm_scale=self.sm_scale,
+                        config=p.select_config,
+                        out=self._selected,
+                        out_phys=self._selected_phys,
+                        workspace=self._sel_ws,
+                        status=self._status,
+                    )
                 elif self._reuse is not None:  # stored rows are logical ids: the decode maps them now
                     gate = reuse_gate(q, page_table, seq_lens, p.page_size, self._reuse, status=self._status)
-                    selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
-                                            self.gqa_mode, self.aggregate, p.select_config, out=self._selected,
-                                            workspace=self._sel_ws, status=self._status, gate=gate)
+                    selected = select_pages(
+                        q,
+                        kmin,
+                        kmax,
+                        page_table,
+                        seq_lens,
+                        p.page_size,
+                        p.k_pages,
+                        self.gqa_mode,
+                        self.aggregate,
+                        p.select_config,
+                        out=self._selected,
+                        workspace=self._sel_ws,
+                        status=self._status,
+                        gate=gate,
+                    )
                 else:
-                    selected = select_pages(q, kmin, kmax, page_table, seq_lens, p.page_size, p.k_pages,
-                                            self.gqa_mode, self.aggregate, p.select_config,
-                                            out=self._selected, out_phys=self._selected_phys, workspace=self._sel_ws,
-                                            status=self._status)
+                    selected = select_pages(
+                        q,
+                        kmin,
+                        kmax,
+                        page_table,
+                        seq_lens,
+                        p.page_size,
+                        p.k_pages,
+                        self.gqa_mode,
+                        self.aggregate,
+                        p.select_config,
+                        out=self._selected,
+                        out_phys=self._selected_phys,
+                        workspace=self._sel_ws,
+                        status=self._status,
+                    )
         name = "questkern.dense_decode" if self.dense else "questkern.sparse_decode"
         with annotate(name, batch=p.batch, splits=p.num_splits):
-            paged_decode(q, k_cache, v_cache, page_table, seq_lens, selected, self.sm_scale, p.decode_config,
-                         num_splits=p.num_splits, out=self._out, workspace=self._dec_ws,
-                         selected_phys=None if self.dense or self._reuse is not None else self._selected_phys,
-                         status=self._status)
+            paged_decode(
+                q,
+                k_cache,
+                v_cache,
+                page_table,
+                seq_lens,
+                selected,
+                self.sm_scale,
+                p.decode_config,
+                num_splits=p.num_splits,
+                out=self._out,
+                workspace=self._dec_ws,
+                selected_phys=None if self.dense or self._reuse is not None else self._selected_phys,
+                status=self._status,
+            )
         return (self._out, selected) if return_selected else self._out
 
     def reselect(self, sequences=None) -> None:
@@ -310,13 +430,19 @@ class QuestDecode:
             idx: slice | torch.Tensor = slice(None)
         elif isinstance(sequences, torch.Tensor):
             if sequences.dtype != torch.bool or sequences.shape != (p.batch,):
-                raise ValueError(f"sequences as a tensor must be a [batch] = [{p.batch}] bool mask, "
-                                 f"got {sequences.dtype} {tuple(sequences.shape)}")
+                raise ValueError(
+                    f"sequences as a tensor must be a [batch] = [{p.batch}] bool mask, "
+                    f"got {sequences.dtype} {tuple(sequences.shape)}"
+                )
             idx = sequences.to(self._status.device)
         else:
             ids = [sequences] if isinstance(sequences, int) and not isinstance(sequences, bool) else sequences
-            if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise TypeError(f"sequences must be None, an int, a list of ints or a [batch] bool tensor, got {sequences!r}")
+            if not isinstance(ids, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids
+            ):
+                raise TypeError(
+                    f"sequences must be None, an int, a list of ints or a [batch] bool tensor, got {sequences!r}"
+                )
             bad = [i for i in ids if not 0 <= i < p.batch]
             if bad:
                 raise ValueError(f"sequences must be batch indices in [0, {p.batch}), got {bad}")
@@ -343,9 +469,11 @@ class QuestDecode:
 
     def _grown_message(self) -> str:
         width = self._tensors[4].shape[1]
-        return (f"QuestDecode: a run() met a sequence longer than the page-table width planned ({width} pages x "
-                f"{self._plan.page_size} = {width * self._plan.page_size} tokens); those steps attended to the "
-                f"first {width} pages only. Call plan() again after the page table grows (a precondition of run()).")
+        return (
+            f"QuestDecode: a run() met a sequence longer than the page-table width planned ({width} pages x "
+            f"{self._plan.page_size} = {width * self._plan.page_size} tokens); those steps attended to the "
+            f"first {width} pages only. Call plan() again after the page table grows (a precondition of run())."
+        )
 
     def _raise_if_grown(self, clear: bool) -> None:
         if self._plan is not None and self._status is not None and int(self._status.item()) & 1:
@@ -373,8 +501,9 @@ def _check_configs(configs) -> dict:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"configs[{op!r}]: {e}") from None
         if not isinstance(cfg, want):
-            raise TypeError(f"configs[{op!r}] must be a {want.__name__} (or a dict of its fields), "
-                            f"got {type(cfg).__name__}")
+            raise TypeError(
+                f"configs[{op!r}] must be a {want.__name__} (or a dict of its fields), got {type(cfg).__name__}"
+            )
         out[op] = cfg
     return out
 

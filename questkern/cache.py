@@ -40,19 +40,24 @@ def _check_device(device) -> torch.device:
     if device is None:
         return default_device()
     if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
-        raise TypeError(f"device must be a torch.device, a string such as 'cuda' or 'cpu', or None, "
-                        f"got {type(device).__name__}")
+        raise TypeError(
+            f"device must be a torch.device, a string such as 'cuda' or 'cpu', or None, got {type(device).__name__}"
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"device must name a torch device such as 'cuda', 'cuda:1' or 'cpu', got {device!r} ({e})") from None
+        raise ValueError(
+            f"device must name a torch device such as 'cuda', 'cuda:1' or 'cpu', got {device!r} ({e})"
+        ) from None
     if dev.type not in ("cuda", "cpu"):
         raise ValueError(f"device must be a CUDA device (or the CPU, for the Triton interpreter), got {dev}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine (torch "
-                             f"{torch.__version__}, CUDA build {torch.version.cuda}); pass device='cpu' to run the "
-                             f"kernels in the Triton interpreter (TRITON_INTERPRET=1)")
+            raise ValueError(
+                f"device={str(device)!r}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); pass device='cpu' to run the "
+                f"kernels in the Triton interpreter (TRITON_INTERPRET=1)"
+            )
         n = torch.cuda.device_count()
         if dev.index is not None and not 0 <= dev.index < n:
             raise ValueError(f"device={str(device)!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
@@ -91,13 +96,21 @@ class PagedKVCache:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         meta_dtype = meta_dtype or dtype
         if meta_dtype not in (*V.META_DTYPES, dtype):
-            raise ValueError(f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
-                             f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}")
+            raise ValueError(
+                f"meta_dtype must be the cache dtype {dtype} or one of {[str(d) for d in V.META_DTYPES]} "
+                f"(float32 and the cache dtype are exact; float8_e5m2 is safe-rounded, half the bytes), got {meta_dtype}"
+            )
         if sub_page_size is not None:
             _check_sub_page_size(sub_page_size, page_size)
         device = _check_device(device)
         self.sub_page_size = sub_page_size  # None: one min/max per page (metadata [P, Hkv, D])
-        self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = page_size, head_dim, num_kv_heads, dtype, device
+        self.page_size, self.head_dim, self.num_kv_heads, self.dtype, self.device = (
+            page_size,
+            head_dim,
+            num_kv_heads,
+            dtype,
+            device,
+        )
         self.reference = reference
         self.max_pages = -(-max_seq_len // page_size)
         self.num_pages = num_pages if num_pages is not None else batch_size * self.max_pages
@@ -115,7 +128,11 @@ class PagedKVCache:
         self._table = torch.zeros(batch_size, self.max_pages, dtype=torch.int32)  # host mirror
         self._lens = [0] * batch_size
         self._mapped = [0] * batch_size  # pages mapped per sequence (>= those its length uses; see reserve)
-        order = torch.randperm(self.num_pages, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(self.num_pages)
+        order = (
+            torch.randperm(self.num_pages, generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(self.num_pages)
+        )
         self._free = order.tolist()[::-1]  # pop() from the end
 
     @property
@@ -139,8 +156,10 @@ class PagedKVCache:
             have = self._mapped[b]  # pages mapped (>= those its length uses; see reserve)
             need += [(b, p) for p in range(have, -(-n // self.page_size))]
         if len(need) > len(self._free):
-            raise RuntimeError(f"PagedKVCache is out of pages ({self.num_pages} in all, {len(self._free)} free, "
-                               f"{len(need)} needed); raise num_pages or release sequences")
+            raise RuntimeError(
+                f"PagedKVCache is out of pages ({self.num_pages} in all, {len(self._free)} free, "
+                f"{len(need)} needed); raise num_pages or release sequences"
+            )
         return need
 
     def _take(self, slots: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
@@ -183,8 +202,10 @@ class PagedKVCache:
         lens = [int(x) for x in self.seq_lens.tolist()]
         for b, n in enumerate(lens):
             if -(-n // self.page_size) > self._mapped[b]:
-                raise RuntimeError(f"seq_lens[{b}] = {n} reaches pages that were never mapped "
-                                   f"({self._mapped[b]} pages): reserve() them before appending outside the cache")
+                raise RuntimeError(
+                    f"seq_lens[{b}] = {n} reaches pages that were never mapped "
+                    f"({self._mapped[b]} pages): reserve() them before appending outside the cache"
+                )
         self._lens = lens
         return list(lens)
 
@@ -211,11 +232,14 @@ class PagedKVCache:
             return [T] * B
         if isinstance(lens, torch.Tensor):
             if lens.dtype.is_floating_point or lens.dtype.is_complex or lens.dtype == torch.bool or lens.dim() != 1:
-                raise TypeError(f"lens must be a 1-D integer tensor or a list of {B} ints, got a {lens.dim()}-D "
-                                f"{lens.dtype} tensor")
+                raise TypeError(
+                    f"lens must be a 1-D integer tensor or a list of {B} ints, got a {lens.dim()}-D {lens.dtype} tensor"
+                )
             lens = lens.tolist()
         if not isinstance(lens, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, int) for x in lens):
-            raise TypeError(f"lens must be a list of {B} ints (token counts; fractions are not truncated), got {lens!r}")
+            raise TypeError(
+                f"lens must be a list of {B} ints (token counts; fractions are not truncated), got {lens!r}"
+            )
         if len(lens) != B or any(n < 0 or n > T for n in lens):
             raise ValueError(f"lens must hold {B} values in [0, {T}], got {list(lens)}")
         return list(lens)
@@ -227,8 +251,10 @@ class PagedKVCache:
             return [True] * B
         if isinstance(active, torch.Tensor):
             if active.dtype.is_floating_point or active.dtype.is_complex or active.dim() != 1:
-                raise TypeError(f"active must be a 1-D bool or integer tensor of {B} flags, got a {active.dim()}-D "
-                                f"{active.dtype} tensor")
+                raise TypeError(
+                    f"active must be a 1-D bool or integer tensor of {B} flags, got a {active.dim()}-D "
+                    f"{active.dtype} tensor"
+                )
             active = active.tolist()
         if not isinstance(active, (list, tuple)) or any(not isinstance(x, int) for x in active):
             raise TypeError(f"active must be a [batch] bool tensor or a list of {B} bools, got {active!r}")
@@ -245,7 +271,16 @@ class PagedKVCache:
         anything is written: a call that raises leaves the cache as it was.
         """
         B = self.batch_size
-        V.check_tensor("k", k, ndim=4, dtypes=(self.dtype,), device=self.device, shape=(B, None, self.num_kv_heads, self.head_dim), contiguous=False, what="[batch, tokens, num_kv_heads, head_dim]")
+        V.check_tensor(
+            "k",
+            k,
+            ndim=4,
+            dtypes=(self.dtype,),
+            device=self.device,
+            shape=(B, None, self.num_kv_heads, self.head_dim),
+            contiguous=False,
+            what="[batch, tokens, num_kv_heads, head_dim]",
+        )
         V.check_tensor("v", v, ndim=4, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape), contiguous=False)
         T = k.shape[1]
         lens = self._check_lens(lens, T)
@@ -257,8 +292,16 @@ class PagedKVCache:
         ps = self.page_size
         cfg = None
         if not self.reference:
-            cfg, _ = resolve_config("metadata", device=self.device, dtype=self.dtype, head_dim=self.head_dim, group=1,
-                                    page_size=ps, seq_len=max(new), batch=B)
+            cfg, _ = resolve_config(
+                "metadata",
+                device=self.device,
+                dtype=self.dtype,
+                head_dim=self.head_dim,
+                group=1,
+                page_size=ps,
+                seq_len=max(new),
+                batch=B,
+            )
         taken = self._take(slots)
         try:
             for b in range(B):
@@ -276,8 +319,16 @@ class PagedKVCache:
                 self._build_ref(first, new)
             else:
                 with annotate("questkern.metadata", op="build", batch=B):
-                    metadata_build(self.k_cache, self.kmin, self.kmax, self.page_table, self.seq_lens,
-                                   torch.tensor(first, dtype=torch.int32, device=self.device), n_build, cfg)
+                    metadata_build(
+                        self.k_cache,
+                        self.kmin,
+                        self.kmax,
+                        self.page_table,
+                        self.seq_lens,
+                        torch.tensor(first, dtype=torch.int32, device=self.device),
+                        n_build,
+                        cfg,
+                    )
         except BaseException:
             self._give_back(taken)
             self.seq_lens.copy_(torch.tensor(old, dtype=torch.int32))
@@ -289,7 +340,15 @@ class PagedKVCache:
         says which sequences grow. Updates only the page written. A call that raises
         leaves the cache as it was."""
         B = self.batch_size
-        V.check_tensor("k", k, ndim=3, dtypes=(self.dtype,), device=self.device, shape=(B, self.num_kv_heads, self.head_dim), what="[batch, num_kv_heads, head_dim]")
+        V.check_tensor(
+            "k",
+            k,
+            ndim=3,
+            dtypes=(self.dtype,),
+            device=self.device,
+            shape=(B, self.num_kv_heads, self.head_dim),
+            what="[batch, num_kv_heads, head_dim]",
+        )
         V.check_tensor("v", v, ndim=3, dtypes=(self.dtype,), device=self.device, shape=tuple(k.shape))
         act = self._check_active(active)
         new = [n + int(a) for n, a in zip(self._lens, act)]
@@ -297,12 +356,14 @@ class PagedKVCache:
         try:
             act_t = torch.tensor(act, dtype=torch.int32, device=self.device)
             if self.reference:
-                append_decode_torch(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table,
-                                    self.seq_lens, act_t)
+                append_decode_torch(
+                    k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t
+                )
             else:
                 with annotate("questkern.metadata", op="append", batch=B):
-                    append_decode(k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table,
-                                  self.seq_lens, act_t)
+                    append_decode(
+                        k, v, self.k_cache, self.v_cache, self.kmin, self.kmax, self.page_table, self.seq_lens, act_t
+                    )
         except BaseException:
             self._give_back(taken)
             raise
@@ -340,15 +401,22 @@ def _check_sub_page_size(sub_page_size, page_size: int) -> None:
         raise TypeError(f"sub_page_size must be an int or None, got {type(sub_page_size).__name__}")
     ok = [s for s in (4, 8, 16, 32) if s >= V.MIN_SUB_PAGE and s < page_size and page_size % s == 0]
     if sub_page_size not in ok:
-        raise ValueError(f"sub_page_size must be a power of two >= {V.MIN_SUB_PAGE} that divides page_size = "
-                         f"{page_size} and is smaller than it (one of {ok}; None for whole pages), got {sub_page_size}")
+        raise ValueError(
+            f"sub_page_size must be a power of two >= {V.MIN_SUB_PAGE} that divides page_size = "
+            f"{page_size} and is smaller than it (one of {ok}; None for whole pages), got {sub_page_size}"
+        )
 
 
 PREFILL_CHUNK = 8192  # tokens appended per step while filling a cache (bounds the temporary K/V)
 
 
-def prefill_chunked(cache: PagedKVCache, lens: list[int], make_kv: Callable[[tuple[int, int, int, int]], tuple],
-                    *, chunk: int = PREFILL_CHUNK) -> None:
+def prefill_chunked(
+    cache: PagedKVCache,
+    lens: list[int],
+    make_kv: Callable[[tuple[int, int, int, int]], tuple],
+    *,
+    chunk: int = PREFILL_CHUNK,
+) -> None:
     """Fill ``cache`` with synthetic tokens chunk by chunk (bench, tuner and profiler inputs):
     sequence ``b`` gets ``lens[b]`` tokens. ``make_kv(shape)`` returns the chunk's ``(k, v)``
     for ``shape = (batch, T, num_kv_heads, head_dim)``; it is called once per chunk, in order,

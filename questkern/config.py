@@ -44,7 +44,9 @@ class _ConfigBase:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}"
+            )
         return cls(**d)
 
 
@@ -93,7 +95,9 @@ class SelectConfig(_ConfigBase):
         if self.topk not in ("bisect", "radix"):
             raise ValueError(f"SelectConfig.topk must be 'bisect' or 'radix', got {self.topk!r}")
         if self.tiles_per_program not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"SelectConfig.tiles_per_program must be one of 1,2,4,8,16,32, got {self.tiles_per_program}")
+            raise ValueError(
+                f"SelectConfig.tiles_per_program must be one of 1,2,4,8,16,32, got {self.tiles_per_program}"
+            )
         for name in ("chunk_pages", "block_d"):
             v = getattr(self, name)
             if not _is_pow2(v) or v < 16:
@@ -216,8 +220,10 @@ def kernel_violation(op: str, config, *, page_size: int, head_dim: int) -> str |
     if op in ("sparse_decode", "dense_decode", "quest_step"):
         tokens = config.pages_per_block * page_size
         if tokens < 16:
-            return (f"pages_per_block * page_size = {config.pages_per_block} x {page_size} = {tokens} tokens, "
-                    f"the kernel needs >= 16 (tl.dot)")
+            return (
+                f"pages_per_block * page_size = {config.pages_per_block} x {page_size} = {tokens} tokens, "
+                f"the kernel needs >= 16 (tl.dot)"
+            )
     return None
 
 

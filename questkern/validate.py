@@ -75,11 +75,12 @@ def check_kv_cache(k_cache, v_cache, kmin, kmax) -> None:
         SUB = kmin.shape[2]
         if SUB < 1 or PAGE % SUB or PAGE // SUB < MIN_SUB_PAGE:
             ok = [s for s in range(1, PAGE + 1) if PAGE % s == 0 and PAGE // s >= MIN_SUB_PAGE]
-            raise ValueError(f"kmin must have shape [num_pages, num_kv_heads, sub_pages, head_dim] with sub_pages "
-                             f"dividing page_size = {PAGE} into sub-pages of >= {MIN_SUB_PAGE} tokens (one of {ok}), "
-                             f"got {_shape(kmin)}")
-        check_tensor("kmax", kmax, ndim=4, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, SUB, D),
-                     what=what)
+            raise ValueError(
+                f"kmin must have shape [num_pages, num_kv_heads, sub_pages, head_dim] with sub_pages "
+                f"dividing page_size = {PAGE} into sub-pages of >= {MIN_SUB_PAGE} tokens (one of {ok}), "
+                f"got {_shape(kmin)}"
+            )
+        check_tensor("kmax", kmax, ndim=4, dtypes=(kmin.dtype,), device=k_cache.device, shape=(P, H, SUB, D), what=what)
         return
     what = "[num_pages, num_kv_heads, head_dim] (or [num_pages, num_kv_heads, sub_pages, head_dim], hierarchical)"
     check_tensor("kmin", kmin, ndim=3, dtypes=meta, device=k_cache.device, shape=(P, H, D), what=what)
@@ -100,18 +101,30 @@ def check_batch(page_table, seq_lens, num_pages: int, page_size: int, device) ->
     cap = max_pages * page_size
     if int(lens.max()) > cap:
         b = int(torch.argmax(lens))
-        raise ValueError(f"seq_lens[{b}] = {int(lens[b])} exceeds the page table capacity {max_pages} pages x {page_size} = {cap} tokens")
+        raise ValueError(
+            f"seq_lens[{b}] = {int(lens[b])} exceeds the page table capacity {max_pages} pages x {page_size} = {cap} tokens"
+        )
     n_pages = (lens + page_size - 1) // page_size
     used = torch.arange(max_pages)[None, :] < n_pages[:, None]
     ids = page_table.cpu()[used]
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_pages):
         bad = ids[(ids < 0) | (ids >= num_pages)][0]
-        raise ValueError(f"page_table holds page id {int(bad)} outside [0, {num_pages}) (num_pages of k_cache) in a page in use")
+        raise ValueError(
+            f"page_table holds page id {int(bad)} outside [0, {num_pages}) (num_pages of k_cache) in a page in use"
+        )
     return int(lens.max())
 
 
 def check_query(q, batch: int, num_kv_heads: int, head_dim: int, dtype, device, num_q_heads: int | None = None) -> None:
-    check_tensor("q", q, ndim=3, dtypes=(dtype,), device=device, shape=(batch, num_q_heads, head_dim), what="[batch, num_q_heads, head_dim]")
+    check_tensor(
+        "q",
+        q,
+        ndim=3,
+        dtypes=(dtype,),
+        device=device,
+        shape=(batch, num_q_heads, head_dim),
+        what="[batch, num_q_heads, head_dim]",
+    )
     if q.shape[1] % num_kv_heads:
         raise ValueError(f"q.shape[1] (num_q_heads = {q.shape[1]}) must be a multiple of num_kv_heads = {num_kv_heads}")
 
@@ -128,7 +141,7 @@ def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk
     if kmin.dim() == 4:
         SUB = kmin.shape[2]
         sub = page_size // SUB
-        n_valid = (seq_lens.long()[:, None] - torch.arange(max_pages, device=page_table.device)[None, :] * page_size)
+        n_valid = seq_lens.long()[:, None] - torch.arange(max_pages, device=page_table.device)[None, :] * page_size
         n_sub = ((n_valid.clamp(0, page_size) + sub - 1) // sub)[used]  # [N] sub-pages in use of each page in use
         ids = page_table[used].long()
         live = torch.arange(SUB, device=ids.device)[None, :] < n_sub[:, None]  # [N, SUB]
@@ -137,10 +150,10 @@ def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk
         live = None
 
     def bad_of(i: int):
-        sl = ids[i:i + chunk]
+        sl = ids[i : i + chunk]
         bad = kmin[sl].float() > kmax[sl].float()  # [n, H, D] or [n, H, SUB, D]
         if live is not None:
-            bad &= live[i:i + chunk][:, None, :, None].to(bad.device)
+            bad &= live[i : i + chunk][:, None, :, None].to(bad.device)
         return sl, bad
 
     found = torch.zeros((), dtype=torch.bool, device=kmin.device)
@@ -155,9 +168,11 @@ def check_metadata_order(kmin, kmax, page_table, seq_lens, page_size: int, chunk
             p, h, d = at[0], at[1], at[-1]
             where = f"page {int(sl[p])}, kv head {h}, " + (f"sub-page {at[2]}, " if live is not None else "")
             idx = (sl[p], h, at[2], d) if live is not None else (sl[p], h, d)
-            raise ValueError(f"kmin > kmax at {where}channel {d} "
-                             f"({float(kmin[idx])} > {float(kmax[idx])}): kmin and kmax swapped "
-                             f"or not built from the keys")
+            raise ValueError(
+                f"kmin > kmax at {where}channel {d} "
+                f"({float(kmin[idx])} > {float(kmax[idx])}): kmin and kmax swapped "
+                f"or not built from the keys"
+            )
 
 
 def check_reuse(every, threshold, budget, adaptive, path: str = "auto") -> None:
@@ -170,14 +185,18 @@ def check_reuse(every, threshold, budget, adaptive, path: str = "auto") -> None:
         if not (math.isfinite(threshold) and -1 <= threshold <= 1):
             raise ValueError(f"drift_threshold must be a number in [-1, 1] or None, got {threshold!r}")
     if every is None and threshold is None:
-        raise ValueError("reselect_every=None (no age limit) needs a drift_threshold; pass reselect_every=1 "
-                         "to select at every step")
+        raise ValueError(
+            "reselect_every=None (no age limit) needs a drift_threshold; pass reselect_every=1 to select at every step"
+        )
     if every == 1 and threshold is None:
         return
     if budget is None and adaptive is None:
-        raise ValueError("reselect_every / drift_threshold reuse a sparse selection: they need a budget (got budget=None, dense)")
+        raise ValueError(
+            "reselect_every / drift_threshold reuse a sparse selection: they need a budget (got budget=None, dense)"
+        )
     if adaptive is not None:
         raise ValueError("reselect_every / drift_threshold do not take an adaptive budget yet (use a fixed budget)")
     if path == "fused":
-        raise ValueError("reselect_every / drift_threshold run the classic path (select, then decode); "
-                         "use path='auto' or 'classic'")
+        raise ValueError(
+            "reselect_every / drift_threshold run the classic path (select, then decode); use path='auto' or 'classic'"
+        )

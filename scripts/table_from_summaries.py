@@ -35,14 +35,25 @@ def entries_of(summary: dict, num_sms: int | None = None) -> list[dict]:
             default = g.get("default_config")
             if default is None:
                 if num_sms is None:
-                    raise SystemExit(f"{b['study']}: the summary does not record the default config; "
-                                     "pass --num-sms (the tuned GPU's SM count) to re-derive it as the tuner does")
+                    raise SystemExit(
+                        f"{b['study']}: the summary does not record the default config; "
+                        "pass --num-sms (the tuned GPU's SM count) to re-derive it as the tuner does"
+                    )
                 space = OpSpace(bucket, num_sms=num_sms)
                 default = space.candidate(space.default_params(g["page_size"], g.get("budget"))).config.to_dict()
-            e = make_entry(bucket.entry_key(g["page_size"], g.get("budget")), g["config"], g["latency_us"],
-                           g["default_latency_us"], trials=b["n_evaluated"], default_config=default,
-                           seq_len=bucket.seq_len, batch=bucket.batch, num_q_heads=bucket.num_q_heads,
-                           num_kv_heads=bucket.num_kv_heads, study=b["study"])
+            e = make_entry(
+                bucket.entry_key(g["page_size"], g.get("budget")),
+                g["config"],
+                g["latency_us"],
+                g["default_latency_us"],
+                trials=b["n_evaluated"],
+                default_config=default,
+                seq_len=bucket.seq_len,
+                batch=bucket.batch,
+                num_q_heads=bucket.num_q_heads,
+                num_kv_heads=bucket.num_kv_heads,
+                study=b["study"],
+            )
             e["date"] = summary["date"]  # when it was measured, not when it was merged
             out.append(e)
     return out
@@ -50,8 +61,12 @@ def entries_of(summary: dict, num_sms: int | None = None) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-sms", type=int, default=None,
-                    help="SM count of the tuned GPU, for summaries that do not record their default config")
+    ap.add_argument(
+        "--num-sms",
+        type=int,
+        default=None,
+        help="SM count of the tuned GPU, for summaries that do not record their default config",
+    )
     ap.add_argument("table", type=Path)
     ap.add_argument("summaries", type=Path, nargs="+")
     args = ap.parse_args()

@@ -16,8 +16,9 @@ fi
 source scripts/test_postgres.sh
 start_test_postgres
 # lint and types first (configured in pyproject.toml: [tool.ruff], [tool.mypy]); each fails the run
-echo "ruff check ..."
+echo "ruff check, ruff format --check ..."
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "mypy ..."
 .venv/bin/mypy
 export TRITON_INTERPRET=1

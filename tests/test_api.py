@@ -38,12 +38,19 @@ def test_quest_step_matches_reference(cache, mode, path):
 def test_quest_step_with_fp8_metadata(dtype):
     """meta_dtype=float8_e5m2: built on prefill, kept on decode appends, read by select;
     integer keys (exact in e5m2) so the selection is compared exactly."""
-    c = questkern.PagedKVCache(2, 400, 2, 128, page_size=16, dtype=dtype, device="cpu", shuffle=True,
-                               meta_dtype=torch.float8_e5m2)
+    c = questkern.PagedKVCache(
+        2, 400, 2, 128, page_size=16, dtype=dtype, device="cpu", shuffle=True, meta_dtype=torch.float8_e5m2
+    )
     g = torch.Generator().manual_seed(7)
-    c.append(torch.randint(-4, 5, (2, 300, 2, 128), generator=g).to(dtype), torch.randn(2, 300, 2, 128, generator=g).to(dtype), [300, 45])
+    c.append(
+        torch.randint(-4, 5, (2, 300, 2, 128), generator=g).to(dtype),
+        torch.randn(2, 300, 2, 128, generator=g).to(dtype),
+        [300, 45],
+    )
     for _ in range(3):
-        c.append_decode(torch.randint(-4, 5, (2, 2, 128), generator=g).to(dtype), torch.randn(2, 2, 128, generator=g).to(dtype))
+        c.append_decode(
+            torch.randint(-4, 5, (2, 2, 128), generator=g).to(dtype), torch.randn(2, 2, 128, generator=g).to(dtype)
+        )
     assert c.kmin.dtype == torch.float8_e5m2 and c.lens == [303, 48]
     q = torch.randint(-3, 4, (2, 8, 128), generator=g).to(dtype)
     w = questkern.QuestDecode(64)
@@ -67,23 +74,32 @@ def test_budget_covering_context_equals_dense(cache):
 def _plan(cache, **kw):
     w = questkern.QuestDecode(kw.pop("budget", 64))
     heads = kw.pop("num_q_heads", 4)
-    tensors = dict(k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmin, kmax=cache.kmax,
-                   page_table=cache.page_table, seq_lens=cache.seq_lens)
+    tensors = dict(
+        k_cache=cache.k_cache,
+        v_cache=cache.v_cache,
+        kmin=cache.kmin,
+        kmax=cache.kmax,
+        page_table=cache.page_table,
+        seq_lens=cache.seq_lens,
+    )
     tensors.update(kw)
     return w.plan(num_q_heads=heads, **tensors)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(k_cache=torch.zeros(4, 2, 16, 64)), "k_cache must have dtype"),
-    (dict(k_cache=torch.zeros(4, 2, 16, 64, dtype=torch.bfloat16)), "v_cache must have shape"),
-    (dict(kmin=torch.zeros(1, 2, 64, dtype=torch.float16)), "kmin must have dtype"),
-    (dict(page_table=torch.zeros(3, 19, dtype=torch.int64)), "page_table must have dtype"),
-    (dict(seq_lens=torch.tensor([5, 0, 1], dtype=torch.int32)), r"seq_lens must be >= 1.*seq_lens\[1\] = 0"),
-    (dict(seq_lens=torch.tensor([5, 10_000, 1], dtype=torch.int32)), "exceeds the page table capacity"),
-    (dict(seq_lens=torch.tensor([5, 1], dtype=torch.int32)), r"seq_lens must have shape \[3\]"),
-    (dict(page_size=32), "page_size = 32 does not match"),
-    (dict(num_q_heads=3), "must be a multiple of num_kv_heads"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(k_cache=torch.zeros(4, 2, 16, 64)), "k_cache must have dtype"),
+        (dict(k_cache=torch.zeros(4, 2, 16, 64, dtype=torch.bfloat16)), "v_cache must have shape"),
+        (dict(kmin=torch.zeros(1, 2, 64, dtype=torch.float16)), "kmin must have dtype"),
+        (dict(page_table=torch.zeros(3, 19, dtype=torch.int64)), "page_table must have dtype"),
+        (dict(seq_lens=torch.tensor([5, 0, 1], dtype=torch.int32)), r"seq_lens must be >= 1.*seq_lens\[1\] = 0"),
+        (dict(seq_lens=torch.tensor([5, 10_000, 1], dtype=torch.int32)), "exceeds the page table capacity"),
+        (dict(seq_lens=torch.tensor([5, 1], dtype=torch.int32)), r"seq_lens must have shape \[3\]"),
+        (dict(page_size=32), "page_size = 32 does not match"),
+        (dict(num_q_heads=3), "must be a multiple of num_kv_heads"),
+    ],
+)
 def test_plan_rejects_bad_input(cache, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _plan(cache, **kw)
@@ -108,8 +124,10 @@ def test_budget_must_be_positive_int(budget, err):
         questkern.QuestDecode(budget)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(gqa_mode="both"), "gqa_mode"), (dict(aggregate="mean"), "aggregate"),
-                                      (dict(sm_scale=-1.0), "sm_scale")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [(dict(gqa_mode="both"), "gqa_mode"), (dict(aggregate="mean"), "aggregate"), (dict(sm_scale=-1.0), "sm_scale")],
+)
 def test_constructor_rejects_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         questkern.QuestDecode(64, **kw)
@@ -147,7 +165,9 @@ def test_adaptive_budget_matches_its_reference(cache):
     w = questkern.QuestDecode(None, adaptive=budget)
     assert w.plan(cache, num_q_heads=4).k_pages == 6
     out, sel = w.run(q, return_selected=True)
-    ref_sel = select_pages_adaptive_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, budget, "shared")
+    ref_sel = select_pages_adaptive_ref(
+        q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, budget, "shared"
+    )
     assert torch.equal(sel, ref_sel.to(sel.dtype))
     ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, ref_sel)
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
@@ -170,21 +190,30 @@ def test_one_shot_call_names_a_bad_query(cache):
 # ---------------------------------------------------------------- every argument checked before any launch
 
 
-@pytest.mark.parametrize("sm_scale,err", [(float("inf"), ValueError), (float("nan"), ValueError), (0.0, ValueError),
-                                          (True, TypeError), ("0.1", TypeError)])
+@pytest.mark.parametrize(
+    "sm_scale,err",
+    [(float("inf"), ValueError), (float("nan"), ValueError), (0.0, ValueError), (True, TypeError), ("0.1", TypeError)],
+)
 def test_sm_scale_must_be_finite_positive(sm_scale, err):
     with pytest.raises(err, match="sm_scale must be a positive finite number"):
         questkern.QuestDecode(64, sm_scale=sm_scale)
 
 
-@pytest.mark.parametrize("configs,err,match", [
-    ([1, 2], TypeError, "configs must be a dict"),
-    ({"select": "fast"}, TypeError, r"configs\['select'\] must be a SelectConfig"),
-    ({"sparse_decode": questkern.config.SelectConfig()}, TypeError, r"configs\['sparse_decode'\] must be a DecodeConfig"),
-    ({"decode": questkern.config.DecodeConfig()}, ValueError, "unknown op 'decode'"),
-    ({"select": {"chunk_pages": 12}}, ValueError, r"configs\['select'\]: SelectConfig.chunk_pages"),
-    ({"select": {"tile": 64}}, ValueError, r"configs\['select'\]: SelectConfig: unknown field"),
-])
+@pytest.mark.parametrize(
+    "configs,err,match",
+    [
+        ([1, 2], TypeError, "configs must be a dict"),
+        ({"select": "fast"}, TypeError, r"configs\['select'\] must be a SelectConfig"),
+        (
+            {"sparse_decode": questkern.config.SelectConfig()},
+            TypeError,
+            r"configs\['sparse_decode'\] must be a DecodeConfig",
+        ),
+        ({"decode": questkern.config.DecodeConfig()}, ValueError, "unknown op 'decode'"),
+        ({"select": {"chunk_pages": 12}}, ValueError, r"configs\['select'\]: SelectConfig.chunk_pages"),
+        ({"select": {"tile": 64}}, ValueError, r"configs\['select'\]: SelectConfig: unknown field"),
+    ],
+)
 def test_configs_overrides_are_checked_up_front(configs, err, match):
     with pytest.raises(err, match=match):
         questkern.QuestDecode(64, configs=configs)
@@ -197,12 +226,16 @@ def test_configs_override_as_dict_is_accepted(cache):
 
 @pytest.mark.parametrize("path,op", [("classic", "sparse_decode"), ("fused", "quest_step")])
 def test_configs_override_violating_a_kernel_constraint_fails_in_plan(cache, path, op):
-    cfg = (questkern.config.DecodeConfig if op == "sparse_decode" else questkern.config.StepConfig)(pages_per_block=0 + 1)
+    cfg = (questkern.config.DecodeConfig if op == "sparse_decode" else questkern.config.StepConfig)(
+        pages_per_block=0 + 1
+    )
     w = questkern.QuestDecode(64, path=path, configs={op: cfg})  # 1 page x 16 tokens: fine
     w.plan(cache, num_q_heads=4)
     small = questkern.PagedKVCache(1, 64, 2, 64, page_size=8, dtype=torch.bfloat16, device="cpu")
     small.append(torch.zeros(1, 40, 2, 64).bfloat16(), torch.zeros(1, 40, 2, 64).bfloat16())
-    with pytest.raises(ValueError, match=rf"configs\['{op}'\] cannot run on this cache: pages_per_block \* page_size = 1 x 8"):
+    with pytest.raises(
+        ValueError, match=rf"configs\['{op}'\] cannot run on this cache: pages_per_block \* page_size = 1 x 8"
+    ):
         w.plan(small, num_q_heads=4)
 
 
@@ -277,6 +310,7 @@ def test_nan_query_head_changes_only_its_own_output(path, cache):
     q2[0, 1, 6] = 0  # no effect on the group with the head left out: compare with q where head 1 is dropped
     out, sel2 = w.run(q2, return_selected=True)
     from questkern.ops.select.naive import page_scores_ref, selection_rows_ref, topk_pages_ref
+
     heads = torch.ones(8, dtype=torch.bool)
     heads[1] = False
     s = page_scores_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16)[0]
@@ -291,8 +325,14 @@ def test_nan_query_head_changes_only_its_own_output(path, cache):
 
 def _narrow(cache, width):
     """Raw tensors of ``cache`` with a page table only ``width`` pages wide."""
-    return dict(k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmin, kmax=cache.kmax,
-                page_table=cache.page_table[:, :width].contiguous(), seq_lens=cache.seq_lens.clone())
+    return dict(
+        k_cache=cache.k_cache,
+        v_cache=cache.v_cache,
+        kmin=cache.kmin,
+        kmax=cache.kmax,
+        page_table=cache.page_table[:, :width].contiguous(),
+        seq_lens=cache.seq_lens.clone(),
+    )
 
 
 @pytest.mark.parametrize("budget,path", [(64, "classic"), (64, "fused"), (None, "classic"), ("adaptive", "classic")])
@@ -347,6 +387,13 @@ def test_rejected_plan_keeps_the_previous_plan(cache):
     with pytest.raises(ValueError):
         w.plan(cache, num_q_heads=3)
     with pytest.raises(ValueError, match="kmin > kmax"):
-        w.plan(num_q_heads=4, k_cache=cache.k_cache, v_cache=cache.v_cache, kmin=cache.kmax, kmax=cache.kmin,
-               page_table=cache.page_table, seq_lens=cache.seq_lens)
+        w.plan(
+            num_q_heads=4,
+            k_cache=cache.k_cache,
+            v_cache=cache.v_cache,
+            kmin=cache.kmax,
+            kmax=cache.kmin,
+            page_table=cache.page_table,
+            seq_lens=cache.seq_lens,
+        )
     assert w._plan is plan and torch.equal(w.run(q), before)

@@ -47,8 +47,9 @@ class Engine:
             if n % PAGE == 0:
                 self.page_table[b, n // PAGE] = self.free.pop()
         k = self.rand((B, HKV, D), -4, 5)
-        append_decode(k, torch.randn(B, HKV, D).bfloat16(), self.k, self.v, self.kmin, self.kmax, self.page_table,
-                      self.seq_lens)  # writes at seq_lens[b], updates that page's min/max, seq_lens += 1
+        append_decode(
+            k, torch.randn(B, HKV, D).bfloat16(), self.k, self.v, self.kmin, self.kmax, self.page_table, self.seq_lens
+        )  # writes at seq_lens[b], updates that page's min/max, seq_lens += 1
 
     def check(self, w, q):
         out, sel = w.run(q, return_selected=True)
@@ -62,8 +63,16 @@ class Engine:
 def test_in_place_changes_need_no_replan():
     e = Engine([47, 16])
     w = questkern.QuestDecode(48)  # 3 pages per step
-    w.plan(k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=e.seq_lens,
-           num_q_heads=HQ, max_seq_len=MAX_PAGES * PAGE)  # max_seq_len: the tuning bucket for the whole loop
+    w.plan(
+        k_cache=e.k,
+        v_cache=e.v,
+        kmin=e.kmin,
+        kmax=e.kmax,
+        page_table=e.page_table,
+        seq_lens=e.seq_lens,
+        num_q_heads=HQ,
+        max_seq_len=MAX_PAGES * PAGE,
+    )  # max_seq_len: the tuning bucket for the whole loop
     q = e.rand((B, HQ, D), -3, 4)
     for _ in range(2):  # new tokens (sequence 1 crosses into its second page: mapped in place)
         e.decode_token()
@@ -89,16 +98,18 @@ def test_in_place_changes_need_no_replan():
 def test_what_needs_a_replan():
     e = Engine([40, 33], seed=3)
     w = questkern.QuestDecode(48)
-    w.plan(k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=e.seq_lens,
-           num_q_heads=HQ)
+    w.plan(
+        k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=e.seq_lens, num_q_heads=HQ
+    )
     q = e.rand((B, HQ, D), -3, 4)
     old = e.check(w, q)
     # a new tensor object (not an in-place write) is invisible to the plan: run reads the old one
     e.seq_lens = e.seq_lens.clone()
     e.seq_lens[0] = 20
     assert torch.equal(w.run(q), old)
-    w.plan(k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=e.seq_lens,
-           num_q_heads=HQ)
+    w.plan(
+        k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=e.seq_lens, num_q_heads=HQ
+    )
     e.check(w, q)  # re-planned: the new lengths count
     # another batch size: run refuses the query before any launch (q is checked, the cache is not)
     with pytest.raises(ValueError, match="q must have shape"):
@@ -107,5 +118,6 @@ def test_what_needs_a_replan():
     bad = e.seq_lens.clone()
     bad[1] = MAX_PAGES * PAGE + 1
     with pytest.raises(ValueError, match="exceeds the page table capacity"):
-        w.plan(k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=bad,
-               num_q_heads=HQ)
+        w.plan(
+            k_cache=e.k, v_cache=e.v, kmin=e.kmin, kmax=e.kmax, page_table=e.page_table, seq_lens=bad, num_q_heads=HQ
+        )

@@ -51,15 +51,25 @@ def test_release_returns_pages():
     assert c.lens == [32]
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(head_dim=96), "head_dim"), (dict(page_size=12), "page_size"), (dict(dtype=torch.float32), "dtype"),
-    (dict(meta_dtype=torch.float16), "meta_dtype"), (dict(meta_dtype=torch.float8_e4m3fn), "meta_dtype"),
-    (dict(num_kv_heads=0), "num_kv_heads"),
-    (dict(shuffle="yes"), "shuffle must be a bool"), (dict(seed=1.5), "seed must be an int"),
-    (dict(num_pages=0), "num_pages"), (dict(max_seq_len=2.5), "max_seq_len"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(head_dim=96), "head_dim"),
+        (dict(page_size=12), "page_size"),
+        (dict(dtype=torch.float32), "dtype"),
+        (dict(meta_dtype=torch.float16), "meta_dtype"),
+        (dict(meta_dtype=torch.float8_e4m3fn), "meta_dtype"),
+        (dict(num_kv_heads=0), "num_kv_heads"),
+        (dict(shuffle="yes"), "shuffle must be a bool"),
+        (dict(seed=1.5), "seed must be an int"),
+        (dict(num_pages=0), "num_pages"),
+        (dict(max_seq_len=2.5), "max_seq_len"),
+    ],
+)
 def test_constructor_validation(kw, match):
-    args = dict(batch_size=1, max_seq_len=64, num_kv_heads=1, head_dim=64, page_size=16, dtype=torch.bfloat16, device="cpu")
+    args = dict(
+        batch_size=1, max_seq_len=64, num_kv_heads=1, head_dim=64, page_size=16, dtype=torch.bfloat16, device="cpu"
+    )
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         questkern.PagedKVCache(**args)
@@ -79,8 +89,15 @@ def test_append_validation():
 
 
 def _state(c):
-    return (list(c.lens), list(c._free), c.page_table.clone(), c.seq_lens.clone(), c.kmin.clone(), c.kmax.clone(),
-            c.k_cache.clone())
+    return (
+        list(c.lens),
+        list(c._free),
+        c.page_table.clone(),
+        c.seq_lens.clone(),
+        c.kmin.clone(),
+        c.kmax.clone(),
+        c.k_cache.clone(),
+    )
 
 
 def _same(a, b):
@@ -152,14 +169,17 @@ def test_append_that_fails_in_the_launch_rolls_back(monkeypatch):
 # ---------------------------------------------------------------- arguments checked before any work
 
 
-@pytest.mark.parametrize("lens,err,match", [
-    ([2.5, 1], TypeError, "lens must be a list of 2 ints"),
-    (torch.tensor([2.0, 1.0]), TypeError, "integer tensor"),
-    ([True, 1], TypeError, "lens must be a list"),
-    ([1], ValueError, "lens must hold 2 values"),
-    ([1, -1], ValueError, "lens must hold 2 values"),
-    ("ab", TypeError, "lens must be a list"),
-])
+@pytest.mark.parametrize(
+    "lens,err,match",
+    [
+        ([2.5, 1], TypeError, "lens must be a list of 2 ints"),
+        (torch.tensor([2.0, 1.0]), TypeError, "integer tensor"),
+        ([True, 1], TypeError, "lens must be a list"),
+        ([1], ValueError, "lens must hold 2 values"),
+        ([1, -1], ValueError, "lens must hold 2 values"),
+        ("ab", TypeError, "lens must be a list"),
+    ],
+)
 def test_append_rejects_bad_lens(lens, err, match):
     c = questkern.PagedKVCache(2, 64, 1, 64, page_size=16, dtype=torch.float16, device="cpu")
     before = _state(c)
@@ -176,13 +196,16 @@ def test_append_accepts_integer_tensor_lens():
     assert c.lens == [3, 1]
 
 
-@pytest.mark.parametrize("active,err,match", [
-    (torch.tensor([True]), ValueError, "active must hold 2 flags"),
-    (torch.tensor([True, False, True]), ValueError, "active must hold 2 flags"),
-    (torch.tensor([0.5, 1.0]), TypeError, "active must be a 1-D bool"),
-    (torch.tensor([2, 0]), ValueError, "active must hold 2 flags"),
-    (torch.ones(2, 1, dtype=torch.bool), TypeError, "active must be a 1-D bool"),
-])
+@pytest.mark.parametrize(
+    "active,err,match",
+    [
+        (torch.tensor([True]), ValueError, "active must hold 2 flags"),
+        (torch.tensor([True, False, True]), ValueError, "active must hold 2 flags"),
+        (torch.tensor([0.5, 1.0]), TypeError, "active must be a 1-D bool"),
+        (torch.tensor([2, 0]), ValueError, "active must hold 2 flags"),
+        (torch.ones(2, 1, dtype=torch.bool), TypeError, "active must be a 1-D bool"),
+    ],
+)
 def test_append_decode_rejects_bad_active(active, err, match):
     c = questkern.PagedKVCache(2, 64, 1, 64, page_size=16, dtype=torch.float16, device="cpu")
     k, v = _kv(2, 4)
@@ -207,11 +230,16 @@ def test_release_rejects_bad_index(b, err):
 # ---------------------------------------------------------------- device mistakes, empty writes
 
 
-@pytest.mark.parametrize("device,err,match", [
-    ("cuda", ValueError, "CUDA is not available"), ("cuda:3", ValueError, "CUDA is not available"),
-    ("gpu", ValueError, "device must name a torch device"), ("meta", ValueError, "must be a CUDA device"),
-    (7.5, TypeError, "device must be a torch.device"),
-])
+@pytest.mark.parametrize(
+    "device,err,match",
+    [
+        ("cuda", ValueError, "CUDA is not available"),
+        ("cuda:3", ValueError, "CUDA is not available"),
+        ("gpu", ValueError, "device must name a torch device"),
+        ("meta", ValueError, "must be a CUDA device"),
+        (7.5, TypeError, "device must be a torch.device"),
+    ],
+)
 def test_device_mistakes_are_clear_errors(device, err, match, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(err, match=match):

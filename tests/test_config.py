@@ -1,15 +1,28 @@
 import pytest
 
-from questkern.config import (DecodeConfig, MetadataConfig, SelectConfig, choose_num_splits, default_decode_config,
-                              default_select_config)
+from questkern.config import (
+    DecodeConfig,
+    MetadataConfig,
+    SelectConfig,
+    choose_num_splits,
+    default_decode_config,
+    default_select_config,
+)
 
 
-@pytest.mark.parametrize("cls,kw,match", [
-    (SelectConfig, dict(chunk_pages=48), "chunk_pages"), (SelectConfig, dict(block_d=8), "block_d"),
-    (SelectConfig, dict(num_warps=3), "num_warps"), (SelectConfig, dict(topk="sort"), "topk"),
-    (DecodeConfig, dict(pages_per_block=3), "pages_per_block"), (DecodeConfig, dict(num_splits=-1), "num_splits"),
-    (DecodeConfig, dict(num_stages=0), "num_stages"), (MetadataConfig, dict(num_warps=5), "num_warps"),
-])
+@pytest.mark.parametrize(
+    "cls,kw,match",
+    [
+        (SelectConfig, dict(chunk_pages=48), "chunk_pages"),
+        (SelectConfig, dict(block_d=8), "block_d"),
+        (SelectConfig, dict(num_warps=3), "num_warps"),
+        (SelectConfig, dict(topk="sort"), "topk"),
+        (DecodeConfig, dict(pages_per_block=3), "pages_per_block"),
+        (DecodeConfig, dict(num_splits=-1), "num_splits"),
+        (DecodeConfig, dict(num_stages=0), "num_stages"),
+        (MetadataConfig, dict(num_warps=5), "num_warps"),
+    ],
+)
 def test_invalid_configs_raise(cls, kw, match):
     with pytest.raises(ValueError, match=match):
         cls(**kw)

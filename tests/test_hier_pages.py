@@ -15,16 +15,31 @@ from questkern.ops.select import select_pages_ref
 
 
 def _filled(page, sub_page, meta=None, reference=False, seed=0, lens=(700, 130, 40), D=64):
-    c = questkern.PagedKVCache(3, 900, 2, D, page_size=page, sub_page_size=sub_page, dtype=torch.bfloat16,
-                               device="cpu", shuffle=True, meta_dtype=meta, reference=reference)
+    c = questkern.PagedKVCache(
+        3,
+        900,
+        2,
+        D,
+        page_size=page,
+        sub_page_size=sub_page,
+        dtype=torch.bfloat16,
+        device="cpu",
+        shuffle=True,
+        meta_dtype=meta,
+        reference=reference,
+    )
     g = torch.Generator().manual_seed(seed)
     T = max(lens)
     # integer keys: exact scores, so the selection compares exactly
-    c.append(torch.randint(-4, 5, (3, T, 2, D), generator=g).bfloat16(), torch.randn(3, T, 2, D, generator=g).bfloat16(),
-             list(lens))
+    c.append(
+        torch.randint(-4, 5, (3, T, 2, D), generator=g).bfloat16(),
+        torch.randn(3, T, 2, D, generator=g).bfloat16(),
+        list(lens),
+    )
     for _ in range(sub_page + 2):  # decode appends across a sub-page boundary
-        c.append_decode(torch.randint(-4, 5, (3, 2, D), generator=g).bfloat16(),
-                        torch.randn(3, 2, D, generator=g).bfloat16())
+        c.append_decode(
+            torch.randint(-4, 5, (3, 2, D), generator=g).bfloat16(), torch.randn(3, 2, D, generator=g).bfloat16()
+        )
     return c
 
 
@@ -34,10 +49,14 @@ def test_cache_metadata_is_per_sub_page_and_reference_mode_agrees(page, sub_page
     r = _filled(page, sub_page, meta, reference=True)
     assert c.sub_page_size == sub_page and c.kmin.shape == (c.num_pages, 2, page // sub_page, 64)
     assert torch.equal(c.page_table, r.page_table) and torch.equal(c.k_cache, r.k_cache)
-    used = {int(c.page_table[b, p]): -(-min(page, n - p * page) // sub_page)
-            for b, n in enumerate(c.lens) for p in range(-(-n // page))}
-    ref_min, ref_max = metadata_build_ref(c.k_cache, c.page_table, c.seq_lens, torch.zeros_like(c.kmin),
-                                          torch.zeros_like(c.kmax))
+    used = {
+        int(c.page_table[b, p]): -(-min(page, n - p * page) // sub_page)
+        for b, n in enumerate(c.lens)
+        for p in range(-(-n // page))
+    }
+    ref_min, ref_max = metadata_build_ref(
+        c.k_cache, c.page_table, c.seq_lens, torch.zeros_like(c.kmin), torch.zeros_like(c.kmax)
+    )
     for p, n in used.items():  # sub-pages holding tokens: kernels == torch path == reference
         for got in (c, r):
             assert torch.equal(got.kmin[p, :, :n].float(), ref_min[p, :, :n].float())
@@ -72,17 +91,24 @@ def test_selection_reuse_runs_on_a_hierarchical_cache():
     out, sel = w.run(q, return_selected=True)  # first step: every KV head selects
     ref_sel = select_pages_ref(q, c.kmin, c.kmax, c.page_table, c.seq_lens, 64, 256)
     assert torch.equal(sel, ref_sel)
-    torch.testing.assert_close(out.float(), paged_attention_ref(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens,
-                                                                ref_sel), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(
+        out.float(),
+        paged_attention_ref(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, ref_sel),
+        atol=3e-2,
+        rtol=3e-2,
+    )
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(page_size=16, sub_page_size=16), "sub_page_size"),  # equal to the page
-    (dict(page_size=32, sub_page_size=12), "sub_page_size"),  # does not divide it
-    (dict(page_size=64, sub_page_size=128), "sub_page_size"),
-    (dict(page_size=16, sub_page_size=2), "sub_page_size"),  # too small
-    (dict(page_size=16, sub_page_size=0), "sub_page_size"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(page_size=16, sub_page_size=16), "sub_page_size"),  # equal to the page
+        (dict(page_size=32, sub_page_size=12), "sub_page_size"),  # does not divide it
+        (dict(page_size=64, sub_page_size=128), "sub_page_size"),
+        (dict(page_size=16, sub_page_size=2), "sub_page_size"),  # too small
+        (dict(page_size=16, sub_page_size=0), "sub_page_size"),
+    ],
+)
 def test_cache_rejects_bad_sub_page_size(kw, match):
     with pytest.raises(ValueError, match=match):
         questkern.PagedKVCache(1, 64, 1, 64, device="cpu", **kw)

@@ -86,8 +86,11 @@ def test_every_module_has_a_layer():
 
 
 def test_no_upward_import():
-    bad = [f"{mod}:{line} imports {target} ({layer(mod)} -> {layer(target)})"
-           for mod, line, target in edges() if LAYERS.index(layer(target)) > LAYERS.index(layer(mod))]
+    bad = [
+        f"{mod}:{line} imports {target} ({layer(mod)} -> {layer(target)})"
+        for mod, line, target in edges()
+        if LAYERS.index(layer(target)) > LAYERS.index(layer(mod))
+    ]
     assert not bad, "imports that run up a layer:\n" + "\n".join(bad)
 
 
@@ -105,7 +108,9 @@ def test_tool_packages_import_no_loop():
         while stack:
             node, route = stack.pop()
             if node == a:
-                loops.append(" -> ".join(route) + "  (" + "; ".join(where[(x, y)] for x, y in zip(route, route[1:])) + ")")
+                loops.append(
+                    " -> ".join(route) + "  (" + "; ".join(where[(x, y)] for x, y in zip(route, route[1:])) + ")"
+                )
                 break
             if node not in seen:
                 seen.add(node)

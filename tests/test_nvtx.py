@@ -20,7 +20,9 @@ def _tiny_cache(seq=40, hkv=1, d=32, page=8):
     return cache
 
 
-@pytest.mark.parametrize("bad", ["questkern/select", "questkern.select/inner", "select", "questkern.", "questkern.a b", ""])
+@pytest.mark.parametrize(
+    "bad", ["questkern/select", "questkern.select/inner", "select", "questkern.", "questkern.a b", ""]
+)
 def test_bad_names_rejected_even_when_disabled(bad):
     set_nvtx_enabled(False)
     try:
@@ -55,11 +57,15 @@ def test_set_nvtx_enabled_checks_type():
     assert nvtx.nvtx_switched_on()
 
 
-@pytest.mark.parametrize("value,expected,warns", [("0", False, False), ("off", False, False), ("1", True, False),
-                                                   ("yes", True, False), ("maybe", True, True)])
+@pytest.mark.parametrize(
+    "value,expected,warns",
+    [("0", False, False), ("off", False, False), ("1", True, False), ("yes", True, False), ("maybe", True, True)],
+)
 def test_env_switch(value, expected, warns):
-    code = ("import warnings; warnings.simplefilter('always');"
-            "from questkern import _nvtx as nvtx; print(nvtx.nvtx_switched_on())")
+    code = (
+        "import warnings; warnings.simplefilter('always');"
+        "from questkern import _nvtx as nvtx; print(nvtx.nvtx_switched_on())"
+    )
     env = {**os.environ, "QUESTKERN_NVTX": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)

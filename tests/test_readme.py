@@ -20,9 +20,14 @@ def test_usage_snippet_runs_and_prints_its_comment(tmp_path):
     code = _usage_snippet()
     want = re.search(r"^print\(.*#\s*(.+)$", code, re.M).group(1).strip()
     (tmp_path / "snippet.py").write_text(code)
-    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "1",
-                               "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "1", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == want
 

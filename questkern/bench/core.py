@@ -31,7 +31,6 @@ from questkern.ops.select import select_pages, select_pages_ref
 from questkern.ops.select.naive import page_scores_ref, selection_rows_ref
 
 
-
 @dataclass(frozen=True)
 class Case:
     batch: int
@@ -62,9 +61,19 @@ class Case:
 def build_cache(case: Case, device, *, integer_keys: bool = False, seed: int = 0) -> PagedKVCache:
     """A cache filled with random keys/values (shuffled pages), prefilled chunk by chunk."""
     lens = case.seq_lens()
-    cache = PagedKVCache(case.batch, max(lens), case.kv_heads, case.head_dim, page_size=case.page_size,
-                         dtype=case.dtype, device=device, shuffle=True, seed=seed, meta_dtype=case.meta_dtype,
-                         sub_page_size=case.sub_page_size)
+    cache = PagedKVCache(
+        case.batch,
+        max(lens),
+        case.kv_heads,
+        case.head_dim,
+        page_size=case.page_size,
+        dtype=case.dtype,
+        device=device,
+        shuffle=True,
+        seed=seed,
+        meta_dtype=case.meta_dtype,
+        sub_page_size=case.sub_page_size,
+    )
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def make_kv(shape):
@@ -91,6 +100,7 @@ def _contiguous_kv(cache: PagedKVCache, L: int):
             x = pages[tab[b]]  # [n, Hkv, PAGE, D]
             out[b] = x.permute(1, 0, 2, 3).reshape(Hkv, n_pages * PS, D)[:, :L]
         return out
+
     return gather(cache.k_cache), gather(cache.v_cache)
 
 
@@ -109,9 +119,14 @@ def case_bytes(case: Case, meta_elt: int) -> dict[str, int]:
     sparse = sel_tokens * rows_kv * D * 2 * elt
     dense = sum(lens) * Hkv * D * 2 * elt
     padded = B * max(lens) * Hkv * D * 2 * elt
-    return {"select": meta + B * Hq * D * elt, "topk_torch": sum(pages) * (Hkv if case.gqa_mode == "shared" else Hq) * 4,
-            "sparse_decode": sparse + q_out, "quest_step": meta + sparse + q_out,
-            "dense_decode": dense + q_out, "sdpa": padded + q_out}
+    return {
+        "select": meta + B * Hq * D * elt,
+        "topk_torch": sum(pages) * (Hkv if case.gqa_mode == "shared" else Hq) * 4,
+        "sparse_decode": sparse + q_out,
+        "quest_step": meta + sparse + q_out,
+        "dense_decode": dense + q_out,
+        "sdpa": padded + q_out,
+    }
 
 
 def _selection_scores(q, cache: PagedKVCache, case: Case, rows: int, width: int) -> torch.Tensor:
@@ -130,14 +145,27 @@ def heuristic_decoders(case: Case, path: str = "auto") -> tuple[QuestDecode, Que
     from questkern.configs.runtime import heuristic_config
 
     shape = dict(head_dim=case.head_dim, page_size=case.page_size, seq_len=case.seq_len)
-    quest = QuestDecode(case.budget, gqa_mode=case.gqa_mode, path=path,
-                        configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode", "quest_step")})
+    quest = QuestDecode(
+        case.budget,
+        gqa_mode=case.gqa_mode,
+        path=path,
+        configs={op: heuristic_config(op, **shape) for op in ("select", "sparse_decode", "quest_step")},
+    )
     dense = QuestDecode(None, configs={"dense_decode": heuristic_config("dense_decode", **shape)})
     return quest, dense
 
 
-def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex: bool = False,
-             vs_heuristic: bool = False, path: str = "auto", compare_paths: bool = False) -> tuple[list[dict], dict]:
+def run_case(
+    case: Case,
+    device,
+    *,
+    check: bool = False,
+    rep_ms: int = 200,
+    flex: bool = False,
+    vs_heuristic: bool = False,
+    path: str = "auto",
+    compare_paths: bool = False,
+) -> tuple[list[dict], dict]:
     """Time every op of ``case``. Returns (rows, check results). ``vs_heuristic`` also
     times the Quest step and the dense decode with the heuristic configs
     (``quest_step_heuristic``, ``dense_decode_heuristic``), right after the tuned ones.
@@ -146,8 +174,9 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     ``compare_paths`` also times the classic step (``quest_step_classic``) and, where
     ``path`` is classic, the fused one (``quest_step_fused``)."""
     if case.sub_page_size and (path == "fused" or compare_paths):
-        raise ValueError("a hierarchical-page case (sub_page_size) runs the classic path only: no path='fused', "
-                         "no compare_paths")
+        raise ValueError(
+            "a hierarchical-page case (sub_page_size) runs the classic path only: no path='fused', no compare_paths"
+        )
     cache = build_cache(case, device, integer_keys=check)
     lens = case.seq_lens()
     B, Hq, D = case.batch, case.q_heads, case.head_dim
@@ -173,17 +202,48 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     selected_phys = quest._selected_phys.clone()
     sel_buf = torch.empty_like(selected)
     times = {}
-    times["select"] = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
-                                                   plan.k_pages, case.gqa_mode, "sum", plan.select_config, out=sel_buf,
-                                                   workspace=quest._sel_ws), graph=graph, rep_ms=rep_ms)
+    times["select"] = time_fn(
+        lambda: select_pages(
+            q,
+            cache.kmin,
+            cache.kmax,
+            cache.page_table,
+            cache.seq_lens,
+            case.page_size,
+            plan.k_pages,
+            case.gqa_mode,
+            "sum",
+            plan.select_config,
+            out=sel_buf,
+            workspace=quest._sel_ws,
+        ),
+        graph=graph,
+        rep_ms=rep_ms,
+    )
     n_pages_max = cache.page_table.shape[1]
     scores = _selection_scores(q, cache, case, selected.shape[1], n_pages_max)  # the scores select ranks
-    times["topk_torch"] = time_fn(lambda: torch.topk(scores, min(plan.k_pages, n_pages_max), dim=-1), graph=graph, rep_ms=rep_ms)
+    times["topk_torch"] = time_fn(
+        lambda: torch.topk(scores, min(plan.k_pages, n_pages_max), dim=-1), graph=graph, rep_ms=rep_ms
+    )
     out_buf = torch.empty_like(q)
-    times["sparse_decode"] = time_fn(lambda: paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected,
-                                                          None, plan.decode_config, num_splits=plan.num_splits, out=out_buf,
-                                                          workspace=quest._dec_ws, selected_phys=selected_phys),
-                                  graph=graph, rep_ms=rep_ms)
+    times["sparse_decode"] = time_fn(
+        lambda: paged_decode(
+            q,
+            cache.k_cache,
+            cache.v_cache,
+            cache.page_table,
+            cache.seq_lens,
+            selected,
+            None,
+            plan.decode_config,
+            num_splits=plan.num_splits,
+            out=out_buf,
+            workspace=quest._dec_ws,
+            selected_phys=selected_phys,
+        ),
+        graph=graph,
+        rep_ms=rep_ms,
+    )
     times["quest_step"] = time_fn(lambda: step.run(q), graph=graph, rep_ms=rep_ms)
     if other is not None:
         times[f"quest_step_{other_plan.path}"] = time_fn(lambda: other.run(q), graph=graph, rep_ms=rep_ms)
@@ -191,8 +251,10 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     checks = {}
     if vs_heuristic:
         quest_h, dense_h = heuristic_decoders(case, path)
-        heur_splits = {"quest_step_heuristic": quest_h.plan(cache, num_q_heads=Hq).num_splits,
-                       "dense_decode_heuristic": dense_h.plan(cache, num_q_heads=Hq).num_splits}
+        heur_splits = {
+            "quest_step_heuristic": quest_h.plan(cache, num_q_heads=Hq).num_splits,
+            "dense_decode_heuristic": dense_h.plan(cache, num_q_heads=Hq).num_splits,
+        }
         times["quest_step_heuristic"] = time_fn(lambda: quest_h.run(q), graph=graph, rep_ms=rep_ms)
         times["dense_decode_heuristic"] = time_fn(lambda: dense_h.run(q), graph=graph, rep_ms=rep_ms)
         if check:  # the same pages, whichever config selected them
@@ -206,8 +268,9 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
     mask = None
     if case.lens is not None:
         mask = (torch.arange(L, device=device)[None, :] < torch.tensor(lens, device=device)[:, None])[:, None, None, :]
-    times["sdpa"] = time_fn(lambda: F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa),
-                            graph=graph, rep_ms=rep_ms)
+    times["sdpa"] = time_fn(
+        lambda: F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa), graph=graph, rep_ms=rep_ms
+    )
     if check:
         sdpa_out = F.scaled_dot_product_attention(q4, k_c, v_c, attn_mask=mask, enable_gqa=gqa)[:, :, 0].float()
         checks["dense_vs_sdpa_maxerr"] = (dense.run(q).float() - sdpa_out).abs().max().item()
@@ -224,8 +287,9 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
                     checks["flex_vs_quest_maxerr"] = (fn()[:, :, 0].float() - quest.run(q).float()).abs().max().item()
                 checks["flex_block"] = block
     if check:
-        ref_sel = select_pages_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size,
-                                   case.budget, case.gqa_mode)[:, :, : plan.k_pages]
+        ref_sel = select_pages_ref(
+            q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, case.page_size, case.budget, case.gqa_mode
+        )[:, :, : plan.k_pages]
         ref = paged_attention_ref(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, selected)
         checks["select_exact"] = bool(torch.equal(selected, ref_sel))
         out, step_sel = step.run(q, return_selected=True)
@@ -245,15 +309,26 @@ def run_case(case: Case, device, *, check: bool = False, rep_ms: int = 200, flex
         if op.endswith("_heuristic"):
             splits, source = heur_splits[op], "heuristic (forced: --vs-heuristic)"
         else:
-            splits = {"sparse_decode": plan.num_splits, "quest_step": step_plan.num_splits,
-                      "dense_decode": dense_plan.num_splits}.get(op, "")
+            splits = {
+                "sparse_decode": plan.num_splits,
+                "quest_step": step_plan.num_splits,
+                "dense_decode": dense_plan.num_splits,
+            }.get(op, "")
             if other is not None and op == f"quest_step_{other_plan.path}":
                 splits = other_plan.num_splits
             source = sources
         if op.startswith("quest_step") and not op.endswith("_heuristic"):
             source += f",path={(step_plan if op == 'quest_step' else other_plan).path}"
-        rows.append({**case.describe(), "op": op, "median_us": us, "bytes": nbytes[op], "splits": splits,
-                     "config_source": source})
+        rows.append(
+            {
+                **case.describe(),
+                "op": op,
+                "median_us": us,
+                "bytes": nbytes[op],
+                "splits": splits,
+                "config_source": source,
+            }
+        )
     return rows, checks
 
 
@@ -298,7 +373,9 @@ def _flex_peer(q4, k_c, v_c, selected, seq_lens, page_size: int, gqa: bool):
 
     for block in (page_size, 128):
         try:
-            bm = create_block_mask(mask_mod, B, Hq, 1, L, device=q4.device, BLOCK_SIZE=(128, block) if block != 128 else 128)
+            bm = create_block_mask(
+                mask_mod, B, Hq, 1, L, device=q4.device, BLOCK_SIZE=(128, block) if block != 128 else 128
+            )
             fn = lambda: _FLEX(q4, k_c, v_c, block_mask=bm, enable_gqa=gqa)  # noqa: E731, B023 (called in this iteration)
             fn()
             torch.cuda.synchronize()

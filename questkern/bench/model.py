@@ -49,7 +49,7 @@ def quest_options(attention: str) -> dict | None:
     for prefix, key in (("quest_every", "reselect_every"), ("quest_drift", "drift_threshold")):
         if attention.startswith(prefix):
             try:
-                v = (int if key == "reselect_every" else float)(attention[len(prefix):])
+                v = (int if key == "reselect_every" else float)(attention[len(prefix) :])
             except ValueError:
                 break
             return {key: v} if key == "reselect_every" else {key: v, "reselect_every": None}
@@ -91,14 +91,16 @@ class _Weights:
         self.embed_row = w(1, d, scale=1.0)  # one embedding row (a step reads one row per token)
         self.layers = []
         for _ in range(s.layers):
-            self.layers.append(dict(
-                norm1=torch.ones(d, dtype=dtype, device=device),
-                qkv=w(d, (s.q_heads + 2 * s.kv_heads) * hd),
-                o=w(s.q_heads * hd, d),
-                norm2=torch.ones(d, dtype=dtype, device=device),
-                gate_up=w(d, 2 * s.mlp),
-                down=w(s.mlp, d),
-            ))
+            self.layers.append(
+                dict(
+                    norm1=torch.ones(d, dtype=dtype, device=device),
+                    qkv=w(d, (s.q_heads + 2 * s.kv_heads) * hd),
+                    o=w(s.q_heads * hd, d),
+                    norm2=torch.ones(d, dtype=dtype, device=device),
+                    gate_up=w(d, 2 * s.mlp),
+                    down=w(s.mlp, d),
+                )
+            )
         self.norm = torch.ones(d, dtype=dtype, device=device)
         self.lm_head = w(d, s.vocab)
 
@@ -142,8 +144,12 @@ class ModelStep:
             g = torch.Generator(device=device).manual_seed(1)
             for _ in range(s.layers):
                 shape = (B, s.kv_heads, T, s.head_dim)
-                self.kv.append((torch.randn(shape, generator=g, device=device).to(case.dtype),
-                                torch.randn(shape, generator=g, device=device).to(case.dtype)))
+                self.kv.append(
+                    (
+                        torch.randn(shape, generator=g, device=device).to(case.dtype),
+                        torch.randn(shape, generator=g, device=device).to(case.dtype),
+                    )
+                )
         elif attention != "none":
             if caches is None:
                 raise ValueError(f"attention {attention!r} needs the paged caches (paged_caches(case, device))")
@@ -219,14 +225,25 @@ def _filled_cache(case: ModelCase, T: int, g, device) -> PagedKVCache:
     """A layer's paged cache holding T - 1 random tokens per sequence (the step appends the
     T-th), with the page of position T - 1 already mapped."""
     s, B = case.shape, case.batch
-    cache = PagedKVCache(B, T, s.kv_heads, s.head_dim, page_size=case.page_size, dtype=case.dtype, device=device,
-                         shuffle=True, meta_dtype=case.meta_dtype)
+    cache = PagedKVCache(
+        B,
+        T,
+        s.kv_heads,
+        s.head_dim,
+        page_size=case.page_size,
+        dtype=case.dtype,
+        device=device,
+        shuffle=True,
+        meta_dtype=case.meta_dtype,
+    )
     chunk = 8192
     for start in range(0, T - 1, chunk):
         n = min(chunk, T - 1 - start)
         shape = (B, n, s.kv_heads, s.head_dim)
-        cache.append(torch.randn(shape, generator=g, device=device).to(case.dtype),
-                     torch.randn(shape, generator=g, device=device).to(case.dtype))
+        cache.append(
+            torch.randn(shape, generator=g, device=device).to(case.dtype),
+            torch.randn(shape, generator=g, device=device).to(case.dtype),
+        )
     # map the page of position T - 1 (append_decode reserves it), then rewind the length
     one = torch.zeros(B, s.kv_heads, s.head_dim, dtype=case.dtype, device=device)
     cache.append_decode(one, one)
@@ -257,7 +274,8 @@ def check_fits(case: ModelCase, device) -> None:
             f"{case.shape.name} at batch {case.batch}, {case.seq_len} tokens needs {gib['total']:.1f} GiB "
             f"(weights {gib['weights']:.1f} GiB + K/V {gib['kv']:.1f} GiB + metadata {gib['metadata']:.1f} GiB, "
             f"plus about 5% and 2 GiB of working memory); the GPU has {free / 2**30:.1f} GiB free of "
-            f"{total / 2**30:.1f} GiB")
+            f"{total / 2**30:.1f} GiB"
+        )
 
 
 def run_model_case(case: ModelCase, device, *, rep_ms: int = 300, attentions=ATTENTIONS, log=print) -> dict:
@@ -300,14 +318,39 @@ def summarize(case: ModelCase, times: dict, copy_gbps: float) -> list[dict]:
         bound_us = none + nbytes / (copy_gbps * 1e3) if att != "none" else none
         bound = sdpa / bound_us
         gain = (1 - 1 / speed) / (1 - 1 / bound) if bound > 1 and math.isfinite(bound) else float("nan")
-        rows.append(dict(model=case.shape.name, layers=case.shape.layers, batch=case.batch, seq_len=case.seq_len,
-                         attention=att, budget=case.budget if att.startswith("quest") else "",
-                         dense_layers=case.dense_layers if att.startswith("quest") else "", page_size=case.page_size,
-                         gqa_mode=case.gqa_mode if att.startswith("quest") else "", ms_per_token=us / 1e3,
-                         tokens_per_s=case.batch / (us * 1e-6), speedup_vs_sdpa=speed, ceiling_speedup=sdpa / none,
-                         attention_bytes=nbytes, bound_us=bound_us, bound_speedup=bound, gain_captured=gain))
+        rows.append(
+            dict(
+                model=case.shape.name,
+                layers=case.shape.layers,
+                batch=case.batch,
+                seq_len=case.seq_len,
+                attention=att,
+                budget=case.budget if att.startswith("quest") else "",
+                dense_layers=case.dense_layers if att.startswith("quest") else "",
+                page_size=case.page_size,
+                gqa_mode=case.gqa_mode if att.startswith("quest") else "",
+                ms_per_token=us / 1e3,
+                tokens_per_s=case.batch / (us * 1e-6),
+                speedup_vs_sdpa=speed,
+                ceiling_speedup=sdpa / none,
+                attention_bytes=nbytes,
+                bound_us=bound_us,
+                bound_speedup=bound,
+                gain_captured=gain,
+            )
+        )
     return rows
 
 
-__all__ = ["ModelCase", "ModelStep", "ATTENTIONS", "quest_options", "check_attention", "paged_caches", "run_model_case", "summarize", "case_memory",
-           "check_fits"]
+__all__ = [
+    "ModelCase",
+    "ModelStep",
+    "ATTENTIONS",
+    "quest_options",
+    "check_attention",
+    "paged_caches",
+    "run_model_case",
+    "summarize",
+    "case_memory",
+    "check_fits",
+]

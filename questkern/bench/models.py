@@ -40,8 +40,9 @@ class ModelShape:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"model shape {self.name!r}: {f} must be a positive int, got {v!r}")
         if self.q_heads % self.kv_heads:
-            raise ValueError(f"model shape {self.name!r}: q_heads = {self.q_heads} must be a multiple of "
-                             f"kv_heads = {self.kv_heads}")
+            raise ValueError(
+                f"model shape {self.name!r}: q_heads = {self.q_heads} must be a multiple of kv_heads = {self.kv_heads}"
+            )
 
     @property
     def group(self) -> int:
@@ -59,8 +60,10 @@ class ModelShape:
 
     def describe(self) -> str:
         tp = f" (one GPU of TP{self.tp})" if self.tp > 1 else ""
-        return (f"{self.name}{tp}: {self.layers} layers, hidden {self.hidden}, heads {self.q_heads}/{self.kv_heads}, "
-                f"d {self.head_dim}, MLP {self.mlp}, vocab {self.vocab}")
+        return (
+            f"{self.name}{tp}: {self.layers} layers, hidden {self.hidden}, heads {self.q_heads}/{self.kv_heads}, "
+            f"d {self.head_dim}, MLP {self.mlp}, vocab {self.vocab}"
+        )
 
 
 PRESETS: dict[str, ModelShape] = {
@@ -80,10 +83,12 @@ def parse_model(text: str) -> ModelShape:
     if text in PRESETS:
         return PRESETS[text]
     if not text.startswith("custom:"):
-        raise ValueError(f"model must be one of {sorted(PRESETS)} or 'custom:layers=..,hidden=..,heads=Q/KV,"
-                         f"head_dim=..,mlp=..,vocab=..', got {text!r}")
+        raise ValueError(
+            f"model must be one of {sorted(PRESETS)} or 'custom:layers=..,hidden=..,heads=Q/KV,"
+            f"head_dim=..,mlp=..,vocab=..', got {text!r}"
+        )
     fields: dict[str, str] = {}
-    for part in text[len("custom:"):].split(","):
+    for part in text[len("custom:") :].split(","):
         if not part.strip():
             continue
         if "=" not in part:
@@ -105,8 +110,17 @@ def parse_model(text: str) -> ModelShape:
         except ValueError:
             raise ValueError(f"custom model: {k} must be an integer, got {fields[k]!r}") from None
 
-    shape = ModelShape("custom", _int("layers"), _int("hidden"), int(m.group(1)), int(m.group(2)), _int("head_dim"),
-                       _int("mlp"), _int("vocab"), tp=_int("tp") if "tp" in fields else 1)
+    shape = ModelShape(
+        "custom",
+        _int("layers"),
+        _int("hidden"),
+        int(m.group(1)),
+        int(m.group(2)),
+        _int("head_dim"),
+        _int("mlp"),
+        _int("vocab"),
+        tp=_int("tp") if "tp" in fields else 1,
+    )
     if "rope_theta" in fields:
         try:
             shape = replace(shape, rope_theta=float(fields["rope_theta"]))

@@ -36,8 +36,9 @@ def describe(doc: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from questkern import __version__
 
-    p = argparse.ArgumentParser(prog="questkern", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="questkern", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"questkern {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:

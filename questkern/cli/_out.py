@@ -37,8 +37,10 @@ def check_new(paths, *, force: bool, flag: str = "--out") -> None:
     taken = [Path(p) for p in paths if Path(p).exists()]
     if taken and not force:
         names = ", ".join(str(p) for p in taken)
-        raise OutputExists(f"{names} exists; pass --force to replace it, or choose another {flag} "
-                           f"(without {flag}, each run writes a new timestamped file)")
+        raise OutputExists(
+            f"{names} exists; pass --force to replace it, or choose another {flag} "
+            f"(without {flag}, each run writes a new timestamped file)"
+        )
 
 
 def output_file(out, *, force: bool, folder: Path, stem: str, companions=(), flag: str = "--out") -> Path:

@@ -67,7 +67,7 @@ def check_sqlite_url(flag: str, url: str) -> None:
     """``sqlite:///PATH``: PATH (when a file, not in memory) is an SQLite database or can be created."""
     if not isinstance(url, str) or not url.startswith("sqlite:///"):
         return
-    raw = url[len("sqlite:///"):]
+    raw = url[len("sqlite:///") :]
     if raw in ("", ":memory:"):
         return
     p = Path(raw)

@@ -42,60 +42,149 @@ from questkern._io import write_text_atomic
 CHECK_TOL = 5e-2  # max abs error of a bf16/fp16 output vs the float32 reference that --check accepts
 CPU_TOY = {"seq": "256,1000", "batch": "1,2", "heads": "4/4,4/2", "head_dim": "64", "page_size": "16", "budget": "64"}
 
-COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype",
-           "meta_dtype", "seq_len", "lens", "page_size", "sub_page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
-           "speedup_vs_sdpa", "speedup_vs_dense", "speedup_vs_flex", "copy_gbps", "floor_us", "bound_us",
-           "bound_speedup_vs_sdpa", "speedup_vs_heuristic", "splits", "config_source", "timestamp", "command"]
+COLUMNS = [
+    "gpu",
+    "gpu_name",
+    "driver",
+    "torch",
+    "triton",
+    "cuda",
+    "op",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "dtype",
+    "meta_dtype",
+    "seq_len",
+    "lens",
+    "page_size",
+    "sub_page_size",
+    "budget",
+    "gqa_mode",
+    "median_us",
+    "bytes",
+    "gbps",
+    "pct_copy_bw",
+    "speedup_vs_sdpa",
+    "speedup_vs_dense",
+    "speedup_vs_flex",
+    "copy_gbps",
+    "floor_us",
+    "bound_us",
+    "bound_speedup_vs_sdpa",
+    "speedup_vs_heuristic",
+    "splits",
+    "config_source",
+    "timestamp",
+    "command",
+]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="time select / sparse decode / whole Quest step vs dense and SDPA",
-                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="time select / sparse decode / whole Quest step vs dense and SDPA",
+        description=describe(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_shape_args(p)
-    p.add_argument("--mixed", type=_parse_mixed, default=None,
-                   help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
-                        "benched too (first); alone, instead of them (default: none)")
-    p.add_argument("--flex", action="store_true",
-                   help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)")
-    p.add_argument("--meta-dtype", type=_parse_meta, default=[None],
-                   help="page metadata: kv (the key dtype, exact; default), fp32, fp8 (float8_e5m2, safe-rounded: "
-                        "half the bytes select streams); several, e.g. kv,fp8, bench each in the same run")
-    p.add_argument("--sub-page-size", type=parse_positive_int, default=None,
-                   help="hierarchical pages (LServe): page sizes of --page-size larger than N keep one key min/max "
-                        "per sub-page of N tokens and select whole pages by the max of their sub-pages' bounds; the "
-                        "others run as ordinary pages. E.g. --page-size 16,64 --sub-page-size 16 compares page-16 "
-                        "select with p64/sub16 select at equal metadata bytes (column sub_page_size). Classic path "
-                        "only; a power of two in 4..32 (default: none)")
-    p.add_argument("--vs-heuristic", action="store_true",
-                   help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
-                        "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)")
-    p.add_argument("--model", type=parse_model_arg, default=None,
-                   help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
-                        "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
-                        "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
-                        "in-house dense, Quest, and none (the ceiling), in one run (default: one attention layer, no model)")
-    p.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
-                   help="with --model: the first N layers decode densely under Quest (default %(default)s)")
-    p.add_argument("--path", choices=["auto", "fused", "classic"], default="auto",
-                   help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
-                        "(select, decode, combine), or auto (default %(default)s); with --compare-paths both")
-    p.add_argument("--compare-paths", action="store_true",
-                   help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
-                        "attention quest_classic)")
-    p.add_argument("--reselect-every", type=_parse_reuse_every, default=[],
-                   help="with --model: also time Quest reusing its selection, re-selecting every N steps "
-                        "(QuestDecode(reselect_every=N); attention quest_every<N>), e.g. 4,8,16 (default: none)")
-    p.add_argument("--drift", type=_parse_drift, default=[],
-                   help="with --model: also time Quest re-selecting only when the query drifts below this cosine "
-                        "(attention quest_drift<t>), e.g. 0.9 (default: none)")
-    p.add_argument("--check", action="store_true",
-                   help=f"also check each case against the float32 references: selection exact, outputs within "
-                        f"{CHECK_TOL:g} (prints PASS or FAIL per case)")
-    p.add_argument("--rep-ms", type=parse_positive_int, default=200,
-                   help="do_bench repetition time per op in ms (default %(default)s)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="CSV file to write (default: a new reports/data/<gpu-key>/bench-<UTC time>.csv, "
-                        "or bench_model-<UTC time>.csv with --model)")
+    p.add_argument(
+        "--mixed",
+        type=_parse_mixed,
+        default=None,
+        help="a mixed-length batch 'B:LO-HI', e.g. 32:4k-64k (log-uniform lengths): with --seq also given, "
+        "benched too (first); alone, instead of them (default: none)",
+    )
+    p.add_argument(
+        "--flex",
+        action="store_true",
+        help="also time torch.compile'd FlexAttention over the same selected pages (GPU; compiles per shape)",
+    )
+    p.add_argument(
+        "--meta-dtype",
+        type=_parse_meta,
+        default=[None],
+        help="page metadata: kv (the key dtype, exact; default), fp32, fp8 (float8_e5m2, safe-rounded: "
+        "half the bytes select streams); several, e.g. kv,fp8, bench each in the same run",
+    )
+    p.add_argument(
+        "--sub-page-size",
+        type=parse_positive_int,
+        default=None,
+        help="hierarchical pages (LServe): page sizes of --page-size larger than N keep one key min/max "
+        "per sub-page of N tokens and select whole pages by the max of their sub-pages' bounds; the "
+        "others run as ordinary pages. E.g. --page-size 16,64 --sub-page-size 16 compares page-16 "
+        "select with p64/sub16 select at equal metadata bytes (column sub_page_size). Classic path "
+        "only; a power of two in 4..32 (default: none)",
+    )
+    p.add_argument(
+        "--vs-heuristic",
+        action="store_true",
+        help="also time the Quest step and the dense decode with the heuristic configs instead of the tuning "
+        "table's (rows quest_step_heuristic, dense_decode_heuristic; column speedup_vs_heuristic)",
+    )
+    p.add_argument(
+        "--model",
+        type=parse_model_arg,
+        default=None,
+        help="time a whole model's token step instead of one attention layer: a preset (llama3-8b, "
+        "qwen2.5-7b, llama3-70b-tp8, tiny) or custom:layers=..,hidden=..,heads=Q/KV,head_dim=..,mlp=..,"
+        "vocab=.. ; random weights, every layer its own K/V, one CUDA graph per step; attention by SDPA, "
+        "in-house dense, Quest, and none (the ceiling), in one run (default: one attention layer, no model)",
+    )
+    p.add_argument(
+        "--dense-layers",
+        type=parse_nonnegative_int,
+        default=2,
+        help="with --model: the first N layers decode densely under Quest (default %(default)s)",
+    )
+    p.add_argument(
+        "--path",
+        choices=["auto", "fused", "classic"],
+        default="auto",
+        help="how the Quest step runs: fused (scores, then top-K and attention in one launch), classic "
+        "(select, decode, combine), or auto (default %(default)s); with --compare-paths both",
+    )
+    p.add_argument(
+        "--compare-paths",
+        action="store_true",
+        help="also time the classic Quest step in the same run (op quest_step_classic; with --model, "
+        "attention quest_classic)",
+    )
+    p.add_argument(
+        "--reselect-every",
+        type=_parse_reuse_every,
+        default=[],
+        help="with --model: also time Quest reusing its selection, re-selecting every N steps "
+        "(QuestDecode(reselect_every=N); attention quest_every<N>), e.g. 4,8,16 (default: none)",
+    )
+    p.add_argument(
+        "--drift",
+        type=_parse_drift,
+        default=[],
+        help="with --model: also time Quest re-selecting only when the query drifts below this cosine "
+        "(attention quest_drift<t>), e.g. 0.9 (default: none)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"also check each case against the float32 references: selection exact, outputs within "
+        f"{CHECK_TOL:g} (prints PASS or FAIL per case)",
+    )
+    p.add_argument(
+        "--rep-ms",
+        type=parse_positive_int,
+        default=200,
+        help="do_bench repetition time per op in ms (default %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV file to write (default: a new reports/data/<gpu-key>/bench-<UTC time>.csv, "
+        "or bench_model-<UTC time>.csv with --model)",
+    )
     p.add_argument("--force", action="store_true", help="replace the --out file if it exists (default: refuse)")
     p.set_defaults(func=run)
 
@@ -171,8 +260,9 @@ def _mixed_lens(spec: str, seed: int = 0) -> tuple[int, list[int]]:
 
 def _given(args) -> set[str]:
     """Destinations of the options given on the command line (``--head-dim`` -> ``head_dim``)."""
-    return {a.split("=")[0].lstrip("-").replace("-", "_") for a in getattr(args, "argv", sys.argv[1:])
-            if a.startswith("--")}
+    return {
+        a.split("=")[0].lstrip("-").replace("-", "_") for a in getattr(args, "argv", sys.argv[1:]) if a.startswith("--")
+    }
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
@@ -184,10 +274,36 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> No
     write_text_atomic(path, buf.getvalue())
 
 
-MODEL_COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "model", "layers", "batch", "seq_len", "attention",
-                 "dtype", "page_size", "budget", "dense_layers", "gqa_mode", "path", "ms_per_token", "tokens_per_s",
-                 "speedup_vs_sdpa", "ceiling_speedup", "attention_bytes", "bound_us", "bound_speedup", "gain_captured",
-                 "copy_gbps", "timestamp", "command"]
+MODEL_COLUMNS = [
+    "gpu",
+    "gpu_name",
+    "driver",
+    "torch",
+    "triton",
+    "cuda",
+    "model",
+    "layers",
+    "batch",
+    "seq_len",
+    "attention",
+    "dtype",
+    "page_size",
+    "budget",
+    "dense_layers",
+    "gqa_mode",
+    "path",
+    "ms_per_token",
+    "tokens_per_s",
+    "speedup_vs_sdpa",
+    "ceiling_speedup",
+    "attention_bytes",
+    "bound_us",
+    "bound_speedup",
+    "gain_captured",
+    "copy_gbps",
+    "timestamp",
+    "command",
+]
 
 
 def run_model(args, note: str | None) -> int:
@@ -201,8 +317,10 @@ def run_model(args, note: str | None) -> int:
     shape, seqs, batches = args.model, args.seq, args.batch
     if not on_gpu:
         given = _given(args)
-        print(f"NOTE: {note or 'no CUDA device: Triton interpreter'}. Running the tiny model at a toy size; "
-              "the timings mean nothing.")
+        print(
+            f"NOTE: {note or 'no CUDA device: Triton interpreter'}. Running the tiny model at a toy size; "
+            "the timings mean nothing."
+        )
         shape = PRESETS["tiny"]
         seqs = seqs if "seq" in given else [200]
         batches = batches if "batch" in given else [1, 2]
@@ -214,21 +332,36 @@ def run_model(args, note: str | None) -> int:
     info = device_info()
     gpu = current_gpu_key()
     copy_gbps = copy_bandwidth_gbps()
-    print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
-          f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s")
+    print(
+        f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
+        f"cuda {info['cuda'] or '-'} | copy bandwidth {copy_gbps:.0f} GB/s"
+    )
     print(f"model: {shape.describe()}")
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
     out = getattr(args, "resolved_out", None) or resolve_out(args, gpu)  # run() decides (and checks) it first
     out.parent.mkdir(parents=True, exist_ok=True)
-    atts = (("sdpa", "none", "dense", "quest") + (("quest_classic",) if args.compare_paths else ())
-            + tuple(f"quest_every{n}" for n in args.reselect_every) + tuple(f"quest_drift{t:g}" for t in args.drift))
+    atts = (
+        ("sdpa", "none", "dense", "quest")
+        + (("quest_classic",) if args.compare_paths else ())
+        + tuple(f"quest_every{n}" for n in args.reselect_every)
+        + tuple(f"quest_drift{t:g}" for t in args.drift)
+    )
     rows: list[dict] = []
     for b in batches:
         for L in seqs:
-            case = ModelCase(shape, b, L, dtype=args.dtype, page_size=args.page_size[0], budget=args.budget[0],
-                             dense_layers=args.dense_layers, gqa_mode=args.gqa_mode, path=args.path,
-                             meta_dtype=args.meta_dtype[0])
+            case = ModelCase(
+                shape,
+                b,
+                L,
+                dtype=args.dtype,
+                page_size=args.page_size[0],
+                budget=args.budget[0],
+                dense_layers=args.dense_layers,
+                gqa_mode=args.gqa_mode,
+                path=args.path,
+                meta_dtype=args.meta_dtype[0],
+            )
             print(f"batch {b}, context {L}:", flush=True)
             try:
                 times = run_model_case(case, device, rep_ms=args.rep_ms, attentions=atts)
@@ -236,14 +369,29 @@ def run_model(args, note: str | None) -> int:
                 print(f"    skipped: {e}")
                 continue
             for r in summarize(case, times, copy_gbps):
-                r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"],
-                         triton=info["triton"], cuda=info["cuda"], dtype=short_name(args.dtype), path=args.path,
-                         copy_gbps=round(copy_gbps, 1), timestamp=stamp, command=command)
+                r.update(
+                    gpu=gpu,
+                    gpu_name=info["gpu_name"],
+                    driver=info["driver"],
+                    torch=info["torch"],
+                    triton=info["triton"],
+                    cuda=info["cuda"],
+                    dtype=short_name(args.dtype),
+                    path=args.path,
+                    copy_gbps=round(copy_gbps, 1),
+                    timestamp=stamp,
+                    command=command,
+                )
                 rows.append(r)
                 if r["attention"] != "sdpa":
-                    extra = (f", bound {r['bound_speedup']:.3f}x, gain captured {r['gain_captured']:.0%}"
-                             if r["attention"] not in ("none",) else " (the ceiling)")
-                    print(f"    {r['attention']:<13} {r['tokens_per_s']:9.1f} tokens/s  {r['speedup_vs_sdpa']:.3f}x SDPA{extra}")
+                    extra = (
+                        f", bound {r['bound_speedup']:.3f}x, gain captured {r['gain_captured']:.0%}"
+                        if r["attention"] not in ("none",)
+                        else " (the ceiling)"
+                    )
+                    print(
+                        f"    {r['attention']:<13} {r['tokens_per_s']:9.1f} tokens/s  {r['speedup_vs_sdpa']:.3f}x SDPA{extra}"
+                    )
             _write_csv(out, rows, MODEL_COLUMNS)
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
@@ -254,8 +402,12 @@ def run_model(args, note: str | None) -> int:
 def resolve_out(args, gpu: str) -> Path:
     """The CSV this run writes: --out (refused when it exists, unless --force) or a new
     timestamped file in reports/data/<gpu-key>/ (bench-*.csv; bench_model-*.csv with --model)."""
-    return output_file(args.out, force=args.force, folder=Path("reports") / "data" / gpu,
-                       stem="bench_model" if args.model is not None else "bench")
+    return output_file(
+        args.out,
+        force=args.force,
+        folder=Path("reports") / "data" / gpu,
+        stem="bench_model" if args.model is not None else "bench",
+    )
 
 
 def run(args) -> int:
@@ -299,22 +451,51 @@ def run(args) -> int:
     gpu = current_gpu_key()
     copy_gbps = copy_bandwidth_gbps()
     floor_us = graph_floor_us(args.rep_ms)
-    dev = (f"copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us" if on_gpu
-           else "Triton interpreter (no bandwidth, no floor)")
-    print(f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
-          f"cuda {info['cuda'] or '-'} | {dev}")
+    dev = (
+        f"copy bandwidth {copy_gbps:.0f} GB/s | graph floor {floor_us:.1f} us"
+        if on_gpu
+        else "Triton interpreter (no bandwidth, no floor)"
+    )
+    print(
+        f"device: {info['gpu_name']} | driver {info['driver'] or '-'} | torch {info['torch']} | triton {info['triton']} | "
+        f"cuda {info['cuda'] or '-'} | {dev}"
+    )
     cases = []
     if args.mixed:  # first: its padded SDPA inputs are the largest allocations of a run
         b, lens = _mixed_lens(args.mixed)
-        cases += [Case(b, hq, hkv, d, args.dtype, max(lens), ps, bud, args.gqa_mode, tuple(lens), meta,
-                       sub_page_size=_sub_page(args, ps))
-                  for d in args.head_dim for ps in args.page_size for bud in args.budget for hq, hkv in args.heads
-                  for meta in args.meta_dtype]
+        cases += [
+            Case(
+                b,
+                hq,
+                hkv,
+                d,
+                args.dtype,
+                max(lens),
+                ps,
+                bud,
+                args.gqa_mode,
+                tuple(lens),
+                meta,
+                sub_page_size=_sub_page(args, ps),
+            )
+            for d in args.head_dim
+            for ps in args.page_size
+            for bud in args.budget
+            for hq, hkv in args.heads
+            for meta in args.meta_dtype
+        ]
         print(f"mixed batch of {b}: lengths {sorted(lens)}")
     if not args.mixed or "seq" in given:
-        cases += [Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta, sub_page_size=_sub_page(args, ps))
-                  for d in args.head_dim for ps in args.page_size for bud in args.budget
-                  for hq, hkv in args.heads for b in args.batch for L in args.seq for meta in args.meta_dtype]
+        cases += [
+            Case(b, hq, hkv, d, args.dtype, L, ps, bud, args.gqa_mode, None, meta, sub_page_size=_sub_page(args, ps))
+            for d in args.head_dim
+            for ps in args.page_size
+            for bud in args.budget
+            for hq, hkv in args.heads
+            for b in args.batch
+            for L in args.seq
+            for meta in args.meta_dtype
+        ]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = invocation(args)
     out = args.resolved_out
@@ -322,15 +503,33 @@ def run(args) -> int:
     rows, failures = [], []
     t_start = time.monotonic()
     for i_case, case in enumerate(cases):
-        case_rows, checks = run_case(case, device, check=args.check, rep_ms=args.rep_ms, flex=args.flex,
-                                       vs_heuristic=args.vs_heuristic, path=args.path, compare_paths=args.compare_paths)
+        case_rows, checks = run_case(
+            case,
+            device,
+            check=args.check,
+            rep_ms=args.rep_ms,
+            flex=args.flex,
+            vs_heuristic=args.vs_heuristic,
+            path=args.path,
+            compare_paths=args.compare_paths,
+        )
         if on_gpu:  # the case's cache is gone: give its memory back before the next (collect first:
             gc.collect()  # a reference cycle, e.g. from a failed flex compile, would keep its tensors alive)
             torch.cuda.empty_cache()
         by_op = {r["op"]: r["median_us"] for r in case_rows}
         for r in case_rows:
-            r.update(gpu=gpu, gpu_name=info["gpu_name"], driver=info["driver"], torch=info["torch"], triton=info["triton"],
-                     cuda=info["cuda"], timestamp=stamp, command=command, copy_gbps=round(copy_gbps, 1), floor_us=floor_us)
+            r.update(
+                gpu=gpu,
+                gpu_name=info["gpu_name"],
+                driver=info["driver"],
+                torch=info["torch"],
+                triton=info["triton"],
+                cuda=info["cuda"],
+                timestamp=stamp,
+                command=command,
+                copy_gbps=round(copy_gbps, 1),
+                floor_us=floor_us,
+            )
             r["gbps"] = r["bytes"] / (r["median_us"] * 1e-6) / 1e9
             r["pct_copy_bw"] = 100 * r["gbps"] / copy_gbps if on_gpu else float("nan")
             r["bound_us"] = bound_us(r["bytes"], copy_gbps, floor_us)  # NaN on CPU: no bound to speak of
@@ -352,7 +551,11 @@ def run(args) -> int:
         flex = f", vs flex {by_op['flex_quest'] / by_op['quest_step']:.2f}x" if "flex_quest" in by_op else ""
         bound = next(r["bound_speedup_vs_sdpa"] for r in case_rows if r["op"] == "quest_step")
         bound = f" (bound {bound:.2f}x)" if on_gpu else ""
-        heur = f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x" if "quest_step_heuristic" in by_op else ""
+        heur = (
+            f", vs heuristic {by_op['quest_step_heuristic'] / by_op['quest_step']:.3f}x"
+            if "quest_step_heuristic" in by_op
+            else ""
+        )
         mem = f" [{torch.cuda.memory_allocated() / 2**30:.1f} GiB held]" if on_gpu else ""
         vs = f"  | quest vs sdpa {by_op['sdpa'] / by_op['quest_step']:.2f}x{bound}{flex}{heur}{mem}" if on_gpu else ""
         spent = time.monotonic() - t_start
@@ -368,16 +571,26 @@ def run(args) -> int:
     if args.vs_heuristic:
         from questkern.tuning.observer import geomean
 
-        ratios = {op: [r["speedup_vs_heuristic"] for r in rows if r["op"] == op and r["speedup_vs_heuristic"] > 0]
-                  for op in ("quest_step", "dense_decode")}
-        print("tuning table vs heuristic configs, this run: " + ", ".join(
-            f"{op} geometric mean {geomean(v):.3f}x over {len(v)} cases (min {min(v):.3f}x, max {max(v):.3f}x)"
-            for op, v in ratios.items() if v))
+        ratios = {
+            op: [r["speedup_vs_heuristic"] for r in rows if r["op"] == op and r["speedup_vs_heuristic"] > 0]
+            for op in ("quest_step", "dense_decode")
+        }
+        print(
+            "tuning table vs heuristic configs, this run: "
+            + ", ".join(
+                f"{op} geometric mean {geomean(v):.3f}x over {len(v)} cases (min {min(v):.3f}x, max {max(v):.3f}x)"
+                for op, v in ratios.items()
+                if v
+            )
+        )
     print(f"wrote {len(rows)} rows to {out}")
     if not on_gpu:
         print("NOTE: interpreter timings mean nothing; run on a CUDA GPU for real figures.")
     if args.check:
-        print(f"check: {len(cases) - len(failures)} of {len(cases)} cases PASS" + (f", {len(failures)} FAIL" if failures else ""))
+        print(
+            f"check: {len(cases) - len(failures)} of {len(cases)} cases PASS"
+            + (f", {len(failures)} FAIL" if failures else "")
+        )
     if failures:
         print(f"CHECK FAILED for {len(failures)} case(s): {', '.join(tag for tag, _ in failures)}")
         return 1
@@ -409,9 +622,13 @@ def _check_sub_page_args(args) -> None:
 def check_verdict(checks: dict) -> tuple[bool, str]:
     """One case's --check results as (passed, one line): every selection exact (``*select_exact``),
     every output error within the tolerance (``*maxerr``), including each compared path's."""
-    labels = {"select_exact": "selection exact", "heuristic_select_exact": "heuristic selection exact",
-              "quest_maxerr": "Quest output vs float32 reference", "dense_vs_sdpa_maxerr": "dense vs SDPA",
-              "flex_vs_quest_maxerr": "FlexAttention vs Quest"}
+    labels = {
+        "select_exact": "selection exact",
+        "heuristic_select_exact": "heuristic selection exact",
+        "quest_maxerr": "Quest output vs float32 reference",
+        "dense_vs_sdpa_maxerr": "dense vs SDPA",
+        "flex_vs_quest_maxerr": "FlexAttention vs Quest",
+    }
     labels.update(step_select_exact="step selection exact")
     parts, ok = [], True
     known = [k for k in labels if k in checks]  # the main checks first, in this order, then any other

@@ -12,21 +12,46 @@ from pathlib import Path
 from questkern.cli import describe, invocation
 from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
 
-PROFILE_DEFAULTS = {"seq": "32k", "batch": "1", "heads": "32/32", "head_dim": "128", "dtype": "bf16",
-                    "page_size": "16", "budget": "2048", "gqa_mode": "shared"}
+PROFILE_DEFAULTS = {
+    "seq": "32k",
+    "batch": "1",
+    "heads": "32/32",
+    "head_dim": "128",
+    "dtype": "bf16",
+    "page_size": "16",
+    "budget": "2048",
+    "gqa_mode": "shared",
+}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("profile", help="profile a decode step under Nsight Compute (or torch.profiler)",
-                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "profile",
+        help="profile a decode step under Nsight Compute (or torch.profiler)",
+        description=describe(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_shape_args(p, defaults=PROFILE_DEFAULTS)
     p.add_argument("--name", default="decode", help="label of the profile folder (default %(default)s)")
-    p.add_argument("--mode", choices=["quest", "dense"], default="quest", help="Quest step or dense decode (default quest)")
+    p.add_argument(
+        "--mode", choices=["quest", "dense"], default="quest", help="Quest step or dense decode (default quest)"
+    )
     p.add_argument("--steps", type=parse_positive_int, default=3, help="profiled decode steps (default %(default)s)")
-    p.add_argument("--warmup", type=parse_nonnegative_int, default=2, help="warm-up steps, outside the NVTX filter (default %(default)s)")
-    p.add_argument("--no-append", dest="append", action="store_false", help="skip the per-step token append (metadata update)")
-    p.add_argument("--tool", choices=["auto", "ncu", "torch"], default="auto",
-                   help="auto: ncu, else torch.profiler with a note; ncu: fail without it; torch: skip ncu (default auto)")
+    p.add_argument(
+        "--warmup",
+        type=parse_nonnegative_int,
+        default=2,
+        help="warm-up steps, outside the NVTX filter (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-append", dest="append", action="store_false", help="skip the per-step token append (metadata update)"
+    )
+    p.add_argument(
+        "--tool",
+        choices=["auto", "ncu", "torch"],
+        default="auto",
+        help="auto: ncu, else torch.profiler with a note; ncu: fail without it; torch: skip ncu (default auto)",
+    )
     p.add_argument("--ncu", default=None, help="path of the ncu binary (default: PATH, then the CUDA folders)")
     p.add_argument("--nsys", default=None, help="path of the nsys binary, for the printed command (default: PATH)")
     p.add_argument("--out-dir", type=Path, default=Path("profiles"), help="profiles root (default %(default)s)")
@@ -53,10 +78,21 @@ def shape_from_args(args) -> dict:
             raise SystemExit(f"questkern profile: --{flag} must be > 0, got {getattr(args, flag)}")
     if args.warmup < 0:
         raise SystemExit(f"questkern profile: --warmup must be >= 0, got {args.warmup}")
-    return {"seq_len": _one(args, "seq"), "batch": _one(args, "batch"), "q_heads": hq, "kv_heads": hkv,
-            "head_dim": _one(args, "head_dim"), "dtype": short_name(args.dtype), "page_size": _one(args, "page_size"),
-            "budget": _one(args, "budget"), "gqa_mode": args.gqa_mode, "mode": args.mode,
-            "warmup": args.warmup, "steps": args.steps, "append": args.append}
+    return {
+        "seq_len": _one(args, "seq"),
+        "batch": _one(args, "batch"),
+        "q_heads": hq,
+        "kv_heads": hkv,
+        "head_dim": _one(args, "head_dim"),
+        "dtype": short_name(args.dtype),
+        "page_size": _one(args, "page_size"),
+        "budget": _one(args, "budget"),
+        "gqa_mode": args.gqa_mode,
+        "mode": args.mode,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "append": args.append,
+    }
 
 
 def run(args) -> int:
@@ -70,13 +106,35 @@ def run(args) -> int:
         check_output_dir("--out-dir", args.out_dir)
     except ValueError as e:
         raise SystemExit(f"questkern profile: {e}") from None
-    res = run_profile(shape, name=args.name, root=args.out_dir, tool=args.tool, ncu=args.ncu, nsys=args.nsys,
-                      dry_run=args.dry_run, invocation=invocation(args))
+    res = run_profile(
+        shape,
+        name=args.name,
+        root=args.out_dir,
+        tool=args.tool,
+        ncu=args.ncu,
+        nsys=args.nsys,
+        dry_run=args.dry_run,
+        invocation=invocation(args),
+    )
     if res.summary is not None:
         import pandas as pd
 
         df = pd.read_csv(res.summary)
-        cols = [c for c in ("kind", "basis", "op", "kernel", "calls", "duration_us", "per_step_us", "dram_gbps",
-                            "achieved_occupancy_pct", "registers_per_thread") if c in df.columns and df[c].notna().any()]
+        cols = [
+            c
+            for c in (
+                "kind",
+                "basis",
+                "op",
+                "kernel",
+                "calls",
+                "duration_us",
+                "per_step_us",
+                "dram_gbps",
+                "achieved_occupancy_pct",
+                "registers_per_thread",
+            )
+            if c in df.columns and df[c].notna().any()
+        ]
         print(df[cols].to_string(index=False))
     return 0

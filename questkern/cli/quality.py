@@ -67,7 +67,10 @@ def _check_dirs(args) -> None:
     from questkern.cli._paths import check_output_dir
 
     try:
-        for flag, d in (("--out-dir", getattr(args, "out_dir", None)), ("--trace-dir", getattr(args, "trace_dir", None))):
+        for flag, d in (
+            ("--out-dir", getattr(args, "out_dir", None)),
+            ("--trace-dir", getattr(args, "trace_dir", None)),
+        ):
             if d is not None:
                 check_output_dir(flag, d)
     except ValueError as e:
@@ -75,42 +78,84 @@ def _check_dirs(args) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quality", help="attention quality study (recall, page size, adaptive budget)",
-                              description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "quality",
+        help="attention quality study (recall, page size, adaptive budget)",
+        description=describe(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="quality_command", required=True, metavar="STEP")
 
     def common(sp):
-        sp.add_argument("--trace-dir", type=Path, default=None,
-                        help="trace cache (default $QUESTKERN_TRACE_DIR, else ~/.cache/questkern/traces)")
-        sp.add_argument("--out-dir", type=Path, default=None,
-                        help="folder for the CSVs (default: a new reports/data/quality-<UTC time>/)")
-        sp.add_argument("--force", action="store_true", help="replace output files that exist in --out-dir (default: refuse)")
+        sp.add_argument(
+            "--trace-dir",
+            type=Path,
+            default=None,
+            help="trace cache (default $QUESTKERN_TRACE_DIR, else ~/.cache/questkern/traces)",
+        )
+        sp.add_argument(
+            "--out-dir",
+            type=Path,
+            default=None,
+            help="folder for the CSVs (default: a new reports/data/quality-<UTC time>/)",
+        )
+        sp.add_argument(
+            "--force", action="store_true", help="replace output files that exist in --out-dir (default: refuse)"
+        )
 
     def capture_args(sp):
-        sp.add_argument("--contexts", type=_ints, default=(1024, 2048, 4096, 8192),
-                        help="prompt lengths in tokens (default 1024,2048,4096,8192)")
-        sp.add_argument("--depths", type=_floats, default=None, help="passkey depths, fractions 0-1 (default 0.1,0.5,0.9)")
-        sp.add_argument("--texts", type=parse_positive_int, default=1, help="natural-text prompts per context (default 1)")
+        sp.add_argument(
+            "--contexts",
+            type=_ints,
+            default=(1024, 2048, 4096, 8192),
+            help="prompt lengths in tokens (default 1024,2048,4096,8192)",
+        )
+        sp.add_argument(
+            "--depths", type=_floats, default=None, help="passkey depths, fractions 0-1 (default 0.1,0.5,0.9)"
+        )
+        sp.add_argument(
+            "--texts", type=parse_positive_int, default=1, help="natural-text prompts per context (default 1)"
+        )
         sp.add_argument("--no-e2e", action="store_true", help="traces only: skip the end-to-end passkey runs")
-        sp.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
-                        help="layers kept dense in end-to-end runs (default 2)")
-        sp.add_argument("--threads", type=parse_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-        sp.add_argument("--recapture", action="store_true", help="capture traces again even when cached (default: reuse)")
+        sp.add_argument(
+            "--dense-layers",
+            type=parse_nonnegative_int,
+            default=2,
+            help="layers kept dense in end-to-end runs (default 2)",
+        )
+        sp.add_argument(
+            "--threads", type=parse_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+        )
+        sp.add_argument(
+            "--recapture", action="store_true", help="capture traces again even when cached (default: reuse)"
+        )
 
     def study_args(sp, dense=True):
-        sp.add_argument("--page-sizes", type=_page_sizes, default=(8, 16, 32, 64), help="page sizes studied (default 8,16,32,64)")
+        sp.add_argument(
+            "--page-sizes", type=_page_sizes, default=(8, 16, 32, 64), help="page sizes studied (default 8,16,32,64)"
+        )
         if dense:
-            sp.add_argument("--dense-layers", type=parse_nonnegative_int, default=2,
-                            help="first layers left out of the summary: they stay dense (default 2)")
+            sp.add_argument(
+                "--dense-layers",
+                type=parse_nonnegative_int,
+                default=2,
+                help="first layers left out of the summary: they stay dense (default 2)",
+            )
 
-    t = sub.add_parser("traces", help="capture traces and end-to-end passkey accuracy",
-                       description="Capture attention traces of SmolLM2-135M and run the end-to-end passkey prompts.")
+    t = sub.add_parser(
+        "traces",
+        help="capture traces and end-to-end passkey accuracy",
+        description="Capture attention traces of SmolLM2-135M and run the end-to-end passkey prompts.",
+    )
     common(t)
     capture_args(t)
     t.set_defaults(func=_traces)
-    s = sub.add_parser("study", help="recall / output-error CSVs from cached traces",
-                       description="Recall and output error of Quest selection, from the cached traces. The answers "
-                                   "use quality_passkey.csv of --out-dir when it is there.")
+    s = sub.add_parser(
+        "study",
+        help="recall / output-error CSVs from cached traces",
+        description="Recall and output error of Quest selection, from the cached traces. The answers "
+        "use quality_passkey.csv of --out-dir when it is there.",
+    )
     common(s)
     study_args(s)
     s.set_defaults(func=_study)
@@ -119,14 +164,23 @@ def register(subparsers) -> None:
     capture_args(a)
     study_args(a, dense=False)
     a.set_defaults(func=_all)
-    d = sub.add_parser("demo", help="generate with SmolLM2 using questkern attention",
-                       description="SmolLM2-135M answers one passkey prompt with Quest attention; writes nothing.")
-    d.add_argument("--context", type=parse_positive_int, default=2048, help="passkey prompt length in tokens (default 2048)")
+    d = sub.add_parser(
+        "demo",
+        help="generate with SmolLM2 using questkern attention",
+        description="SmolLM2-135M answers one passkey prompt with Quest attention; writes nothing.",
+    )
+    d.add_argument(
+        "--context", type=parse_positive_int, default=2048, help="passkey prompt length in tokens (default 2048)"
+    )
     d.add_argument("--depth", type=_depth, default=0.5, help="where the passkey sits, fraction 0-1 (default 0.5)")
     d.add_argument("--budget", type=parse_positive_int, default=256, help="Quest token budget (default 256)")
     d.add_argument("--page-size", type=_page_size, default=16, help="page size (default 16)")
-    d.add_argument("--backend", choices=("reference", "kernels"), default="reference",
-                   help="reference (PyTorch) or kernels (Triton; the interpreter without a GPU) (default reference)")
+    d.add_argument(
+        "--backend",
+        choices=("reference", "kernels"),
+        default="reference",
+        help="reference (PyTorch) or kernels (Triton; the interpreter without a GPU) (default reference)",
+    )
     d.set_defaults(func=_demo)
 
 
@@ -159,9 +213,17 @@ def _traces(args, out: Path | None = None) -> int:
     out = out or _checked(args, TRACE_OUTPUTS)
     if out is None:
         return 2
-    capture_all(_trace_dir(args), out / "quality_passkey.csv", contexts=args.contexts, depths=args.depths,
-                texts_per_context=args.texts, e2e=[] if args.no_e2e else None, dense_layers=args.dense_layers,
-                threads=args.threads, skip_existing=not args.recapture)
+    capture_all(
+        _trace_dir(args),
+        out / "quality_passkey.csv",
+        contexts=args.contexts,
+        depths=args.depths,
+        texts_per_context=args.texts,
+        e2e=[] if args.no_e2e else None,
+        dense_layers=args.dense_layers,
+        threads=args.threads,
+        skip_existing=not args.recapture,
+    )
     return 0
 
 

@@ -27,25 +27,62 @@ from questkern.cli import describe
 
 
 def register(sub) -> None:
-    p = sub.add_parser("recheck", help="time a tuning table against the heuristic defaults on this GPU, in one run",
-                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "recheck",
+        help="time a tuning table against the heuristic defaults on this GPU, in one run",
+        description=describe(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from questkern.cli.tune import parse_ops
 
-    p.add_argument("--table", type=Path, default=None,
-                   help="table file (default: this GPU's <gpu-key>.json from the first table source that has it: "
-                        "$QUESTKERN_TUNING_DIR, the user cache, the shipped tables)")
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="table file (default: this GPU's <gpu-key>.json from the first table source that has it: "
+        "$QUESTKERN_TUNING_DIR, the user cache, the shipped tables)",
+    )
     p.add_argument("--ops", type=parse_ops, default=None, help="only these ops (default: every op in the table)")
-    p.add_argument("--max-seq", type=parse_size, default=None, help="only entries tuned at this sequence length or less (default: all)")
-    p.add_argument("--max-batch", type=parse_positive_int, default=None, help="only entries tuned at this batch or less (default: all)")
+    p.add_argument(
+        "--max-seq",
+        type=parse_size,
+        default=None,
+        help="only entries tuned at this sequence length or less (default: all)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=parse_positive_int,
+        default=None,
+        help="only entries tuned at this batch or less (default: all)",
+    )
     p.add_argument("--rounds", type=parse_positive_int, default=3, help="alternating measurements of each (default 3)")
-    p.add_argument("--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)")
-    p.add_argument("--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)")
-    p.add_argument("--max-time", type=parse_positive_seconds, default=None, help="stop after this many seconds (resume with the same --summary) (default: no limit)")
-    p.add_argument("--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes (default: none)")
-    p.add_argument("--update", action="store_true",
-                   help="write the measured latencies (and the heuristic's config where it was faster) into the table")
-    p.add_argument("--apply", type=Path, default=None, metavar="SUMMARY",
-                   help="measure nothing: apply the rows of this recheck summary to its table, as --update would")
+    p.add_argument(
+        "--rep-ms", type=parse_positive_int, default=100, help="do_bench repetition time per timing (default 100)"
+    )
+    p.add_argument(
+        "--warmup-ms", type=parse_positive_int, default=25, help="do_bench warm-up time per timing (default 25)"
+    )
+    p.add_argument(
+        "--max-time",
+        type=parse_positive_seconds,
+        default=None,
+        help="stop after this many seconds (resume with the same --summary) (default: no limit)",
+    )
+    p.add_argument(
+        "--summary", type=Path, default=None, help="JSON of every row; a rerun with it resumes (default: none)"
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="write the measured latencies (and the heuristic's config where it was faster) into the table",
+    )
+    p.add_argument(
+        "--apply",
+        type=Path,
+        default=None,
+        metavar="SUMMARY",
+        help="measure nothing: apply the rows of this recheck summary to its table, as --update would",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,8 +110,10 @@ def _write_update(path: Path, doc: dict, rows: list[dict]) -> int:
     for n in notes:
         print(f"  {n}")
     if unmatched:
-        print(f"  NOTE: {len(unmatched)} row(s) match no entry of {path}: {', '.join(unmatched[:5])}"
-              + (" ..." if len(unmatched) > 5 else ""))
+        print(
+            f"  NOTE: {len(unmatched)} row(s) match no entry of {path}: {', '.join(unmatched[:5])}"
+            + (" ..." if len(unmatched) > 5 else "")
+        )
     if not changed:
         print(f"{path}: no entry changed (no row holds a measurement of one of its entries); the table is untouched")
         return 0
@@ -129,8 +168,10 @@ def apply_summary(args) -> int:
     except _Refused as exc:
         return _fail(str(exc))
     if not same_table(summary, doc):
-        return _fail(f"{path} changed since the recheck (updated {doc.get('updated')}, the recheck measured the "
-                     f"version of {summary.get('table_updated')}): recheck it again")
+        return _fail(
+            f"{path} changed since the recheck (updated {doc.get('updated')}, the recheck measured the "
+            f"version of {summary.get('table_updated')}): recheck it again"
+        )
     if not summary.get("complete"):
         print(f"NOTE: {args.apply} is incomplete: only its {len(rows)} measured entries are applied")
     if not _write_update(path, doc, rows):
@@ -163,13 +204,25 @@ def run(args) -> int:
     if key == CPU_KEY:
         print(f"NOTE: {note or 'no CUDA device: kernels run in the Triton interpreter'}; the timings mean nothing")
     try:
-        path, doc = _open_table(args.table, key, f"this device is {key!r} (a table can only be rechecked on its own GPU)")
+        path, doc = _open_table(
+            args.table, key, f"this device is {key!r} (a table can only be rechecked on its own GPU)"
+        )
     except _Refused as exc:
         return _fail(str(exc))
     try:
-        summary = recheck(doc, table_path=path, out=args.summary, device=device, num_sms=num_sms(device),
-                          timer=default_timer(device, args.rep_ms, args.warmup_ms), rounds=args.rounds, ops=args.ops,
-                          max_seq=args.max_seq, max_batch=args.max_batch, max_time=args.max_time)
+        summary = recheck(
+            doc,
+            table_path=path,
+            out=args.summary,
+            device=device,
+            num_sms=num_sms(device),
+            timer=default_timer(device, args.rep_ms, args.warmup_ms),
+            rounds=args.rounds,
+            ops=args.ops,
+            max_seq=args.max_seq,
+            max_batch=args.max_batch,
+            max_time=args.max_time,
+        )
     except (ValueError, TableError, FatalDeviceError) as exc:
         return _fail(str(exc), 1)
     for line in summary_lines(summary):

@@ -24,25 +24,55 @@ from questkern.profiling.runner import NAME_RE
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="build reports/<name>.html from benchmarks, tuning and profiles",
-                       description=describe(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="build reports/<name>.html from benchmarks, tuning and profiles",
+        description=describe(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--name", required=True, help="report name: writes OUT_DIR/NAME.html (required)")
-    p.add_argument("--data", type=Path, action="append", default=None,
-                   help="bench/quality CSV file or folder, repeatable (default reports/data)")
-    p.add_argument("--gpu", default=None,
-                   help="the GPU of the report: a key (nvidia-h100-80gb-hbm3) or a family (h100) (default: the one GPU "
-                        "of the data; several are an error)")
-    p.add_argument("--profiles", type=Path, action="append", default=None,
-                   help="folder searched for **/summary.csv, repeatable (default profiles/<gpu-key>)")
-    p.add_argument("--tuning", type=Path, action="append", default=None,
-                   help="tuning table file or folder, repeatable (default tuning and questkern/tuning/tables)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        default=None,
+        help="bench/quality CSV file or folder, repeatable (default reports/data)",
+    )
+    p.add_argument(
+        "--gpu",
+        default=None,
+        help="the GPU of the report: a key (nvidia-h100-80gb-hbm3) or a family (h100) (default: the one GPU "
+        "of the data; several are an error)",
+    )
+    p.add_argument(
+        "--profiles",
+        type=Path,
+        action="append",
+        default=None,
+        help="folder searched for **/summary.csv, repeatable (default profiles/<gpu-key>)",
+    )
+    p.add_argument(
+        "--tuning",
+        type=Path,
+        action="append",
+        default=None,
+        help="tuning table file or folder, repeatable (default tuning and questkern/tuning/tables)",
+    )
     p.add_argument("--no-tuning", action="store_true", help="leave tuning tables out (e.g. for a fixture report)")
-    p.add_argument("--study-storage", default=None, help="Optuna storage URL, e.g. sqlite:///tuning/studies.db (default: none, no study plots)")
+    p.add_argument(
+        "--study-storage",
+        default=None,
+        help="Optuna storage URL, e.g. sqlite:///tuning/studies.db (default: none, no study plots)",
+    )
     p.add_argument("--study", action="append", default=None, help="study name in that storage (default: all)")
     p.add_argument("--title", default=None, help="page title (default 'questkern performance report: NAME')")
     p.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <name>.html goes (default %(default)s)")
-    p.add_argument("--screenshot", type=Path, default=None,
-                   help="also write a PNG of the summary figure there (needs Debian's chromium) (default: none)")
+    p.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        help="also write a PNG of the summary figure there (needs Debian's chromium) (default: none)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing <name>.html")
     p.set_defaults(func=run)
 
@@ -83,13 +113,17 @@ def run(args) -> int:
     for n in inputs.notices:
         print(f"note: {n}")
     if inputs.bench.empty and not inputs.profiles and not inputs.studies:
-        raise SystemExit(f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
-                         f"no profile under {[str(p) for p in profiles or ['profiles/<gpu-key>']]}, no --study-storage")
+        raise SystemExit(
+            f"questkern report: nothing to report: no bench CSV under {[str(d) for d in data]}, "
+            f"no profile under {[str(p) for p in profiles or ['profiles/<gpu-key>']]}, no --study-storage"
+        )
     command = invocation(args)
     page, manifest = render(inputs, title=args.title or f"questkern performance report: {args.name}", command=command)
     write_text_atomic(out, page)
-    print(f"wrote {out} ({len(page) / 1e6:.1f} MB, {len(manifest['plots'])} plots, "
-          f"sections: {', '.join(manifest['sections'])})")
+    print(
+        f"wrote {out} ({len(page) / 1e6:.1f} MB, {len(manifest['plots'])} plots, "
+        f"sections: {', '.join(manifest['sections'])})"
+    )
     if args.screenshot is not None:
         from questkern.report.browser import screenshot_plot
 

@@ -50,9 +50,15 @@ FAMILY_NAMES = [f for f, _ in FAMILIES]
 
 # spellings accepted by --gpu besides the family names themselves
 ALIASES = {
-    "rtx4090": "4090", "geforce-rtx-4090": "4090", "rtx-4090": "4090",
-    "rtx3090": "3090", "rtx-3090": "3090", "rtx5090": "5090", "rtx-5090": "5090",
-    "cpu-interpreter": "cpu", "interpreter": "cpu",
+    "rtx4090": "4090",
+    "geforce-rtx-4090": "4090",
+    "rtx-4090": "4090",
+    "rtx3090": "3090",
+    "rtx-3090": "3090",
+    "rtx5090": "5090",
+    "rtx-5090": "5090",
+    "cpu-interpreter": "cpu",
+    "interpreter": "cpu",
 }
 
 
@@ -106,12 +112,18 @@ def check_gpu_arg(gpu: str, detected_name: str) -> str:
     want_fam = ALIASES.get(want, want if want in FAMILY_NAMES else None)
     if want_fam is None:  # not an alias: a full key or device name must match exactly
         if gpu_family(want) is None:
-            raise ValueError(f"--gpu {gpu!r} is not a known GPU family or key; known families: {', '.join(FAMILY_NAMES)} "
-                             f"(the detected device is {detected_name!r}, family {detected_fam or 'unknown'})")
-        raise ValueError(f"--gpu {gpu!r} (key {want}) does not match the detected device {detected_name!r} "
-                         f"(key {detected_key}); pass --gpu {detected_fam or detected_key}, or plan only with --dry-run")
+            raise ValueError(
+                f"--gpu {gpu!r} is not a known GPU family or key; known families: {', '.join(FAMILY_NAMES)} "
+                f"(the detected device is {detected_name!r}, family {detected_fam or 'unknown'})"
+            )
+        raise ValueError(
+            f"--gpu {gpu!r} (key {want}) does not match the detected device {detected_name!r} "
+            f"(key {detected_key}); pass --gpu {detected_fam or detected_key}, or plan only with --dry-run"
+        )
     if want_fam != detected_fam:
-        raise ValueError(f"--gpu {gpu!r} (family {want_fam}) does not match the detected device {detected_name!r} "
-                         f"(key {detected_key}, family {detected_fam or 'unknown'}); run on a {want_fam} GPU, "
-                         f"pass --gpu {detected_fam or detected_key}, or plan only with --dry-run")
+        raise ValueError(
+            f"--gpu {gpu!r} (family {want_fam}) does not match the detected device {detected_name!r} "
+            f"(key {detected_key}, family {detected_fam or 'unknown'}); run on a {want_fam} GPU, "
+            f"pass --gpu {detected_fam or detected_key}, or plan only with --dry-run"
+        )
     return detected_key

@@ -35,7 +35,6 @@ def log2_bucket(n: int, name: str = "value") -> int:
     return (n - 1).bit_length()
 
 
-
 def check_op(op: str) -> str:
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(OPS)}; got {op!r}")
@@ -57,16 +56,34 @@ class EntryKey:
     gqa_mode: str | None = None
 
     @classmethod
-    def for_call(cls, op: str, *, dtype, head_dim: int, group: int, page_size: int, seq_len: int, batch: int,
-                 budget: int | None = None, gqa_mode: str | None = None) -> "EntryKey":
+    def for_call(
+        cls,
+        op: str,
+        *,
+        dtype,
+        head_dim: int,
+        group: int,
+        page_size: int,
+        seq_len: int,
+        batch: int,
+        budget: int | None = None,
+        gqa_mode: str | None = None,
+    ) -> "EntryKey":
         """The key of a call (or of a tuned bucket). ``budget``/``gqa_mode`` are dropped for
         ops that do not depend on them."""
         check_op(op)
         uses_budget = op in BUDGET_OPS
-        return cls(op, dtype_name(dtype), int(head_dim), 1 if op == "metadata" else int(group), int(page_size),
-                   log2_bucket(seq_len, "seq_len"), log2_bucket(batch, "batch"),
-                   int(budget) if (uses_budget and budget is not None) else None,
-                   gqa_mode if uses_budget else None)
+        return cls(
+            op,
+            dtype_name(dtype),
+            int(head_dim),
+            1 if op == "metadata" else int(group),
+            int(page_size),
+            log2_bucket(seq_len, "seq_len"),
+            log2_bucket(batch, "batch"),
+            int(budget) if (uses_budget and budget is not None) else None,
+            gqa_mode if uses_budget else None,
+        )
 
     @property
     def exact_fields(self) -> tuple:
@@ -77,8 +94,10 @@ class EntryKey:
         return asdict(self)
 
     def describe(self) -> str:
-        s = (f"{self.op} {self.dtype} d{self.head_dim} group {self.group} page {self.page_size} "
-             f"seq 2^{self.seq_bucket} batch 2^{self.batch_bucket}")
+        s = (
+            f"{self.op} {self.dtype} d{self.head_dim} group {self.group} page {self.page_size} "
+            f"seq 2^{self.seq_bucket} batch 2^{self.batch_bucket}"
+        )
         if self.budget is not None:
             s += f" budget {self.budget}"
         if self.gqa_mode is not None:
@@ -105,5 +124,12 @@ def preference(call: EntryKey, entry: EntryKey) -> tuple:
     d = distance(call, entry)
     ref = call.budget if call.budget is not None else REFERENCE_BUDGET
     b = abs(math.log2(ref) - math.log2(entry.budget)) if entry.budget else 0.0
-    return (d, abs(call.seq_bucket - entry.seq_bucket), -entry.seq_bucket, -entry.batch_bucket,
-            entry.gqa_mode not in (None, "shared"), b, -(entry.budget or 0))
+    return (
+        d,
+        abs(call.seq_bucket - entry.seq_bucket),
+        -entry.seq_bucket,
+        -entry.batch_bucket,
+        entry.gqa_mode not in (None, "shared"),
+        b,
+        -(entry.budget or 0),
+    )

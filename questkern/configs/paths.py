@@ -44,9 +44,11 @@ def user_data_dir() -> Path:
 def table_sources() -> list[tuple[str, Path | None]]:
     """[(label, directory or None when unset)] in order of precedence."""
     env = os.environ.get(ENV_TUNING_DIR)
-    return [(f"${ENV_TUNING_DIR}", Path(env) if env else None),
-            ("user cache", user_cache_dir()),
-            ("shipped", SHIPPED_DIR)]
+    return [
+        (f"${ENV_TUNING_DIR}", Path(env) if env else None),
+        ("user cache", user_cache_dir()),
+        ("shipped", SHIPPED_DIR),
+    ]
 
 
 def table_path(directory: Path, gpu_key: str) -> Path:
@@ -69,6 +71,6 @@ def ensure_storage_dir(url: str) -> None:
     """Create the parent directory of an SQLite storage file (Optuna does not)."""
     prefix = "sqlite:///"
     if url.startswith(prefix):
-        path = Path(url[len(prefix):])
+        path = Path(url[len(prefix) :])
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)

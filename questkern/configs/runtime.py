@@ -144,8 +144,9 @@ def _load(gpu_key: str) -> LoadedTables:
                 seen.add(k)
                 loaded.entries.append((k, e, path))
                 n += 1
-                bad = C.kernel_violation(k.op, C.CONFIG_TYPES[k.op].from_dict(e["config"]), page_size=k.page_size,
-                                         head_dim=k.head_dim)
+                bad = C.kernel_violation(
+                    k.op, C.CONFIG_TYPES[k.op].from_dict(e["config"]), page_size=k.page_size, head_dim=k.head_dim
+                )
                 if bad:
                     why = f"tuning table {path} entry {i} [{k.describe()}] violates a kernel constraint: {bad}"
                     loaded.invalid[k] = why
@@ -173,14 +174,35 @@ def heuristic_config(op: str, *, head_dim: int, page_size: int, seq_len: int):
     return C.default_decode_config(page_size, head_dim)
 
 
-def explain_config(op: str, *, device=None, dtype, head_dim: int, group: int, page_size: int, seq_len: int,
-                   batch: int, budget: int | None = None, gqa_mode: str | None = None,
-                   gpu_key: str | None = None, warn: bool = True) -> Resolution:
+def explain_config(
+    op: str,
+    *,
+    device=None,
+    dtype,
+    head_dim: int,
+    group: int,
+    page_size: int,
+    seq_len: int,
+    batch: int,
+    budget: int | None = None,
+    gqa_mode: str | None = None,
+    gpu_key: str | None = None,
+    warn: bool = True,
+) -> Resolution:
     """Like :func:`resolve_config` but returns the whole decision (for ``show-config``)."""
     check_op(op)
     gpu_key = gpu_key or gpu_key_for(device)
-    key = EntryKey.for_call(op, dtype=dtype, head_dim=head_dim, group=group, page_size=page_size,
-                            seq_len=seq_len, batch=batch, budget=budget, gqa_mode=gqa_mode)
+    key = EntryKey.for_call(
+        op,
+        dtype=dtype,
+        head_dim=head_dim,
+        group=group,
+        page_size=page_size,
+        seq_len=seq_len,
+        batch=batch,
+        budget=budget,
+        gqa_mode=gqa_mode,
+    )
     tables = tables_for(gpu_key)
     heur = heuristic_config(op, head_dim=head_dim, page_size=page_size, seq_len=seq_len)
     candidates = [(preference(key, k), k, e, p) for k, e, p in tables.entries if distance(key, k) is not None]
@@ -197,8 +219,10 @@ def explain_config(op: str, *, device=None, dtype, head_dim: int, group: int, pa
     loaded = [s for s in tables.sources if s.status == "loaded"]
     rejected = [s for s in tables.sources if s.status == "rejected"]
     if loaded:
-        reason = f"no entry for {key.op} {key.dtype} d{key.head_dim} group {key.group} page {key.page_size} in " + \
-                 ", ".join(str(s.path) for s in loaded)
+        reason = (
+            f"no entry for {key.op} {key.dtype} d{key.head_dim} group {key.group} page {key.page_size} in "
+            + ", ".join(str(s.path) for s in loaded)
+        )
     elif rejected:
         reason = "; ".join(f"{s.path}: {s.detail}" for s in rejected)
     elif gpu_key == CPU_KEY:
@@ -233,6 +257,17 @@ def resolve_config(
     ``gqa_mode`` refine the match for select/sparse_decode when given; ``gpu_key``
     overrides the device's key (tests, ``show-config --gpu``).
     """
-    r = explain_config(op, device=device, dtype=dtype, head_dim=head_dim, group=group, page_size=page_size,
-                       seq_len=seq_len, batch=batch, budget=budget, gqa_mode=gqa_mode, gpu_key=gpu_key)
+    r = explain_config(
+        op,
+        device=device,
+        dtype=dtype,
+        head_dim=head_dim,
+        group=group,
+        page_size=page_size,
+        seq_len=seq_len,
+        batch=batch,
+        budget=budget,
+        gqa_mode=gqa_mode,
+        gpu_key=gpu_key,
+    )
     return r.config, r.source

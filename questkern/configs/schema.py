@@ -22,9 +22,28 @@ from questkern.configs.keys import EntryKey
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 SCHEMA_VERSION = 1
 
-_KNOWN = {"$schema", "$id", "$defs", "title", "description", "type", "const", "enum", "required", "properties",
-          "additionalProperties", "items", "minItems", "minimum", "maximum", "exclusiveMinimum", "minLength",
-          "pattern", "anyOf", "$ref"}
+_KNOWN = {
+    "$schema",
+    "$id",
+    "$defs",
+    "title",
+    "description",
+    "type",
+    "const",
+    "enum",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minLength",
+    "pattern",
+    "anyOf",
+    "$ref",
+}
 
 
 class TableError(ValueError):
@@ -155,5 +174,14 @@ def validate_pareto(doc, *, where: str = "pareto file") -> None:
 
 
 def entry_key(e: dict) -> EntryKey:
-    return EntryKey(e["op"], e["dtype"], e["head_dim"], e["group"], e["page_size"], e["seq_bucket"],
-                    e["batch_bucket"], e["budget"], e["gqa_mode"])
+    return EntryKey(
+        e["op"],
+        e["dtype"],
+        e["head_dim"],
+        e["group"],
+        e["page_size"],
+        e["seq_bucket"],
+        e["batch_bucket"],
+        e["budget"],
+        e["gqa_mode"],
+    )

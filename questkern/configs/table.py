@@ -33,8 +33,12 @@ def current_versions() -> dict:
 
     from questkern._version import __version__
 
-    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "questkern": __version__}
+    return {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "questkern": __version__,
+    }
 
 
 def triton_major(version: str) -> int:
@@ -42,20 +46,48 @@ def triton_major(version: str) -> int:
 
 
 def new_table(gpu_key: str, device_name: str) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "gpu_key": gpu_key, "device_name": device_name,
-            "gpu_family": gpu_family(gpu_key), "versions": current_versions(), "updated": now_iso(), "entries": []}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "gpu_key": gpu_key,
+        "device_name": device_name,
+        "gpu_family": gpu_family(gpu_key),
+        "versions": current_versions(),
+        "updated": now_iso(),
+        "entries": [],
+    }
 
 
-def make_entry(key: EntryKey, config: dict, latency_us: float, default_latency_us: float | None, *, trials: int,
-               default_config: dict | None = None, seq_len: int | None = None, batch: int | None = None,
-               num_q_heads: int | None = None, num_kv_heads: int | None = None, study: str | None = None) -> dict:
+def make_entry(
+    key: EntryKey,
+    config: dict,
+    latency_us: float,
+    default_latency_us: float | None,
+    *,
+    trials: int,
+    default_config: dict | None = None,
+    seq_len: int | None = None,
+    batch: int | None = None,
+    num_q_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    study: str | None = None,
+) -> dict:
     """One table entry (the key fields, the config and its measured latencies)."""
     e = key.to_dict()
-    e.update(config=dict(config), latency_us=round(float(latency_us), 3),
-             default_latency_us=None if default_latency_us is None else round(float(default_latency_us), 3),
-             default_config=None if default_config is None else dict(default_config),
-             date=now_iso(), trials=int(trials), study=study)
-    for name, v in (("seq_len", seq_len), ("batch", batch), ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads)):
+    e.update(
+        config=dict(config),
+        latency_us=round(float(latency_us), 3),
+        default_latency_us=None if default_latency_us is None else round(float(default_latency_us), 3),
+        default_config=None if default_config is None else dict(default_config),
+        date=now_iso(),
+        trials=int(trials),
+        study=study,
+    )
+    for name, v in (
+        ("seq_len", seq_len),
+        ("batch", batch),
+        ("num_q_heads", num_q_heads),
+        ("num_kv_heads", num_kv_heads),
+    ):
         if v is not None:
             e[name] = int(v)
     return e
@@ -135,8 +167,9 @@ def merge_entries(doc: dict, new_entries: list[dict], *, force: bool = False) ->
     return actions
 
 
-def write_table(directory: Path, gpu_key: str, device_name: str, new_entries: list[dict], *,
-                force: bool = False) -> MergeResult:
+def write_table(
+    directory: Path, gpu_key: str, device_name: str, new_entries: list[dict], *, force: bool = False
+) -> MergeResult:
     """Merge ``new_entries`` into ``<directory>/<gpu_key>.json`` and write it atomically.
 
     An existing file that is invalid, or was tuned with another Triton major version, is
@@ -150,7 +183,9 @@ def write_table(directory: Path, gpu_key: str, device_name: str, new_entries: li
             doc = load_table(path)
         except TableError as exc:
             if not force:
-                raise TableError(f"{exc}; fix or remove it, or pass --force to move it aside and start a new table") from None
+                raise TableError(
+                    f"{exc}; fix or remove it, or pass --force to move it aside and start a new table"
+                ) from None
             backup = _backup(path)
         if doc is not None:
             if doc["gpu_key"] != gpu_key:
@@ -158,9 +193,11 @@ def write_table(directory: Path, gpu_key: str, device_name: str, new_entries: li
             have, run = doc["versions"]["triton"], current_versions()["triton"]
             if triton_major(have) != triton_major(run):
                 if not force:
-                    raise TableError(f"{path} was tuned with Triton {have}, this run uses Triton {run} (another major "
-                                     "version, which the runtime will not load together); pass --force to move the "
-                                     "old file aside and start a new table")
+                    raise TableError(
+                        f"{path} was tuned with Triton {have}, this run uses Triton {run} (another major "
+                        "version, which the runtime will not load together); pass --force to move the "
+                        "old file aside and start a new table"
+                    )
                 backup = _backup(path)
                 doc = None
     if doc is None:

@@ -118,11 +118,15 @@ class QuestAttention:
         if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
             raise ValueError(f"rerank must be an int >= 0 (candidate pages per selected page), got {self.rerank!r}")
         if self.rerank and (self.backend == "kernels" or self.adaptive is not None):
-            raise ValueError("rerank > 0 needs backend='reference' (or 'auto', which then uses the reference) and a "
-                             "fixed budget (no adaptive): the kernels have no re-rank stage yet")
+            raise ValueError(
+                "rerank > 0 needs backend='reference' (or 'auto', which then uses the reference) and a "
+                "fixed budget (no adaptive): the kernels have no re-rank stage yet"
+            )
         V.check_reuse(self.reselect_every, self.drift_threshold, self.budget, self.adaptive)
         if self.backend == "kernels" and self.meta != "fp32":
-            raise ValueError("meta must be 'fp32' with backend='kernels' (the paged cache keeps exact metadata in the kv dtype)")
+            raise ValueError(
+                "meta must be 'fp32' with backend='kernels' (the paged cache keeps exact metadata in the kv dtype)"
+            )
 
     @property
     def sparse(self) -> bool:
@@ -140,8 +144,9 @@ class QuestAttention:
         """The reference backends' reuse state for ``key`` (e.g. a layer), kept in ``_state``."""
         st = self._state.get(("reuse", key))
         if st is None or st.last_len.shape != (batch, num_kv_heads):
-            st = self._state[("reuse", key)] = ReuseStateRef(batch, num_kv_heads, self.page_size, self.reselect_every,
-                                                             self.drift_threshold)
+            st = self._state[("reuse", key)] = ReuseStateRef(
+                batch, num_kv_heads, self.page_size, self.reselect_every, self.drift_threshold
+            )
         return st
 
     def reset(self) -> None:
@@ -169,8 +174,9 @@ def questkern_attention(module, query, key, value, attention_mask, scaling=None,
     cfg: QuestAttention | None = getattr(module, "questkern", None)
     paged_layer = getattr(key, "_questkern_layer", None)  # set by QuestCache.update
     if paged_layer is not None:
-        return paged_layer.attend(module, cfg or paged_layer.settings, query, key, value, attention_mask, scaling,
-                                  dropout, **kwargs)
+        return paged_layer.attend(
+            module, cfg or paged_layer.settings, query, key, value, attention_mask, scaling, dropout, **kwargs
+        )
     layer = getattr(module, "layer_idx", 0)
     T = query.shape[2]
     if cfg is not None and cfg.on_query is not None and T == 1:
@@ -178,8 +184,10 @@ def questkern_attention(module, query, key, value, attention_mask, scaling=None,
     if cfg is None or not cfg.sparse or T != 1 or layer < cfg.dense_layers:
         return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if _hides_keys(attention_mask):
-        raise NotImplementedError("questkern attention: decode steps need unpadded sequences of equal length "
-                                  "(the attention mask hides some keys); run one sequence per call")
+        raise NotImplementedError(
+            "questkern attention: decode steps need unpadded sequences of equal length "
+            "(the attention mask hides some keys); run one sequence per call"
+        )
     D = query.shape[3]
     scale = scaling if scaling is not None else 1.0 / math.sqrt(D)
     q = query[:, :, 0, :]  # [B, Hq, D]
@@ -215,10 +223,13 @@ def _reference_step(cfg: QuestAttention, layer: int, q, key, value, scale):
         v_pages = torch.nn.functional.pad(value[b], (0, 0, 0, pad)).view(Hkv, n, P, D).transpose(0, 1)
         qb = q[b : b + 1].float()  # [1, Hq, D]
         if cfg.adaptive is not None:
-            sel = select_pages_adaptive_ref(qb, kmin, kmax, table, lens, P, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale)
+            sel = select_pages_adaptive_ref(
+                qb, kmin, kmax, table, lens, P, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale
+            )
         elif cfg.rerank:
-            sel = select_pages_rerank_ref(qb, kmin, kmax, k_pages, table, lens, P, cfg.budget, cfg.rerank,
-                                          cfg.gqa_mode, cfg.aggregate, scale)
+            sel = select_pages_rerank_ref(
+                qb, kmin, kmax, k_pages, table, lens, P, cfg.budget, cfg.rerank, cfg.gqa_mode, cfg.aggregate, scale
+            )
         else:
             sel = select_pages_ref(qb, kmin, kmax, table, lens, P, cfg.budget, cfg.gqa_mode, cfg.aggregate)
         if cfg.reuse:
@@ -240,15 +251,25 @@ def _kernels_step(cfg: QuestAttention, layer: int, q, key, value, scale):
     if cache is None or cache.batch_size != B or cache.lens != [S - 1] * B or cache.max_pages * cfg.page_size < S:
         cap = max(S, (st or {}).get("cap", 0)) + 256  # room for the steps that follow
         cache = PagedKVCache(B, cap, Hkv, D, page_size=cfg.page_size, dtype=cfg.kv_dtype, device=key.device)
-        cache.append(key[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype), value[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype))
+        cache.append(
+            key[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype), value[:, :, : S - 1].transpose(1, 2).to(cfg.kv_dtype)
+        )
         st = cfg._state[layer] = {"cache": cache, "cap": cap}
-    cache.append_decode(key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous())
+    cache.append_decode(
+        key[:, :, S - 1].to(cfg.kv_dtype).contiguous(), value[:, :, S - 1].to(cfg.kv_dtype).contiguous()
+    )
     qk = q.to(cfg.kv_dtype).contiguous()  # [B, Hq, D]
     key = (cfg.budget, cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale, q.shape[1], tuple(cfg.reuse_options().items()))
     w = st.get("decode")
     if w is None or st.get("decode_key") != key:  # one plan per mirror and settings (its reuse state lives there)
-        w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive, gqa_mode=cfg.gqa_mode,
-                        aggregate=cfg.aggregate, sm_scale=scale, **cfg.reuse_options())
+        w = QuestDecode(
+            None if cfg.adaptive is not None else cfg.budget,
+            adaptive=cfg.adaptive,
+            gqa_mode=cfg.gqa_mode,
+            aggregate=cfg.aggregate,
+            sm_scale=scale,
+            **cfg.reuse_options(),
+        )
         w.plan(cache, num_q_heads=q.shape[1], max_seq_len=cache.max_pages * cfg.page_size)
         st["decode"], st["decode_key"] = w, key
     out, sel = w.run(qk, return_selected=True)
@@ -269,8 +290,11 @@ def register() -> str:
 
 def attention_modules(model) -> list:
     """The attention modules of a transformers model (those with a ``layer_idx``)."""
-    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config") and
-            (hasattr(m, "q_proj") or hasattr(m, "qkv_proj"))]
+    mods = [
+        m
+        for m in model.modules()
+        if hasattr(m, "layer_idx") and hasattr(m, "config") and (hasattr(m, "q_proj") or hasattr(m, "qkv_proj"))
+    ]
     if not mods:
         raise ValueError("model has no attention modules with a layer_idx and q_proj: not a supported decoder")
     return mods
@@ -324,5 +348,14 @@ def disable_quest(model, implementation: str = "sdpa") -> None:
             del m.questkern
 
 
-__all__ = ["QuestAttention", "QuestCache", "AdaptiveBudget", "enable_quest", "disable_quest", "model_settings", "register",  # noqa: F822 (QuestCache: lazy, __getattr__)
-           "questkern_attention", "NAME"]
+__all__ = [
+    "QuestAttention",
+    "QuestCache",  # noqa: F822 (lazy: __getattr__)
+    "AdaptiveBudget",
+    "enable_quest",
+    "disable_quest",
+    "model_settings",
+    "register",
+    "questkern_attention",
+    "NAME",
+]

@@ -49,8 +49,9 @@ def load_local(path: str | Path, dtype: torch.dtype | None, device: str):
     else:
         raise FileNotFoundError(f"--model must be a local model directory or a .gguf file, got {str(path)!r}")
     tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **kw)
-    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype or "auto",
-                                                 attn_implementation="sdpa", **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, local_files_only=True, dtype=dtype or "auto", attn_implementation="sdpa", **kw
+    )
     return model.to(device).eval(), tok
 
 
@@ -60,12 +61,23 @@ def random_llama(shape, dtype: torch.dtype, device: str, max_positions: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if shape.tp != 1:
-        raise ValueError(f"--random-config {shape.name}: a tensor-parallel shard is not a whole model; use a TP1 preset")
-    cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.mlp,
-                      num_hidden_layers=shape.layers, num_attention_heads=shape.q_heads,
-                      num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim,
-                      max_position_embeddings=max_positions, attn_implementation="sdpa", bos_token_id=1,
-                      eos_token_id=None, pad_token_id=0)
+        raise ValueError(
+            f"--random-config {shape.name}: a tensor-parallel shard is not a whole model; use a TP1 preset"
+        )
+    cfg = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.q_heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=max_positions,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -91,8 +103,9 @@ def use_attention(model, attention: str, s: Settings):
             disable_quest(model)
         return "sdpa"
     budget = s.budget if attention == "quest" else None
-    enable_quest(model, QuestAttention(budget=budget, page_size=s.page_size, dense_layers=s.dense_layers,
-                                       gqa_mode=s.gqa_mode))
+    enable_quest(
+        model, QuestAttention(budget=budget, page_size=s.page_size, dense_layers=s.dense_layers, gqa_mode=s.gqa_mode)
+    )
     return "quest"
 
 
@@ -104,22 +117,38 @@ def run_rows(model, prompts: list[list[int]], new_tokens: int, attentions, modes
     base = None
     for attention in attentions:
         for mode in modes:
-            row = {"attention": attention, "mode": mode, "batch": len(prompts), "prompt_tokens": max(map(len, prompts)),
-                   "new_tokens": new_tokens, "budget": s.budget if attention == "quest" else "", "page_size":
-                   s.page_size if attention != "sdpa" else "", "dense_layers": s.dense_layers if attention == "quest" else ""}
+            row = {
+                "attention": attention,
+                "mode": mode,
+                "batch": len(prompts),
+                "prompt_tokens": max(map(len, prompts)),
+                "new_tokens": new_tokens,
+                "budget": s.budget if attention == "quest" else "",
+                "page_size": s.page_size if attention != "sdpa" else "",
+                "dense_layers": s.dense_layers if attention == "quest" else "",
+            }
             try:
                 cache = use_attention(model, attention, s)
                 _free()
-                r = generate(model, prompts, new_tokens, cache=cache, mode=mode, temperature=s.temperature,
-                             top_k=s.top_k)
-                row.update(prefill_s=r.prefill_s, decode_s=r.decode_s, timed_steps=r.timed_steps,
-                           tokens_per_s=r.tokens_per_s, ms_per_step=1e3 * r.decode_s / max(1, r.timed_steps),
-                           peak_gib=(r.peak_bytes or 0) / 2**30 if r.peak_bytes is not None else "",
-                           tokens=r.tokens, error="")
+                r = generate(
+                    model, prompts, new_tokens, cache=cache, mode=mode, temperature=s.temperature, top_k=s.top_k
+                )
+                row.update(
+                    prefill_s=r.prefill_s,
+                    decode_s=r.decode_s,
+                    timed_steps=r.timed_steps,
+                    tokens_per_s=r.tokens_per_s,
+                    ms_per_step=1e3 * r.decode_s / max(1, r.timed_steps),
+                    peak_gib=(r.peak_bytes or 0) / 2**30 if r.peak_bytes is not None else "",
+                    tokens=r.tokens,
+                    error="",
+                )
                 if attention == "sdpa" and mode == modes[0]:
                     base = r.tokens
-                log(f"  {attention:5s} {mode:6s}: {r.tokens_per_s:9.1f} tokens/s ({row['ms_per_step']:.2f} ms/step, "
-                    f"prefill {r.prefill_s:.2f} s)")
+                log(
+                    f"  {attention:5s} {mode:6s}: {r.tokens_per_s:9.1f} tokens/s ({row['ms_per_step']:.2f} ms/step, "
+                    f"prefill {r.prefill_s:.2f} s)"
+                )
             except Exception as e:  # keep the other rows: a failed capture must not lose the run
                 row.update(error=f"{type(e).__name__}: {e}".replace("\n", " ")[:300], tokens=None)
                 log(f"  {attention:5s} {mode:6s}: FAILED {row['error']}")
@@ -130,7 +159,7 @@ def run_rows(model, prompts: list[list[int]], new_tokens: int, attentions, modes
         ok = not row["error"] and ref is not None
         row["speedup_vs_sdpa"] = row["tokens_per_s"] / ref["tokens_per_s"] if ok else ""
         t = row.pop("tokens")
-        row["same_tokens_as_sdpa"] = (float((t == base).float().mean()) if (t is not None and base is not None) else "")
+        row["same_tokens_as_sdpa"] = float((t == base).float().mean()) if (t is not None and base is not None) else ""
         row["_tokens"] = t
     return rows
 
@@ -155,11 +184,21 @@ def memory_check(model, prompts: list[list[int]], new_tokens: int, s: Settings, 
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        cache = (DynamicCache(config=model.config) if name == "dynamic"
-                 else QuestCache(model, max_cache_len=max(lens) + new_tokens, batch_size=len(prompts)))
+        cache = (
+            DynamicCache(config=model.config)
+            if name == "dynamic"
+            else QuestCache(model, max_cache_len=max(lens) + new_tokens, batch_size=len(prompts))
+        )
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, pad_token_id=0, **{cache_kwarg(model): cache})
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                **{cache_kwarg(model): cache},
+            )
         torch.cuda.synchronize(device)
         out[f"{name}_peak_gib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
         out[f"{name}_total_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -169,9 +208,11 @@ def memory_check(model, prompts: list[list[int]], new_tokens: int, s: Settings, 
         _free()
     out["limit_gib"] = out["dynamic_peak_gib"] * (1 + 1 / 16 + MEMORY_SLACK)
     out["ok"] = out["quest_peak_gib"] <= out["limit_gib"]
-    log(f"  memory (peak above the weights): DynamicCache {out['dynamic_peak_gib']:.2f} GiB, QuestCache "
+    log(
+        f"  memory (peak above the weights): DynamicCache {out['dynamic_peak_gib']:.2f} GiB, QuestCache "
         f"{out['quest_peak_gib']:.2f} GiB (its pages {out['quest_cache_gib']:.2f} GiB); limit {out['limit_gib']:.2f} GiB "
-        f"-> {'ok' if out['ok'] else 'OVER'}")
+        f"-> {'ok' if out['ok'] else 'OVER'}"
+    )
     return out
 
 

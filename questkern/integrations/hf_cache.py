@@ -60,9 +60,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "kernels"
     if device.type not in _warned:
         _warned.add(device.type)
-        warnings.warn(f"questkern attention on {device.type}: the float32 torch references run the Quest steps "
-                      "(the Triton kernels need a GPU; backend='kernels' runs them through the interpreter, slowly)",
-                      stacklevel=3)
+        warnings.warn(
+            f"questkern attention on {device.type}: the float32 torch references run the Quest steps "
+            "(the Triton kernels need a GPU; backend='kernels' runs them through the interpreter, slowly)",
+            stacklevel=3,
+        )
     return "reference"
 
 
@@ -80,8 +82,10 @@ def _valid_keys(mask, B: int, T: int) -> torch.Tensor | None:
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
-        raise NotImplementedError(f"QuestCache prefill needs an SDPA-style 4-D attention mask or None, got "
-                                  f"{type(mask).__name__} {tuple(getattr(mask, 'shape', ()))}")
+        raise NotImplementedError(
+            f"QuestCache prefill needs an SDPA-style 4-D attention mask or None, got "
+            f"{type(mask).__name__} {tuple(getattr(mask, 'shape', ()))}"
+        )
     m = mask[:, 0, -1, -T:]
     if m.dtype != torch.bool:
         m = m > torch.finfo(m.dtype).min / 2
@@ -97,7 +101,12 @@ class QuestCacheLayer(CacheLayerMixin):
 
     def __init__(self, layer_idx: int, settings, max_cache_len: int, batch_size: int | None):
         super().__init__()
-        self.layer_idx, self.settings, self.max_cache_len, self.expected_batch = layer_idx, settings, max_cache_len, batch_size
+        self.layer_idx, self.settings, self.max_cache_len, self.expected_batch = (
+            layer_idx,
+            settings,
+            max_cache_len,
+            batch_size,
+        )
         self.paged: PagedKVCache | None = None
         self.backend: str | None = None
         self.seen = 0  # tokens fed so far, padding included (transformers' coordinates)
@@ -117,8 +126,16 @@ class QuestCacheLayer(CacheLayerMixin):
             dtype = kd if kd in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
         else:
             dtype = kd if kd in (torch.float16, torch.bfloat16) else s.kv_dtype
-        self.paged = PagedKVCache(B, self.max_cache_len, Hkv, D, page_size=s.page_size, dtype=dtype, device=self.device,
-                                  reference=self.backend == "reference")
+        self.paged = PagedKVCache(
+            B,
+            self.max_cache_len,
+            Hkv,
+            D,
+            page_size=s.page_size,
+            dtype=dtype,
+            device=self.device,
+            reference=self.backend == "reference",
+        )
         self.batch_size = B
         self.is_initialized = True
 
@@ -126,18 +143,24 @@ class QuestCacheLayer(CacheLayerMixin):
         """Decode token: appended now. Prefill chunk: kept until the attention function
         (which has the mask) writes its unpadded tokens. Returns the new tokens, tagged."""
         if self._pending is not None:
-            raise RuntimeError(f"QuestCache layer {self.layer_idx}: the previous chunk was never written — the model "
-                               "must run questkern attention (call questkern.integrations.hf.enable_quest(model) first)")
+            raise RuntimeError(
+                f"QuestCache layer {self.layer_idx}: the previous chunk was never written — the model "
+                "must run questkern attention (call questkern.integrations.hf.enable_quest(model) first)"
+            )
         B, Hkv, T, D = key_states.shape
         if self.expected_batch is not None and B != self.expected_batch:
-            raise ValueError(f"QuestCache was made for batch_size={self.expected_batch}, got {B} sequences "
-                             "(beam search / num_return_sequences > 1 are not supported)")
+            raise ValueError(
+                f"QuestCache was made for batch_size={self.expected_batch}, got {B} sequences "
+                "(beam search / num_return_sequences > 1 are not supported)"
+            )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         pc = self.paged
         if B != pc.batch_size:
-            raise ValueError(f"QuestCache holds {pc.batch_size} sequences, got {B} (beam search and batch changes are "
-                             "not supported; make a new QuestCache)")
+            raise ValueError(
+                f"QuestCache holds {pc.batch_size} sequences, got {B} (beam search and batch changes are "
+                "not supported; make a new QuestCache)"
+            )
         if T == 1:
             k = key_states[:, :, 0].to(pc.dtype).contiguous()  # [B, Hkv, D]
             v = value_states[:, :, 0].to(pc.dtype).contiguous()
@@ -160,8 +183,10 @@ class QuestCacheLayer(CacheLayerMixin):
     def _check_room(self, T: int) -> None:
         longest = max(self.paged.lens) + T
         if longest > self.max_cache_len:
-            raise ValueError(f"QuestCache layer {self.layer_idx}: a sequence would reach {longest} tokens, more than "
-                             f"max_cache_len = {self.max_cache_len}; make the cache with a larger max_cache_len")
+            raise ValueError(
+                f"QuestCache layer {self.layer_idx}: a sequence would reach {longest} tokens, more than "
+                f"max_cache_len = {self.max_cache_len}; make the cache with a larger max_cache_len"
+            )
 
     def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
         return self.seen + query_length, 0
@@ -179,8 +204,10 @@ class QuestCacheLayer(CacheLayerMixin):
         self.seen, self._pending, self.static = 0, None, False
 
     def _refuse(self, what: str):
-        raise NotImplementedError(f"QuestCache does not support {what}: the pages hold each sequence at its own length "
-                                  "(use num_beams=1 and no assistant model, or a DynamicCache)")
+        raise NotImplementedError(
+            f"QuestCache does not support {what}: the pages hold each sequence at its own length "
+            "(use num_beams=1 and no assistant model, or a DynamicCache)"
+        )
 
     def reorder_cache(self, beam_idx):
         self._refuse("beam search (reorder_cache)")
@@ -234,14 +261,36 @@ class QuestCacheLayer(CacheLayerMixin):
             if dense:
                 sel = None
             elif cfg.adaptive is not None:
-                sel = select_pages_adaptive_ref(qf, pc.kmin, pc.kmax, pc.page_table, pc.seq_lens, pc.page_size,
-                                                cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale)
+                sel = select_pages_adaptive_ref(
+                    qf,
+                    pc.kmin,
+                    pc.kmax,
+                    pc.page_table,
+                    pc.seq_lens,
+                    pc.page_size,
+                    cfg.adaptive,
+                    cfg.gqa_mode,
+                    cfg.aggregate,
+                    scale,
+                )
             else:
-                sel = select_pages_ref(qf, pc.kmin, pc.kmax, pc.page_table, pc.seq_lens, pc.page_size, cfg.budget,
-                                       cfg.gqa_mode, cfg.aggregate)
+                sel = select_pages_ref(
+                    qf,
+                    pc.kmin,
+                    pc.kmax,
+                    pc.page_table,
+                    pc.seq_lens,
+                    pc.page_size,
+                    cfg.budget,
+                    cfg.gqa_mode,
+                    cfg.aggregate,
+                )
                 if cfg.reuse:
-                    sel = cfg.reuse_ref(self.layer_idx, pc.batch_size, pc.num_kv_heads).step(
-                        qf, pc.page_table, pc.seq_lens, sel).to(qf.device)
+                    sel = (
+                        cfg.reuse_ref(self.layer_idx, pc.batch_size, pc.num_kv_heads)
+                        .step(qf, pc.page_table, pc.seq_lens, sel)
+                        .to(qf.device)
+                    )
             out = paged_attention_ref(qf, pc.k_cache, pc.v_cache, pc.page_table, pc.seq_lens, sel, scale)
         if sel is not None and cfg.on_select is not None:
             cfg.on_select(self.layer_idx, sel)
@@ -250,15 +299,29 @@ class QuestCacheLayer(CacheLayerMixin):
     def _plan(self, cfg, dense: bool, scale: float, num_q_heads: int):
         from questkern.api import QuestDecode
 
-        key = (dense, None if dense else cfg.budget, None if dense else cfg.adaptive, cfg.gqa_mode, cfg.aggregate, scale,
-               num_q_heads, None if dense else tuple(cfg.reuse_options().items()))
+        key = (
+            dense,
+            None if dense else cfg.budget,
+            None if dense else cfg.adaptive,
+            cfg.gqa_mode,
+            cfg.aggregate,
+            scale,
+            num_q_heads,
+            None if dense else tuple(cfg.reuse_options().items()),
+        )
         w = self._plans.get(key)
         if w is None:
             if dense:
                 w = QuestDecode(None, sm_scale=scale)
             else:
-                w = QuestDecode(None if cfg.adaptive is not None else cfg.budget, adaptive=cfg.adaptive,
-                                gqa_mode=cfg.gqa_mode, aggregate=cfg.aggregate, sm_scale=scale, **cfg.reuse_options())
+                w = QuestDecode(
+                    None if cfg.adaptive is not None else cfg.budget,
+                    adaptive=cfg.adaptive,
+                    gqa_mode=cfg.gqa_mode,
+                    aggregate=cfg.aggregate,
+                    sm_scale=scale,
+                    **cfg.reuse_options(),
+                )
             w.plan(self.paged, num_q_heads=num_q_heads, max_seq_len=self.paged.max_pages * self.paged.page_size)
             self._plans = {key: w}  # one plan per layer: settings changed -> re-plan
         return w
@@ -271,8 +334,16 @@ class QuestCacheLayer(CacheLayerMixin):
         L = max(lens)
         n = -(-L // pc.page_size)
         phys = pc.page_table[:, :n].long()  # [B, n]
-        k = pc.k_cache[phys].permute(0, 2, 1, 3, 4).reshape(pc.batch_size, pc.num_kv_heads, n * pc.page_size, -1)[:, :, :L]
-        v = pc.v_cache[phys].permute(0, 2, 1, 3, 4).reshape(pc.batch_size, pc.num_kv_heads, n * pc.page_size, -1)[:, :, :L]
+        k = (
+            pc.k_cache[phys]
+            .permute(0, 2, 1, 3, 4)
+            .reshape(pc.batch_size, pc.num_kv_heads, n * pc.page_size, -1)[:, :, :L]
+        )
+        v = (
+            pc.v_cache[phys]
+            .permute(0, 2, 1, 3, 4)
+            .reshape(pc.batch_size, pc.num_kv_heads, n * pc.page_size, -1)[:, :, :L]
+        )
         valid = torch.arange(L, device=pc.device)[None] < torch.tensor(lens, device=pc.device)[:, None]
         return k.to(dtype), v.to(dtype), valid
 
@@ -289,7 +360,9 @@ class QuestCacheLayer(CacheLayerMixin):
             chunk = chunk.expand(B, 1, T, T)
         mask = torch.cat([past_valid[:, None, None, :].expand(B, 1, T, past_valid.shape[1]), chunk], dim=-1)
         mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing: any finite row, never used
-        return _sdpa(module, query, torch.cat([kp, key], 2), torch.cat([vp, value], 2), mask, scaling, dropout, **kwargs)
+        return _sdpa(
+            module, query, torch.cat([kp, key], 2), torch.cat([vp, value], 2), mask, scaling, dropout, **kwargs
+        )
 
     def _commit(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> None:
         """Write the chunk's real tokens (k, v [B, Hkv, T, D]) after each sequence's stored ones."""
@@ -346,8 +419,10 @@ class QuestCache(Cache):
             V.check_positive_int("batch_size", batch_size)
         config = model.config
         if getattr(config, "_attn_implementation", None) != NAME:
-            raise ValueError(f"QuestCache needs the model on questkern attention (config._attn_implementation is "
-                             f"{getattr(config, '_attn_implementation', None)!r}): call enable_quest(model, ...) first")
+            raise ValueError(
+                f"QuestCache needs the model on questkern attention (config._attn_implementation is "
+                f"{getattr(config, '_attn_implementation', None)!r}): call enable_quest(model, ...) first"
+            )
         settings = model_settings(model)
         if settings.meta != "fp32":
             raise ValueError(f"QuestCache keeps exact page metadata (meta='fp32'), got meta={settings.meta!r}")
@@ -376,8 +451,10 @@ class QuestCache(Cache):
         total = 0
         for pc in self.pages:
             if pc is not None:
-                total += sum(t.numel() * t.element_size() for t in (pc.k_cache, pc.v_cache, pc.kmin, pc.kmax,
-                                                                     pc.page_table, pc.seq_lens))
+                total += sum(
+                    t.numel() * t.element_size()
+                    for t in (pc.k_cache, pc.v_cache, pc.kmin, pc.kmax, pc.page_table, pc.seq_lens)
+                )
         return total
 
     def prepare_static(self, max_len: int) -> None:

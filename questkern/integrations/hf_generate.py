@@ -80,8 +80,8 @@ def left_pad(prompts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, 
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), T, dtype=torch.long)
     for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[b, T - len(p):] = 1
+        ids[b, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[b, T - len(p) :] = 1
     return ids.to(device), mask.to(device), lens
 
 
@@ -112,9 +112,18 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens: int, *, cache: str = "quest", mode: str = "eager",
-             temperature: float = 0.0, top_k: int | None = None, pad_token_id: int = 0,
-             max_cache_len: int | None = None) -> GenerateResult:
+def generate(
+    model,
+    prompts,
+    max_new_tokens: int,
+    *,
+    cache: str = "quest",
+    mode: str = "eager",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    pad_token_id: int = 0,
+    max_cache_len: int | None = None,
+) -> GenerateResult:
     """Generate ``max_new_tokens`` per prompt (see module doc). The model must be on
     questkern attention (``enable_quest``) for ``cache="quest"`` and on ``"sdpa"`` for
     ``cache="sdpa"``."""
@@ -132,13 +141,17 @@ def generate(model, prompts, max_new_tokens: int, *, cache: str = "quest", mode:
     sample = _Sampler(temperature, top_k)
     device = next(model.parameters()).device
     if mode == "graph" and device.type != "cuda":
-        raise ValueError(f"mode='graph' needs the model on a CUDA device, it is on {device}; use mode='static' "
-                         "(the same step, run eagerly)")
+        raise ValueError(
+            f"mode='graph' needs the model on a CUDA device, it is on {device}; use mode='static' "
+            "(the same step, run eagerly)"
+        )
     impl = model.config._attn_implementation
     want = NAME if cache == "quest" else "sdpa"
     if impl != want:
-        raise ValueError(f"cache={cache!r} needs the model on {want!r} attention, it is on {impl!r}"
-                         + (" (call enable_quest(model, ...))" if cache == "quest" else " (disable_quest(model))"))
+        raise ValueError(
+            f"cache={cache!r} needs the model on {want!r} attention, it is on {impl!r}"
+            + (" (call enable_quest(model, ...))" if cache == "quest" else " (disable_quest(model))")
+        )
     ids, mask, lens = left_pad(prompts, pad_token_id, device)
     B, T = ids.shape
     cap = max_cache_len or (T + max_new_tokens)

@@ -81,8 +81,9 @@ class Tunable(Protocol):
         """The heuristic default config as a point (its parameters only)."""
         ...
 
-    def violation(self, bucket: BucketShape, params: dict, page_size: int, budget: int | None,
-                  num_sms: int) -> str | None:
+    def violation(
+        self, bucket: BucketShape, params: dict, page_size: int, budget: int | None, num_sms: int
+    ) -> str | None:
         """Why ``params`` cannot work or duplicates another point (pruned before compiling) on a
         device with ``num_sms`` SMs, or None."""
         ...
@@ -113,9 +114,13 @@ def pow2_range(lo: int, hi: int) -> tuple[int, ...]:
 
 
 # op name -> (module under questkern.ops, its description); the op names are those of the tables
-_TUNABLES = {"metadata": ("metadata", "TUNABLE"), "select": ("select", "TUNABLE"),
-             "sparse_decode": ("decode", "SPARSE"), "dense_decode": ("decode", "DENSE"),
-             "quest_step": ("step", "TUNABLE")}
+_TUNABLES = {
+    "metadata": ("metadata", "TUNABLE"),
+    "select": ("select", "TUNABLE"),
+    "sparse_decode": ("decode", "SPARSE"),
+    "dense_decode": ("decode", "DENSE"),
+    "quest_step": ("step", "TUNABLE"),
+}
 
 
 def tunable(op: str) -> Tunable:

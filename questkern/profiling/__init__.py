@@ -15,5 +15,16 @@ from questkern._nvtx import (
     trial_range,
 )
 
-__all__ = ["DOMAIN", "RANGE_NAMES", "RangeEvent", "annotate", "check_range_name", "nvtx_enabled", "nvtx_switched_on",
-           "record_ranges", "set_nvtx_enabled", "torch_ranges", "trial_range"]
+__all__ = [
+    "DOMAIN",
+    "RANGE_NAMES",
+    "RangeEvent",
+    "annotate",
+    "check_range_name",
+    "nvtx_enabled",
+    "nvtx_switched_on",
+    "record_ranges",
+    "set_nvtx_enabled",
+    "torch_ranges",
+    "trial_range",
+]

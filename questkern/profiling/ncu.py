@@ -42,8 +42,15 @@ def nvtx_include_filters(ranges: list[str], domain: str = DOMAIN) -> list[str]:
     return [f"{domain}@{check_range_name(r)}/" for r in ranges]
 
 
-def ncu_command(ncu: str, workload: list[str], export_base: str, ranges: list[str], *,
-                sections: tuple[str, ...] = NCU_SECTIONS, metrics: tuple[str, ...] = NCU_EXTRA_METRICS) -> list[str]:
+def ncu_command(
+    ncu: str,
+    workload: list[str],
+    export_base: str,
+    ranges: list[str],
+    *,
+    sections: tuple[str, ...] = NCU_SECTIONS,
+    metrics: tuple[str, ...] = NCU_EXTRA_METRICS,
+) -> list[str]:
     """``ncu --nvtx --nvtx-include ... --section ... --export BASE <workload>`` (writes BASE.ncu-rep)."""
     cmd = [ncu, "--nvtx"]
     for f in nvtx_include_filters(ranges):
@@ -75,8 +82,13 @@ def find_tool(name: str) -> str | None:
     hit = shutil.which(name)
     if hit:
         return hit
-    patterns = [f"/usr/local/cuda/bin/{name}", f"/usr/local/cuda-*/bin/{name}", f"/opt/nvidia/nsight-compute/*/{name}",
-                f"/opt/nvidia/nsight-systems/*/bin/{name}", f"/usr/local/cuda/nsight-compute-*/{name}"]
+    patterns = [
+        f"/usr/local/cuda/bin/{name}",
+        f"/usr/local/cuda-*/bin/{name}",
+        f"/opt/nvidia/nsight-compute/*/{name}",
+        f"/opt/nvidia/nsight-systems/*/bin/{name}",
+        f"/usr/local/cuda/nsight-compute-*/{name}",
+    ]
     for pat in patterns:
         for path in sorted(glob.glob(pat), reverse=True):
             if os.access(path, os.X_OK):
@@ -87,8 +99,10 @@ def find_tool(name: str) -> str | None:
 def diagnose_ncu(returncode: int, output: str) -> str | None:
     """Why an ncu run gave nothing usable, in one sentence; None when it looks fine."""
     if "ERR_NVGPUCTRPERM" in output:
-        return ("ncu cannot read the GPU performance counters (ERR_NVGPUCTRPERM): run as root, or load the driver "
-                "with NVreg_RestrictProfilingToAdminUsers=0")
+        return (
+            "ncu cannot read the GPU performance counters (ERR_NVGPUCTRPERM): run as root, or load the driver "
+            "with NVreg_RestrictProfilingToAdminUsers=0"
+        )
     if "No kernels were profiled" in output:
         return "ncu profiled no kernel: none matched the NVTX filter (is the questkern domain annotated? QUESTKERN_NVTX=0?)"
     if returncode != 0:

@@ -41,8 +41,10 @@ TOOLS = ("auto", "ncu", "torch")
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(f"--name must be 1-64 characters of letters, digits, '.', '_' or '-' "
-                         f"(starting with a letter or digit), got {name!r}")
+        raise ValueError(
+            f"--name must be 1-64 characters of letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), got {name!r}"
+        )
     return name
 
 
@@ -52,12 +54,33 @@ def workload_argv(shape: dict, *, python: str | None = None, extra: list[str] | 
     ``shape`` keys: seq_len, batch, q_heads, kv_heads, head_dim, dtype (bf16|fp16),
     page_size, budget, gqa_mode, mode, warmup, steps, append.
     """
-    argv = [python or sys.executable, "-m", "questkern.profiling.workload",
-            "--seq", str(shape["seq_len"]), "--batch", str(shape["batch"]),
-            "--heads", f"{shape['q_heads']}/{shape['kv_heads']}", "--head-dim", str(shape["head_dim"]),
-            "--dtype", shape["dtype"], "--page-size", str(shape["page_size"]), "--budget", str(shape["budget"]),
-            "--gqa-mode", shape["gqa_mode"], "--mode", shape["mode"],
-            "--warmup", str(shape["warmup"]), "--steps", str(shape["steps"])]
+    argv = [
+        python or sys.executable,
+        "-m",
+        "questkern.profiling.workload",
+        "--seq",
+        str(shape["seq_len"]),
+        "--batch",
+        str(shape["batch"]),
+        "--heads",
+        f"{shape['q_heads']}/{shape['kv_heads']}",
+        "--head-dim",
+        str(shape["head_dim"]),
+        "--dtype",
+        shape["dtype"],
+        "--page-size",
+        str(shape["page_size"]),
+        "--budget",
+        str(shape["budget"]),
+        "--gqa-mode",
+        shape["gqa_mode"],
+        "--mode",
+        shape["mode"],
+        "--warmup",
+        str(shape["warmup"]),
+        "--steps",
+        str(shape["steps"]),
+    ]
     if not shape.get("append", True):
         argv.append("--no-append")
     return argv + list(extra or [])
@@ -98,9 +121,18 @@ def _env_prefix() -> dict:
     return {k: os.environ[k] for k in ("PYTHONPATH", "QUESTKERN_NVTX") if k in os.environ}
 
 
-def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: str = "auto",
-                ncu: str | None = None, nsys: str | None = None, dry_run: bool = False,
-                invocation: str = "", echo=print) -> ProfileResult:
+def run_profile(
+    shape: dict,
+    *,
+    name: str,
+    root: Path = Path("profiles"),
+    tool: str = "auto",
+    ncu: str | None = None,
+    nsys: str | None = None,
+    dry_run: bool = False,
+    invocation: str = "",
+    echo=print,
+) -> ProfileResult:
     """Profile one decode-step workload; see the module docstring for what lands where."""
     import torch
 
@@ -180,26 +212,36 @@ def run_profile(shape: dict, *, name: str, root: Path = Path("profiles"), tool: 
             echo(f"NOTE: {result.reason}; using the PyTorch profiler (torch.profiler) instead of Nsight Compute")
         proc = subprocess.run(cmds["torch"], text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"the profiling workload failed with status {proc.returncode}: {shell_line(cmds['torch'])}")
+            raise RuntimeError(
+                f"the profiling workload failed with status {proc.returncode}: {shell_line(cmds['torch'])}"
+            )
         result.summary = out / "summary.csv"
 
-    lines = [f"# questkern profile '{name}' ({result.tool}), run from: {os.getcwd()}",
-             "# Every line below is rerunnable by hand from that folder.",
-             f"# this invocation:\n{invocation}" if invocation else "",
-             "# Nsight Compute: collect, then export the CSV that summary.csv is built from",
-             shell_line(cmds["ncu"], env), f"{shell_line(cmds['ncu_csv'])} > {shlex.quote(str(out / 'raw.csv'))}",
-             "# Nsight Systems timeline of the same workload (not run by questkern profile)",
-             shell_line(cmds["nsys"], env), shell_line(cmds["nsys_stats"]),
-             "# PyTorch profiler (the fallback without ncu): Chrome trace + summary.csv",
-             shell_line(cmds["torch"], env)]
+    lines = [
+        f"# questkern profile '{name}' ({result.tool}), run from: {os.getcwd()}",
+        "# Every line below is rerunnable by hand from that folder.",
+        f"# this invocation:\n{invocation}" if invocation else "",
+        "# Nsight Compute: collect, then export the CSV that summary.csv is built from",
+        shell_line(cmds["ncu"], env),
+        f"{shell_line(cmds['ncu_csv'])} > {shlex.quote(str(out / 'raw.csv'))}",
+        "# Nsight Systems timeline of the same workload (not run by questkern profile)",
+        shell_line(cmds["nsys"], env),
+        shell_line(cmds["nsys_stats"]),
+        "# PyTorch profiler (the fallback without ncu): Chrome trace + summary.csv",
+        shell_line(cmds["torch"], env),
+    ]
     if result.reason:
         lines.insert(1, f"# used {result.tool} because: {result.reason}")
     write_text_atomic(out / "command.txt", "\n".join(ln for ln in lines if ln) + "\n")
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"schema": "questkern.profile.meta"}
-    meta.update(name=name, tool=result.tool, fallback_reason=result.reason,
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                commands={k: shlex.join(v) for k, v in cmds.items()})
+    meta.update(
+        name=name,
+        tool=result.tool,
+        fallback_reason=result.reason,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        commands={k: shlex.join(v) for k, v in cmds.items()},
+    )
     write_json_atomic(meta_path, meta, default=str)
     echo(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return result

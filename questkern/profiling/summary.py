@@ -28,9 +28,25 @@ import re
 
 import pandas as pd
 
-SUMMARY_COLUMNS = ["tool", "kind", "basis", "op", "kernel", "calls", "duration_us", "exclusive_us", "per_step_us",
-                   "dram_gbps", "dram_pct_peak", "achieved_occupancy_pct", "registers_per_thread",
-                   "sm_throughput_pct", "memory_throughput_pct", "grid_size", "block_size"]
+SUMMARY_COLUMNS = [
+    "tool",
+    "kind",
+    "basis",
+    "op",
+    "kernel",
+    "calls",
+    "duration_us",
+    "exclusive_us",
+    "per_step_us",
+    "dram_gbps",
+    "dram_pct_peak",
+    "achieved_occupancy_pct",
+    "registers_per_thread",
+    "sm_throughput_pct",
+    "memory_throughput_pct",
+    "grid_size",
+    "block_size",
+]
 
 PREFIX = "questkern."
 
@@ -64,16 +80,36 @@ def _empty() -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- ncu
 
-_TIME_TO_US = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6, "s": 1e6}
-_BYTES = {"byte": 1, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "tbyte": 1e12, "kibyte": 1024, "mibyte": 1024 ** 2,
-          "gibyte": 1024 ** 3}
+_TIME_TO_US = {
+    "nsecond": 1e-3,
+    "ns": 1e-3,
+    "usecond": 1.0,
+    "us": 1.0,
+    "msecond": 1e3,
+    "ms": 1e3,
+    "second": 1e6,
+    "s": 1e6,
+}
+_BYTES = {
+    "byte": 1,
+    "kbyte": 1e3,
+    "mbyte": 1e6,
+    "gbyte": 1e9,
+    "tbyte": 1e12,
+    "kibyte": 1024,
+    "mibyte": 1024**2,
+    "gibyte": 1024**3,
+}
 
 # summary column -> candidate ncu metric names (first present wins; names changed across ncu versions)
 NCU_METRICS = {
     "duration": ["gpu__time_duration.sum"],
     "dram_read": ["dram__bytes_read.sum"],
     "dram_write": ["dram__bytes_write.sum"],
-    "dram_pct_peak": ["gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram__throughput.avg.pct_of_peak_sustained_elapsed"],
+    "dram_pct_peak": [
+        "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
+        "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+    ],
     "achieved_occupancy_pct": ["sm__warps_active.avg.pct_of_peak_sustained_active"],
     "registers_per_thread": ["launch__registers_per_thread"],
     "sm_throughput_pct": ["sm__throughput.avg.pct_of_peak_sustained_elapsed"],
@@ -152,9 +188,18 @@ def summarize_ncu(text: str, *, steps: int, mode: str = "quest") -> pd.DataFrame
         if c is not None:
             scale = _scale(units.get(c, "byte"), _BYTES) or 1.0
             nbytes = nbytes + df[c].map(_num) * scale
-    out["dram_gbps"] = (nbytes / (out["duration_us"] * 1e-6) / 1e9) if (col("dram_read") or col("dram_write")) else math.nan
-    for key in ("dram_pct_peak", "achieved_occupancy_pct", "registers_per_thread", "sm_throughput_pct",
-                "memory_throughput_pct", "grid_size", "block_size"):
+    out["dram_gbps"] = (
+        (nbytes / (out["duration_us"] * 1e-6) / 1e9) if (col("dram_read") or col("dram_write")) else math.nan
+    )
+    for key in (
+        "dram_pct_peak",
+        "achieved_occupancy_pct",
+        "registers_per_thread",
+        "sm_throughput_pct",
+        "memory_throughput_pct",
+        "grid_size",
+        "block_size",
+    ):
         c = col(key)
         out[key] = df[c].map(_num) if c is not None else math.nan
     nvtx_cols = [c for c in df.columns if "nvtx" in c.lower()]
@@ -168,13 +213,18 @@ def summarize_ncu(text: str, *, steps: int, mode: str = "quest") -> pd.DataFrame
         ops.append(op or kernel_op(k, mode))
     out["op"] = ops
     g = out.groupby(["op", "kernel"], sort=False)
-    summary = g.agg(calls=("duration_us", "size"), duration_us=("duration_us", "median"),
-                    dram_gbps=("dram_gbps", "median"), dram_pct_peak=("dram_pct_peak", "median"),
-                    achieved_occupancy_pct=("achieved_occupancy_pct", "median"),
-                    registers_per_thread=("registers_per_thread", "max"),
-                    sm_throughput_pct=("sm_throughput_pct", "median"),
-                    memory_throughput_pct=("memory_throughput_pct", "median"),
-                    grid_size=("grid_size", "max"), block_size=("block_size", "max")).reset_index()
+    summary = g.agg(
+        calls=("duration_us", "size"),
+        duration_us=("duration_us", "median"),
+        dram_gbps=("dram_gbps", "median"),
+        dram_pct_peak=("dram_pct_peak", "median"),
+        achieved_occupancy_pct=("achieved_occupancy_pct", "median"),
+        registers_per_thread=("registers_per_thread", "max"),
+        sm_throughput_pct=("sm_throughput_pct", "median"),
+        memory_throughput_pct=("memory_throughput_pct", "median"),
+        grid_size=("grid_size", "max"),
+        block_size=("block_size", "max"),
+    ).reset_index()
     summary["tool"], summary["kind"], summary["basis"] = "ncu", "kernel", "gpu"
     summary["exclusive_us"] = math.nan
     summary["per_step_us"] = summary["duration_us"] * summary["calls"] / steps
@@ -243,21 +293,47 @@ def summarize_torch_trace(trace: dict, *, steps: int, mode: str = "quest") -> pd
             s[1] += dur
             s[2] += dur - child
     for (name, basis), (n, incl, excl) in stats.items():
-        rows.append({"tool": "torch.profiler", "kind": "range", "basis": basis, "op": name[len(PREFIX):], "kernel": "",
-                     "calls": n, "duration_us": incl / n, "exclusive_us": excl / n, "per_step_us": excl / steps})
+        rows.append(
+            {
+                "tool": "torch.profiler",
+                "kind": "range",
+                "basis": basis,
+                "op": name[len(PREFIX) :],
+                "kernel": "",
+                "calls": n,
+                "duration_us": incl / n,
+                "exclusive_us": excl / n,
+                "per_step_us": excl / steps,
+            }
+        )
     # kernels: op from the innermost questkern GPU range containing them, else by name
     gpu_ranges = [e for e in ranges if e.get("cat") == "gpu_user_annotation"]
     kstats: dict = {}
     for k in kernels:
         t0, t1 = float(k["ts"]), float(k["ts"]) + float(k.get("dur", 0))
         inner = [r for r in gpu_ranges if float(r["ts"]) <= t0 and t1 <= float(r["ts"]) + float(r.get("dur", 0))]
-        op = min(inner, key=lambda r: float(r.get("dur", 0)))["name"][len(PREFIX):] if inner else kernel_op(k["name"], mode)
+        op = (
+            min(inner, key=lambda r: float(r.get("dur", 0)))["name"][len(PREFIX) :]
+            if inner
+            else kernel_op(k["name"], mode)
+        )
         s = kstats.setdefault((op, k["name"]), [0, 0.0])
         s[0] += 1
         s[1] += float(k.get("dur", 0))
     for (op, name), (n, tot) in kstats.items():
-        rows.append({"tool": "torch.profiler", "kind": "kernel", "basis": "gpu", "op": op, "kernel": name, "calls": n,
-                     "duration_us": tot / n, "exclusive_us": math.nan, "per_step_us": tot / steps})
+        rows.append(
+            {
+                "tool": "torch.profiler",
+                "kind": "kernel",
+                "basis": "gpu",
+                "op": op,
+                "kernel": name,
+                "calls": n,
+                "duration_us": tot / n,
+                "exclusive_us": math.nan,
+                "per_step_us": tot / steps,
+            }
+        )
     if not rows:
         return _empty()
     return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)

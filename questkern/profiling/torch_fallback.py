@@ -15,8 +15,9 @@ from questkern._nvtx import torch_ranges
 from questkern.profiling.summary import filter_trace, summarize_torch_trace
 
 
-def profile_steps(run: Callable[[], None], out_dir: str | os.PathLike, *, steps: int, cuda: bool,
-                  mode: str = "quest") -> Path:
+def profile_steps(
+    run: Callable[[], None], out_dir: str | os.PathLike, *, steps: int, cuda: bool, mode: str = "quest"
+) -> Path:
     """Run ``run()`` (which performs ``steps`` decode steps and synchronizes) under torch.profiler.
 
     Writes ``out_dir/trace.json`` (Chrome trace: open in chrome://tracing or Perfetto) and
@@ -41,6 +42,8 @@ def profile_steps(run: Callable[[], None], out_dir: str | os.PathLike, *, steps:
     write_text_atomic(out_dir / "trace.json", json.dumps(filtered))
     summary = summarize_torch_trace(filtered, steps=steps, mode=mode)
     if summary.empty:
-        raise RuntimeError("torch.profiler recorded no questkern range: was annotation reached? "
-                           "(questkern.profiling.torch_ranges mirrors annotate() calls)")
+        raise RuntimeError(
+            "torch.profiler recorded no questkern range: was annotation reached? "
+            "(questkern.profiling.torch_ranges mirrors annotate() calls)"
+        )
     return write_csv_atomic(out_dir / "summary.csv", summary)

@@ -36,22 +36,41 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     from questkern._shapes import add_shape_args
 
     add_shape_args(p, lists=(), defaults={"seq": "32768", "batch": "1", "heads": "32/32"})
-    p.add_argument("--mode", choices=["quest", "dense"], default="quest",
-                   help="quest: select + sparse decode; dense: the in-house dense decode (default quest)")
+    p.add_argument(
+        "--mode",
+        choices=["quest", "dense"],
+        default="quest",
+        help="quest: select + sparse decode; dense: the in-house dense decode (default quest)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="un-annotated warm-up steps (default 2)")
     p.add_argument("--steps", type=int, default=3, help="annotated, profiled steps (default 3)")
-    p.add_argument("--no-append", dest="append", action="store_false",
-                   help="do not append a token (metadata update) before each step")
+    p.add_argument(
+        "--no-append",
+        dest="append",
+        action="store_false",
+        help="do not append a token (metadata update) before each step",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def shape_dict(args) -> dict:
     """The workload's shape as plain JSON values."""
     hq, hkv = args.heads
-    return {"seq_len": args.seq, "batch": args.batch, "q_heads": hq, "kv_heads": hkv, "head_dim": args.head_dim,
-            "dtype": short_name(args.dtype), "page_size": args.page_size,
-            "budget": args.budget if args.mode == "quest" else None, "gqa_mode": args.gqa_mode, "mode": args.mode,
-            "warmup": args.warmup, "steps": args.steps, "append": args.append}
+    return {
+        "seq_len": args.seq,
+        "batch": args.batch,
+        "q_heads": hq,
+        "kv_heads": hkv,
+        "head_dim": args.head_dim,
+        "dtype": short_name(args.dtype),
+        "page_size": args.page_size,
+        "budget": args.budget if args.mode == "quest" else None,
+        "gqa_mode": args.gqa_mode,
+        "mode": args.mode,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "append": args.append,
+    }
 
 
 def validate(args) -> None:
@@ -77,12 +96,26 @@ class ProfiledDecode:
         hq, hkv = args.heads
         B, D, L = args.batch, args.head_dim, args.seq
         capacity = L + args.warmup + args.steps
-        self.cache = PagedKVCache(B, capacity, hkv, D, page_size=args.page_size, dtype=args.dtype,
-                                  device=self.device, shuffle=True, seed=args.seed)
+        self.cache = PagedKVCache(
+            B,
+            capacity,
+            hkv,
+            D,
+            page_size=args.page_size,
+            dtype=args.dtype,
+            device=self.device,
+            shuffle=True,
+            seed=args.seed,
+        )
         gen = torch.Generator(device=self.device).manual_seed(args.seed)
-        prefill_chunked(self.cache, [L] * B, lambda shape: (
-            torch.randn(shape, generator=gen, device=self.device).to(args.dtype),
-            torch.randn(shape, generator=gen, device=self.device).to(args.dtype)))
+        prefill_chunked(
+            self.cache,
+            [L] * B,
+            lambda shape: (
+                torch.randn(shape, generator=gen, device=self.device).to(args.dtype),
+                torch.randn(shape, generator=gen, device=self.device).to(args.dtype),
+            ),
+        )
         self.q = torch.randn(B, hq, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hq, D]
         self.k_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)  # [B, Hkv, D]
         self.v_new = torch.randn(B, hkv, D, generator=gen, device=self.device).to(args.dtype)
@@ -117,8 +150,15 @@ def device_meta() -> dict:
 
     from questkern.configs.gpus import current_gpu_key
 
-    meta = {"gpu": current_gpu_key(), "gpu_name": "cpu (Triton interpreter)", "driver": "", "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda or "", "python": platform.python_version()}
+    meta = {
+        "gpu": current_gpu_key(),
+        "gpu_name": "cpu (Triton interpreter)",
+        "driver": "",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda or "",
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         meta["gpu_name"] = torch.cuda.get_device_name()
         try:
@@ -133,8 +173,13 @@ def device_meta() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m questkern.profiling.workload", description=__doc__.splitlines()[0])
     add_workload_args(p)
-    p.add_argument("--torch-trace", type=Path, default=None, metavar="DIR",
-                   help="profile the steps with torch.profiler; write DIR/trace.json and DIR/summary.csv")
+    p.add_argument(
+        "--torch-trace",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile the steps with torch.profiler; write DIR/trace.json and DIR/summary.csv",
+    )
     p.add_argument("--meta", type=Path, default=None, metavar="PATH", help="write what ran as JSON to PATH")
     args = p.parse_args(argv)
     validate(args)
@@ -155,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch_trace is not None:
         from questkern.profiling.torch_fallback import profile_steps
 
-        profile_steps(lambda: run_steps(w, args.steps), args.torch_trace, steps=args.steps,
-                      cuda=w.device.type == "cuda", mode=args.mode)
+        profile_steps(
+            lambda: run_steps(w, args.steps),
+            args.torch_trace,
+            steps=args.steps,
+            cuda=w.device.type == "cuda",
+            mode=args.mode,
+        )
     else:
         run_steps(w, args.steps)
 
@@ -164,10 +214,20 @@ def main(argv: list[str] | None = None) -> int:
         from questkern._io import write_json_atomic
 
         pl = w.plan
-        meta = {"schema": "questkern.profile.meta", "version": WORKLOAD_VERSION, "shape": shape_dict(args),
-                "plan": {"k_pages": pl.k_pages, "num_splits": pl.num_splits, "sources": pl.sources,
-                         "select_config": repr(pl.select_config), "decode_config": repr(pl.decode_config)},
-                "device": device_meta(), "nvtx": {"switched_on": user_switch, "tool_attached": nvtx.nvtx_enabled()}}
+        meta = {
+            "schema": "questkern.profile.meta",
+            "version": WORKLOAD_VERSION,
+            "shape": shape_dict(args),
+            "plan": {
+                "k_pages": pl.k_pages,
+                "num_splits": pl.num_splits,
+                "sources": pl.sources,
+                "select_config": repr(pl.select_config),
+                "decode_config": repr(pl.decode_config),
+            },
+            "device": device_meta(),
+            "nvtx": {"switched_on": user_switch, "tool_attached": nvtx.nvtx_enabled()},
+        }
         write_json_atomic(args.meta, meta, default=str)
     return 0
 

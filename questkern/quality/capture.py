@@ -45,8 +45,14 @@ class E2EConfig:
         adaptive = None
         if self.policy == "adaptive":
             adaptive = AdaptiveBudget(self.threshold, self.min_budget, self.max_budget, self.temperature or 1.0)
-        return QuestAttention(budget=self.budget, page_size=self.page_size, dense_layers=dense_layers,
-                              gqa_mode=self.gqa_mode, aggregate=self.aggregate, adaptive=adaptive)
+        return QuestAttention(
+            budget=self.budget,
+            page_size=self.page_size,
+            dense_layers=dense_layers,
+            gqa_mode=self.gqa_mode,
+            aggregate=self.aggregate,
+            adaptive=adaptive,
+        )
 
     def label(self) -> str:
         if self.policy == "dense":
@@ -94,8 +100,9 @@ def decode(model, cache, prefix_len: int, feed: list[int], gen_tokens: int) -> l
     i = 0
     while True:
         tok = tokens[i] if i < len(tokens) else out[-1]
-        logits = model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]), cache=cache,
-                       use_cache=True).logits[0, -1]
+        logits = model(
+            input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]), cache=cache, use_cache=True
+        ).logits[0, -1]
         pos += 1
         i += 1
         if i >= len(tokens):
@@ -147,13 +154,19 @@ def _decode_runs(model, tokenizer, prompt, e2e, dense_layers, log, cache, S0, t0
     q = torch.stack([torch.stack([steps[l][t] for l in range(L)]) for t in range(T)])  # [T, L, Hq, D]
     k = torch.stack([cache.layers[l].keys[0] for l in range(L)])  # [L, Hkv, S, D]
     v = torch.stack([cache.layers[l].values[0] for l in range(L)])
-    info = prompt.info() | {"prefix_len": S0, "model": getattr(cfg_model, "_name_or_path", "") or "model",
-                            "sm_scale": 1.0 / cfg_model.head_dim ** 0.5, "dense_answer": tokenizer.decode(gen),
-                            "prefill_s": round(t_prefill, 2)}
+    info = prompt.info() | {
+        "prefix_len": S0,
+        "model": getattr(cfg_model, "_name_or_path", "") or "model",
+        "sm_scale": 1.0 / cfg_model.head_dim**0.5,
+        "dense_answer": tokenizer.decode(gen),
+        "prefill_s": round(t_prefill, 2),
+    }
     trace = Trace(q, k[:, :, : S0 + T], v[:, :, : S0 + T], info)
     settings.on_query = None
-    log(f"  {prompt.name}: {len(ids)} tokens, prefill {t_prefill:.1f}s, dense decode {t_dense:.1f}s"
-        + (f", answer {passkey_answer(info['dense_answer'])!r} (key {prompt.key})" if prompt.kind == "passkey" else ""))
+    log(
+        f"  {prompt.name}: {len(ids)} tokens, prefill {t_prefill:.1f}s, dense decode {t_dense:.1f}s"
+        + (f", answer {passkey_answer(info['dense_answer'])!r} (key {prompt.key})" if prompt.kind == "passkey" else "")
+    )
 
     rows = []
     if prompt.kind != "passkey":
@@ -168,15 +181,29 @@ def _decode_runs(model, tokenizer, prompt, e2e, dense_layers, log, cache, S0, t0
             text = tokenizer.decode(decode(model, cache, S0, ids[S0:], prompt.gen_tokens))
             secs = time.time() - t2
         ans = passkey_answer(text)
-        rows.append({
-            "prompt": prompt.name, "context": len(ids), "depth": prompt.depth, "policy": c.policy,
-            "page_size": c.page_size if c.policy != "dense" else None, "budget": c.budget,
-            "gqa_mode": c.gqa_mode if c.policy != "dense" else None,
-            "aggregate": c.aggregate if c.policy != "dense" and c.gqa_mode == "shared" else None,
-            "threshold": c.threshold, "min_budget": c.min_budget, "max_budget": c.max_budget, "temperature": c.temperature,
-            "dense_layers": dense_layers, "config": c.label(), "expected": prompt.key, "answer": ans,
-            "generated": text, "correct": int(ans == prompt.key), "decode_s": round(secs, 2),
-        })
+        rows.append(
+            {
+                "prompt": prompt.name,
+                "context": len(ids),
+                "depth": prompt.depth,
+                "policy": c.policy,
+                "page_size": c.page_size if c.policy != "dense" else None,
+                "budget": c.budget,
+                "gqa_mode": c.gqa_mode if c.policy != "dense" else None,
+                "aggregate": c.aggregate if c.policy != "dense" and c.gqa_mode == "shared" else None,
+                "threshold": c.threshold,
+                "min_budget": c.min_budget,
+                "max_budget": c.max_budget,
+                "temperature": c.temperature,
+                "dense_layers": dense_layers,
+                "config": c.label(),
+                "expected": prompt.key,
+                "answer": ans,
+                "generated": text,
+                "correct": int(ans == prompt.key),
+                "decode_s": round(secs, 2),
+            }
+        )
     ok = sum(r["correct"] for r in rows[1:])
     log(f"    quest configs correct: {ok}/{len(rows) - 1} ({time.time() - t0:.0f}s in all)")
     enable_quest(model, QuestAttention(budget=None, dense_layers=dense_layers))
@@ -191,9 +218,19 @@ def default_depths(context: int) -> tuple[float, ...]:
     return (0.1, 0.5, 0.9)
 
 
-def capture_all(trace_dir, passkey_csv, *, contexts=DEFAULT_CONTEXTS, depths=None, texts_per_context: int = 1,
-                e2e: list[E2EConfig] | None = None, dense_layers: int = 2, threads: int | None = None,
-                skip_existing: bool = True, log=print) -> list[dict]:
+def capture_all(
+    trace_dir,
+    passkey_csv,
+    *,
+    contexts=DEFAULT_CONTEXTS,
+    depths=None,
+    texts_per_context: int = 1,
+    e2e: list[E2EConfig] | None = None,
+    dense_layers: int = 2,
+    threads: int | None = None,
+    skip_existing: bool = True,
+    log=print,
+) -> list[dict]:
     """Capture every trace (and run the end-to-end passkey configs) for the study.
 
     Traces go to ``trace_dir`` (one file each); end-to-end rows to ``passkey_csv``
@@ -216,7 +253,7 @@ def capture_all(trace_dir, passkey_csv, *, contexts=DEFAULT_CONTEXTS, depths=Non
     log(f"model loaded in {time.time() - t0:.0f}s; {len(e2e)} end-to-end configs per passkey prompt")
     prompts = []
     for ctx in contexts:
-        for d in (depths or default_depths(ctx)):
+        for d in depths or default_depths(ctx):
             prompts.append(passkey_prompt(tok, ctx, d))
         for s in range(texts_per_context):
             prompts.append(text_prompt(tok, ctx, seed=s))
@@ -236,5 +273,8 @@ def capture_all(trace_dir, passkey_csv, *, contexts=DEFAULT_CONTEXTS, depths=Non
         if rows:
             both = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
             write_csv_atomic(passkey_csv, both.drop_duplicates(["prompt", "config"], keep="last"), float_format="%.6g")
-    log(f"captured {len(prompts)} prompts in {time.time() - t0:.0f}s -> {trace_dir}" + (f", {passkey_csv}" if rows else ""))
+    log(
+        f"captured {len(prompts)} prompts in {time.time() - t0:.0f}s -> {trace_dir}"
+        + (f", {passkey_csv}" if rows else "")
+    )
     return rows

@@ -35,8 +35,18 @@ def recall_vs_budget(recall: pd.DataFrame) -> go.Figure:
     for i, P in enumerate(sizes, 1):
         for (kind, ctx), g in d[d["page_size"] == P].groupby(["kind", "context"]):
             g = g.sort_values("param")
-            fig.add_trace(go.Scatter(x=g["param"], y=g["recall_mean"], mode="lines+markers", name=f"{kind} {ctx}",
-                                     legendgroup=f"{kind}{ctx}", showlegend=i == 1), row=1, col=i)
+            fig.add_trace(
+                go.Scatter(
+                    x=g["param"],
+                    y=g["recall_mean"],
+                    mode="lines+markers",
+                    name=f"{kind} {ctx}",
+                    legendgroup=f"{kind}{ctx}",
+                    showlegend=i == 1,
+                ),
+                row=1,
+                col=i,
+            )
         fig.update_xaxes(type="log", title_text="budget (tokens)", row=1, col=i)
     fig.update_yaxes(title_text="attention recall (mean)", row=1, col=1)
     fig.update_layout(title="Recall vs budget per page size (shared-sum selection, fp32 metadata, layers >= 2)")
@@ -52,12 +62,27 @@ def policies_vs_tokens(recall: pd.DataFrame, page_size: int = 16) -> go.Figure:
         for (kind, ctx, T), g in sub.groupby(["kind", "context", sub["temperature"].fillna(0)]):
             g = g.sort_values("tokens_mean")
             name = f"{pol}{f' T={T:g}' if T else ''} {kind} {ctx}"
-            fig.add_trace(go.Scatter(x=g["tokens_mean"], y=g["recall_mean"], mode="lines+markers", line=dict(dash=dash),
-                                     name=name, hovertext=[f"param {p:g}" for p in g["param"]]))
+            fig.add_trace(
+                go.Scatter(
+                    x=g["tokens_mean"],
+                    y=g["recall_mean"],
+                    mode="lines+markers",
+                    line=dict(dash=dash),
+                    name=name,
+                    hovertext=[f"param {p:g}" for p in g["param"]],
+                )
+            )
     for (kind, ctx), g in d[d["policy"] == "oracle"].groupby(["kind", "context"]):
         g = g.sort_values("tokens_mean")
-        fig.add_trace(go.Scatter(x=g["tokens_mean"], y=g["recall_mean"], mode="lines", line=dict(dash="longdashdot", width=1),
-                                 name=f"oracle {kind} {ctx}"))
+        fig.add_trace(
+            go.Scatter(
+                x=g["tokens_mean"],
+                y=g["recall_mean"],
+                mode="lines",
+                line=dict(dash="longdashdot", width=1),
+                name=f"oracle {kind} {ctx}",
+            )
+        )
     fig.update_xaxes(type="log", title_text="tokens attended per selection row (mean)")
     fig.update_yaxes(title_text="attention recall (mean)")
     fig.update_layout(title=f"Fixed vs proportional vs adaptive budget, page {page_size}")
@@ -71,8 +96,15 @@ def gqa_and_meta(recall: pd.DataFrame, page_size: int = 16) -> go.Figure:
     for (mode, agg, meta), g in d.groupby([d["gqa_mode"], d["aggregate"].fillna(""), d["meta"]]):
         g = g.groupby("param", as_index=False)[["read_frac_mean", "recall_mean"]].mean().sort_values("param")
         name = mode + (f"-{agg}" if agg else "") + f" {meta}"
-        fig.add_trace(go.Scatter(x=g["read_frac_mean"], y=g["recall_mean"], mode="lines+markers", name=name,
-                                 hovertext=[f"budget {int(b)}" for b in g["param"]]))
+        fig.add_trace(
+            go.Scatter(
+                x=g["read_frac_mean"],
+                y=g["recall_mean"],
+                mode="lines+markers",
+                name=name,
+                hovertext=[f"budget {int(b)}" for b in g["param"]],
+            )
+        )
     fig.update_xaxes(type="log", title_text="K/V bytes read / dense (mean over contexts)")
     fig.update_yaxes(title_text="attention recall (mean)")
     fig.update_layout(title=f"GQA selection modes and metadata types, page {page_size}, fixed budgets")
@@ -85,10 +117,16 @@ def recall_by_layer(layers: pd.DataFrame, budget: int = 256) -> go.Figure:
     ctx = d["context"].max()
     d = d[d["context"] == ctx].groupby(["layer", "head"], as_index=False)["recall_mean"].mean()
     z = d.pivot(index="head", columns="layer", values="recall_mean")
-    fig = go.Figure(go.Heatmap(z=z.values, x=z.columns, y=z.index, colorscale="Viridis", zmin=0, zmax=1,
-                               colorbar=dict(title="recall")))
-    fig.update_layout(title=f"Recall per layer and head, budget {budget}, page 16, context {ctx}",
-                      xaxis_title="layer", yaxis_title="query head")
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.values, x=z.columns, y=z.index, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="recall")
+        )
+    )
+    fig.update_layout(
+        title=f"Recall per layer and head, budget {budget}, page 16, context {ctx}",
+        xaxis_title="layer",
+        yaxis_title="query head",
+    )
     return fig
 
 
@@ -99,22 +137,42 @@ def passkey_accuracy(passkey: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for target, g in d.groupby("target"):
         fig.add_trace(go.Bar(x=g["config"], y=g["correct"], name=f"context {target}"))
-    fig.update_layout(title="Passkey accuracy, greedy generation (Quest on layers >= 2 vs dense)", barmode="group",
-                      yaxis=dict(title="accuracy", range=[0, 1.05]))
+    fig.update_layout(
+        title="Passkey accuracy, greedy generation (Quest on layers >= 2 vs dense)",
+        barmode="group",
+        yaxis=dict(title="accuracy", range=[0, 1.05]),
+    )
     return fig
 
 
 def suite_accuracy(acc: pd.DataFrame, name: str = "") -> go.Figure:
     """Suite accuracy per variant, one panel per (task, context), dense as the first bar."""
     keys = list(acc.groupby(["task", "context"], sort=False).groups)
-    fig = make_subplots(rows=len(keys) or 1, cols=1, subplot_titles=[f"{t} {c} (prompts: {int(acc[(acc.task == t) & (acc.context == c)].prompts.max())})"
-                                                                     for t, c in keys])
+    fig = make_subplots(
+        rows=len(keys) or 1,
+        cols=1,
+        subplot_titles=[
+            f"{t} {c} (prompts: {int(acc[(acc.task == t) & (acc.context == c)].prompts.max())})" for t, c in keys
+        ],
+    )
     for i, (t, c) in enumerate(keys, 1):
         g = acc[(acc["task"] == t) & (acc["context"] == c)]
-        fig.add_trace(go.Bar(x=g["variant"], y=g["accuracy"], name=f"{t} {c}", showlegend=False,
-                             marker_color=["#444" if v == "dense" else "#1f77b4" for v in g["variant"]]), row=i, col=1)
+        fig.add_trace(
+            go.Bar(
+                x=g["variant"],
+                y=g["accuracy"],
+                name=f"{t} {c}",
+                showlegend=False,
+                marker_color=["#444" if v == "dense" else "#1f77b4" for v in g["variant"]],
+            ),
+            row=i,
+            col=1,
+        )
         fig.update_yaxes(range=[0, 1.05], title_text="accuracy", row=i, col=1)
-    fig.update_layout(title=f"Quality suite {name}: greedy answers on varied filler, variants vs dense", height=320 * max(1, len(keys)))
+    fig.update_layout(
+        title=f"Quality suite {name}: greedy answers on varied filler, variants vs dense",
+        height=320 * max(1, len(keys)),
+    )
     return fig
 
 
@@ -130,13 +188,18 @@ def suite_heads(layers: pd.DataFrame, kept: pd.DataFrame | None = None) -> go.Fi
     for i, (t, c) in enumerate(keys, 1):
         g = layers[(layers["task"] == t) & (layers["context"] == c)]
         z = g.pivot_table(index="kv_head", columns="layer", values="needle_mass_mean")
-        fig.add_trace(go.Heatmap(z=z.to_numpy(), x=list(z.columns), y=list(z.index), coloraxis="coloraxis"), row=i, col=1)
+        fig.add_trace(
+            go.Heatmap(z=z.to_numpy(), x=list(z.columns), y=list(z.index), coloraxis="coloraxis"), row=i, col=1
+        )
         if kept is not None:
             k = kept[(kept["task"] == t) & (kept["context"] == c)]
             fig.add_trace(go.Bar(x=k["variant"], y=k["needle_all_kept"], showlegend=False), row=i, col=2)
             fig.update_yaxes(range=[0, 1.05], row=i, col=2)
-    fig.update_layout(title="Head diagnostics: where dense attention reads the needle, and which selections keep it",
-                      coloraxis=dict(colorscale="Viridis"), height=340 * max(1, len(keys)))
+    fig.update_layout(
+        title="Head diagnostics: where dense attention reads the needle, and which selections keep it",
+        coloraxis=dict(colorscale="Viridis"),
+        height=340 * max(1, len(keys)),
+    )
     return fig
 
 
@@ -147,8 +210,11 @@ def quality_figures(data_dir: str | Path = "reports/data") -> list[tuple[str, go
     rp, lp, pp = (data_dir / f"quality_{n}.csv" for n in ("recall", "layers", "passkey"))
     if rp.exists():
         r = pd.read_csv(rp)
-        out += [("Recall vs budget", recall_vs_budget(r)), ("Fixed vs adaptive budget", policies_vs_tokens(r)),
-                ("GQA modes and metadata", gqa_and_meta(r))]
+        out += [
+            ("Recall vs budget", recall_vs_budget(r)),
+            ("Fixed vs adaptive budget", policies_vs_tokens(r)),
+            ("GQA modes and metadata", gqa_and_meta(r)),
+        ]
     if lp.exists():
         out.append(("Recall per layer and head", recall_by_layer(pd.read_csv(lp))))
     if pp.exists():
@@ -158,5 +224,7 @@ def quality_figures(data_dir: str | Path = "reports/data") -> list[tuple[str, go
         out.append((f"Quality suite {name}", suite_accuracy(pd.read_csv(ap), name)))
         lp2, kp = data_dir / "quality" / f"{name}_heads_layers.csv", data_dir / "quality" / f"{name}_heads_kept.csv"
         if lp2.exists():
-            out.append((f"Head diagnostics {name}", suite_heads(pd.read_csv(lp2), pd.read_csv(kp) if kp.exists() else None)))
+            out.append(
+                (f"Head diagnostics {name}", suite_heads(pd.read_csv(lp2), pd.read_csv(kp) if kp.exists() else None))
+            )
     return out

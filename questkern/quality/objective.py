@@ -31,8 +31,9 @@ def _traces(trace_dir: str | None, max_len: int | None) -> tuple[Trace, ...]:
 
 
 @lru_cache(maxsize=32)
-def _curves(trace_dir: str | None, max_len: int | None, page_size: int, gqa_mode: str, aggregate: str,
-            dense_layers: int) -> tuple[torch.Tensor, ...]:
+def _curves(
+    trace_dir: str | None, max_len: int | None, page_size: int, gqa_mode: str, aggregate: str, dense_layers: int
+) -> tuple[torch.Tensor, ...]:
     """Recall curves [Hq, n] per (trace, layer, step) sample."""
     out = []
     for tr in _traces(trace_dir, max_len):
@@ -50,8 +51,16 @@ def _curves(trace_dir: str | None, max_len: int | None, page_size: int, gqa_mode
     return tuple(out)
 
 
-def objective(page_size: int, budget: int, gqa_mode: str = "shared", aggregate: str = "sum", *,
-              trace_dir: str | Path | None = None, max_len: int | None = None, dense_layers: int = 2) -> float:
+def objective(
+    page_size: int,
+    budget: int,
+    gqa_mode: str = "shared",
+    aggregate: str = "sum",
+    *,
+    trace_dir: str | Path | None = None,
+    max_len: int | None = None,
+    dense_layers: int = 2,
+) -> float:
     """Mean attention recall in [0, 1] of fixed-budget Quest selection on cached traces.
 
     max_len: only traces of at most this many tokens (faster; None = all).
@@ -61,8 +70,14 @@ def objective(page_size: int, budget: int, gqa_mode: str = "shared", aggregate: 
     V.check_choice("gqa_mode", gqa_mode, V.GQA_MODES)
     V.check_choice("aggregate", aggregate, V.AGGREGATES)
     k_pages = -(-budget // page_size)
-    curves = _curves(str(trace_dir) if trace_dir else None, max_len, page_size, gqa_mode,
-                     aggregate if gqa_mode == "shared" else "sum", dense_layers)
+    curves = _curves(
+        str(trace_dir) if trace_dir else None,
+        max_len,
+        page_size,
+        gqa_mode,
+        aggregate if gqa_mode == "shared" else "sum",
+        dense_layers,
+    )
     if not curves:
         raise ValueError(f"no samples: every trace has <= dense_layers={dense_layers} layers")
     total, count = 0.0, 0

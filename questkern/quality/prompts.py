@@ -16,8 +16,10 @@ import inspect
 import random
 from dataclasses import asdict, dataclass, field
 
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the important information there.\n")
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there.\n"
+)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
@@ -25,11 +27,52 @@ PASSKEY_TAIL = 4  # " pass key is" of the question goes through decode steps
 ANSWER_TOKENS = 6  # " " + five digits (SmolLM2's tokenizer splits digits)
 
 TEXT_MODULES = [
-    "collections", "functools", "itertools", "pathlib", "argparse", "json", "re", "string", "textwrap",
-    "subprocess", "threading", "logging", "unittest", "typing", "dataclasses", "inspect", "os", "shutil",
-    "tarfile", "zipfile", "email.message", "http.client", "urllib.request", "asyncio", "socket", "sqlite3",
-    "csv", "datetime", "decimal", "fractions", "random", "statistics", "heapq", "bisect", "contextlib",
-    "enum", "abc", "io", "pickle", "copy", "pprint", "difflib", "tempfile", "glob", "fnmatch", "calendar",
+    "collections",
+    "functools",
+    "itertools",
+    "pathlib",
+    "argparse",
+    "json",
+    "re",
+    "string",
+    "textwrap",
+    "subprocess",
+    "threading",
+    "logging",
+    "unittest",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "os",
+    "shutil",
+    "tarfile",
+    "zipfile",
+    "email.message",
+    "http.client",
+    "urllib.request",
+    "asyncio",
+    "socket",
+    "sqlite3",
+    "csv",
+    "datetime",
+    "decimal",
+    "fractions",
+    "random",
+    "statistics",
+    "heapq",
+    "bisect",
+    "contextlib",
+    "enum",
+    "abc",
+    "io",
+    "pickle",
+    "copy",
+    "pprint",
+    "difflib",
+    "tempfile",
+    "glob",
+    "fnmatch",
+    "calendar",
 ]
 
 
@@ -73,8 +116,9 @@ def passkey_prompt(tokenizer, target: int, depth: float, seed: int = 0) -> Promp
         reps -= 1
     start = len(enc(pre))
     span = (start, start + len(enc(NEEDLE.format(key=key))))
-    return Prompt(f"passkey-{target}-d{depth:.2f}-s{seed}", "passkey", target, ids, PASSKEY_TAIL, ANSWER_TOKENS,
-                  depth, key, span)
+    return Prompt(
+        f"passkey-{target}-d{depth:.2f}-s{seed}", "passkey", target, ids, PASSKEY_TAIL, ANSWER_TOKENS, depth, key, span
+    )
 
 
 def natural_text(n_chars: int, start: int = 0) -> str:
@@ -83,7 +127,7 @@ def natural_text(n_chars: int, start: int = 0) -> str:
 
     parts: list[str] = []
     total = 0
-    mods = TEXT_MODULES[start % len(TEXT_MODULES):] + TEXT_MODULES[: start % len(TEXT_MODULES)]
+    mods = TEXT_MODULES[start % len(TEXT_MODULES) :] + TEXT_MODULES[: start % len(TEXT_MODULES)]
     for name in mods * 4:
         mod = importlib.import_module(name)
         docs = [inspect.getdoc(mod) or ""]

@@ -63,7 +63,9 @@ class Variant:
     name: str = field(default="", compare=False)
 
     def __post_init__(self):
-        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0):
+        if self.budget is not None and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0
+        ):
             raise ValueError(f"budget must be a positive int or None, got {self.budget!r}")
         if self.page_size not in (4, 8, 16, 32, 64):
             raise ValueError(f"page_size must be one of 4, 8, 16, 32, 64, got {self.page_size!r}")
@@ -88,8 +90,10 @@ class Variant:
                 raise ValueError(f"drift must be a cosine threshold, a float in [-1, 1], got {d!r}")
             object.__setattr__(self, "drift", float(d))
             if e == 1:
-                raise ValueError("drift with reselect_every=1 re-selects every step anyway: "
-                                 "pass reselect_every=None (no age limit) or an int > 1")
+                raise ValueError(
+                    "drift with reselect_every=1 re-selects every step anyway: "
+                    "pass reselect_every=None (no age limit) or an int > 1"
+                )
         elif e is None:
             raise ValueError("reselect_every=None (no age limit) needs drift; without drift pass a positive int")
         if not self.name:
@@ -110,7 +114,9 @@ class Variant:
     def label(self) -> str:
         if self.dense:
             return "dense"
-        s = f"p{self.page_size} b{self.budget} " + ("per_head" if self.gqa_mode == "per_head" else f"shared-{self.aggregate}")
+        s = f"p{self.page_size} b{self.budget} " + (
+            "per_head" if self.gqa_mode == "per_head" else f"shared-{self.aggregate}"
+        )
         if self.sub_page:
             s += f" sub{self.sub_page}"
         if self.sinks:
@@ -160,10 +166,15 @@ def parse_variant(name: str) -> Variant:
             except ValueError:
                 raise ValueError(f"not a variant label: {name!r} (drift needs a number: {tok!r})") from None
             continue
-        for key, attr in (("sub", "sub_page"), ("sink", "sinks"), ("recent", "recent"), ("rerank", "rerank"),
-                          ("every", "reselect_every")):
-            if tok.startswith(key) and tok[len(key):].isdigit():
-                kw[attr] = int(tok[len(key):])
+        for key, attr in (
+            ("sub", "sub_page"),
+            ("sink", "sinks"),
+            ("recent", "recent"),
+            ("rerank", "rerank"),
+            ("every", "reselect_every"),
+        ):
+            if tok.startswith(key) and tok[len(key) :].isdigit():
+                kw[attr] = int(tok[len(key) :])
                 break
         else:
             if tok.startswith("dense") and all(x.isdigit() for x in tok[5:].split("-")):
@@ -284,7 +295,9 @@ def token_mask(sel: torch.Tensor, num_q_heads: int, page_size: int, S: int) -> t
     return m.repeat_interleave(page_size, dim=1)[:, :S]
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, vv: torch.Tensor, tmask: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, vv: torch.Tensor, tmask: torch.Tensor | None, sm_scale: float
+) -> torch.Tensor:
     """Softmax attention restricted to ``tmask`` [Hq, S] (None = dense). q [Hq, D], k/vv [Hkv, S, D] -> [Hq, D] float32."""
     Hq, D = q.shape
     Hkv = k.shape[0]
@@ -327,8 +340,9 @@ class ReuseState:
     mask: torch.Tensor
 
 
-def reuse_select(v: Variant, state: ReuseState | None, q: torch.Tensor, k: torch.Tensor,
-                 sm_scale: float) -> tuple[torch.Tensor, ReuseState, torch.Tensor]:
+def reuse_select(
+    v: Variant, state: ReuseState | None, q: torch.Tensor, k: torch.Tensor, sm_scale: float
+) -> tuple[torch.Tensor, ReuseState, torch.Tensor]:
     """One decode step's page mask [R, n] with selection reuse: returns (mask, new state,
     re-selected [Hkv] bool). The rules (the same as questkern.api's): a KV head re-selects
     when (a) the sequence is new (``state`` None, or the key length is not the last step's + 1),
@@ -399,7 +413,9 @@ def suite_attention(module, query, key, value, attention_mask, scaling=None, dro
     if hook is None or T != 1:
         if hook is not None:
             hook.state.pop(layer, None)  # a prefill: the next decode step starts a sequence
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if query.shape[0] != 1:
         raise NotImplementedError("questkern_suite attention runs batch 1 decode steps only")
     v = hook.variant

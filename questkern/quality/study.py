@@ -47,21 +47,34 @@ LAYER_BUDGETS = (64, 256, 1024)
 
 # (gqa_mode, aggregate, meta); GQA variants with exact metadata, metadata variants on shared-sum
 VARIANTS = (
-    ("shared", "sum", "fp32"), ("shared", "max", "fp32"), ("per_head", "", "fp32"),
-    ("shared", "sum", "bf16"), ("shared", "sum", "fp16"), ("shared", "sum", "fp8_e5m2"),
+    ("shared", "sum", "fp32"),
+    ("shared", "max", "fp32"),
+    ("per_head", "", "fp32"),
+    ("shared", "sum", "bf16"),
+    ("shared", "sum", "fp16"),
+    ("shared", "sum", "fp8_e5m2"),
 )
 
 
 def policies(page_size: int, S: int) -> list[tuple[str, float, int | None, float]]:
     """(policy, param, fixed K or None for adaptive, temperature) for one page size and context S."""
-    out: list[tuple[str, float, int | None, float]] = [("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS]
+    out: list[tuple[str, float, int | None, float]] = [
+        ("fixed", b, -(-b // page_size), math.nan) for b in FIXED_BUDGETS
+    ]
     out += [("prop", r, max(1, math.ceil(r * S / page_size)), math.nan) for r in PROP_RATIOS]
     out += [("adaptive", t, None, T) for T in TEMPERATURES for t in THRESHOLDS]
     return out
 
 
-def step_metrics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page_size: int, sm_scale: float,
-                 variants=VARIANTS, dense: tuple | None = None) -> dict:
+def step_metrics(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    page_size: int,
+    sm_scale: float,
+    variants=VARIANTS,
+    dense: tuple | None = None,
+) -> dict:
     """One layer, one decode step. q [Hq, D], k/v [Hkv, S, D].
 
     ``dense``: (p [Hq, S], p*v [Hq, S, D], out_dense [Hq, D]) when already computed
@@ -77,7 +90,9 @@ def step_metrics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page_size: i
     pv = M.page_sums(pvt, page_size)  # [Hq, n, D]
     n = pm.shape[1]
     pols = policies(page_size, S)
-    fixed_k = torch.tensor([K for _, _, K, _ in pols if K is not None], dtype=torch.long)[:, None]  # [n_fixed+n_prop, 1]
+    fixed_k = torch.tensor([K for _, _, K, _ in pols if K is not None], dtype=torch.long)[
+        :, None
+    ]  # [n_fixed+n_prop, 1]
     k_min, k_max = -(-ADAPTIVE_MIN // page_size), -(-ADAPTIVE_MAX // page_size)
     kmin0, kmax0 = page_minmax(kf, page_size)  # [n, Hkv, D]
     res: dict = {"policies": pols}
@@ -138,7 +153,9 @@ class _Acc:
             for i, nm in enumerate(names):
                 r = dict(zip(key_names, key + nm))
                 rec = cat["recall"][i]
-                r.update(recall_mean=float(rec.mean()), recall_p10=float(np.percentile(rec, 10)), recall_min=float(rec.min()))
+                r.update(
+                    recall_mean=float(rec.mean()), recall_p10=float(np.percentile(rec, 10)), recall_min=float(rec.min())
+                )
                 if "err" in cat:
                     e = cat["err"][i]
                     r.update(err_mean=float(e.mean()), err_p90=float(np.percentile(e, 90)))
@@ -150,8 +167,9 @@ class _Acc:
         return out
 
 
-def study_trace(trace: Trace, page_sizes, dense_layers: int, acc: _Acc, layer_acc: _Acc, variants=VARIANTS,
-                step_stride: int = 1) -> None:
+def study_trace(
+    trace: Trace, page_sizes, dense_layers: int, acc: _Acc, layer_acc: _Acc, variants=VARIANTS, step_stride: int = 1
+) -> None:
     """Add one trace's samples (every ``step_stride``-th decode step) to the accumulators."""
     info = trace.info
     kind, ctx = info.get("kind", "?"), int(info.get("target", info.get("length", 0)))
@@ -170,30 +188,56 @@ def study_trace(trace: Trace, page_sizes, dense_layers: int, acc: _Acc, layer_ac
             for P in page_sizes:
                 r = step_metrics(q, k, None, P, sm_scale, variants, dense=dense)
                 names = [(pol, param, temp) for pol, param, _, temp in r["policies"]]
-                for (mode, agg, meta) in variants:
+                for mode, agg, meta in variants:
                     d = r[(mode, agg, meta)]
                     rows_per_kv = G if mode == "per_head" else 1
                     tokens = (d["pages"] * P).clamp(max=S).float()  # [n_pol, R]
                     if layer >= dense_layers:
-                        acc.add((kind, ctx, P, mode, agg, meta), names, recall=d["recall"], err=d["err"],
-                                pages=d["pages"].float(), tokens=tokens, read_frac=tokens * rows_per_kv / S)
+                        acc.add(
+                            (kind, ctx, P, mode, agg, meta),
+                            names,
+                            recall=d["recall"],
+                            err=d["err"],
+                            pages=d["pages"].float(),
+                            tokens=tokens,
+                            read_frac=tokens * rows_per_kv / S,
+                        )
                     if (P, mode, agg, meta) == (16, "shared", "sum", "fp32"):
                         for h in range(Hq):
-                            layer_acc.add((kind, ctx, layer, h), [(b,) for b in LAYER_BUDGETS],
-                                          recall=d["recall"][layer_idx, h], err=d["err"][layer_idx, h])
+                            layer_acc.add(
+                                (kind, ctx, layer, h),
+                                [(b,) for b in LAYER_BUDGETS],
+                                recall=d["recall"][layer_idx, h],
+                                err=d["err"][layer_idx, h],
+                            )
                 if layer >= dense_layers:
                     toks = torch.tensor([min(-(-b // P) * P, S) for b in FIXED_BUDGETS], dtype=torch.float32)[:, None]
                     pages = torch.tensor([min(-(-b // P), r["n"]) for b in FIXED_BUDGETS], dtype=torch.float32)[:, None]
-                    acc.add((kind, ctx, P, "oracle", "", "fp32"), fixed_names, recall=r["oracle"],
-                            pages=pages.expand(-1, Hq), tokens=toks.expand(-1, Hq), read_frac=toks.expand(-1, Hq) * G / S)
+                    acc.add(
+                        (kind, ctx, P, "oracle", "", "fp32"),
+                        fixed_names,
+                        recall=r["oracle"],
+                        pages=pages.expand(-1, Hq),
+                        tokens=toks.expand(-1, Hq),
+                        read_frac=toks.expand(-1, Hq) * G / S,
+                    )
 
 
 KEY_NAMES = ("kind", "context", "page_size", "gqa_mode", "aggregate", "meta", "policy", "param", "temperature")
 LAYER_KEY_NAMES = ("kind", "context", "layer", "head", "budget")
 
 
-def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 64), dense_layers: int = 2,
-              variants=VARIANTS, log=print, traces: list[Trace] | None = None, step_stride: int = 1) -> dict:
+def run_study(
+    trace_dir: Path | None,
+    out_dir: Path,
+    *,
+    page_sizes=(8, 16, 32, 64),
+    dense_layers: int = 2,
+    variants=VARIANTS,
+    log=print,
+    traces: list[Trace] | None = None,
+    step_stride: int = 1,
+) -> dict:
     """Compute the study from the cached traces and write the CSVs + answers JSON."""
     import pandas as pd
 
@@ -213,7 +257,10 @@ def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 6
         t1 = time.time()
         study_trace(get(), page_sizes, dense_layers, acc, layer_acc, variants, step_stride)
         left = (time.time() - t0) / i * (len(sources) - i)
-        log(f"  [{i}/{len(sources)}] {name}: {time.time() - t1:.0f}s" + (f", ~{left:.0f}s left" if i < len(sources) else ""))
+        log(
+            f"  [{i}/{len(sources)}] {name}: {time.time() - t1:.0f}s"
+            + (f", ~{left:.0f}s left" if i < len(sources) else "")
+        )
     summary = pd.DataFrame(acc.rows(KEY_NAMES)).sort_values(list(KEY_NAMES)).reset_index(drop=True)
     summary.insert(len(KEY_NAMES), "min_budget", np.where(summary["policy"] == "adaptive", ADAPTIVE_MIN, np.nan))
     summary.insert(len(KEY_NAMES) + 1, "max_budget", np.where(summary["policy"] == "adaptive", ADAPTIVE_MAX, np.nan))
@@ -226,7 +273,9 @@ def run_study(trace_dir: Path | None, out_dir: Path, *, page_sizes=(8, 16, 32, 6
 
     ans = answers(summary, _maybe_csv(out_dir / "quality_passkey.csv"))
     write_json_atomic(out_dir / "quality_answers.json", ans)
-    log(f"study of {len(sources)} traces in {time.time() - t0:.0f}s -> {out_dir}/quality_recall.csv, quality_layers.csv, quality_answers.json")
+    log(
+        f"study of {len(sources)} traces in {time.time() - t0:.0f}s -> {out_dir}/quality_recall.csv, quality_layers.csv, quality_answers.json"
+    )
     return ans
 
 

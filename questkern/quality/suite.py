@@ -41,37 +41,183 @@ from dataclasses import dataclass, field
 import torch
 
 from questkern.quality.filler import sentences
-from questkern.quality.selection import (SuiteHook, Variant, attention_probs, enable, parse_variant, select_mask,
-                                         token_mask)
+from questkern.quality.selection import (
+    SuiteHook,
+    Variant,
+    attention_probs,
+    enable,
+    parse_variant,
+    select_mask,
+    token_mask,
+)
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "cwe")
 EXACT_TASKS = ("niah_single", "niah_multikey")
 
 KEY_WORDS = (
-    "apple", "harbor", "violin", "comet", "lantern", "pepper", "glacier", "saddle", "orchid", "falcon",
-    "marble", "tunnel", "cactus", "anchor", "velvet", "meadow", "rocket", "walnut", "thistle", "beacon",
-    "dolphin", "kettle", "prism", "canyon", "juniper", "magnet", "pigeon", "quartz", "raven", "spruce",
-    "trumpet", "umbrella", "vortex", "whistle", "yogurt", "zephyr", "almond", "bison", "cobalt", "dagger",
-    "ember", "fossil", "gazelle", "hammock", "igloo", "jasmine", "koala", "lemur", "mango", "nectar",
-    "oyster", "parrot", "quiver", "ribbon", "sapphire", "tulip", "urchin", "vulture", "walrus", "yacht",
-    "acorn", "badger", "cinnamon", "dynamo", "eclipse", "fjord", "garnet", "hornet", "ivory", "jigsaw",
-    "kiwi", "lobster", "mosaic", "nutmeg", "onyx", "pelican", "quokka", "rhubarb", "scarab", "tornado",
+    "apple",
+    "harbor",
+    "violin",
+    "comet",
+    "lantern",
+    "pepper",
+    "glacier",
+    "saddle",
+    "orchid",
+    "falcon",
+    "marble",
+    "tunnel",
+    "cactus",
+    "anchor",
+    "velvet",
+    "meadow",
+    "rocket",
+    "walnut",
+    "thistle",
+    "beacon",
+    "dolphin",
+    "kettle",
+    "prism",
+    "canyon",
+    "juniper",
+    "magnet",
+    "pigeon",
+    "quartz",
+    "raven",
+    "spruce",
+    "trumpet",
+    "umbrella",
+    "vortex",
+    "whistle",
+    "yogurt",
+    "zephyr",
+    "almond",
+    "bison",
+    "cobalt",
+    "dagger",
+    "ember",
+    "fossil",
+    "gazelle",
+    "hammock",
+    "igloo",
+    "jasmine",
+    "koala",
+    "lemur",
+    "mango",
+    "nectar",
+    "oyster",
+    "parrot",
+    "quiver",
+    "ribbon",
+    "sapphire",
+    "tulip",
+    "urchin",
+    "vulture",
+    "walrus",
+    "yacht",
+    "acorn",
+    "badger",
+    "cinnamon",
+    "dynamo",
+    "eclipse",
+    "fjord",
+    "garnet",
+    "hornet",
+    "ivory",
+    "jigsaw",
+    "kiwi",
+    "lobster",
+    "mosaic",
+    "nutmeg",
+    "onyx",
+    "pelican",
+    "quokka",
+    "rhubarb",
+    "scarab",
+    "tornado",
 )
 CWE_WORDS = (
-    "table", "river", "pencil", "cloud", "garden", "bottle", "window", "castle", "forest", "engine",
-    "basket", "candle", "desert", "feather", "guitar", "helmet", "island", "jacket", "ladder", "mirror",
-    "needle", "orange", "planet", "rabbit", "silver", "tiger", "valley", "wagon", "button", "carpet",
-    "dragon", "finger", "hollow", "insect", "jungle", "kitten", "lemon", "monkey", "napkin", "pillow",
-    "puzzle", "rocket", "saddle", "tomato", "turtle", "violet", "wallet", "zipper", "bridge", "coffee",
-    "donkey", "elbow", "fabric", "goblet", "hammer", "kennel", "marble", "noodle", "parcel", "pocket",
-    "radish", "shovel", "spider", "ticket", "tunnel", "velvet", "walnut", "anchor", "beaver", "cherry",
+    "table",
+    "river",
+    "pencil",
+    "cloud",
+    "garden",
+    "bottle",
+    "window",
+    "castle",
+    "forest",
+    "engine",
+    "basket",
+    "candle",
+    "desert",
+    "feather",
+    "guitar",
+    "helmet",
+    "island",
+    "jacket",
+    "ladder",
+    "mirror",
+    "needle",
+    "orange",
+    "planet",
+    "rabbit",
+    "silver",
+    "tiger",
+    "valley",
+    "wagon",
+    "button",
+    "carpet",
+    "dragon",
+    "finger",
+    "hollow",
+    "insect",
+    "jungle",
+    "kitten",
+    "lemon",
+    "monkey",
+    "napkin",
+    "pillow",
+    "puzzle",
+    "rocket",
+    "saddle",
+    "tomato",
+    "turtle",
+    "violet",
+    "wallet",
+    "zipper",
+    "bridge",
+    "coffee",
+    "donkey",
+    "elbow",
+    "fabric",
+    "goblet",
+    "hammer",
+    "kennel",
+    "marble",
+    "noodle",
+    "parcel",
+    "pocket",
+    "radish",
+    "shovel",
+    "spider",
+    "ticket",
+    "tunnel",
+    "velvet",
+    "walnut",
+    "anchor",
+    "beaver",
+    "cherry",
 )
 
-INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize them. "
-         "I will quiz you about the numbers afterwards.\n")
-VT_INTRO = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n")
-CWE_INTRO = ("Below is a numbered list of words. In these words, some appear more often than others. "
-             "Memorize the ones that appear most often.\n")
+INTRO = (
+    "Some special magic numbers are hidden within the following text. Make sure to memorize them. "
+    "I will quiz you about the numbers afterwards.\n"
+)
+VT_INTRO = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
+CWE_INTRO = (
+    "Below is a numbered list of words. In these words, some appear more often than others. "
+    "Memorize the ones that appear most often.\n"
+)
 
 
 @dataclass
@@ -82,7 +228,9 @@ class Question:
     answer: list[str]  # expected items (one for exact tasks)
     answer_ids: list[int] | None = field(default=None, repr=False)  # exact: the expected continuation
     gen_tokens: int = 0  # set tasks: tokens generated greedily
-    needle_tokens: list[int] = field(default_factory=list, repr=False)  # haystack positions of the answer's value tokens
+    needle_tokens: list[int] = field(
+        default_factory=list, repr=False
+    )  # haystack positions of the answer's value tokens
     depth: float = 0.0  # relative position of the (first) answer needle
 
     @property
@@ -118,7 +266,9 @@ def _number(rng: random.Random) -> str:
     return str(rng.randint(10000, 99999))
 
 
-def _assemble(tok, intro: str, needles: list[tuple[float, list[str]]], budget: int, seed) -> tuple[list[int], list[list[list[int]]]]:
+def _assemble(
+    tok, intro: str, needles: list[tuple[float, list[str]]], budget: int, seed
+) -> tuple[list[int], list[list[list[int]]]]:
     """Intro + varied filler with needles inserted at relative depths, at most ``budget`` tokens.
 
     needles: (depth, [piece, ...]); each piece is encoded separately so its token span is known.
@@ -151,22 +301,35 @@ def _assemble(tok, intro: str, needles: list[tuple[float, list[str]]], budget: i
     return ids, spans
 
 
-def niah(tok, context: int, seed: int, num_needles: int = 1, num_questions: int = 1, task: str = "niah_single") -> Haystack:
+def niah(
+    tok, context: int, seed: int, num_needles: int = 1, num_questions: int = 1, task: str = "niah_single"
+) -> Haystack:
     """Single- or multi-key needle retrieval (see module doc)."""
     rng = random.Random(f"{task}-{context}-{seed}")
     keys = rng.sample(KEY_WORDS, num_needles)
     vals = [_number(rng) for _ in keys]
     depths = [spread_depth(seed, j) for j in range(num_needles)]
-    qtext = lambda k: (f"\nWhat is the special magic number for {k} mentioned in the provided text? "  # noqa: E731
-                       f"The special magic number for {k} mentioned in the provided text is")
+
+    def qtext(k: str) -> str:
+        return (
+            f"\nWhat is the special magic number for {k} mentioned in the provided text? "
+            f"The special magic number for {k} mentioned in the provided text is"
+        )
+
     qlen = max(len(_enc(tok, qtext(k))) for k in keys)
-    needles = [(d, [f"One of the special magic numbers for {k} is:", " " + v, "."]) for d, k, v in zip(depths, keys, vals)]
+    needles = [
+        (d, [f"One of the special magic numbers for {k} is:", " " + v, "."]) for d, k, v in zip(depths, keys, vals)
+    ]
     ids, spans = _assemble(tok, INTRO, needles, context - qlen, f"{task}-{context}-{seed}")
     asked = sorted(range(num_needles), key=lambda i: depths[i])
     if num_questions < num_needles:  # spread the asked needles over depth
         asked = [asked[round(j * (num_needles - 1) / max(1, num_questions - 1))] for j in range(num_questions)]
-    qs = [Question(_enc(tok, qtext(keys[i])), [vals[i]], _enc(tok, " " + vals[i]), needle_tokens=spans[i][1],
-                   depth=depths[i]) for i in asked]
+    qs = [
+        Question(
+            _enc(tok, qtext(keys[i])), [vals[i]], _enc(tok, " " + vals[i]), needle_tokens=spans[i][1], depth=depths[i]
+        )
+        for i in asked
+    ]
     return Haystack(task, context, seed, ids, qs)
 
 
@@ -175,14 +338,21 @@ def multivalue(tok, context: int, seed: int, num_values: int = 4) -> Haystack:
     key = rng.choice(KEY_WORDS)
     vals = [_number(rng) for _ in range(num_values)]
     depths = [spread_depth(seed, j) for j in range(num_values)]
-    q = (f"\nWhat are all the special magic numbers for {key} mentioned in the provided text? "
-         f"The special magic numbers for {key} mentioned in the provided text are")
+    q = (
+        f"\nWhat are all the special magic numbers for {key} mentioned in the provided text? "
+        f"The special magic numbers for {key} mentioned in the provided text are"
+    )
     qi = _enc(tok, q)
     needles = [(d, [f"One of the special magic numbers for {key} is:", " " + v, "."]) for d, v in zip(depths, vals)]
     ids, spans = _assemble(tok, INTRO, needles, context - len(qi), f"mv-{context}-{seed}")
     toks = sorted(t for s in spans for t in s[1])
-    return Haystack("niah_multivalue", context, seed, ids,
-                    [Question(qi, vals, None, gen_tokens=7 * num_values, needle_tokens=toks, depth=min(depths))])
+    return Haystack(
+        "niah_multivalue",
+        context,
+        seed,
+        ids,
+        [Question(qi, vals, None, gen_tokens=7 * num_values, needle_tokens=toks, depth=min(depths))],
+    )
 
 
 def variable_tracking(tok, context: int, seed: int, hops: int = 4) -> Haystack:
@@ -192,12 +362,16 @@ def variable_tracking(tok, context: int, seed: int, hops: int = 4) -> Haystack:
     depths = sorted(spread_depth(seed, j, 0.05, 0.9) for j in range(hops))
     needles = [(depths[0], [f"VAR {names[0]} =", " " + val, "."])]
     needles += [(depths[i], [f"VAR {names[i]} = VAR", " " + names[i - 1], "."]) for i in range(1, hops)]
-    q = (f"\nQuestion: Find all variables that are assigned the value {val} in the text above. Answer: According to "
-         f"the chain(s) of variable assignment in the text above, {hops} variables are assigned the value {val}, they are:")
+    q = (
+        f"\nQuestion: Find all variables that are assigned the value {val} in the text above. Answer: According to "
+        f"the chain(s) of variable assignment in the text above, {hops} variables are assigned the value {val}, they are:"
+    )
     qi = _enc(tok, q)
     ids, spans = _assemble(tok, VT_INTRO, needles, context - len(qi), f"vt-{context}-{seed}")
     toks = sorted(t for s in spans for t in s[0] + s[1])
-    return Haystack("vt", context, seed, ids, [Question(qi, names, None, gen_tokens=5 * hops, needle_tokens=toks, depth=depths[0])])
+    return Haystack(
+        "vt", context, seed, ids, [Question(qi, names, None, gen_tokens=5 * hops, needle_tokens=toks, depth=depths[0])]
+    )
 
 
 def common_words(tok, context: int, seed: int, num_common: int = 10) -> Haystack:
@@ -224,7 +398,9 @@ def common_words(tok, context: int, seed: int, num_common: int = 10) -> Haystack
         if w in common:
             toks += range(len(ids), len(ids) + len(e_w))
         ids += e_w
-    return Haystack("cwe", context, seed, ids, [Question(qi, common, None, gen_tokens=30, needle_tokens=toks, depth=0.0)])
+    return Haystack(
+        "cwe", context, seed, ids, [Question(qi, common, None, gen_tokens=30, needle_tokens=toks, depth=0.0)]
+    )
 
 
 def build(task: str, tok, context: int, seed: int) -> Haystack:
@@ -252,6 +428,7 @@ def score_text(text: str, answer: list[str]) -> float:
 
 # --- running -------------------------------------------------------------------------------
 
+
 def _crop(cache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra < 0:
@@ -262,11 +439,15 @@ def _crop(cache, length: int) -> None:
 
 @torch.no_grad()
 def _step(model, cache, tok: int, pos: int) -> torch.Tensor:
-    return model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]), cache=cache, use_cache=True).logits[0, -1]
+    return model(
+        input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]), cache=cache, use_cache=True
+    ).logits[0, -1]
 
 
 @torch.no_grad()
-def run_exact(model, cache, base: int, first: int, answer_ids: list[int], early_stop: bool = True) -> tuple[int, list[int]]:
+def run_exact(
+    model, cache, base: int, first: int, answer_ids: list[int], early_stop: bool = True
+) -> tuple[int, list[int]]:
     """Greedy decoding checked against ``answer_ids``: returns (tokens matched before the first
     mismatch, greedy tokens). Feeds the answer's own tokens (== greedy while they match)."""
     tok, pos, n_ok, out, wrong = first, base, 0, [], False
@@ -318,7 +499,7 @@ class _DiagRecorder:
             return
         Hq, D = q.shape
         Hkv, S, _ = k.shape
-        scale = 1.0 / D ** 0.5
+        scale = 1.0 / D**0.5
         p = attention_probs(q, k, scale)  # [Hq, S]
         mass = p[:, self.needle].sum(1)
         per = {}
@@ -333,8 +514,17 @@ class _DiagRecorder:
             self.rows.append(r)
 
 
-def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, diag_variants: list[Variant] | tuple = (),
-                 skip_if_dense_wrong: bool = True, prefill_threads: int | None = None, log=print):
+def run_haystack(
+    model,
+    tokenizer,
+    hs: Haystack,
+    variants: list[Variant],
+    *,
+    diag_variants: list[Variant] | tuple = (),
+    skip_if_dense_wrong: bool = True,
+    prefill_threads: int | None = None,
+    log=print,
+):
     """Runs one haystack: dense prefill once, then per question dense + every variant.
 
     Returns (rows, diag_rows): one row per (question, variant incl. dense); diagnostic rows
@@ -363,13 +553,32 @@ def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, dia
             first = qu.ids[-1]
             at = first_digit_step(tokenizer, qu.answer_ids) if qu.exact else 0
             rec = _DiagRecorder(at, qu.needle_tokens, list(diag_variants), L) if diag_variants else None
-            common = {"task": hs.task, "context": hs.context, "haystack": hs.name, "question": qi, "length": base + 1,
-                      "depth": round(qu.depth, 4), "expected": " ".join(qu.answer)}
+            common = {
+                "task": hs.task,
+                "context": hs.context,
+                "haystack": hs.name,
+                "question": qi,
+                "length": base + 1,
+                "depth": round(qu.depth, 4),
+                "expected": " ".join(qu.answer),
+            }
             dense_ok = None
             for v in [dense] + list(variants):
                 if v is not dense and skip_if_dense_wrong and dense_ok is not None and dense_ok < 1.0:
-                    rows.append(common | _vcols(v) | {"score": 0.0, "correct": 0, "tokens_ok": 0, "generated": "",
-                                                      "skipped": 1, "decode_s": 0.0, "selections": 0, "steps": 0})
+                    rows.append(
+                        common
+                        | _vcols(v)
+                        | {
+                            "score": 0.0,
+                            "correct": 0,
+                            "tokens_ok": 0,
+                            "generated": "",
+                            "skipped": 1,
+                            "decode_s": 0.0,
+                            "selections": 0,
+                            "steps": 0,
+                        }
+                    )
                     continue
                 _crop(cache, base)
                 hook.variant = v
@@ -385,10 +594,20 @@ def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, dia
                     score = score_text(tokenizer.decode(out), qu.answer)
                 if v is dense:
                     dense_ok = score
-                rows.append(common | _vcols(v) | {"score": score, "correct": int(score == 1.0), "tokens_ok": n_ok,
-                                                  "generated": tokenizer.decode(out), "skipped": 0,
-                                                  "decode_s": round(time.time() - t1, 2),
-                                                  "selections": hook.selections, "steps": hook.steps})
+                rows.append(
+                    common
+                    | _vcols(v)
+                    | {
+                        "score": score,
+                        "correct": int(score == 1.0),
+                        "tokens_ok": n_ok,
+                        "generated": tokenizer.decode(out),
+                        "skipped": 0,
+                        "decode_s": round(time.time() - t1, 2),
+                        "selections": hook.selections,
+                        "steps": hook.steps,
+                    }
+                )
             if rec is not None:
                 diag += [common | {"dense_correct": int(dense_ok == 1.0)} | r for r in rec.rows]
         hook.on_step = None
@@ -396,17 +615,29 @@ def run_haystack(model, tokenizer, hs: Haystack, variants: list[Variant], *, dia
     finally:
         torch.set_num_threads(threads)
     ok = [r for r in rows if r["variant"] != "dense"]
-    log(f"  {hs.name}: {H} tokens, prefill {t_pre:.0f}s, {len(hs.questions)} q, dense "
+    log(
+        f"  {hs.name}: {H} tokens, prefill {t_pre:.0f}s, {len(hs.questions)} q, dense "
         f"{sum(r['score'] for r in rows if r['variant'] == 'dense'):.1f}, variants {sum(r['correct'] for r in ok)}/{len(ok)} "
-        f"({time.time() - t0:.0f}s)")
+        f"({time.time() - t0:.0f}s)"
+    )
     return rows, diag
 
 
 def _vcols(v: Variant) -> dict:
-    return {"variant": v.name, "budget": v.budget, "page_size": None if v.dense else v.page_size,
-            "gqa_mode": None if v.dense else v.gqa_mode, "aggregate": None if v.dense or v.gqa_mode == "per_head" else v.aggregate,
-            "sub_page": v.sub_page, "sinks": v.sinks, "recent": v.recent, "rerank": v.rerank,
-            "dense_layers": "-".join(map(str, v.dense_layers)), "reselect_every": v.reselect_every, "drift": v.drift}
+    return {
+        "variant": v.name,
+        "budget": v.budget,
+        "page_size": None if v.dense else v.page_size,
+        "gqa_mode": None if v.dense else v.gqa_mode,
+        "aggregate": None if v.dense or v.gqa_mode == "per_head" else v.aggregate,
+        "sub_page": v.sub_page,
+        "sinks": v.sinks,
+        "recent": v.recent,
+        "rerank": v.rerank,
+        "dense_layers": "-".join(map(str, v.dense_layers)),
+        "reselect_every": v.reselect_every,
+        "drift": v.drift,
+    }
 
 
 def study_variants(budget: int, retrieval_layers: tuple[int, ...] = (), rich: bool = True) -> list[Variant]:
@@ -414,9 +645,16 @@ def study_variants(budget: int, retrieval_layers: tuple[int, ...] = (), rich: bo
     b = Variant(budget)
     out = [b, b.with_(gqa_mode="per_head")]
     if rich:
-        out += [b.with_(aggregate="max"), b.with_(aggregate="softmax"), b.with_(page_size=8),
-                b.with_(page_size=8, gqa_mode="per_head"), b.with_(sub_page=4), b.with_(sinks=1, recent=64),
-                b.with_(rerank=4), b.with_(gqa_mode="per_head", rerank=4)]
+        out += [
+            b.with_(aggregate="max"),
+            b.with_(aggregate="softmax"),
+            b.with_(page_size=8),
+            b.with_(page_size=8, gqa_mode="per_head"),
+            b.with_(sub_page=4),
+            b.with_(sinks=1, recent=64),
+            b.with_(rerank=4),
+            b.with_(gqa_mode="per_head", rerank=4),
+        ]
         if retrieval_layers:
             out.append(b.with_(dense_layers=tuple(retrieval_layers)))
     return out
@@ -437,11 +675,23 @@ def main(argv=None) -> int:
     ap.add_argument("--haystacks", type=int, default=20, help="haystacks per (task, context)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budgets", default="", help="context:budget,... e.g. 4096:512,4096:1024,8192:1024,8192:2048")
-    ap.add_argument("--rich-budgets", default="", help="budgets (per context as above) that run every variant; others run shared-sum and per_head")
-    ap.add_argument("--retrieval-layers", default="", help="comma list: the dense layers of the 'dense by retrieval' variant")
-    ap.add_argument("--variants", default="", help="context:label;... explicit variants (labels as in the CSVs), "
-                    "added to --budgets' lists, e.g. '8192:p16 b1024 shared-sum rerank2;8192:p16 b3072 shared-sum'")
-    ap.add_argument("--diag", action="store_true", help="head diagnostics (every variant at every budget, on the dense run's step)")
+    ap.add_argument(
+        "--rich-budgets",
+        default="",
+        help="budgets (per context as above) that run every variant; others run shared-sum and per_head",
+    )
+    ap.add_argument(
+        "--retrieval-layers", default="", help="comma list: the dense layers of the 'dense by retrieval' variant"
+    )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="context:label;... explicit variants (labels as in the CSVs), "
+        "added to --budgets' lists, e.g. '8192:p16 b1024 shared-sum rerank2;8192:p16 b3072 shared-sum'",
+    )
+    ap.add_argument(
+        "--diag", action="store_true", help="head diagnostics (every variant at every budget, on the dense run's step)"
+    )
     ap.add_argument("--out", required=True, help="output prefix: writes PREFIX_accuracy.csv (and PREFIX_heads.csv)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -475,8 +725,15 @@ def main(argv=None) -> int:
         for ctx in contexts:
             for task in a.tasks.split(","):
                 hs = build(task, tok, ctx, s)
-                r, d = run_haystack(model, tok, hs, vs[ctx], diag_variants=dv[ctx] if a.diag else (), prefill_threads=a.threads,
-                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                r, d = run_haystack(
+                    model,
+                    tok,
+                    hs,
+                    vs[ctx],
+                    diag_variants=dv[ctx] if a.diag else (),
+                    prefill_threads=a.threads,
+                    log=lambda m: print(m, file=sys.stderr, flush=True),
+                )
                 rows += r
                 diag += d
                 write_csv_atomic(f"{a.out}_accuracy.csv", pd.DataFrame(rows), float_format="%.6g")

@@ -65,11 +65,19 @@ def accuracy_table(acc):
     for (task, ctx, var), g in acc.groupby(["task", "context", "variant"], sort=False):
         d = dense.reindex(pd.MultiIndex.from_frame(g[["haystack", "question"]])).to_numpy()
         c = g["correct"].to_numpy()
-        row = {"task": task, "context": int(ctx), "variant": var, "budget": g["budget"].iloc[0],
-               "prompts": len(g), "correct": int(c.sum()), "accuracy": c.mean(), "dense_accuracy": d.mean(),
-               "delta_points": 100 * (c.mean() - d.mean()),
-               "retained": c[d == 1].mean() if (d == 1).any() else float("nan"),
-               "dense_correct": int(d.sum())}
+        row = {
+            "task": task,
+            "context": int(ctx),
+            "variant": var,
+            "budget": g["budget"].iloc[0],
+            "prompts": len(g),
+            "correct": int(c.sum()),
+            "accuracy": c.mean(),
+            "dense_accuracy": d.mean(),
+            "delta_points": 100 * (c.mean() - d.mean()),
+            "retained": c[d == 1].mean() if (d == 1).any() else float("nan"),
+            "dense_correct": int(d.sum()),
+        }
         if "steps" in g.columns and g["steps"].notna().all():  # runs since issue 19 count selections
             row["selections"], row["steps"] = int(g["selections"].sum()), int(g["steps"].sum())
             row["selection_frac"] = row["selections"] / row["steps"] if row["steps"] else float("nan")
@@ -77,7 +85,9 @@ def accuracy_table(acc):
         if not v.dense:
             row.update(v.bytes_per_step(**TARGET_SHAPE))
             here = v.bytes_per_step(int(ctx), **SUITE_SHAPE)["total_bytes"]
-            row["read_frac_at_context"] = here / (SUITE_SHAPE["num_kv_heads"] * int(ctx) * SUITE_SHAPE["head_dim"] * 2 * 2)
+            row["read_frac_at_context"] = here / (
+                SUITE_SHAPE["num_kv_heads"] * int(ctx) * SUITE_SHAPE["head_dim"] * 2 * 2
+            )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -86,10 +96,16 @@ def heads_tables(heads):
     import pandas as pd
 
     h = heads[heads["dense_correct"] == 1]
-    lay = h.groupby(["task", "context", "layer", "kv_head"]).agg(
-        needle_mass_mean=("needle_mass", "mean"), needle_mass_max=("needle_mass", "max"),
-        retrieval_frac=("needle_mass", lambda x: float((x >= RETRIEVAL_MASS).mean())),
-        samples=("needle_mass", "size")).reset_index()
+    lay = (
+        h.groupby(["task", "context", "layer", "kv_head"])
+        .agg(
+            needle_mass_mean=("needle_mass", "mean"),
+            needle_mass_max=("needle_mass", "max"),
+            retrieval_frac=("needle_mass", lambda x: float((x >= RETRIEVAL_MASS).mean())),
+            samples=("needle_mass", "size"),
+        )
+        .reset_index()
+    )
     ret = h[(h["needle_mass"] >= RETRIEVAL_MASS) & (h["layer"] >= 2)]
     rows = []
     for col in [c for c in h.columns if c.startswith("kept[")]:
@@ -97,9 +113,17 @@ def heads_tables(heads):
         for (task, ctx), g in ret.groupby(["task", "context"]):
             if g[col].isna().all():  # a variant of another context's budgets
                 continue
-            rows.append({"task": task, "context": int(ctx), "variant": name, "retrieval_heads": len(g),
-                         "needle_kept_mean": g[col].mean(), "needle_all_kept": float((g[col] >= 1.0).mean()),
-                         "recall_mean": g[f"recall[{name}]"].mean()})
+            rows.append(
+                {
+                    "task": task,
+                    "context": int(ctx),
+                    "variant": name,
+                    "retrieval_heads": len(g),
+                    "needle_kept_mean": g[col].mean(),
+                    "needle_all_kept": float((g[col] >= 1.0).mean()),
+                    "recall_mean": g[f"recall[{name}]"].mean(),
+                }
+            )
     return lay, pd.DataFrame(rows)
 
 
@@ -121,8 +145,18 @@ def main(argv=None) -> int:
     t = accuracy_table(acc)
     write_csv_atomic(out / f"{name}_accuracy.csv", t, float_format="%.6g")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        cols = ["task", "context", "variant", "prompts", "dense_correct", "correct", "accuracy", "dense_accuracy",
-                "delta_points", "retained"] + (["selection_frac"] if "selection_frac" in t.columns else [])
+        cols = [
+            "task",
+            "context",
+            "variant",
+            "prompts",
+            "dense_correct",
+            "correct",
+            "accuracy",
+            "dense_accuracy",
+            "delta_points",
+            "retained",
+        ] + (["selection_frac"] if "selection_frac" in t.columns else [])
         print(t[cols].to_string(index=False))
     hp = Path(f"{a.prefix[0]}_heads.csv")
     if hp.exists():

@@ -66,7 +66,9 @@ class Trace:
     def __post_init__(self):
         T, L, Hq, D = self.q.shape
         if self.k.dim() != 4 or self.k.shape[0] != L or self.k.shape[3] != D or self.v.shape != self.k.shape:
-            raise ValueError(f"trace tensors disagree: q {tuple(self.q.shape)}, k {tuple(self.k.shape)}, v {tuple(self.v.shape)}")
+            raise ValueError(
+                f"trace tensors disagree: q {tuple(self.q.shape)}, k {tuple(self.k.shape)}, v {tuple(self.v.shape)}"
+            )
         if Hq % self.k.shape[1]:
             raise ValueError(f"trace: query heads {Hq} not a multiple of kv heads {self.k.shape[1]}")
         if self.k.shape[2] < self.prefix_len + T:
@@ -78,8 +80,11 @@ def save_trace(trace: Trace, path: Path) -> Path:
     from safetensors.torch import save_file
 
     meta = {"schema": SCHEMA, "version": VERSION, "info": json.dumps(trace.info, sort_keys=True)}
-    tensors = {"q": trace.q.to(torch.bfloat16).contiguous(), "k": trace.k.to(torch.bfloat16).contiguous(),
-               "v": trace.v.to(torch.bfloat16).contiguous()}
+    tensors = {
+        "q": trace.q.to(torch.bfloat16).contiguous(),
+        "k": trace.k.to(torch.bfloat16).contiguous(),
+        "v": trace.v.to(torch.bfloat16).contiguous(),
+    }
     with atomic_target(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
     return path
@@ -94,8 +99,10 @@ def read_info(path: Path) -> dict:
     if meta.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a questkern trace (schema {meta.get('schema')!r}, expected {SCHEMA!r})")
     if meta.get("version") != VERSION:
-        raise ValueError(f"{path}: trace version {meta.get('version')!r}, this questkern reads {VERSION!r}; "
-                         "regenerate with `questkern quality traces`")
+        raise ValueError(
+            f"{path}: trace version {meta.get('version')!r}, this questkern reads {VERSION!r}; "
+            "regenerate with `questkern quality traces`"
+        )
     return json.loads(meta["info"])
 
 
@@ -112,8 +119,16 @@ def list_traces(trace_dir: Path | None = None) -> list[Path]:
     return sorted(d.glob("*.safetensors")) if d.is_dir() else []
 
 
-def synthetic_traces(n: int = 2, seq_len: int = 2048, layers: int = 4, hq: int = 8, hkv: int = 2, d: int = 64,
-                     steps: int = 2, seed: int = 0) -> list[Trace]:
+def synthetic_traces(
+    n: int = 2,
+    seq_len: int = 2048,
+    layers: int = 4,
+    hq: int = 8,
+    hkv: int = 2,
+    d: int = 64,
+    steps: int = 2,
+    seed: int = 0,
+) -> list[Trace]:
     """Random traces with some structure (channel offsets, a sink, a few aligned keys).
 
     Used only when no real trace is cached (the objective warns); recall numbers on
@@ -133,14 +148,25 @@ def synthetic_traces(n: int = 2, seq_len: int = 2048, layers: int = 4, hq: int =
             for h in range(hkv):
                 k[l, h, hot[l, h]] += 3.0 * q[:, l, h * (hq // hkv)].mean(0)
         k[:, :, 0] += 4.0 * q.mean((0, 2))[:, None]  # attention sink at position 0
-        info = {"name": f"synthetic-{i}", "kind": "synthetic", "length": seq_len, "prefix_len": seq_len,
-                "target": seq_len, "model": "synthetic"}
+        info = {
+            "name": f"synthetic-{i}",
+            "kind": "synthetic",
+            "length": seq_len,
+            "prefix_len": seq_len,
+            "target": seq_len,
+            "model": "synthetic",
+        }
         out.append(Trace(q, k, v, info))
     return out
 
 
-def load_traces(trace_dir: Path | None = None, *, kinds: tuple[str, ...] | None = None, max_len: int | None = None,
-                synthetic_fallback: bool = True) -> list[Trace]:
+def load_traces(
+    trace_dir: Path | None = None,
+    *,
+    kinds: tuple[str, ...] | None = None,
+    max_len: int | None = None,
+    synthetic_fallback: bool = True,
+) -> list[Trace]:
     """All cached traces (optionally filtered); synthetic ones with a warning if none."""
     paths = list_traces(trace_dir)
     keep = []
@@ -154,7 +180,10 @@ def load_traces(trace_dir: Path | None = None, *, kinds: tuple[str, ...] | None 
     if not keep:
         if not synthetic_fallback:
             raise FileNotFoundError(f"no traces in {trace_dir or default_trace_dir()}; run `questkern quality traces`")
-        warnings.warn(f"questkern.quality: no cached traces in {trace_dir or default_trace_dir()} "
-                      "(run `questkern quality traces`); using synthetic traces", stacklevel=2)
+        warnings.warn(
+            f"questkern.quality: no cached traces in {trace_dir or default_trace_dir()} "
+            "(run `questkern quality traces`); using synthetic traces",
+            stacklevel=2,
+        )
         return synthetic_traces()
     return [load_trace(p) for p in keep]

@@ -37,7 +37,8 @@ window.addEventListener('unhandledrejection', function (e) { window.__qkErrors.p
   window.__qkErrors.push('console.error: ' + Array.prototype.slice.call(arguments).join(' ')); return ce.apply(console, arguments); }; })();
 </script>"""
 
-_TAIL = """<script>
+_TAIL = (
+    """<script>
 window.addEventListener('load', function () { setTimeout(function () {
   var out = {errors: window.__qkErrors, plots: {}, resources: []};
   document.querySelectorAll('.plotly-graph-div').forEach(function (d) {
@@ -61,7 +62,9 @@ window.addEventListener('load', function () { setTimeout(function () {
   var pre = document.createElement('pre'); pre.id = '%s'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 }, 300); });
-</script>""" % CHECK_ID
+</script>"""
+    % CHECK_ID
+)
 
 
 def find_chromium() -> str:
@@ -75,16 +78,30 @@ def find_chromium() -> str:
         hit = shutil.which(name)
         if hit:
             return hit
-    raise FileNotFoundError("no Chromium found: install Debian's package (apt-get install -y chromium) "
-                            f"or set ${ENV_BROWSER} to a Chrome/Chromium binary")
+    raise FileNotFoundError(
+        "no Chromium found: install Debian's package (apt-get install -y chromium) "
+        f"or set ${ENV_BROWSER} to a Chrome/Chromium binary"
+    )
 
 
 def base_flags(user_data_dir: str) -> list[str]:
     """Headless, sandbox-free (CI runs as root), no GPU, no network besides file://."""
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-            "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={user_data_dir}"]
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--mute-audio",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={user_data_dir}",
+    ]
 
 
 def _inject(page: str, head: str, tail: str) -> str:
@@ -93,7 +110,7 @@ def _inject(page: str, head: str, tail: str) -> str:
     j = page.rfind("</body>")
     if m is None or j < 0:
         raise ValueError("the page has no <head> or no </body>: not a report written by questkern report")
-    return page[:m.end()] + head + page[m.end():j] + tail + page[j:]
+    return page[: m.end()] + head + page[m.end() : j] + tail + page[j:]
 
 
 def _run(browser: str, args: list[str], url: str, timeout: float) -> subprocess.CompletedProcess:
@@ -102,8 +119,9 @@ def _run(browser: str, args: list[str], url: str, timeout: float) -> subprocess.
         return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
-def check_page(path: str | os.PathLike, *, browser: str | None = None, budget_ms: int = 20000,
-               timeout: float = 180) -> dict:
+def check_page(
+    path: str | os.PathLike, *, browser: str | None = None, budget_ms: int = 20000, timeout: float = 180
+) -> dict:
     """Load the report in headless Chromium; return {errors, plots: {id: {...}}, resources}."""
     browser = browser or find_chromium()
     page = Path(path).read_text(encoding="utf-8")
@@ -114,24 +132,37 @@ def check_page(path: str | os.PathLike, *, browser: str | None = None, budget_ms
     dom = proc.stdout
     start = dom.find(f'<pre id="{CHECK_ID}">')
     if start < 0:
-        raise RuntimeError(f"Chromium produced no check result (exit {proc.returncode}); stderr tail:\n"
-                           + "\n".join(proc.stderr.strip().splitlines()[-15:]))
+        raise RuntimeError(
+            f"Chromium produced no check result (exit {proc.returncode}); stderr tail:\n"
+            + "\n".join(proc.stderr.strip().splitlines()[-15:])
+        )
     start += len(f'<pre id="{CHECK_ID}">')
-    return json.loads(html.unescape(dom[start: dom.index("</pre>", start)]))
+    return json.loads(html.unescape(dom[start : dom.index("</pre>", start)]))
 
 
-def screenshot_plot(path: str | os.PathLike, plot_id: str, png: str | os.PathLike, *, width: int = 1200,
-                    height: int = 560, browser: str | None = None, budget_ms: int = 15000, timeout: float = 180) -> Path:
+def screenshot_plot(
+    path: str | os.PathLike,
+    plot_id: str,
+    png: str | os.PathLike,
+    *,
+    width: int = 1200,
+    height: int = 560,
+    browser: str | None = None,
+    budget_ms: int = 15000,
+    timeout: float = 180,
+) -> Path:
     """PNG of one plot of the report (the page reduced to that plot), written atomically."""
     browser = browser or find_chromium()
     page = Path(path).read_text(encoding="utf-8")
     if f'id="{plot_id}"' not in page:
         raise ValueError(f"plot id {plot_id!r} is not in {path}")
-    only = ("<script>window.addEventListener('load', function () {"
-            f"var el = document.getElementById({json.dumps(plot_id)}); var box = el.closest('.plot') || el;"
-            "document.body.innerHTML = ''; document.body.style.margin = '0'; document.body.style.padding = '8px';"
-            "document.body.style.maxWidth = 'none'; document.body.appendChild(box);"
-            "if (window.Plotly) { Plotly.Plots.resize(el); } window.scrollTo(0, 0); });</script>")
+    only = (
+        "<script>window.addEventListener('load', function () {"
+        f"var el = document.getElementById({json.dumps(plot_id)}); var box = el.closest('.plot') || el;"
+        "document.body.innerHTML = ''; document.body.style.margin = '0'; document.body.style.padding = '8px';"
+        "document.body.style.maxWidth = 'none'; document.body.appendChild(box);"
+        "if (window.Plotly) { Plotly.Plots.resize(el); } window.scrollTo(0, 0); });</script>"
+    )
     hide_toolbar = "<style>.modebar-container, .modebar { display: none !important; }</style>"
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +170,17 @@ def screenshot_plot(path: str | os.PathLike, plot_id: str, png: str | os.PathLik
         probe = Path(tmp) / "page.html"
         probe.write_text(_inject(page, hide_toolbar, only), encoding="utf-8")
         out = Path(tmp) / "shot.png"
-        proc = _run(browser, [f"--screenshot={out}", f"--window-size={width},{height}",
-                              f"--virtual-time-budget={budget_ms}"], probe.as_uri(), timeout)
+        proc = _run(
+            browser,
+            [f"--screenshot={out}", f"--window-size={width},{height}", f"--virtual-time-budget={budget_ms}"],
+            probe.as_uri(),
+            timeout,
+        )
         if not out.exists() or out.stat().st_size == 0:
-            raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}): "
-                               + " | ".join(proc.stderr.strip().splitlines()[-5:]))
+            raise RuntimeError(
+                f"Chromium wrote no screenshot (exit {proc.returncode}): "
+                + " | ".join(proc.stderr.strip().splitlines()[-5:])
+            )
         from questkern._io import write_bytes_atomic
 
         write_bytes_atomic(png, out.read_bytes())

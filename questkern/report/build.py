@@ -64,8 +64,9 @@ def _pick_gpu(keys: list[str], gpu: str | None) -> str | None:
     else the one key of the data; several without ``gpu`` is an error naming them."""
     if gpu is None:
         if len(keys) > 1:
-            raise ReportDataError(f"the data holds {len(keys)} GPUs ({', '.join(keys)}); a report shows one: "
-                                  f"pass --gpu with one of them")
+            raise ReportDataError(
+                f"the data holds {len(keys)} GPUs ({', '.join(keys)}); a report shows one: pass --gpu with one of them"
+            )
         return keys[0] if keys else None
     if gpu in keys or not keys:
         return gpu
@@ -79,8 +80,14 @@ def _pick_gpu(keys: list[str], gpu: str | None) -> str | None:
     raise ReportDataError(f"--gpu {gpu!r}: the data holds {', '.join(keys)}" + (" (several match)" if match else ""))
 
 
-def gather(data: list[Path], profiles: list[Path] | None, tuning: list[Path], study_storage: str | None = None,
-           studies: list[str] | None = None, gpu: str | None = None) -> ReportInputs:
+def gather(
+    data: list[Path],
+    profiles: list[Path] | None,
+    tuning: list[Path],
+    study_storage: str | None = None,
+    studies: list[str] | None = None,
+    gpu: str | None = None,
+) -> ReportInputs:
     """Read every input for ONE GPU; bench, model and quality CSVs are told apart by their columns.
 
     Rows, tables and profiles of any other GPU key are left out, each with a notice. ``profiles``
@@ -130,8 +137,20 @@ def gather(data: list[Path], profiles: list[Path] | None, tuning: list[Path], st
     sources += [f"quality: {p}" for p in quality_files + recall_files]
     sources += [f"profile: {p.path}" for p in prof] + [f"tuning: {t.path}" for t in tun]
     sources += [f"optuna study: {s.study_name} @ {study_storage}" for s in st]
-    return ReportInputs(bench, load_quality(quality_files), prof, tun, st, sources, load_recall(recall_files), skipped,
-                        model, gpu, notices, len(others - {gpu}))
+    return ReportInputs(
+        bench,
+        load_quality(quality_files),
+        prof,
+        tun,
+        st,
+        sources,
+        load_recall(recall_files),
+        skipped,
+        model,
+        gpu,
+        notices,
+        len(others - {gpu}),
+    )
 
 
 # --------------------------------------------------------------------------- html pieces
@@ -148,30 +167,71 @@ details>.inner{border-left:3px solid #eee;padding-left:12px} .summary table.qk{f
 .verdict{font-size:1.05em;margin:8px 0} .interp{background:#fde2e1;border:1px solid #d9534f;padding:10px 14px;margin:12px 0}
 """
 INTERPRETER_LABEL = "Triton interpreter on CPU: timings mean nothing"
-INTERPRETER_NOTE = ("Triton interpreter on CPU (no GPU): these times are of the interpreter and mean nothing about a GPU;"
-                    " they show the pipeline runs.")
+INTERPRETER_NOTE = (
+    "Triton interpreter on CPU (no GPU): these times are of the interpreter and mean nothing about a GPU;"
+    " they show the pipeline runs."
+)
 
 
 # column names as a reader wants them (with units); unknown columns keep their name
 COLUMN_NAMES = {
-    "gpu": "GPU key", "op": "op", "batch": "batch", "q_heads": "Q heads", "kv_heads": "KV heads", "head_dim": "head dim",
-    "dtype": "dtype", "seq_len": "context (tokens)", "context": "context (tokens)", "page_size": "page size (tokens)",
-    "budget": "budget (tokens)", "gqa_mode": "GQA selection", "quest_us": "Quest step (µs)",
-    "dense_us": "in-house dense (µs)", "sdpa_us": "torch SDPA (µs)", "speedup_vs_dense": "speedup vs dense (×)",
-    "speedup_vs_sdpa": "speedup vs SDPA (×)", "byte_bound": "byte bound vs dense (×)",
-    "pct_of_bound": "of the byte bound (%)", "bound_vs_sdpa": "bound vs SDPA (×)", "median_us": "median (µs)",
-    "gbps": "achieved (GB/s)", "pct_copy_bw": "of copy bandwidth (%)", "heuristic_us": "heuristic configs (µs)",
-    "table_us": "table configs (µs)", "speedup_vs_heuristic": "table vs heuristic (×)", "latency_us": "tuned (µs)",
-    "default_latency_us": "heuristic default (µs)", "speedup_vs_default": "tuned vs default (×)",
-    "seq_bucket": "context bucket", "batch_bucket": "batch bucket", "recall_mean": "recall (mean, 0-1)",
-    "recall_p10": "recall (10th percentile)", "recall_min": "recall (min)", "err_mean": "output error (mean)",
-    "err_p90": "output error (90th percentile)", "read_frac_mean": "K/V read (fraction of dense)",
-    "tokens_mean": "tokens attended (mean)", "pages_mean": "pages attended (mean)", "kind": "trace kind",
-    "policy": "policy", "param": "policy parameter", "temperature": "temperature", "samples": "samples",
-    "model": "model", "quest_tokens_per_s": "Quest (tokens/s)", "sdpa_tokens_per_s": "SDPA (tokens/s)",
-    "tokens_per_s": "tokens/s", "ms_per_token": "ms per token", "bound_speedup": "bound vs SDPA (×)",
-    "gain_captured_pct": "gain captured (%)", "ceiling_speedup": "ceiling: no attention (×)",
-    "attention": "attention", "trials": "trials", "date": "tuned on", "config": "config", "per_step_us": "per step (µs)",
+    "gpu": "GPU key",
+    "op": "op",
+    "batch": "batch",
+    "q_heads": "Q heads",
+    "kv_heads": "KV heads",
+    "head_dim": "head dim",
+    "dtype": "dtype",
+    "seq_len": "context (tokens)",
+    "context": "context (tokens)",
+    "page_size": "page size (tokens)",
+    "budget": "budget (tokens)",
+    "gqa_mode": "GQA selection",
+    "quest_us": "Quest step (µs)",
+    "dense_us": "in-house dense (µs)",
+    "sdpa_us": "torch SDPA (µs)",
+    "speedup_vs_dense": "speedup vs dense (×)",
+    "speedup_vs_sdpa": "speedup vs SDPA (×)",
+    "byte_bound": "byte bound vs dense (×)",
+    "pct_of_bound": "of the byte bound (%)",
+    "bound_vs_sdpa": "bound vs SDPA (×)",
+    "median_us": "median (µs)",
+    "gbps": "achieved (GB/s)",
+    "pct_copy_bw": "of copy bandwidth (%)",
+    "heuristic_us": "heuristic configs (µs)",
+    "table_us": "table configs (µs)",
+    "speedup_vs_heuristic": "table vs heuristic (×)",
+    "latency_us": "tuned (µs)",
+    "default_latency_us": "heuristic default (µs)",
+    "speedup_vs_default": "tuned vs default (×)",
+    "seq_bucket": "context bucket",
+    "batch_bucket": "batch bucket",
+    "recall_mean": "recall (mean, 0-1)",
+    "recall_p10": "recall (10th percentile)",
+    "recall_min": "recall (min)",
+    "err_mean": "output error (mean)",
+    "err_p90": "output error (90th percentile)",
+    "read_frac_mean": "K/V read (fraction of dense)",
+    "tokens_mean": "tokens attended (mean)",
+    "pages_mean": "pages attended (mean)",
+    "kind": "trace kind",
+    "policy": "policy",
+    "param": "policy parameter",
+    "temperature": "temperature",
+    "samples": "samples",
+    "model": "model",
+    "quest_tokens_per_s": "Quest (tokens/s)",
+    "sdpa_tokens_per_s": "SDPA (tokens/s)",
+    "tokens_per_s": "tokens/s",
+    "ms_per_token": "ms per token",
+    "bound_speedup": "bound vs SDPA (×)",
+    "gain_captured_pct": "gain captured (%)",
+    "ceiling_speedup": "ceiling: no attention (×)",
+    "attention": "attention",
+    "trials": "trials",
+    "date": "tuned on",
+    "config": "config",
+    "per_step_us": "per step (µs)",
 }
 
 
@@ -183,14 +243,22 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
         extra = f'<p class="note">first {MAX_TABLE_ROWS} of {len(df)} rows</p>'
         df = df.head(MAX_TABLE_ROWS)
     df = df.rename(columns={c: COLUMN_NAMES.get(c, c) for c in df.columns})
-    body = df.to_html(index=False, classes="qk", border=0, na_rep="–", escape=True,
-                      float_format=lambda v: f"{v:.0f}" if abs(v) >= 1000 else floatfmt.format(v))
+    body = df.to_html(
+        index=False,
+        classes="qk",
+        border=0,
+        na_rep="–",
+        escape=True,
+        float_format=lambda v: f"{v:.0f}" if abs(v) >= 1000 else floatfmt.format(v),
+    )
     return f'<div class="tablewrap">{body}</div>' + extra
 
 
 def _details(summary: str, inner: str, open_: bool = False) -> str:
-    return (f'<details{" open" if open_ else ""}><summary>{html.escape(summary)}</summary>'
-            f'<div class="inner">{inner}</div></details>')
+    return (
+        f"<details{' open' if open_ else ''}><summary>{html.escape(summary)}</summary>"
+        f'<div class="inner">{inner}</div></details>'
+    )
 
 
 def _p(text: str, cls: str = "note") -> str:
@@ -226,8 +294,9 @@ class _Doc:
         self.plot_ids.append(p.id)
         if p.rank and (self.main is None or p.rank > self.main[0]):
             self.main = (p.rank, p.id)
-        div = p.fig.to_html(full_html=False, include_plotlyjs=False, div_id=p.id,
-                            config={"displaylogo": False, "responsive": True})
+        div = p.fig.to_html(
+            full_html=False, include_plotlyjs=False, div_id=p.id, config={"displaylogo": False, "responsive": True}
+        )
         return f'<div class="plot">{div}</div>' + (_p(p.caption, "caption") if p.caption else "")
 
 
@@ -236,22 +305,44 @@ def _environment(inputs: ReportInputs) -> pd.DataFrame:
     b = inputs.bench
     for gpu, g in b.groupby("gpu", sort=True):
         first = g.iloc[-1]
-        rows.append({"gpu key": gpu, "device": first["gpu_name"], "driver": first["driver"], "torch": first["torch"],
-                     "Triton": first["triton"], "CUDA": first["cuda"],
-                     "measured (UTC)": ", ".join(sorted({t[:16].replace("T", " ") for t in g["timestamp"] if t})) or "–",
-                     "copy GB/s": g["copy_gbps"].median(), "rows": len(g), "source": "bench"})
+        rows.append(
+            {
+                "gpu key": gpu,
+                "device": first["gpu_name"],
+                "driver": first["driver"],
+                "torch": first["torch"],
+                "Triton": first["triton"],
+                "CUDA": first["cuda"],
+                "measured (UTC)": ", ".join(sorted({t[:16].replace("T", " ") for t in g["timestamp"] if t})) or "–",
+                "copy GB/s": g["copy_gbps"].median(),
+                "rows": len(g),
+                "source": "bench",
+            }
+        )
     for p in inputs.profiles:
         dev = (p.meta or {}).get("device", {})
-        rows.append({"gpu key": p.gpu, "device": dev.get("gpu_name", ""), "driver": dev.get("driver", ""),
-                     "torch": dev.get("torch", ""), "Triton": dev.get("triton", ""), "CUDA": dev.get("cuda", ""),
-                     "measured (UTC)": str((p.meta or {}).get("created", ""))[:16].replace("T", " "),
-                     "copy GB/s": float("nan"), "rows": len(p.summary), "source": f"profile {p.label}"})
+        rows.append(
+            {
+                "gpu key": p.gpu,
+                "device": dev.get("gpu_name", ""),
+                "driver": dev.get("driver", ""),
+                "torch": dev.get("torch", ""),
+                "Triton": dev.get("triton", ""),
+                "CUDA": dev.get("cuda", ""),
+                "measured (UTC)": str((p.meta or {}).get("created", ""))[:16].replace("T", " "),
+                "copy GB/s": float("nan"),
+                "rows": len(p.summary),
+                "source": f"profile {p.label}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _is_synthetic(inputs: ReportInputs) -> bool:
     b = inputs.bench
-    return bool(len(b)) and bool((b["gpu"].str.startswith("fixture") | b["gpu_name"].str.lower().str.contains("synthetic")).any())
+    return bool(len(b)) and bool(
+        (b["gpu"].str.startswith("fixture") | b["gpu_name"].str.lower().str.contains("synthetic")).any()
+    )
 
 
 def _tuning_tables(t: TuningTable) -> str:
@@ -267,7 +358,9 @@ def _tuning_tables(t: TuningTable) -> str:
             if "default_config" in ent:
                 ent = ent.drop(columns=["default_config"])
             if {"latency_us", "default_latency_us"} <= set(ent.columns):
-                ent["speedup_vs_default"] = pd.to_numeric(ent["default_latency_us"], errors="coerce") / ent["latency_us"]
+                ent["speedup_vs_default"] = (
+                    pd.to_numeric(ent["default_latency_us"], errors="coerce") / ent["latency_us"]
+                )
             if "seq_bucket" in ent:
                 ent["seq_bucket"] = ent["seq_bucket"].map(lambda k: f"2^{k}")
         out.append(_table(ent))
@@ -276,8 +369,12 @@ def _tuning_tables(t: TuningTable) -> str:
             pts = pd.DataFrame(fr.get("points", []))
             if "config" in pts:
                 pts["config"] = pts["config"].map(lambda c: " ".join(f"{k}={v}" for k, v in (c or {}).items()))
-            out.append(_p(f"study {fr.get('study')}, bucket {json.dumps(fr.get('bucket'))}, objectives "
-                          f"{', '.join(fr.get('objectives', []))}"))
+            out.append(
+                _p(
+                    f"study {fr.get('study')}, bucket {json.dumps(fr.get('bucket'))}, objectives "
+                    f"{', '.join(fr.get('objectives', []))}"
+                )
+            )
             out.append(_table(pts))
     return "\n".join(out)
 
@@ -291,25 +388,47 @@ def _summary(d: _Doc, inputs: ReportInputs) -> None:
     head = F.headline_rows(spd)
     if not head.empty:
         r = head.iloc[0]
-        d.add(f"<h3>Quest decode step vs torch SDPA (d={int(r['head_dim'])}, {html.escape(str(r['dtype']))}, "
-              f"page {int(r['page_size'])}, budget {int(r['budget'])} tokens, {html.escape(str(r['gqa_mode']))})</h3>")
+        d.add(
+            f"<h3>Quest decode step vs torch SDPA (d={int(r['head_dim'])}, {html.escape(str(r['dtype']))}, "
+            f"page {int(r['page_size'])}, budget {int(r['budget'])} tokens, {html.escape(str(r['gqa_mode']))})</h3>"
+        )
         cols = ["batch", "q_heads", "kv_heads", "seq_len", "quest_us", "sdpa_us", "speedup_vs_sdpa"]
         if head["bound_vs_sdpa"].notna().any() and not inputs.interpreter:
             cols.append("bound_vs_sdpa")
         d.add(_table(head.sort_values(["batch", "q_heads", "kv_heads", "seq_len"])[cols], "{:.3g}"))
         if not inputs.interpreter:
             best = head.loc[head["speedup_vs_sdpa"].idxmax()]
-            d.add(_p(f"Best case: {best['speedup_vs_sdpa']:.2f}x SDPA at batch {int(best['batch'])}, heads "
-                     f"{int(best['q_heads'])}/{int(best['kv_heads'])}, {int(best['seq_len'])} tokens"
-                     + (f" (bound {best['bound_vs_sdpa']:.2f}x)" if pd.notna(best["bound_vs_sdpa"]) else "") + ".",
-                     "verdict"))
+            d.add(
+                _p(
+                    f"Best case: {best['speedup_vs_sdpa']:.2f}x SDPA at batch {int(best['batch'])}, heads "
+                    f"{int(best['q_heads'])}/{int(best['kv_heads'])}, {int(best['seq_len'])} tokens"
+                    + (f" (bound {best['bound_vs_sdpa']:.2f}x)" if pd.notna(best["bound_vs_sdpa"]) else "")
+                    + ".",
+                    "verdict",
+                )
+            )
     else:
         d.add(_p("No bench case with a Quest step and SDPA."))
     mt = F.model_table(inputs.model)
     if not mt.empty:
         d.add("<h3>Whole model, one token step (questkern bench --model)</h3>")
-        d.add(_table(mt[["model", "batch", "seq_len", "quest_tokens_per_s", "sdpa_tokens_per_s", "speedup_vs_sdpa",
-                         "bound_speedup", "gain_captured_pct"]], "{:.3g}"))
+        d.add(
+            _table(
+                mt[
+                    [
+                        "model",
+                        "batch",
+                        "seq_len",
+                        "quest_tokens_per_s",
+                        "sdpa_tokens_per_s",
+                        "speedup_vs_sdpa",
+                        "bound_speedup",
+                        "gain_captured_pct",
+                    ]
+                ],
+                "{:.3g}",
+            )
+        )
     heur = F.heuristic_table(b) if len(b) else pd.DataFrame()
     if not heur.empty:
         d.add("<h3>Tuning table vs heuristic configs</h3>")
@@ -330,8 +449,11 @@ def _quality_at_default(recall: pd.DataFrame) -> pd.DataFrame:
     need = {"policy", "page_size", "param", "recall_mean", "kind", "context"}
     if recall.empty or not need <= set(recall.columns):
         return pd.DataFrame()
-    r = recall[(recall["policy"] == "fixed") & (recall["page_size"] == 16)
-               & (pd.to_numeric(recall["param"], errors="coerce") == 2048)]
+    r = recall[
+        (recall["policy"] == "fixed")
+        & (recall["page_size"] == 16)
+        & (pd.to_numeric(recall["param"], errors="coerce") == 2048)
+    ]
     for c, v in (("gqa_mode", "shared"), ("aggregate", "sum"), ("meta", "fp32")):
         if c in r.columns:
             r = r[r[c].fillna("") == v]
@@ -356,11 +478,15 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     d.add(f"<h1>{html.escape(title)}</h1>")
     d.add(_p(f"{device} (GPU key {gpu or '–'}) · questkern {__version__} · generated {now}"))
     if _is_synthetic(inputs):
-        d.add('<div class="banner"><b>Synthetic fixture data.</b> These numbers come from committed test fixtures, not from a'
-              " measurement; they show what a report looks like. Rebuild from a real bench CSV for results.</div>")
+        d.add(
+            '<div class="banner"><b>Synthetic fixture data.</b> These numbers come from committed test fixtures, not from a'
+            " measurement; they show what a report looks like. Rebuild from a real bench CSV for results.</div>"
+        )
     if inputs.interpreter:
-        d.add(f'<div class="interp"><b>No GPU.</b> {html.escape(INTERPRETER_NOTE)} Selections and outputs were still'
-              " checked against the float32 references. Run the same commands on a GPU for real figures.</div>")
+        d.add(
+            f'<div class="interp"><b>No GPU.</b> {html.escape(INTERPRETER_NOTE)} Selections and outputs were still'
+            " checked against the float32 references. Run the same commands on a GPU for real figures.</div>"
+        )
     if inputs.dropped_gpus:
         d.add(_p(f"One GPU per report: rows, tables and profiles of {inputs.dropped_gpus} other GPU(s) were left out."))
     nav_at = len(d.parts)
@@ -374,13 +500,36 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     head_ids = _headline_ids(b)
     _plots_main_then_rest(d, plots, head_ids, "other shapes")
     if not spd.empty:
-        cols = ["batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size", "budget", "gqa_mode",
-                "quest_us", "dense_us", "sdpa_us", "speedup_vs_dense", "speedup_vs_sdpa", "byte_bound", "pct_of_bound",
-                "bound_vs_sdpa"]
-        d.add(_details(f"all cases ({len(spd)})", _p(
-            "Times in µs; speedups are ratios of two times of the same GPU and run. Byte bound = bytes a dense step reads"
-            " / bytes a Quest step reads; bound vs SDPA = SDPA time / (graph floor + Quest bytes at the copy bandwidth),"
-            " all of the same run (empty for CSVs made before the bench recorded its floor).") + _table(spd[cols])))
+        cols = [
+            "batch",
+            "q_heads",
+            "kv_heads",
+            "head_dim",
+            "dtype",
+            "seq_len",
+            "page_size",
+            "budget",
+            "gqa_mode",
+            "quest_us",
+            "dense_us",
+            "sdpa_us",
+            "speedup_vs_dense",
+            "speedup_vs_sdpa",
+            "byte_bound",
+            "pct_of_bound",
+            "bound_vs_sdpa",
+        ]
+        d.add(
+            _details(
+                f"all cases ({len(spd)})",
+                _p(
+                    "Times in µs; speedups are ratios of two times of the same GPU and run. Byte bound = bytes a dense step reads"
+                    " / bytes a Quest step reads; bound vs SDPA = SDPA time / (graph floor + Quest bytes at the copy bandwidth),"
+                    " all of the same run (empty for CSVs made before the bench recorded its floor)."
+                )
+                + _table(spd[cols]),
+            )
+        )
     else:
         d.add(_p("No case with both a Quest step and a dense baseline."))
 
@@ -388,9 +537,13 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     mt = F.model_table(inputs.model)
     if not mt.empty:
         d.section("model", "Whole model token step")
-        d.add(_p("One decode step of a whole model (random weights, every layer its own K/V, one CUDA graph), attention"
-                 " by SDPA, the in-house dense decode, Quest, and none (the ceiling). Gain captured = the share of the"
-                 " speedup the bound allows that Quest reaches."))
+        d.add(
+            _p(
+                "One decode step of a whole model (random weights, every layer its own K/V, one CUDA graph), attention"
+                " by SDPA, the in-house dense decode, Quest, and none (the ceiling). Gain captured = the share of the"
+                " speedup the bound allows that Quest reaches."
+            )
+        )
         d.add(_table(mt.drop(columns=["gpu"])))
         raw = inputs.model.drop(columns=["source", "ts", "command"], errors="ignore")
         d.add(_details(f"every row ({len(raw)})", _table(raw)))
@@ -419,11 +572,19 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     if inputs.tuning:
         for t in inputs.tuning:
             n = len(t.doc.get("entries", t.doc.get("fronts", [])))
-            d.add(_details(f"tuning table {t.path} ({t.kind}, {n} {'entries' if t.kind == 'table' else 'fronts'})",
-                           _tuning_tables(t)))
+            d.add(
+                _details(
+                    f"tuning table {t.path} ({t.kind}, {n} {'entries' if t.kind == 'table' else 'fronts'})",
+                    _tuning_tables(t),
+                )
+            )
     else:
-        d.add(_p("No tuning table of this GPU found (tuning/*.json, questkern/tuning/tables/*.json): the kernels run on"
-                 " the documented heuristics."))
+        d.add(
+            _p(
+                "No tuning table of this GPU found (tuning/*.json, questkern/tuning/tables/*.json): the kernels run on"
+                " the documented heuristics."
+            )
+        )
 
     # quality
     if len(inputs.quality) or len(inputs.recall):
@@ -436,16 +597,28 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
             d.plot(p, timed=False)
         rest = [p for p in rplots if p not in main_r]
         if rest:
-            d.add(_details(f"recall at the other contexts ({len(rest)} plots)",
-                           "".join(d.plot_html(p, timed=False) for p in rest)))
+            d.add(
+                _details(
+                    f"recall at the other contexts ({len(rest)} plots)",
+                    "".join(d.plot_html(p, timed=False) for p in rest),
+                )
+            )
         if len(inputs.recall):
-            d.add(_details(f"recall table ({len(inputs.recall)} rows)",
-                           _table(inputs.recall.drop(columns=["source"], errors="ignore"))))
+            d.add(
+                _details(
+                    f"recall table ({len(inputs.recall)} rows)",
+                    _table(inputs.recall.drop(columns=["source"], errors="ignore")),
+                )
+            )
         for p in F.quality_plots(inputs.quality):
             d.plot(p, timed=False)
         if len(inputs.quality):
-            d.add(_details(f"quality table ({len(inputs.quality)} rows)",
-                           _table(inputs.quality.drop(columns=["source"], errors="ignore"))))
+            d.add(
+                _details(
+                    f"quality table ({len(inputs.quality)} rows)",
+                    _table(inputs.quality.drop(columns=["source"], errors="ignore")),
+                )
+            )
 
     # latency
     d.section("latency", "Latency vs context length")
@@ -484,8 +657,28 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     mixed = b[b["lens"] != ""] if len(b) else b
     if len(mixed):
         d.section("mixed", "Mixed-length batches")
-        d.add(_table(mixed[["op", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size",
-                            "budget", "gqa_mode", "median_us", "gbps", "pct_copy_bw", "speedup_vs_sdpa"]]))
+        d.add(
+            _table(
+                mixed[
+                    [
+                        "op",
+                        "batch",
+                        "q_heads",
+                        "kv_heads",
+                        "head_dim",
+                        "dtype",
+                        "seq_len",
+                        "page_size",
+                        "budget",
+                        "gqa_mode",
+                        "median_us",
+                        "gbps",
+                        "pct_copy_bw",
+                        "speedup_vs_sdpa",
+                    ]
+                ]
+            )
+        )
 
     # environment
     d.section("environment", "Environment and data sources")
@@ -503,24 +696,41 @@ def render(inputs: ReportInputs, *, title: str, command: str = "") -> tuple[str,
     nav = " ".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in d.sections)
     d.parts.insert(nav_at, f"<nav>{nav}</nav>")
     main = d.main[1] if d.main else (d.plot_ids[0] if d.plot_ids else None)
-    manifest = {"schema": "questkern.report.manifest", "version": 2, "generated": now, "plots": d.plot_ids, "main": main,
-                "sections": [s for s, _ in d.sections], "gpus": gpus, "interpreter": inputs.interpreter}
-    page = "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>",
-        f'<script type="text/javascript">{get_plotlyjs()}</script>',
-        "</head><body>", *d.parts, RESIZE_ON_OPEN,
-        f'<script type="application/json" id="{MANIFEST_ID}">{json.dumps(manifest)}</script>',
-        "</body></html>"])
+    manifest = {
+        "schema": "questkern.report.manifest",
+        "version": 2,
+        "generated": now,
+        "plots": d.plot_ids,
+        "main": main,
+        "sections": [s for s, _ in d.sections],
+        "gpus": gpus,
+        "interpreter": inputs.interpreter,
+    }
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{CSS}</style>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head><body>",
+            *d.parts,
+            RESIZE_ON_OPEN,
+            f'<script type="application/json" id="{MANIFEST_ID}">{json.dumps(manifest)}</script>',
+            "</body></html>",
+        ]
+    )
     return page, manifest
 
 
 # plots drawn inside a closed <details> get their size when it opens
-RESIZE_ON_OPEN = ("<script>document.querySelectorAll('details').forEach(function (el) {"
-                  "el.addEventListener('toggle', function () { if (el.open && window.Plotly) {"
-                  "el.querySelectorAll('.plotly-graph-div').forEach(function (g) { Plotly.Plots.resize(g); }); } });"
-                  "});</script>")
+RESIZE_ON_OPEN = (
+    "<script>document.querySelectorAll('details').forEach(function (el) {"
+    "el.addEventListener('toggle', function () { if (el.open && window.Plotly) {"
+    "el.querySelectorAll('.plotly-graph-div').forEach(function (g) { Plotly.Plots.resize(g); }); } });"
+    "});</script>"
+)
 
 
 def _headline_ids(b: pd.DataFrame) -> set:
@@ -545,4 +755,4 @@ def _plots_main_then_rest(d: _Doc, plots: list, head_shapes: set, label: str) ->
 def read_manifest(page: str) -> dict:
     """The manifest embedded in a report's HTML."""
     start = page.index(f'id="{MANIFEST_ID}">') + len(f'id="{MANIFEST_ID}">')
-    return json.loads(page[start: page.index("</script>", start)])
+    return json.loads(page[start : page.index("</script>", start)])

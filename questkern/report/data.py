@@ -21,15 +21,76 @@ from pathlib import Path
 import pandas as pd
 
 BENCH_REQUIRED = ["gpu", "op", "seq_len", "median_us"]
-BENCH_COLUMNS = ["gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "batch", "q_heads", "kv_heads", "head_dim",
-                 "dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode", "median_us", "bytes", "gbps", "pct_copy_bw",
-                 "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "splits", "config_source", "timestamp", "command",
-                 "meta_dtype", "floor_us", "bound_us", "bound_speedup_vs_sdpa", "speedup_vs_heuristic", "sub_page_size"]
-NUMERIC = ["batch", "q_heads", "kv_heads", "head_dim", "seq_len", "page_size", "budget", "median_us", "bytes", "gbps",
-           "pct_copy_bw", "speedup_vs_sdpa", "speedup_vs_dense", "copy_gbps", "floor_us", "bound_us", "bound_speedup_vs_sdpa",
-           "speedup_vs_heuristic"]
+BENCH_COLUMNS = [
+    "gpu",
+    "gpu_name",
+    "driver",
+    "torch",
+    "triton",
+    "cuda",
+    "op",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "dtype",
+    "seq_len",
+    "lens",
+    "page_size",
+    "budget",
+    "gqa_mode",
+    "median_us",
+    "bytes",
+    "gbps",
+    "pct_copy_bw",
+    "speedup_vs_sdpa",
+    "speedup_vs_dense",
+    "copy_gbps",
+    "splits",
+    "config_source",
+    "timestamp",
+    "command",
+    "meta_dtype",
+    "floor_us",
+    "bound_us",
+    "bound_speedup_vs_sdpa",
+    "speedup_vs_heuristic",
+    "sub_page_size",
+]
+NUMERIC = [
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "seq_len",
+    "page_size",
+    "budget",
+    "median_us",
+    "bytes",
+    "gbps",
+    "pct_copy_bw",
+    "speedup_vs_sdpa",
+    "speedup_vs_dense",
+    "copy_gbps",
+    "floor_us",
+    "bound_us",
+    "bound_speedup_vs_sdpa",
+    "speedup_vs_heuristic",
+]
 # a case: everything that defines one measured configuration on one GPU
-CASE_KEY = ["gpu", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "lens", "page_size", "budget", "gqa_mode"]
+CASE_KEY = [
+    "gpu",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "dtype",
+    "seq_len",
+    "lens",
+    "page_size",
+    "budget",
+    "gqa_mode",
+]
 OPS = ["select", "topk_torch", "sparse_decode", "quest_step", "dense_decode", "sdpa", "copy"]
 
 # Quality CSVs (reports/data/quality*.csv), either long format (one row per measured value:
@@ -42,9 +103,23 @@ RECALL_REQUIRED = ["policy", "page_size", "recall_mean"]
 # Model-level bench CSVs (``questkern bench --model``: bench_model*.csv, one row per attention variant
 # of a (model, batch, context) case).
 MODEL_REQUIRED = ["gpu", "model", "batch", "seq_len", "attention", "tokens_per_s"]
-MODEL_NUMERIC = ["layers", "batch", "seq_len", "ms_per_token", "tokens_per_s", "speedup_vs_sdpa", "ceiling_speedup",
-                 "attention_bytes", "bound_us", "bound_speedup", "gain_captured", "copy_gbps", "budget", "dense_layers",
-                 "page_size"]
+MODEL_NUMERIC = [
+    "layers",
+    "batch",
+    "seq_len",
+    "ms_per_token",
+    "tokens_per_s",
+    "speedup_vs_sdpa",
+    "ceiling_speedup",
+    "attention_bytes",
+    "bound_us",
+    "bound_speedup",
+    "gain_captured",
+    "copy_gbps",
+    "budget",
+    "dense_layers",
+    "page_size",
+]
 
 
 class ReportDataError(ValueError):
@@ -75,9 +150,11 @@ def classify_csv(path: Path) -> tuple[str | None, str]:
     if is_recall_csv(path):
         return "recall", ""
     missing = [c for c in BENCH_REQUIRED if c not in header]
-    return None, (f"neither a bench CSV (lacks columns {missing} of {BENCH_REQUIRED}), a model bench CSV "
-                  f"(columns {MODEL_REQUIRED}) nor a quality CSV "
-                  f"(quality*.csv with columns {QUALITY_REQUIRED} or {RECALL_REQUIRED})")
+    return None, (
+        f"neither a bench CSV (lacks columns {missing} of {BENCH_REQUIRED}), a model bench CSV "
+        f"(columns {MODEL_REQUIRED}) nor a quality CSV "
+        f"(quality*.csv with columns {QUALITY_REQUIRED} or {RECALL_REQUIRED})"
+    )
 
 
 def _strict_numeric(df: pd.DataFrame, cols, path: Path) -> None:
@@ -91,8 +168,9 @@ def _strict_numeric(df: pd.DataFrame, cols, path: Path) -> None:
         bad = num.isna() & raw.notna() & ~text.isin(["", "nan"])
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise ReportDataError(f"{path}: column {c!r} must hold numbers, got {str(raw.iloc[i])!r} "
-                                  f"in data row {i + 1}")
+            raise ReportDataError(
+                f"{path}: column {c!r} must hold numbers, got {str(raw.iloc[i])!r} in data row {i + 1}"
+            )
 
 
 def find_csvs(paths: list[Path]) -> list[Path]:
@@ -128,8 +206,15 @@ def load_model(files: list[Path]) -> pd.DataFrame:
     """Model-level bench rows; the latest run of each (GPU, model, batch, context, attention) wins."""
     frames = []
     for f in files:
-        df = pd.read_csv(f, dtype={c: str for c in ("gpu", "gpu_name", "model", "attention", "dtype", "timestamp",
-                                                     "command", "path", "gqa_mode")}, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(
+            f,
+            dtype={
+                c: str
+                for c in ("gpu", "gpu_name", "model", "attention", "dtype", "timestamp", "command", "path", "gqa_mode")
+            },
+            keep_default_na=False,
+            na_values=[""],
+        )
         df["source"] = str(f)
         frames.append(df)
     if not frames:
@@ -144,8 +229,11 @@ def load_model(files: list[Path]) -> pd.DataFrame:
         df[c] = df[c].fillna("").astype(str)
     df["ts"] = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
     df = df.sort_values("ts", na_position="first", kind="stable")
-    key = [c for c in ("gpu", "model", "batch", "seq_len", "attention", "dtype", "page_size", "budget", "path")
-           if c in df.columns]
+    key = [
+        c
+        for c in ("gpu", "model", "batch", "seq_len", "attention", "dtype", "page_size", "budget", "path")
+        if c in df.columns
+    ]
     return df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
@@ -180,11 +268,29 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
     frames = []
     for f in files:
         try:
-            df = pd.read_csv(f, dtype={c: str for c in ("gpu", "gpu_name", "driver", "torch", "triton", "cuda", "lens",
-                                                         "gqa_mode", "dtype", "timestamp", "command", "meta_dtype",
-                                                         "sub_page_size")},
-                             keep_default_na=False,
-                             na_values=[""])
+            df = pd.read_csv(
+                f,
+                dtype={
+                    c: str
+                    for c in (
+                        "gpu",
+                        "gpu_name",
+                        "driver",
+                        "torch",
+                        "triton",
+                        "cuda",
+                        "lens",
+                        "gqa_mode",
+                        "dtype",
+                        "timestamp",
+                        "command",
+                        "meta_dtype",
+                        "sub_page_size",
+                    )
+                },
+                keep_default_na=False,
+                na_values=[""],
+            )
         except Exception as e:
             raise ReportDataError(f"{f}: not a readable CSV ({e})") from None
         missing = [c for c in BENCH_REQUIRED if c not in df.columns]
@@ -203,13 +309,29 @@ def load_bench(files: list[Path]) -> pd.DataFrame:
             df[c] = math.nan if c in NUMERIC else ""
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    for c in ("gpu", "gpu_name", "driver", "torch", "triton", "cuda", "op", "dtype", "lens", "gqa_mode", "timestamp", "command",
-              "meta_dtype", "sub_page_size"):
+    for c in (
+        "gpu",
+        "gpu_name",
+        "driver",
+        "torch",
+        "triton",
+        "cuda",
+        "op",
+        "dtype",
+        "lens",
+        "gqa_mode",
+        "timestamp",
+        "command",
+        "meta_dtype",
+        "sub_page_size",
+    ):
         df[c] = df[c].fillna("").astype(str)
     df = df[df["meta_dtype"].isin(["", "nan"]) & df["sub_page_size"].isin(["", "nan"])]
     bad = df[df["gpu"].str.strip() == ""]
     if len(bad):
-        raise ReportDataError(f"{bad['source'].iloc[0]}: {len(bad)} row(s) without a gpu key; every row must name its GPU")
+        raise ReportDataError(
+            f"{bad['source'].iloc[0]}: {len(bad)} row(s) without a gpu key; every row must name its GPU"
+        )
     if df["median_us"].isna().any() or (df["median_us"] <= 0).any():
         src = df.loc[df["median_us"].isna() | (df["median_us"] <= 0), "source"].iloc[0]
         raise ReportDataError(f"{src}: median_us must be a positive number in every row")

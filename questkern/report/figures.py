@@ -88,7 +88,7 @@ def log_ticks(values) -> tuple[list[float], list[str]]:
         return [], []
     lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
     steps = (1, 2, 5) if hi - lo <= 4 else (1,)
-    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps]
+    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps]
     ticks = [t for t in ticks if min(vals) / 2.5 <= t <= max(vals) * 2.5]
     return ticks, [_fmt_tick(t) for t in ticks]
 
@@ -103,9 +103,15 @@ def _trace_values(fig: go.Figure, axis: str) -> list:
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, logx=True, logy=False) -> go.Figure:
-    fig.update_layout(title=dict(text=title), xaxis_title=x, yaxis_title=y, template="plotly_white",
-                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), margin=dict(t=70, b=130),
-                      height=520)
+    fig.update_layout(
+        title=dict(text=title),
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
+        margin=dict(t=70, b=130),
+        height=520,
+    )
     if logx:
         tv, tt = log_ticks(_trace_values(fig, "x"))
         fig.update_xaxes(type="log", tickvals=tv or None, ticktext=tt or None)
@@ -166,15 +172,25 @@ def latency_plots(bench: pd.DataFrame) -> list[Plot]:
                 if r.empty:
                     continue
                 name, color, dash = OP_STYLE[op]
-                fig.add_trace(go.Scatter(x=r["seq_len"], y=r["median_us"], mode="lines+markers", name=f"{name} [{vl}]",
-                                         line=dict(color=color, dash=dash)))
+                fig.add_trace(
+                    go.Scatter(
+                        x=r["seq_len"],
+                        y=r["median_us"],
+                        mode="lines+markers",
+                        name=f"{name} [{vl}]",
+                        line=dict(color=color, dash=dash),
+                    )
+                )
         for op in ("dense_decode", "sdpa"):
             r = rows[rows["op"] == op].groupby("seq_len", as_index=False)["median_us"].median()
             if r.empty:
                 continue
             name, color, dash = OP_STYLE[op]
-            fig.add_trace(go.Scatter(x=r["seq_len"], y=r["median_us"], mode="lines+markers", name=name,
-                                     line=dict(color=color, dash=dash)))
+            fig.add_trace(
+                go.Scatter(
+                    x=r["seq_len"], y=r["median_us"], mode="lines+markers", name=name, line=dict(color=color, dash=dash)
+                )
+            )
         if not fig.data:
             continue
         title = f"Decode latency vs context length — {gpu_title(bench, gpu)} — {shape_label(first)}"
@@ -183,9 +199,18 @@ def latency_plots(bench: pd.DataFrame) -> list[Plot]:
         b, hq, hkv, d = (_int(first[c]) for c in ("batch", "q_heads", "kv_heads", "head_dim"))
         # main plot: most context lengths, then the reference shape (MHA, d=128, batch 1)
         rank = (rows["seq_len"].nunique(), d == 128, hq == hkv, b == 1)
-        plots.append(check_figure(Plot(slug("latency", gpu, *key), title, fig,
-                                       "Median of CUDA-graph replays with the L2 cache flushed (questkern bench)."
-                                       " Log-log axes.", rank, shape_key(key))))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("latency", gpu, *key),
+                    title,
+                    fig,
+                    "Median of CUDA-graph replays with the L2 cache flushed (questkern bench). Log-log axes.",
+                    rank,
+                    shape_key(key),
+                )
+            )
+        )
     return plots
 
 
@@ -202,7 +227,9 @@ def speedup_table(bench: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     seq = _seq_cases(bench)
-    for case, g in seq.groupby(["gpu"] + SHAPE_COLS + ["seq_len", "page_size", "budget", "gqa_mode"], dropna=False, sort=True):
+    for case, g in seq.groupby(
+        ["gpu"] + SHAPE_COLS + ["seq_len", "page_size", "budget", "gqa_mode"], dropna=False, sort=True
+    ):
         by = g.set_index("op")
         if "quest_step" not in by.index:
             continue
@@ -231,26 +258,62 @@ def speedup_plots(bench: pd.DataFrame) -> list[Plot]:
         for _variant, v in rows.groupby(["page_size", "budget", "gqa_mode"], dropna=False, sort=True):
             v = v.sort_values("seq_len")
             vl = variant_label(v.iloc[0])
-            fig.add_trace(go.Scatter(x=v["seq_len"], y=v["byte_bound"], mode="lines+markers",
-                                     name=f"byte bound: dense bytes / Quest bytes [{vl}]", line=dict(color="#000000", dash="dash")))
-            fig.add_trace(go.Scatter(x=v["seq_len"], y=v["speedup_vs_dense"], mode="lines+markers",
-                                     name=f"measured vs in-house dense [{vl}]", line=dict(color=OP_STYLE["dense_decode"][1])))
+            fig.add_trace(
+                go.Scatter(
+                    x=v["seq_len"],
+                    y=v["byte_bound"],
+                    mode="lines+markers",
+                    name=f"byte bound: dense bytes / Quest bytes [{vl}]",
+                    line=dict(color="#000000", dash="dash"),
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=v["seq_len"],
+                    y=v["speedup_vs_dense"],
+                    mode="lines+markers",
+                    name=f"measured vs in-house dense [{vl}]",
+                    line=dict(color=OP_STYLE["dense_decode"][1]),
+                )
+            )
             if v["speedup_vs_sdpa"].notna().any():
-                fig.add_trace(go.Scatter(x=v["seq_len"], y=v["speedup_vs_sdpa"], mode="lines+markers",
-                                         name=f"measured vs torch SDPA [{vl}]", line=dict(color=OP_STYLE["sdpa"][1])))
+                fig.add_trace(
+                    go.Scatter(
+                        x=v["seq_len"],
+                        y=v["speedup_vs_sdpa"],
+                        mode="lines+markers",
+                        name=f"measured vs torch SDPA [{vl}]",
+                        line=dict(color=OP_STYLE["sdpa"][1]),
+                    )
+                )
             if v["bound_vs_sdpa"].notna().any():
-                fig.add_trace(go.Scatter(x=v["seq_len"], y=v["bound_vs_sdpa"], mode="lines+markers",
-                                         name=f"bound vs SDPA: graph floor + bytes at copy bandwidth [{vl}]",
-                                         line=dict(color=OP_STYLE["sdpa"][1], dash="dot")))
+                fig.add_trace(
+                    go.Scatter(
+                        x=v["seq_len"],
+                        y=v["bound_vs_sdpa"],
+                        mode="lines+markers",
+                        name=f"bound vs SDPA: graph floor + bytes at copy bandwidth [{vl}]",
+                        line=dict(color=OP_STYLE["sdpa"][1], dash="dot"),
+                    )
+                )
         title = f"Quest speedup vs the byte bound — {gpu_title(bench, gpu)} — {shape_label(rows.iloc[0])}"
         _layout(fig, title, "context length (tokens per sequence)", "speedup over dense (×, same GPU and run)")
         fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
         _seq_ticks(fig, rows["seq_len"])
-        plots.append(check_figure(Plot(slug("speedup", gpu, *key), title, fig,
-                                       "Ideal speedup = bytes a dense step must read / bytes a Quest step must read"
-                                       " (selected K/V pages + all page metadata). Dotted: the most the step could"
-                                       " gain over SDPA at the copy bandwidth of the run plus its measured graph floor"
-                                       " (one tiny kernel in a CUDA graph, timed like the ops).", key=shape_key(key))))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("speedup", gpu, *key),
+                    title,
+                    fig,
+                    "Ideal speedup = bytes a dense step must read / bytes a Quest step must read"
+                    " (selected K/V pages + all page metadata). Dotted: the most the step could"
+                    " gain over SDPA at the copy bandwidth of the run plus its measured graph floor"
+                    " (one tiny kernel in a CUDA graph, timed like the ops).",
+                    key=shape_key(key),
+                )
+            )
+        )
     return plots
 
 
@@ -273,19 +336,37 @@ def bandwidth_plots(bench: pd.DataFrame) -> list[Plot]:
                 v = v.sort_values("seq_len")
                 name, color, dash = OP_STYLE[op]
                 label = name if op in ("dense_decode", "sdpa") else f"{name} [{variant_label(v.iloc[0])}]"
-                fig.add_trace(go.Scatter(x=v["seq_len"], y=v["pct"], mode="lines+markers", name=label,
-                                         line=dict(color=color, dash=dash)))
+                fig.add_trace(
+                    go.Scatter(
+                        x=v["seq_len"], y=v["pct"], mode="lines+markers", name=label, line=dict(color=color, dash=dash)
+                    )
+                )
                 if op in ("dense_decode", "sdpa"):
                     break  # the dense baselines do not depend on the Quest variant
         copy = rows["copy_gbps"].dropna()
         copy_txt = f"{copy.median():.0f} GB/s" if len(copy) else "n/a"
-        title = f"Achieved bandwidth, % of device copy ({copy_txt}) — {gpu_title(bench, gpu)} — {shape_label(rows.iloc[0])}"
-        _layout(fig, title, "context length (tokens per sequence)", "achieved bandwidth (% of copy bandwidth of the same run)")
+        title = (
+            f"Achieved bandwidth, % of device copy ({copy_txt}) — {gpu_title(bench, gpu)} — {shape_label(rows.iloc[0])}"
+        )
+        _layout(
+            fig,
+            title,
+            "context length (tokens per sequence)",
+            "achieved bandwidth (% of copy bandwidth of the same run)",
+        )
         _seq_ticks(fig, rows["seq_len"])
-        plots.append(check_figure(Plot(slug("bandwidth", gpu, *key), title, fig,
-                                       "Bytes each op must move (each input read once) over its median time, divided by"
-                                       " the device-to-device copy bandwidth measured in the same run.",
-                                       key=shape_key(key))))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("bandwidth", gpu, *key),
+                    title,
+                    fig,
+                    "Bytes each op must move (each input read once) over its median time, divided by"
+                    " the device-to-device copy bandwidth measured in the same run.",
+                    key=shape_key(key),
+                )
+            )
+        )
     return plots
 
 
@@ -304,23 +385,53 @@ def step_breakdown_plots(bench: pd.DataFrame) -> list[Plot]:
             x = [f"{int(s) // 1024}K" if int(s) % 1024 == 0 else str(int(s)) for s in piv.index]
             fig = go.Figure()
             fig.add_trace(go.Bar(x=x, y=piv["select"], name=OP_STYLE["select"][0], marker_color=OP_STYLE["select"][1]))
-            fig.add_trace(go.Bar(x=x, y=piv["sparse_decode"], name=OP_STYLE["sparse_decode"][0],
-                                 marker_color=OP_STYLE["sparse_decode"][1]))
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=piv["sparse_decode"],
+                    name=OP_STYLE["sparse_decode"][0],
+                    marker_color=OP_STYLE["sparse_decode"][1],
+                )
+            )
             if "quest_step" in piv.columns:
                 rest = (piv["quest_step"] - piv["select"] - piv["sparse_decode"]).clip(lower=0)
-                fig.add_trace(go.Bar(x=x, y=rest, name="rest of the step (quest_step − parts, ≥ 0)", marker_color="#c7c7c7"))
-                fig.add_trace(go.Scatter(x=x, y=piv["quest_step"], mode="markers", name="whole Quest step (one graph)",
-                                         marker=dict(color=OP_STYLE["quest_step"][1], symbol="diamond", size=10)))
+                fig.add_trace(
+                    go.Bar(x=x, y=rest, name="rest of the step (quest_step − parts, ≥ 0)", marker_color="#c7c7c7")
+                )
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=piv["quest_step"],
+                        mode="markers",
+                        name="whole Quest step (one graph)",
+                        marker=dict(color=OP_STYLE["quest_step"][1], symbol="diamond", size=10),
+                    )
+                )
             if "topk_torch" in piv.columns:
-                fig.add_trace(go.Scatter(x=x, y=piv["topk_torch"], mode="markers", name="torch.topk alone (for scale)",
-                                         marker=dict(color=OP_STYLE["topk_torch"][1], symbol="x", size=9)))
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=piv["topk_torch"],
+                        mode="markers",
+                        name="torch.topk alone (for scale)",
+                        marker=dict(color=OP_STYLE["topk_torch"][1], symbol="x", size=9),
+                    )
+                )
             vl = variant_label(v.iloc[0])
             title = f"Decode step breakdown — {gpu_title(bench, gpu)} — {shape_label(v.iloc[0])}, {vl}"
             _layout(fig, title, "context length (tokens per sequence)", "median time (µs)", logx=False)
             fig.update_layout(barmode="stack")
-            plots.append(check_figure(Plot(slug("breakdown", gpu, *key, ps, bud, mode), title, fig,
-                                           "Each part timed on its own (CUDA graph, L2 flushed); the whole step as one graph.",
-                                           key=shape_key(key))))
+            plots.append(
+                check_figure(
+                    Plot(
+                        slug("breakdown", gpu, *key, ps, bud, mode),
+                        title,
+                        fig,
+                        "Each part timed on its own (CUDA graph, L2 flushed); the whole step as one graph.",
+                        key=shape_key(key),
+                    )
+                )
+            )
     return plots
 
 
@@ -340,7 +451,9 @@ def profile_breakdown_plots(profiles) -> list[Plot]:
             if b.empty:
                 continue
             sh = (p.meta or {}).get("shape", {})
-            tool = (p.meta or {}).get("tool") or (p.summary["tool"].iloc[0] if "tool" in p.summary and len(p.summary) else "?")
+            tool = (p.meta or {}).get("tool") or (
+                p.summary["tool"].iloc[0] if "tool" in p.summary and len(p.summary) else "?"
+            )
             lab = f"{p.label} ({tool}; {sh.get('mode', '?')} {sh.get('seq_len', '?')} tok, B={sh.get('batch', '?')})"
             labels.append(lab)
             bases.update(b["basis"].unique())
@@ -350,15 +463,31 @@ def profile_breakdown_plots(profiles) -> list[Plot]:
             continue
         for op, vals in parts.items():
             fig.add_trace(go.Bar(y=labels, x=[vals.get(lab, 0.0) for lab in labels], name=op, orientation="h"))
-        basis = "GPU kernel time" if bases == {"gpu"} else ("host time (no GPU: interpreter)" if bases == {"cpu"} else "time")
+        basis = (
+            "GPU kernel time"
+            if bases == {"gpu"}
+            else ("host time (no GPU: interpreter)" if bases == {"cpu"} else "time")
+        )
         title = f"Kernel time per decode step, by op — {gpu} ({basis})"
         _layout(fig, title, f"{basis} per decode step (µs)", "profile", logx=False)
-        fig.update_layout(barmode="stack", height=max(360, 160 + 60 * len(labels)),
-                          legend=dict(orientation="v", x=1.02, y=1, yanchor="top"), margin=dict(t=70, b=60, r=160))
+        fig.update_layout(
+            barmode="stack",
+            height=max(360, 160 + 60 * len(labels)),
+            legend=dict(orientation="v", x=1.02, y=1, yanchor="top"),
+            margin=dict(t=70, b=60, r=160),
+        )
         fig.update_yaxes(automargin=True)
-        plots.append(check_figure(Plot(slug("profile", gpu), title, fig,
-                                       "From profiles/**/summary.csv: Nsight Compute kernel durations (medians), or the"
-                                       " PyTorch profiler's questkern ranges.")))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("profile", gpu),
+                    title,
+                    fig,
+                    "From profiles/**/summary.csv: Nsight Compute kernel durations (medians), or the"
+                    " PyTorch profiler's questkern ranges.",
+                )
+            )
+        )
     return plots
 
 
@@ -370,21 +499,34 @@ def quality_plots(quality: pd.DataFrame) -> list[Plot]:
     plots: list[Plot] = []
     if quality.empty:
         return plots
-    xcol = next((c for c in ("budget", "seq_len", "page_size") if c in quality.columns and quality[c].nunique() > 1), None)
+    xcol = next(
+        (c for c in ("budget", "seq_len", "page_size") if c in quality.columns and quality[c].nunique() > 1), None
+    )
     if xcol is None:
         return plots
     series = [c for c in ("page_size", "gqa_mode", "trace", "seq_len", "budget") if c in quality.columns and c != xcol]
-    xunit = {"budget": "token budget (tokens)", "seq_len": "context length (tokens)", "page_size": "page size (tokens)"}[xcol]
+    xunit = {
+        "budget": "token budget (tokens)",
+        "seq_len": "context length (tokens)",
+        "page_size": "page size (tokens)",
+    }[xcol]
     for metric, m in quality.groupby("metric", sort=True):
         groups = list(m.groupby(series, dropna=False, sort=True)) if series else [((), m)]
         # more series than a plot can tell apart: one figure per value of the first series column
-        facets = ([(f"{series[0]}={k}", [(key, g) for key, g in groups
-                                         if (key if isinstance(key, tuple) else (key,))[0] == k])
-                   for k in dict.fromkeys((key if isinstance(key, tuple) else (key,))[0] for key, _ in groups)]
-                  if len(groups) > MAX_SERIES and series else [("", groups)])
+        facets = (
+            [
+                (
+                    f"{series[0]}={k}",
+                    [(key, g) for key, g in groups if (key if isinstance(key, tuple) else (key,))[0] == k],
+                )
+                for k in dict.fromkeys((key if isinstance(key, tuple) else (key,))[0] for key, _ in groups)
+            ]
+            if len(groups) > MAX_SERIES and series
+            else [("", groups)]
+        )
         for facet, fgroups in facets:
             for part in range(0, len(fgroups), MAX_SERIES):
-                chunk = fgroups[part: part + MAX_SERIES]
+                chunk = fgroups[part : part + MAX_SERIES]
                 fig = go.Figure()
                 for key, g in chunk:
                     key = key if isinstance(key, tuple) else (key,)
@@ -395,8 +537,11 @@ def quality_plots(quality: pd.DataFrame) -> list[Plot]:
                 more = f" (part {part // MAX_SERIES + 1})" if len(fgroups) > MAX_SERIES else ""
                 title = f"Quality: {metric} vs {xcol.replace('_', ' ')}" + (f" — {facet}" if facet else "") + more
                 _layout(fig, title, xunit, f"{metric} ({unit})", logx=xcol != "page_size")
-                plots.append(check_figure(Plot(slug("quality", metric, facet, more), title, fig,
-                                               "From reports/data/quality*.csv.")))
+                plots.append(
+                    check_figure(
+                        Plot(slug("quality", metric, facet, more), title, fig, "From reports/data/quality*.csv.")
+                    )
+                )
     return plots
 
 
@@ -410,8 +555,11 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
     if {"gqa_mode", "aggregate", "meta"} <= set(df.columns):
         default = (df["gqa_mode"] == "shared") & (df["aggregate"].fillna("") == "sum") & (df["meta"] == "fp32")
         df = df[default | (df["policy"] == "oracle")]
-    xcol, xlab = (("read_frac_mean", "K/V bytes read (fraction of a dense step, log)") if "read_frac_mean" in df.columns
-                  else ("tokens_mean", "tokens attended per selection row (log)"))
+    xcol, xlab = (
+        ("read_frac_mean", "K/V bytes read (fraction of a dense step, log)")
+        if "read_frac_mean" in df.columns
+        else ("tokens_mean", "tokens attended per selection row (log)")
+    )
     if xcol not in df.columns:
         return plots
     page = 16 if (df["page_size"] == 16).any() else df["page_size"].min()
@@ -426,27 +574,51 @@ def recall_plots(recall: pd.DataFrame) -> list[Plot]:
         for vals, t in g.groupby(by, sort=True, dropna=False):
             pol = vals[0]
             temp = vals[2] if len(vals) > 2 else None
-            label = {"oracle": "oracle (truly heaviest pages)", "fixed": "fixed budget", "prop": "budget proportional to context",
-                     "adaptive": "adaptive budget"}.get(pol, pol) + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
+            label = {
+                "oracle": "oracle (truly heaviest pages)",
+                "fixed": "fixed budget",
+                "prop": "budget proportional to context",
+                "adaptive": "adaptive budget",
+            }.get(pol, pol) + (f", T={temp:g}" if pol == "adaptive" and pd.notna(temp) else "")
             t = t.sort_values(xcol)
-            fig.add_trace(go.Scatter(x=t[xcol], y=t["recall_mean"], mode="lines+markers", name=label,
-                                     line=dict(dash="dot" if pol == "oracle" else "solid")))
+            fig.add_trace(
+                go.Scatter(
+                    x=t[xcol],
+                    y=t["recall_mean"],
+                    mode="lines+markers",
+                    name=label,
+                    line=dict(dash="dot" if pol == "oracle" else "solid"),
+                )
+            )
         if not fig.data:
             continue
         where = ", ".join(f"{c} {k}" for c, k in zip(facets, key))
-        title = f"Attention recall vs bytes read — {where or 'all traces'} (page {_int(page)}, shared, sum, fp32 metadata)"
+        title = (
+            f"Attention recall vs bytes read — {where or 'all traces'} (page {_int(page)}, shared, sum, fp32 metadata)"
+        )
         _layout(fig, title, xlab, "attention recall (mean over samples, fraction 0-1)")
-        plots.append(check_figure(Plot(slug("recall", *key), title, fig,
-                                       "From quality_recall.csv (questkern quality): each point a policy setting;"
-                                       " the oracle takes the truly heaviest pages (an upper bound).",
-                                       key=tuple(str(k) for k in key))))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("recall", *key),
+                    title,
+                    fig,
+                    "From quality_recall.csv (questkern quality): each point a policy setting;"
+                    " the oracle takes the truly heaviest pages (an upper bound).",
+                    key=tuple(str(k) for k in key),
+                )
+            )
+        )
     return plots
 
 
 # --------------------------------------------------------------------------- tuning (Optuna)
 
-_UNITS = [(re.compile(r"latency|_us$|time"), "µs"), (re.compile(r"recall|quality|accuracy"), "fraction, 0-1"),
-          (re.compile(r"err"), "max abs error")]
+_UNITS = [
+    (re.compile(r"latency|_us$|time"), "µs"),
+    (re.compile(r"recall|quality|accuracy"), "fraction, 0-1"),
+    (re.compile(r"err"), "max abs error"),
+]
 
 
 def objective_label(name: str, study=None) -> str:
@@ -481,9 +653,19 @@ def study_plots(study) -> tuple[list[Plot], list[str]]:
         target = (lambda t, i=i: t.values[i]) if n_obj > 1 else None
         fig = vis.plot_optimization_history(study, target=target, target_name=label)
         title = f"Tuning history — study {study.study_name} — {name}"
-        fig.update_layout(title=dict(text=title), xaxis_title="trial number", yaxis_title=label, template="plotly_white")
-        plots.append(check_figure(Plot(slug("history", study.study_name, name), title, fig,
-                                       "optuna.visualization.plot_optimization_history")))
+        fig.update_layout(
+            title=dict(text=title), xaxis_title="trial number", yaxis_title=label, template="plotly_white"
+        )
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("history", study.study_name, name),
+                    title,
+                    fig,
+                    "optuna.visualization.plot_optimization_history",
+                )
+            )
+        )
         # Optuna's default evaluator (PED-ANOVA) ranks parameters by how they reach LOW
         # target values: flip the sign of an objective that is maximized.
         sign = -1.0 if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else 1.0
@@ -493,11 +675,23 @@ def study_plots(study) -> tuple[list[Plot], list[str]]:
                 warnings.simplefilter("ignore", UserWarning)
                 fig = vis.plot_param_importances(study, target=imp_target, target_name=label)
             title = f"Parameter importances — study {study.study_name} — {name}"
-            fig.update_layout(title=dict(text=title), xaxis_title=f"importance for {label} (fraction of variance)",
-                              yaxis_title="parameter", template="plotly_white")
+            fig.update_layout(
+                title=dict(text=title),
+                xaxis_title=f"importance for {label} (fraction of variance)",
+                yaxis_title="parameter",
+                template="plotly_white",
+            )
             if fig.data:
-                plots.append(check_figure(Plot(slug("importance", study.study_name, name), title, fig,
-                                               "optuna.visualization.plot_param_importances (fANOVA)")))
+                plots.append(
+                    check_figure(
+                        Plot(
+                            slug("importance", study.study_name, name),
+                            title,
+                            fig,
+                            "optuna.visualization.plot_param_importances (fANOVA)",
+                        )
+                    )
+                )
             else:
                 notes.append(f"study {study.study_name}: no parameter importances for {name} (no parameter varied)")
         except (RuntimeError, ValueError, ZeroDivisionError) as e:
@@ -511,8 +705,16 @@ def study_plots(study) -> tuple[list[Plot], list[str]]:
             fig.update_layout(xaxis_title=labels[0], yaxis_title=labels[1])
         else:
             fig.update_layout(scene=dict(xaxis_title=labels[0], yaxis_title=labels[1], zaxis_title=labels[2]))
-        plots.append(check_figure(Plot(slug("pareto", study.study_name), title, fig,
-                                       "optuna.visualization.plot_pareto_front (best trials highlighted)")))
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("pareto", study.study_name),
+                    title,
+                    fig,
+                    "optuna.visualization.plot_pareto_front (best trials highlighted)",
+                )
+            )
+        )
     elif n_obj > 3:
         notes.append(f"study {study.study_name}: {n_obj} objectives, no Pareto plot (Optuna draws 2 or 3)")
     return plots, notes
@@ -539,7 +741,11 @@ def heuristic_table(bench: pd.DataFrame) -> pd.DataFrame:
     out["heuristic_us"] = h["median_us"]
     out["table_us"] = h["median_us"] / h["speedup_vs_heuristic"]
     out["speedup_vs_heuristic"] = h["speedup_vs_heuristic"]
-    return out.drop(columns=["lens"]).sort_values(["gpu", "op", "batch", "q_heads", "kv_heads", "seq_len"]).reset_index(drop=True)
+    return (
+        out.drop(columns=["lens"])
+        .sort_values(["gpu", "op", "batch", "q_heads", "kv_heads", "seq_len"])
+        .reset_index(drop=True)
+    )
 
 
 def heuristic_summary(tab: pd.DataFrame) -> list[str]:
@@ -550,8 +756,10 @@ def heuristic_summary(tab: pd.DataFrame) -> list[str]:
     for (gpu, op), g in tab.groupby(["gpu", "op"], sort=True):
         x = g["speedup_vs_heuristic"]
         gm = geomean(x)
-        lines.append(f"{gpu}, {op}: the tuning table's configs are {gm:.3f}x the heuristic's (geometric mean over "
-                     f"{len(x)} cases; {x.min():.3f}x to {x.max():.3f}x), each case timed both ways in one run")
+        lines.append(
+            f"{gpu}, {op}: the tuning table's configs are {gm:.3f}x the heuristic's (geometric mean over "
+            f"{len(x)} cases; {x.min():.3f}x to {x.max():.3f}x), each case timed both ways in one run"
+        )
     return lines
 
 
@@ -563,15 +771,27 @@ def heuristic_plots(bench: pd.DataFrame) -> list[Plot]:
         fig = go.Figure()
         for op, rows in g.groupby("op", sort=True):
             labels = [f"b{_int(r.batch)} {_int(r.q_heads)}/{_int(r.kv_heads)} {r.context}" for r in rows.itertuples()]
-            fig.add_trace(go.Bar(x=labels, y=rows["speedup_vs_heuristic"], name=OP_STYLE[op][0],
-                                 marker_color=OP_STYLE[op][1]))
+            fig.add_trace(
+                go.Bar(x=labels, y=rows["speedup_vs_heuristic"], name=OP_STYLE[op][0], marker_color=OP_STYLE[op][1])
+            )
         fig.add_hline(y=1.0, line_dash="dot", line_color="#000000")
-        fig.update_layout(title=f"Tuning table vs heuristic configs — {gpu_title(bench, gpu)}", barmode="group",
-                          xaxis_title="case (batch, q/kv heads, context in tokens)",
-                          yaxis_title="heuristic time / table time (×)")
-        plots.append(check_figure(Plot(slug("heuristic", gpu), fig.layout.title.text, fig,
-                                       "Each case timed with the table's configs and with the heuristic's in one run "
-                                       "(`questkern bench --vs-heuristic`); above 1 the table is faster.")))
+        fig.update_layout(
+            title=f"Tuning table vs heuristic configs — {gpu_title(bench, gpu)}",
+            barmode="group",
+            xaxis_title="case (batch, q/kv heads, context in tokens)",
+            yaxis_title="heuristic time / table time (×)",
+        )
+        plots.append(
+            check_figure(
+                Plot(
+                    slug("heuristic", gpu),
+                    fig.layout.title.text,
+                    fig,
+                    "Each case timed with the table's configs and with the heuristic's in one run "
+                    "(`questkern bench --vs-heuristic`); above 1 the table is faster.",
+                )
+            )
+        )
     return plots
 
 
@@ -612,21 +832,38 @@ def summary_plot(bench: pd.DataFrame, gpu: str) -> Plot | None:
         color = PALETTE[i % len(PALETTE)]
         kind = "MHA" if hq == hkv else f"GQA {int(hq) // int(hkv)}:1"
         name = f"batch {_int(b)}, heads {_int(hq)}/{_int(hkv)} ({kind})"
-        fig.add_trace(go.Scatter(x=g["seq_len"], y=g["speedup_vs_sdpa"], mode="lines+markers", name=f"measured, {name}",
-                                 line=dict(color=color)))
+        fig.add_trace(
+            go.Scatter(
+                x=g["seq_len"],
+                y=g["speedup_vs_sdpa"],
+                mode="lines+markers",
+                name=f"measured, {name}",
+                line=dict(color=color),
+            )
+        )
         if with_bound and g["bound_vs_sdpa"].notna().any():
-            fig.add_trace(go.Scatter(x=g["seq_len"], y=g["bound_vs_sdpa"], mode="lines", name=f"bound, {name}",
-                                     line=dict(color=color, dash="dot")))
+            fig.add_trace(
+                go.Scatter(
+                    x=g["seq_len"],
+                    y=g["bound_vs_sdpa"],
+                    mode="lines",
+                    name=f"bound, {name}",
+                    line=dict(color=color, dash="dot"),
+                )
+            )
     r = tab.iloc[0]
-    title = (f"Quest step speedup over torch SDPA — {gpu_title(bench, gpu)} — d={_int(r['head_dim'])}, {r['dtype']}, "
-             f"page {_int(r['page_size'])}, budget {_int(r['budget'])}")
+    title = (
+        f"Quest step speedup over torch SDPA — {gpu_title(bench, gpu)} — d={_int(r['head_dim'])}, {r['dtype']}, "
+        f"page {_int(r['page_size'])}, budget {_int(r['budget'])}"
+    )
     _layout(fig, title, "context length (tokens per sequence)", "speedup over SDPA (×, same GPU and run)", logx=True)
     fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
     _seq_ticks(fig, tab["seq_len"])
     left = len(series) - len(keep)
-    cap = ("SDPA time / Quest step time, each case timed in one run. Dotted: the most the step could gain were it at"
-           " its bound (graph floor + its bytes at the run's copy bandwidth).") + (
-        f" {left} more batch/head layouts in the tables below." if left else "")
+    cap = (
+        "SDPA time / Quest step time, each case timed in one run. Dotted: the most the step could gain were it at"
+        " its bound (graph floor + its bytes at the run's copy bandwidth)."
+    ) + (f" {left} more batch/head layouts in the tables below." if left else "")
     return check_figure(Plot(slug("summary", gpu), title, fig, cap, rank=(99,)))
 
 
@@ -641,9 +878,18 @@ def model_table(model: pd.DataFrame) -> pd.DataFrame:
         if "quest" not in by.index:
             continue
         q = by.loc["quest"]
-        rows.append({"gpu": gpu, "model": name, "batch": b, "seq_len": L, "quest_tokens_per_s": q["tokens_per_s"],
-                     "sdpa_tokens_per_s": by.loc["sdpa", "tokens_per_s"] if "sdpa" in by.index else math.nan,
-                     "speedup_vs_sdpa": q.get("speedup_vs_sdpa", math.nan), "bound_speedup": q.get("bound_speedup", math.nan),
-                     "gain_captured_pct": 100 * q.get("gain_captured", math.nan),
-                     "ceiling_speedup": q.get("ceiling_speedup", math.nan)})
+        rows.append(
+            {
+                "gpu": gpu,
+                "model": name,
+                "batch": b,
+                "seq_len": L,
+                "quest_tokens_per_s": q["tokens_per_s"],
+                "sdpa_tokens_per_s": by.loc["sdpa", "tokens_per_s"] if "sdpa" in by.index else math.nan,
+                "speedup_vs_sdpa": q.get("speedup_vs_sdpa", math.nan),
+                "bound_speedup": q.get("bound_speedup", math.nan),
+                "gain_captured_pct": 100 * q.get("gain_captured", math.nan),
+                "ceiling_speedup": q.get("ceiling_speedup", math.nan),
+            }
+        )
     return pd.DataFrame(rows)

@@ -55,7 +55,7 @@ def make_cache(B, L, hkv, peaked: bool, integer: bool = False, seed: int = 0):
         for b in range(B):
             for h in range(hkv):
                 for p in hot[b, h].tolist():
-                    k[b, p * PAGE:(p + 1) * PAGE, h] += (3.0 * q_dir[b, h]).to(torch.bfloat16)
+                    k[b, p * PAGE : (p + 1) * PAGE, h] += (3.0 * q_dir[b, h]).to(torch.bfloat16)
     cache.append(k, v)
     return cache, q_dir
 
@@ -101,8 +101,12 @@ def bench_case(B, L, hq, hkv, peaked):
         out_a = torch.empty(B, nrows, k_max, dtype=torch.int32, device=DEV)
         phys_a = torch.empty_like(out_a)
         ws_a = adaptive_workspace(B, nrows, max_pages, k_max, s_cfg, DEV)
-        sel_f = lambda: select_pages(q, *tabs, PAGE, k_fixed, mode, "sum", s_cfg, out=out_f, out_phys=phys_f, workspace=ws_f)  # noqa: E731
-        sel_a = lambda: select_pages_adaptive(q, *tabs, PAGE, ADAPTIVE, mode, "sum", config=s_cfg, out=out_a, out_phys=phys_a, workspace=ws_a)  # noqa: E731
+        sel_f = lambda: select_pages(
+            q, *tabs, PAGE, k_fixed, mode, "sum", s_cfg, out=out_f, out_phys=phys_f, workspace=ws_f
+        )  # noqa: E731
+        sel_a = lambda: select_pages_adaptive(
+            q, *tabs, PAGE, ADAPTIVE, mode, "sum", config=s_cfg, out=out_a, out_phys=phys_a, workspace=ws_a
+        )  # noqa: E731
         per_head = mode == "per_head"
         splits_f = decode_num_splits(d_cfg, B, hq, hkv, per_head, k_fixed, DEV)
         splits_a = decode_num_splits(d_cfg, B, hq, hkv, per_head, k_max, DEV)
@@ -112,25 +116,69 @@ def bench_case(B, L, hq, hkv, peaked):
 
         def step_f():
             sel_f()
-            paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, out_f, None, d_cfg,
-                         num_splits=splits_f, out=out, workspace=ws_df, selected_phys=phys_f)
+            paged_decode(
+                q,
+                cache.k_cache,
+                cache.v_cache,
+                cache.page_table,
+                cache.seq_lens,
+                out_f,
+                None,
+                d_cfg,
+                num_splits=splits_f,
+                out=out,
+                workspace=ws_df,
+                selected_phys=phys_f,
+            )
 
         def step_a():
             sel_a()
-            paged_decode(q, cache.k_cache, cache.v_cache, cache.page_table, cache.seq_lens, out_a, None, d_cfg,
-                         num_splits=splits_a, out=out, workspace=ws_da, selected_phys=phys_a)
+            paged_decode(
+                q,
+                cache.k_cache,
+                cache.v_cache,
+                cache.page_table,
+                cache.seq_lens,
+                out_a,
+                None,
+                d_cfg,
+                num_splits=splits_a,
+                out=out,
+                workspace=ws_da,
+                selected_phys=phys_a,
+            )
 
         step_a()
         pages_a = float((out_a >= 0).sum(-1).float().mean())
-        t = {name: time_fn(fn, rep_ms=100)  # CUDA graph replay, do_bench median, L2 flushed
-             for name, fn in (("select_fixed_us", sel_f), ("select_adaptive_us", sel_a), ("step_fixed_us", step_f),
-                              ("step_adaptive_us", step_a))}
-        row = dict(gpu=torch.cuda.get_device_name(), batch=B, context=L, hq=hq, hkv=hkv, head_dim=D, page_size=PAGE,
-                   gqa_mode=mode, keys="peaked" if peaked else "flat", fixed_budget=BUDGET, fixed_pages=k_fixed,
-                   threshold=ADAPTIVE.threshold, min_budget=ADAPTIVE.min_budget, max_budget=ADAPTIVE.max_budget,
-                   adaptive_pages_mean=round(pages_a, 2), **{k: round(v, 2) for k, v in t.items()},
-                   select_ratio=round(t["select_adaptive_us"] / t["select_fixed_us"], 3),
-                   step_ratio=round(t["step_adaptive_us"] / t["step_fixed_us"], 3))
+        t = {
+            name: time_fn(fn, rep_ms=100)  # CUDA graph replay, do_bench median, L2 flushed
+            for name, fn in (
+                ("select_fixed_us", sel_f),
+                ("select_adaptive_us", sel_a),
+                ("step_fixed_us", step_f),
+                ("step_adaptive_us", step_a),
+            )
+        }
+        row = dict(
+            gpu=torch.cuda.get_device_name(),
+            batch=B,
+            context=L,
+            hq=hq,
+            hkv=hkv,
+            head_dim=D,
+            page_size=PAGE,
+            gqa_mode=mode,
+            keys="peaked" if peaked else "flat",
+            fixed_budget=BUDGET,
+            fixed_pages=k_fixed,
+            threshold=ADAPTIVE.threshold,
+            min_budget=ADAPTIVE.min_budget,
+            max_budget=ADAPTIVE.max_budget,
+            adaptive_pages_mean=round(pages_a, 2),
+            **{k: round(v, 2) for k, v in t.items()},
+            select_ratio=round(t["select_adaptive_us"] / t["select_fixed_us"], 3),
+            step_ratio=round(t["step_adaptive_us"] / t["step_fixed_us"], 3),
+        )
         print(row, flush=True)
         rows.append(row)
     return rows

@@ -3,6 +3,7 @@ kmin down / kmax up exactly as the reference (``round_safe``), on keys spanning 
 range and past it (+-inf), and the bound never tightens. Prints one line per case and
 exits 1 on any mismatch. ``python3 scripts/gpu/check_fp8_meta.py``
 """
+
 import sys
 
 import torch
@@ -37,14 +38,21 @@ for dtype in (torch.bfloat16, torch.float16):
     metadata_build(k, kmin2, kmax2, table, lens2)
     v = torch.zeros_like(k)
     for _ in range(40):
-        kn = (torch.randn(8, H, D, generator=g, device=dev) * 10 ** torch.randint(-8, 6, (8, H, D), generator=g, device=dev).float())
+        kn = (
+            torch.randn(8, H, D, generator=g, device=dev)
+            * 10 ** torch.randint(-8, 6, (8, H, D), generator=g, device=dev).float()
+        )
         kn = kn.clamp(-65504, 65504).to(dtype)
         append_decode(kn, kn, k, v, kmin2, kmax2, table, lens2)
     amin, amax = metadata_build_ref(k, table, lens2, torch.zeros_like(kmin), torch.zeros_like(kmax))
     used2 = torch.cat([table[b, : -(-int(n) // PS)] for b, n in enumerate(lens2.tolist())]).long()
-    same_app = torch.equal(kmin2[used2].float(), amin[used2].float()) and torch.equal(kmax2[used2].float(), amax[used2].float())
+    same_app = torch.equal(kmin2[used2].float(), amin[used2].float()) and torch.equal(
+        kmax2[used2].float(), amax[used2].float()
+    )
     ok = same and safe and same_app
     bad += not ok
-    print(f"{torch.cuda.get_device_name()} {dtype}: build == reference {same}, bound safe {safe} ({n_inf} kmax = +inf), "
-          f"append == rebuild {same_app} -> {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"{torch.cuda.get_device_name()} {dtype}: build == reference {same}, bound safe {safe} ({n_inf} kmax = +inf), "
+        f"append == rebuild {same_app} -> {'OK' if ok else 'MISMATCH'}"
+    )
 sys.exit(1 if bad else 0)

@@ -132,23 +132,33 @@ def graph_cost(w, q, replays: int = 2000) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default reports/data/<gpu-key>/nvtx_overhead[-tool].json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default reports/data/<gpu-key>/nvtx_overhead[-tool].json)"
+    )
     args = p.parse_args()
     from questkern._timing import device_info
     from questkern._io import write_json_atomic
     from questkern.configs.gpus import current_gpu_key
 
     tool = nvtx.nvtx_enabled()
-    result = {"schema": "questkern.nvtx_overhead", "version": 1, "tool_attached": tool, "device": device_info(),
-              "gpu": current_gpu_key(), "annotate_ns_per_step": annotate_cost()}
+    result = {
+        "schema": "questkern.nvtx_overhead",
+        "version": 1,
+        "tool_attached": tool,
+        "device": device_info(),
+        "gpu": current_gpu_key(),
+        "annotate_ns_per_step": annotate_cost(),
+    }
     if torch.cuda.is_available():
         w, q = build_step()
         result["eager_us_per_step"] = eager_cost(w, q)
         result["graph_us_per_step"] = graph_cost(w, q)
     extra_us = result["annotate_ns_per_step"]["extra_on"] / 1e3
     # a negative difference is timing noise: the annotated path does strictly more work
-    result["verdict"] = (f"annotation adds {max(extra_us, 0.0):.3f} us (measured {extra_us:+.3f}) per eager step ({'tool attached' if tool else 'no tool attached'}); "
-                         f"goal < 1 us: {'met' if extra_us < 1 else 'NOT met'}; inside a CUDA graph: none (replay runs no Python)")
+    result["verdict"] = (
+        f"annotation adds {max(extra_us, 0.0):.3f} us (measured {extra_us:+.3f}) per eager step ({'tool attached' if tool else 'no tool attached'}); "
+        f"goal < 1 us: {'met' if extra_us < 1 else 'NOT met'}; inside a CUDA graph: none (replay runs no Python)"
+    )
     print(json.dumps(result, indent=2, default=str))
     out = args.out or Path("reports") / "data" / result["gpu"] / f"nvtx_overhead{'-tool' if tool else ''}.json"
     write_json_atomic(out, result, default=str)

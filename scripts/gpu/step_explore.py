@@ -12,6 +12,7 @@ dense: in-house dense decode configs around the table's vs SDPA (batch 1/8, 32K)
 model: llama3-8b, batch 1, 32K: SDPA / none / dense / Quest fused / Quest classic.
 CUDA graphs + do_bench median, L2 flushed; CSV and log to $OUT (or /tmp/step_explore).
 """
+
 import csv
 import dataclasses
 import os
@@ -54,8 +55,15 @@ def t(fn):
 
 
 if gpu:
-    CASES = [(1, 32, 8, 32768), (1, 32, 32, 32768), (1, 32, 8, 131072), (1, 32, 32, 131072), (8, 32, 8, 32768),
-             (8, 32, 32, 32768), (8, 32, 8, 131072)]
+    CASES = [
+        (1, 32, 8, 32768),
+        (1, 32, 32, 32768),
+        (1, 32, 8, 131072),
+        (1, 32, 32, 131072),
+        (8, 32, 8, 32768),
+        (8, 32, 32, 32768),
+        (8, 32, 8, 131072),
+    ]
 else:
     CASES = [(1, 4, 2, 1000), (2, 4, 4, 700)]
 BUDGET = 2048 if gpu else 128
@@ -88,11 +96,17 @@ if "step" in parts:
             variants.append((f"warps{w}", dict(num_warps=w)))
         for s in sorted({max(1, S0 // 2), S0 * 2, max(1, S0 // 4)} - {S0}):
             variants.append((f"splits{s}", dict(splits=s)))
-        variants += [("fuse_combine", dict(fuse_combine=True)), ("radix", dict(topk="radix")),
-                     ("persistent", dict(persistent=True)), ("ppb2", dict(pages_per_block=2)),
-                     ("ppb8", dict(pages_per_block=8)), ("chunk32", dict(chunk_pages=32)),
-                     ("score_warps8", dict(score_warps=8)), ("stages3", dict(num_stages=3)),
-                     ("warps8_fuse", dict(num_warps=8, fuse_combine=True))]
+        variants += [
+            ("fuse_combine", dict(fuse_combine=True)),
+            ("radix", dict(topk="radix")),
+            ("persistent", dict(persistent=True)),
+            ("ppb2", dict(pages_per_block=2)),
+            ("ppb8", dict(pages_per_block=8)),
+            ("chunk32", dict(chunk_pages=32)),
+            ("score_warps8", dict(score_warps=8)),
+            ("stages3", dict(num_stages=3)),
+            ("warps8_fuse", dict(num_warps=8, fuse_combine=True)),
+        ]
         best = None
         for name, kw in variants:
             cfg = dataclasses.replace(base, **kw)
@@ -109,16 +123,30 @@ if "step" in parts:
                 print(f"    {name}: FAILED {str(e).splitlines()[0][:300]}", flush=True)
                 emit(**tag, kind="fused", variant=name, error=str(e).splitlines()[0][:300])
                 continue
-            emit(**tag, kind="fused", variant=name, splits=pl.num_splits, us=us, vs_sdpa=sdpa / us, vs_classic=us_c / us,
-                 sel_ok=ok_sel and ok2, maxerr=err, config=str(cfg))
-            print(f"    {name:<14} S={pl.num_splits:<3} {us:7.1f} us  {sdpa / us:5.2f}x sdpa  {us_c / us:5.2f}x classic"
-                  f"  sel_ok={ok_sel and ok2} err={err:.3g}", flush=True)
+            emit(
+                **tag,
+                kind="fused",
+                variant=name,
+                splits=pl.num_splits,
+                us=us,
+                vs_sdpa=sdpa / us,
+                vs_classic=us_c / us,
+                sel_ok=ok_sel and ok2,
+                maxerr=err,
+                config=str(cfg),
+            )
+            print(
+                f"    {name:<14} S={pl.num_splits:<3} {us:7.1f} us  {sdpa / us:5.2f}x sdpa  {us_c / us:5.2f}x classic"
+                f"  sel_ok={ok_sel and ok2} err={err:.3g}",
+                flush=True,
+            )
             if ok_sel and ok2 and err < 5e-2 and (best is None or us < best[1]):
                 best = (name, us)
             del w
         # stage 1 alone (the score stream of the default config), for the breakdown
         from questkern.ops.step.kernel import quest_step  # noqa: F401  (import check)
         from questkern.ops.select.kernel import _select_score_kernel, select_block_g
+
         ws = fused0._step_ws
         sc = ws["scores"]
         n_chunks = -(-max(1, cache.page_table.shape[1] - 1) // base.chunk_pages)
@@ -126,13 +154,49 @@ if "step" in parts:
 
         def stage1():
             _select_score_kernel[(n_chunks, hkv, B)](
-                q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, ws["cand_idx"], sc, ws["cand_idx"],
-                fused0._selected, fused0._selected_phys, ws["counters"], p0.k_pages, cache.page_table.shape[1],
-                cache.kmin.shape[0], n_chunks, q.stride(0), q.stride(1), cache.kmin.stride(0), cache.kmin.stride(1),
-                cache.page_table.stride(0), sc.stride(0), sc.stride(1), 0, 0, PAGE=16, HEAD_DIM=D,
-                BLOCK_D=base.block_d, GROUP=G, BLOCK_G=select_block_g(G), SHARED=True, AGG_MAX=False,
-                CHUNK=base.chunk_pages, IEEE=False, WRITE_PHYS=False, NUM_STAGES=1, FUSED_MERGE=False, BLOCK_M=16,
-                FILL=16, RADIX=False, TRIGGER=False, num_warps=base.score_warps)
+                q,
+                cache.kmin,
+                cache.kmax,
+                cache.page_table,
+                cache.seq_lens,
+                ws["cand_idx"],
+                sc,
+                ws["cand_idx"],
+                fused0._selected,
+                fused0._selected_phys,
+                ws["counters"],
+                p0.k_pages,
+                cache.page_table.shape[1],
+                cache.kmin.shape[0],
+                n_chunks,
+                q.stride(0),
+                q.stride(1),
+                cache.kmin.stride(0),
+                cache.kmin.stride(1),
+                cache.page_table.stride(0),
+                sc.stride(0),
+                sc.stride(1),
+                0,
+                0,
+                PAGE=16,
+                HEAD_DIM=D,
+                BLOCK_D=base.block_d,
+                GROUP=G,
+                BLOCK_G=select_block_g(G),
+                SHARED=True,
+                AGG_MAX=False,
+                CHUNK=base.chunk_pages,
+                IEEE=False,
+                WRITE_PHYS=False,
+                NUM_STAGES=1,
+                FUSED_MERGE=False,
+                BLOCK_M=16,
+                FILL=16,
+                RADIX=False,
+                TRIGGER=False,
+                num_warps=base.score_warps,
+            )
+
         us1 = t(stage1)
         meta_bytes = 2 * B * cache.page_table.shape[1] * hkv * D * 2
         emit(**tag, kind="stage1", us=us1, gbps=meta_bytes / us1 / 1e3)
@@ -141,8 +205,9 @@ if "step" in parts:
         torch.cuda.empty_cache() if gpu else None
 
 if "dense" in parts:
-    for B, hq, hkv, L in ([(1, 32, 8, 32768), (1, 32, 32, 32768), (8, 32, 8, 32768), (1, 32, 8, 131072)] if gpu
-                          else [(1, 4, 2, 500)]):
+    for B, hq, hkv, L in (
+        [(1, 32, 8, 32768), (1, 32, 32, 32768), (8, 32, 8, 32768), (1, 32, 8, 131072)] if gpu else [(1, 4, 2, 500)]
+    ):
         case = Case(B, hq, hkv, D, torch.bfloat16, L, 16, BUDGET)
         cache = build_cache(case, dev)
         q = torch.randn(B, hq, D, device=dev).to(torch.bfloat16)
@@ -158,14 +223,27 @@ if "dense" in parts:
         base = pt.decode_config
         us_t = t(lambda: table.run(q))
         emit(**tag, kind="dense", variant="table", us=us_t, vs_sdpa=sdpa / us_t, splits=pt.num_splits, config=str(base))
-        print(f"dense B={B} {hq}/{hkv} L={L}: sdpa {sdpa:.1f} table {us_t:.1f} ({sdpa / us_t:.3f}x) {base} S={pt.num_splits}",
-              flush=True)
+        print(
+            f"dense B={B} {hq}/{hkv} L={L}: sdpa {sdpa:.1f} table {us_t:.1f} ({sdpa / us_t:.3f}x) {base} S={pt.num_splits}",
+            flush=True,
+        )
         S = pt.num_splits
-        grid = [dict(pages_per_block=p, num_warps=w, num_stages=s, num_splits=sp, fuse_combine=fc)
-                for p, w, s, sp, fc in [(8, 4, 2, S, False), (8, 8, 3, S, False), (4, 4, 3, S, False),
-                                        (4, 4, 4, S, False), (16, 8, 2, S, False), (8, 4, 3, S, False),
-                                        (4, 4, 2, 2 * S, False), (4, 4, 2, max(1, S // 2), False),
-                                        (8, 4, 3, 2 * S, False), (4, 4, 2, S, True), (8, 8, 2, S, False)]]
+        grid = [
+            dict(pages_per_block=p, num_warps=w, num_stages=s, num_splits=sp, fuse_combine=fc)
+            for p, w, s, sp, fc in [
+                (8, 4, 2, S, False),
+                (8, 8, 3, S, False),
+                (4, 4, 3, S, False),
+                (4, 4, 4, S, False),
+                (16, 8, 2, S, False),
+                (8, 4, 3, S, False),
+                (4, 4, 2, 2 * S, False),
+                (4, 4, 2, max(1, S // 2), False),
+                (8, 4, 3, 2 * S, False),
+                (4, 4, 2, S, True),
+                (8, 8, 2, S, False),
+            ]
+        ]
         for kw in grid:
             cfg = DecodeConfig(**kw)
             w = QuestDecode(None, configs={"dense_decode": cfg})
@@ -186,11 +264,16 @@ if "model" in parts:
     from questkern.bench.models import PRESETS
 
     shape = PRESETS["llama3-8b"] if gpu else PRESETS["tiny"]
-    for B, L in ([(1, 32768)] if gpu else [(1, 200)]):
+    for B, L in [(1, 32768)] if gpu else [(1, 200)]:
         case = ModelCase(shape, B, L, budget=BUDGET, dense_layers=2 if gpu else 1, path="fused")
-        times = run_model_case(case, dev, rep_ms=REP * 3, attentions=("sdpa", "none", "dense", "quest", "quest_classic"))
+        times = run_model_case(
+            case, dev, rep_ms=REP * 3, attentions=("sdpa", "none", "dense", "quest", "quest_classic")
+        )
         for r in summarize(case, times, copy_gbps):
             emit(kind="model", **{k: v for k, v in r.items()})
-            print(f"  model {r['attention']:<13} {r['ms_per_token']:.3f} ms/token {r['speedup_vs_sdpa']:.3f}x "
-                  f"(ceiling {r['ceiling_speedup']:.3f}x, bound {r['bound_speedup']:.3f}x)", flush=True)
+            print(
+                f"  model {r['attention']:<13} {r['ms_per_token']:.3f} ms/token {r['speedup_vs_sdpa']:.3f}x "
+                f"(ceiling {r['ceiling_speedup']:.3f}x, bound {r['bound_speedup']:.3f}x)",
+                flush=True,
+            )
 print(f"done in {time.time() - T0:.0f} s; {len(rows)} rows in {OUT}/step_explore.csv")

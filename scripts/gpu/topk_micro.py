@@ -17,6 +17,7 @@ the score stream's row-major grid order), each a module switch since removed (bo
 variants now measure the same code).
 Writes topk_micro.csv to $OUT. ``python3 scripts/gpu/topk_micro.py select`` skips the merge micro-benchmark.
 """
+
 import csv, itertools, os, sys
 import torch, triton, triton.language as tl
 from questkern.bench.core import Case, build_cache
@@ -88,7 +89,9 @@ def _noop(x):
 
 
 @triton.jit
-def _merge_variant(cand_idx, cand_score, out_idx, K, N_CAND, BLOCK_N: tl.constexpr, FILL: tl.constexpr, MODE: tl.constexpr):
+def _merge_variant(
+    cand_idx, cand_score, out_idx, K, N_CAND, BLOCK_N: tl.constexpr, FILL: tl.constexpr, MODE: tl.constexpr
+):
     i_r = tl.program_id(0)
     o_n = tl.arange(0, BLOCK_N)
     m_n = o_n < N_CAND
@@ -118,7 +121,7 @@ print(f"floor {floor:.2f} us")
 rows_out.append(dict(kind="floor", us=floor))
 names = ["bisect2", "prefix", "radix", "prefix1", "noTopK"]
 only_select = "select" in sys.argv[1:]  # skip the merge micro-benchmark
-for rows, n, dist in ([] if only_select else itertools.product([32], [1024, 2048, 8192], ["randn", "quest"])):
+for rows, n, dist in [] if only_select else itertools.product([32], [1024, 2048, 8192], ["randn", "quest"]):
     ids = torch.arange(n, device="cuda", dtype=torch.int32).repeat(rows, 1).contiguous()
     sc = torch.randn(rows, n, device="cuda")
     if dist == "quest":  # positive upper bounds of similar size, as page scores are
@@ -129,13 +132,18 @@ for rows, n, dist in ([] if only_select else itertools.product([32], [1024, 2048
         out = torch.full((rows, 128), -7, device="cuda", dtype=torch.int32)
         f = lambda: _merge_variant[(rows,)](ids, sc, out, 128, n, BLOCK_N=n, FILL=128, MODE=mode, num_warps=warps)
         us = time_fn(f, rep_ms=40)
-        f(); torch.cuda.synchronize()
+        f()
+        torch.cuda.synchronize()
         outs[(mode, warps)] = out.clone()
         res[(mode, warps)] = us
         rows_out.append(dict(kind="merge", rows=rows, n=n, dist=dist, variant=names[mode], warps=warps, us=us))
     ref = outs[(0, 4)]
     agree = all(torch.equal(o, ref) for (m, _), o in outs.items() if names[m] != "noTopK")
-    print(f"rows={rows} N={n} {dist}: " + "  ".join(f"{names[m]}/w{w}={u:.1f}" for (m, w), u in res.items()) + f"  agree={agree}")
+    print(
+        f"rows={rows} N={n} {dist}: "
+        + "  ".join(f"{names[m]}/w{w}={u:.1f}" for (m, w), u in res.items())
+        + f"  agree={agree}"
+    )
 
 dev = torch.device("cuda")
 for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
@@ -144,17 +152,30 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
     q = torch.randn(1, hq, 128, device=dev, dtype=torch.bfloat16)
     K = 128
     maxp = cache.page_table.shape[1]
-    sc = selection_rows_ref(page_scores_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16)[0], hkv, "shared")
+    sc = selection_rows_ref(
+        page_scores_ref(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16)[0], hkv, "shared"
+    )
     sc = sc.reshape(-1, sc.shape[-1]).contiguous().float()
     t_topk = time_fn(lambda: torch.topk(sc, K, dim=-1), rep_ms=40)
     dflt = default_select_config(maxp, 128)
     # the score stream (chunk < K) with and without the fused merge (run 015 also varied the grid order)
     grid = [(dflt, True)]
     for c, t, fused, rm in itertools.product([32, 64], [1, 2], [False, True], [True]):
-        for w in ((4, 8) if fused else (4,)):
-            for mw in ((4,) if fused else (4, 8)):
-                grid.append((SelectConfig(chunk_pages=c, block_d=128, num_warps=w, merge_warps=mw, tiles_per_program=t,
-                                          fused_merge=fused), rm))
+        for w in (4, 8) if fused else (4,):
+            for mw in (4,) if fused else (4, 8):
+                grid.append(
+                    (
+                        SelectConfig(
+                            chunk_pages=c,
+                            block_d=128,
+                            num_warps=w,
+                            merge_warps=mw,
+                            tiles_per_program=t,
+                            fused_merge=fused,
+                        ),
+                        rm,
+                    )
+                )
     ref = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
     select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", dflt, out=ref)
     best = None
@@ -164,23 +185,60 @@ for (hq, hkv), L in itertools.product([(32, 32), (32, 8)], [32768, 131072]):
         out = torch.empty(1, hkv, K, dtype=torch.int32, device=dev)
         outp = torch.empty_like(out)
         try:
-            us = time_fn(lambda: select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, out_phys=outp, workspace=ws), rep_ms=40)
+            us = time_fn(
+                lambda: select_pages(
+                    q,
+                    cache.kmin,
+                    cache.kmax,
+                    cache.page_table,
+                    cache.seq_lens,
+                    16,
+                    K,
+                    "shared",
+                    "sum",
+                    cfg,
+                    out=out,
+                    out_phys=outp,
+                    workspace=ws,
+                ),
+                rep_ms=40,
+            )
         except Exception as e:
-            us = float("nan"); print("fail", cfg, repr(e)[:200])
+            us = float("nan")
+            print("fail", cfg, repr(e)[:200])
         out.fill_(-7)
-        select_pages(q, cache.kmin, cache.kmax, cache.page_table, cache.seq_lens, 16, K, "shared", "sum", cfg, out=out, out_phys=outp, workspace=ws)
+        select_pages(
+            q,
+            cache.kmin,
+            cache.kmax,
+            cache.page_table,
+            cache.seq_lens,
+            16,
+            K,
+            "shared",
+            "sum",
+            cfg,
+            out=out,
+            out_phys=outp,
+            workspace=ws,
+        )
         mismatches += int(not torch.equal(out, ref))
         rows_out.append(dict(kind="select", hq=hq, hkv=hkv, L=L, cfg=cfg.to_dict(), ab=ew, us=us, topk_torch_us=t_topk))
         if us == us and (best is None or us < best[1]):
             best = (cfg, us, ew)
-    print(f"select {hq}/{hkv} L={L}: torch.topk {t_topk:.1f}us | default {rows_out[-len(grid)]['us']:.1f}us | best {best[1]:.1f}us {best[0]} row_major={best[2]} | selections differing from the default config's: {mismatches}")
+    print(
+        f"select {hq}/{hkv} L={L}: torch.topk {t_topk:.1f}us | default {rows_out[-len(grid)]['us']:.1f}us | best {best[1]:.1f}us {best[0]} row_major={best[2]} | selections differing from the default config's: {mismatches}"
+    )
     for ew in sorted({e for _, e in grid}):
         for fu in (False, True):
-            sub = [r['us'] for r in rows_out[-len(grid):] if r['ab'] == ew and r['cfg']['fused_merge'] == fu]
+            sub = [r["us"] for r in rows_out[-len(grid) :] if r["ab"] == ew and r["cfg"]["fused_merge"] == fu]
             print(f"   row_major={ew} fused_merge={fu}: best {min(sub):.1f}us")
-        print(f"   best with row_major={ew}: {min(r['us'] for r in rows_out[-len(grid):] if r['ab'] == ew):.1f}us")
-    del cache; torch.cuda.empty_cache()
+        print(f"   best with row_major={ew}: {min(r['us'] for r in rows_out[-len(grid) :] if r['ab'] == ew):.1f}us")
+    del cache
+    torch.cuda.empty_cache()
 with open(os.path.join(out_dir, "topk_micro.csv"), "w", newline="") as f:
     keys = ["kind", "rows", "n", "dist", "variant", "warps", "hq", "hkv", "L", "cfg", "ab", "us", "topk_torch_us"]
-    w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(rows_out)
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows_out)
     f.write(f"# {info}\n")

@@ -52,8 +52,25 @@ def test_case_bytes():
 
 def test_bench_cli_writes_csv(tmp_path, capsys):
     out = tmp_path / "bench.csv"
-    rc = main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
-               "--out", str(out), "--rep-ms", "1"])
+    rc = main(
+        [
+            "bench",
+            "--seq",
+            "100",
+            "--batch",
+            "1",
+            "--heads",
+            "2/1",
+            "--head-dim",
+            "64",
+            "--budget",
+            "32",
+            "--out",
+            str(out),
+            "--rep-ms",
+            "1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "meaningless" in text or "mean nothing" in text
@@ -61,17 +78,54 @@ def test_bench_cli_writes_csv(tmp_path, capsys):
     assert {r["op"] for r in rows} >= {"select", "quest_step", "sdpa"}
     # sizes given on the command line are kept on CPU (only the others fall back to the toy size),
     # and the command column is the one that ran, also when main() is called from Python
-    assert {(r["seq_len"], r["batch"], r["q_heads"], r["kv_heads"], r["head_dim"]) for r in rows} == {("100", "1", "2", "1", "64")}
+    assert {(r["seq_len"], r["batch"], r["q_heads"], r["kv_heads"], r["head_dim"]) for r in rows} == {
+        ("100", "1", "2", "1", "64")
+    }
     assert rows[0]["command"].startswith("questkern bench --seq 100 --batch 1 --heads 2/1")
-    need = {"gpu", "torch", "triton", "op", "batch", "q_heads", "kv_heads", "head_dim", "dtype", "seq_len", "page_size",
-            "budget", "median_us", "gbps", "speedup_vs_sdpa"}
+    need = {
+        "gpu",
+        "torch",
+        "triton",
+        "op",
+        "batch",
+        "q_heads",
+        "kv_heads",
+        "head_dim",
+        "dtype",
+        "seq_len",
+        "page_size",
+        "budget",
+        "median_us",
+        "gbps",
+        "speedup_vs_sdpa",
+    }
     assert need <= set(rows[0])
 
 
 def test_bench_cli_meta_dtype_list(tmp_path, capsys):
     out = tmp_path / "bench.csv"
-    rc = main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
-               "--meta-dtype", "kv,fp8", "--check", "--out", str(out), "--rep-ms", "1"])
+    rc = main(
+        [
+            "bench",
+            "--seq",
+            "100",
+            "--batch",
+            "1",
+            "--heads",
+            "2/1",
+            "--head-dim",
+            "64",
+            "--budget",
+            "32",
+            "--meta-dtype",
+            "kv,fp8",
+            "--check",
+            "--out",
+            str(out),
+            "--rep-ms",
+            "1",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(open(out)))
     assert {r["meta_dtype"] for r in rows} == {"", "fp8_e5m2"}
@@ -114,28 +168,87 @@ def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_pat
     from questkern.configs.keys import EntryKey
     from questkern.configs.table import atomic_write_json, make_entry, new_table
 
-    tuned = {"select": {"chunk_pages": 16, "block_d": 32, "num_warps": 2, "num_stages": 1, "merge_warps": 1,
-                        "topk": "radix", "fused_merge": False, "tiles_per_program": 1},
-             "sparse_decode": {"pages_per_block": 1, "num_splits": 2, "num_warps": 2, "num_stages": 1,
-                               "combine_warps": 1, "fuse_combine": True},
-             "dense_decode": {"pages_per_block": 2, "num_splits": 3, "num_warps": 2, "num_stages": 1,
-                              "combine_warps": 2, "fuse_combine": False}}
+    tuned = {
+        "select": {
+            "chunk_pages": 16,
+            "block_d": 32,
+            "num_warps": 2,
+            "num_stages": 1,
+            "merge_warps": 1,
+            "topk": "radix",
+            "fused_merge": False,
+            "tiles_per_program": 1,
+        },
+        "sparse_decode": {
+            "pages_per_block": 1,
+            "num_splits": 2,
+            "num_warps": 2,
+            "num_stages": 1,
+            "combine_warps": 1,
+            "fuse_combine": True,
+        },
+        "dense_decode": {
+            "pages_per_block": 2,
+            "num_splits": 3,
+            "num_warps": 2,
+            "num_stages": 1,
+            "combine_warps": 2,
+            "fuse_combine": False,
+        },
+    }
     doc = new_table(CPU_KEY, CPU_KEY)
     for op, cfg in tuned.items():
-        key = EntryKey.for_call(op, dtype="bfloat16", head_dim=64, group=2, page_size=16, seq_len=100, batch=1,
-                                budget=32 if op != "dense_decode" else None, gqa_mode="shared")
-        doc["entries"].append(make_entry(key, cfg, 1.0, 2.0, trials=1, seq_len=100, batch=1, num_q_heads=2, num_kv_heads=1))
+        key = EntryKey.for_call(
+            op,
+            dtype="bfloat16",
+            head_dim=64,
+            group=2,
+            page_size=16,
+            seq_len=100,
+            batch=1,
+            budget=32 if op != "dense_decode" else None,
+            gqa_mode="shared",
+        )
+        doc["entries"].append(
+            make_entry(key, cfg, 1.0, 2.0, trials=1, seq_len=100, batch=1, num_q_heads=2, num_kv_heads=1)
+        )
     atomic_write_json(paths.table_path(tmp_path, CPU_KEY), doc)
     monkeypatch.setenv(paths.ENV_TUNING_DIR, str(tmp_path))
     runtime.clear_cache()
     try:
         out = tmp_path / "bench.csv"
-        assert main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
-                     "--vs-heuristic", "--check", "--out", str(out), "--rep-ms", "1"]) == 0
+        assert (
+            main(
+                [
+                    "bench",
+                    "--seq",
+                    "100",
+                    "--batch",
+                    "1",
+                    "--heads",
+                    "2/1",
+                    "--head-dim",
+                    "64",
+                    "--budget",
+                    "32",
+                    "--vs-heuristic",
+                    "--check",
+                    "--out",
+                    str(out),
+                    "--rep-ms",
+                    "1",
+                ]
+            )
+            == 0
+        )
     finally:
         runtime.clear_cache()
     text = capsys.readouterr().out
-    assert "heuristic selection exact: yes" in text and "check PASS" in text and "tuning table vs heuristic configs, this run" in text
+    assert (
+        "heuristic selection exact: yes" in text
+        and "check PASS" in text
+        and "tuning table vs heuristic configs, this run" in text
+    )
     rows = {r["op"]: r for r in csv.DictReader(open(out))}
     assert "quest_step_heuristic" in rows and "dense_decode_heuristic" in rows
     assert "select=table" in rows["quest_step"]["config_source"]
@@ -148,13 +261,16 @@ def test_bench_vs_heuristic_times_the_table_and_the_heuristic_in_one_run(tmp_pat
     assert rows["quest_step_heuristic"]["speedup_vs_heuristic"] == rows["quest_step"]["speedup_vs_heuristic"]
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["--rep-ms", "-5"], "argument --rep-ms: expected a positive integer"),
-    (["--rep-ms", "0"], "argument --rep-ms: expected a positive integer"),
-    (["--page-size", "12"], "argument --page-size: page size must be among 8,16,32,64"),
-    (["--head-dim", "48"], "argument --head-dim: head dim must be among 32,64,128,256"),
-    (["--dense-layers", "-1"], "argument --dense-layers: expected an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["--rep-ms", "-5"], "argument --rep-ms: expected a positive integer"),
+        (["--rep-ms", "0"], "argument --rep-ms: expected a positive integer"),
+        (["--page-size", "12"], "argument --page-size: page size must be among 8,16,32,64"),
+        (["--head-dim", "48"], "argument --head-dim: head dim must be among 32,64,128,256"),
+        (["--dense-layers", "-1"], "argument --dense-layers: expected an integer >= 0"),
+    ],
+)
 def test_bench_bad_flags_are_argparse_errors(argv, expect, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", *argv])
@@ -167,8 +283,25 @@ def test_bench_bad_flags_are_argparse_errors(argv, expect, capsys):
 def test_bench_out_is_checked_before_the_first_case(tmp_path, capsys, where):
     (tmp_path / "f").write_text("x")
     out = tmp_path if where == "dir" else tmp_path / "f" / "bench.csv"
-    rc = main(["bench", "--seq", "100", "--batch", "1", "--heads", "2/1", "--head-dim", "64", "--budget", "32",
-               "--out", str(out), "--rep-ms", "1"])
+    rc = main(
+        [
+            "bench",
+            "--seq",
+            "100",
+            "--batch",
+            "1",
+            "--heads",
+            "2/1",
+            "--head-dim",
+            "64",
+            "--budget",
+            "32",
+            "--out",
+            str(out),
+            "--rep-ms",
+            "1",
+        ]
+    )
     assert rc == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("questkern bench: error: --out ") and "[1/" not in captured.out
@@ -197,6 +330,8 @@ def test_bench_never_overwrites_by_default(tmp_path, monkeypatch, capsys):
         assert "exists; pass --force" in capsys.readouterr().err
         assert first.read_bytes() == before
     ns = argparse.Namespace(out=None, force=False, model=object())
-    assert resolve_out(ns, "g").parent == Path("reports/data/g") and resolve_out(ns, "g").name.startswith("bench_model-")
+    assert resolve_out(ns, "g").parent == Path("reports/data/g") and resolve_out(ns, "g").name.startswith(
+        "bench_model-"
+    )
     assert main(["bench", *tiny, "--out", str(first), "--force"]) == 0
     assert first.read_bytes() != before

@@ -17,16 +17,40 @@ def test_hier_case_checks_pass_and_has_the_metadata_bytes_of_its_sub_page():
     assert checks["quest_maxerr"] < 5e-2
     assert {r["sub_page_size"] for r in rows} == {16}
     flat16 = Case(2, 8, 2, 64, torch.bfloat16, 704, 16, 256)  # 44 pages of 16 = 11 pages of 64
-    assert case_bytes(Case(2, 8, 2, 64, torch.bfloat16, 704, 64, 256, sub_page_size=16), 2)["select"] == \
-        case_bytes(flat16, 2)["select"]
+    assert (
+        case_bytes(Case(2, 8, 2, 64, torch.bfloat16, 704, 64, 256, sub_page_size=16), 2)["select"]
+        == case_bytes(flat16, 2)["select"]
+    )
     with pytest.raises(ValueError, match="classic path"):
         run_case(case, torch.device("cpu"), path="fused")
 
 
 def test_bench_cli_sub_page_size_applies_to_larger_pages(tmp_path, capsys):
     out = tmp_path / "bench.csv"
-    rc = main(["bench", "--seq", "320", "--batch", "1", "--heads", "4/2", "--head-dim", "64", "--budget", "128",
-               "--page-size", "16,64", "--sub-page-size", "16", "--check", "--out", str(out), "--rep-ms", "1"])
+    rc = main(
+        [
+            "bench",
+            "--seq",
+            "320",
+            "--batch",
+            "1",
+            "--heads",
+            "4/2",
+            "--head-dim",
+            "64",
+            "--budget",
+            "128",
+            "--page-size",
+            "16,64",
+            "--sub-page-size",
+            "16",
+            "--check",
+            "--out",
+            str(out),
+            "--rep-ms",
+            "1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "p16:" in text and "p64/sub16:" in text and "check: 2 of 2 cases PASS" in text
@@ -36,13 +60,16 @@ def test_bench_cli_sub_page_size_applies_to_larger_pages(tmp_path, capsys):
     assert sel["16"] == sel["64"]  # 320 tokens: 20 pages of 16, 5 pages of 64 x 4 sub-pages (+ the same query)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--sub-page-size", "12", "--page-size", "64"], "power of two in 4..32"),
-    (["--sub-page-size", "16", "--page-size", "16"], "needs a --page-size larger than it"),
-    (["--sub-page-size", "16", "--page-size", "64", "--path", "fused"], "classic path only"),
-    (["--sub-page-size", "16", "--page-size", "64", "--compare-paths"], "classic path only"),
-    (["--sub-page-size", "8", "--model", "tiny"], "does not take --model"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--sub-page-size", "12", "--page-size", "64"], "power of two in 4..32"),
+        (["--sub-page-size", "16", "--page-size", "16"], "needs a --page-size larger than it"),
+        (["--sub-page-size", "16", "--page-size", "64", "--path", "fused"], "classic path only"),
+        (["--sub-page-size", "16", "--page-size", "64", "--compare-paths"], "classic path only"),
+        (["--sub-page-size", "8", "--model", "tiny"], "does not take --model"),
+    ],
+)
 def test_bench_cli_refuses_bad_sub_page_options_before_any_case(argv, match, tmp_path, capsys):
     rc = main(["bench", *argv, "--out", str(tmp_path / "b.csv"), "--rep-ms", "1"])
     assert rc == 2

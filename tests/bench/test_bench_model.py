@@ -10,8 +10,15 @@ from questkern.bench.models import PRESETS, parse_model
 
 
 def _case(**kw):
-    return ModelCase(PRESETS["tiny"], kw.pop("batch", 2), kw.pop("seq_len", 70), page_size=16,
-                     budget=kw.pop("budget", 32), dense_layers=kw.pop("dense_layers", 1), **kw)
+    return ModelCase(
+        PRESETS["tiny"],
+        kw.pop("batch", 2),
+        kw.pop("seq_len", 70),
+        page_size=16,
+        budget=kw.pop("budget", 32),
+        dense_layers=kw.pop("dense_layers", 1),
+        **kw,
+    )
 
 
 def test_quest_covering_the_context_attends_like_dense():
@@ -60,15 +67,22 @@ def test_memory_and_refusal(monkeypatch):
     need = case_memory(case)
     assert need["kv"] == 2 * 2 * 32 * 8 * 131072 * 8 * 128
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 << 30, 140 << 30))
-    with pytest.raises(MemoryError, match=r"llama3-8b at batch 8, 131072 tokens needs .* GiB \(weights .* K/V 128.0 GiB"):
+    with pytest.raises(
+        MemoryError, match=r"llama3-8b at batch 8, 131072 tokens needs .* GiB \(weights .* K/V 128.0 GiB"
+    ):
         check_fits(case, torch.device("cuda"))
 
 
-@pytest.mark.parametrize("text,match", [
-    ("llama-9b", "must be one of"), ("custom:layers=2", "missing"), ("custom:layers=x,hidden=1,heads=2/1,head_dim=64,"
-                                                                     "mlp=1,vocab=1", "layers must be an integer"),
-    ("custom:layers=2,hidden=8,heads=3/2,head_dim=64,mlp=8,vocab=8", "multiple of"), ("custom:foo=1", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("llama-9b", "must be one of"),
+        ("custom:layers=2", "missing"),
+        ("custom:layers=x,hidden=1,heads=2/1,head_dim=64,mlp=1,vocab=1", "layers must be an integer"),
+        ("custom:layers=2,hidden=8,heads=3/2,head_dim=64,mlp=8,vocab=8", "multiple of"),
+        ("custom:foo=1", "unknown key"),
+    ],
+)
 def test_bad_model_specs(text, match):
     with pytest.raises(ValueError, match=match):
         parse_model(text)

@@ -35,13 +35,16 @@ def test_help_texts_are_plain_words(capsys):
                     assert a.help, (name, a.option_strings)
 
 
-@pytest.mark.parametrize("argv, what", [
-    (["show-config", "--op", "select", "--seq", "32k", "--page-size", "12"], "page size must be among 8,16,32,64"),
-    (["show-config", "--op", "select", "--seq", "32k", "--head-dim", "96"], "head dim must be among 32,64,128,256"),
-    (["bench", "--page-size", "16,24"], "got 24"),
-    (["tune", "--gpu", "cpu", "--seq", "1k", "--head-dim", "100"], "head dim must be among"),
-    (["profile", "--page-size", "0"], "positive integers"),
-])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["show-config", "--op", "select", "--seq", "32k", "--page-size", "12"], "page size must be among 8,16,32,64"),
+        (["show-config", "--op", "select", "--seq", "32k", "--head-dim", "96"], "head dim must be among 32,64,128,256"),
+        (["bench", "--page-size", "16,24"], "got 24"),
+        (["tune", "--gpu", "cpu", "--seq", "1k", "--head-dim", "100"], "head dim must be among"),
+        (["profile", "--page-size", "0"], "positive integers"),
+    ],
+)
 def test_shapes_are_checked_before_any_work(argv, what, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -39,8 +39,14 @@ def test_sqlite_url(tmp_path):
 
     db = tmp_path / "ok.db"
     sqlite3.connect(db).execute("create table t(x)").connection.close()
-    for url in ("inmemory", "sqlite://", "sqlite:///:memory:", f"sqlite:///{db}", f"sqlite:///{tmp_path}/new.db",
-                "postgresql://u@h/db"):
+    for url in (
+        "inmemory",
+        "sqlite://",
+        "sqlite:///:memory:",
+        f"sqlite:///{db}",
+        f"sqlite:///{tmp_path}/new.db",
+        "postgresql://u@h/db",
+    ):
         check_sqlite_url("--storage", url)
     (tmp_path / "t.json").write_text("{}")
     with pytest.raises(ValueError, match="is not an SQLite database"):
@@ -49,16 +55,22 @@ def test_sqlite_url(tmp_path):
         check_sqlite_url("--storage", f"sqlite:///{tmp_path}")
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["profile", "--steps", "0"], "argument --steps: expected a positive integer"),
-    (["profile", "--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
-    (["quality", "demo", "--depth", "1.5"], "argument --depth: expected comma-separated depths in [0, 1]"),
-    (["quality", "demo", "--page-size", "12"], "argument --page-size: page sizes must be among"),
-    (["quality", "demo", "--budget", "-3"], "argument --budget: expected a positive integer"),
-    (["quality", "study", "--page-sizes", "16,0"], "argument --page-sizes: expected comma-separated positive"),
-    (["quality", "traces", "--texts", "0"], "argument --texts: expected a positive integer"),
-    (["tune", "--gpu", "cpu", "--seq", "1k", "--verify-rounds", "-2"], "argument --verify-rounds: expected an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["profile", "--steps", "0"], "argument --steps: expected a positive integer"),
+        (["profile", "--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+        (["quality", "demo", "--depth", "1.5"], "argument --depth: expected comma-separated depths in [0, 1]"),
+        (["quality", "demo", "--page-size", "12"], "argument --page-size: page sizes must be among"),
+        (["quality", "demo", "--budget", "-3"], "argument --budget: expected a positive integer"),
+        (["quality", "study", "--page-sizes", "16,0"], "argument --page-sizes: expected comma-separated positive"),
+        (["quality", "traces", "--texts", "0"], "argument --texts: expected a positive integer"),
+        (
+            ["tune", "--gpu", "cpu", "--seq", "1k", "--verify-rounds", "-2"],
+            "argument --verify-rounds: expected an integer >= 0",
+        ),
+    ],
+)
 def test_other_commands_range_check_their_flags(argv, expect, capsys):
     from questkern.cli import main
 
@@ -67,7 +79,9 @@ def test_other_commands_range_check_their_flags(argv, expect, capsys):
     assert e.value.code == 2 and expect in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["profile", "--dry-run", "--out-dir", "{f}"], ["quality", "study", "--out-dir", "{f}"]])
+@pytest.mark.parametrize(
+    "argv", [["profile", "--dry-run", "--out-dir", "{f}"], ["quality", "study", "--out-dir", "{f}"]]
+)
 def test_other_commands_check_their_output_dirs_first(tmp_path, argv):
     from questkern.cli import main
 

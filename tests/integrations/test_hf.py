@@ -51,7 +51,9 @@ def test_sparse_step_is_quest_on_layers_past_dense_layers():
     model = tiny_llama()
     dense = run_decode(model, IDS, 2)
     seen, checked = [], []
-    settings = QuestAttention(budget=48, page_size=16, dense_layers=1, on_select=lambda l, s: seen.append((l, s.clone())))
+    settings = QuestAttention(
+        budget=48, page_size=16, dense_layers=1, on_select=lambda l, s: seen.append((l, s.clone()))
+    )
     enable_quest(model, settings)
 
     def check(module, query, key, value, attention_mask, **kw):
@@ -88,8 +90,16 @@ def test_adaptive_and_narrow_metadata_run():
     model = tiny_llama()
     sizes = []
     ad = AdaptiveBudget(0.6, 16, 160)
-    enable_quest(model, QuestAttention(page_size=16, dense_layers=1, adaptive=ad, meta="fp8_e5m2",
-                                       on_select=lambda l, s: sizes.append(int((s >= 0).sum(-1).max()))))
+    enable_quest(
+        model,
+        QuestAttention(
+            page_size=16,
+            dense_layers=1,
+            adaptive=ad,
+            meta="fp8_e5m2",
+            on_select=lambda l, s: sizes.append(int((s >= 0).sum(-1).max())),
+        ),
+    )
     logits = run_decode(model, IDS, 2)
     assert torch.isfinite(logits).all()
     assert sizes and all(1 <= k <= 10 for k in sizes)
@@ -103,8 +113,17 @@ def test_kernels_backend_matches_reference_backend(adaptive):
     outs = {}
     for backend in ("reference", "kernels"):
         picked = []
-        enable_quest(model, QuestAttention(budget=64, page_size=16, dense_layers=1, backend=backend, adaptive=adaptive,
-                                           on_select=lambda l, s: picked.append(s.cpu().clone())))  # noqa: B023
+        enable_quest(
+            model,
+            QuestAttention(
+                budget=64,
+                page_size=16,
+                dense_layers=1,
+                backend=backend,
+                adaptive=adaptive,
+                on_select=lambda l, s: picked.append(s.cpu().clone()),  # noqa: B023
+            ),
+        )
         outs[backend] = (run_decode(model, IDS[:200], 2).float(), picked)
     (ref, p_ref), (ker, p_ker) = outs["reference"], outs["kernels"]
     assert len(p_ref) == len(p_ker) == 2

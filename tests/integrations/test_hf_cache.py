@@ -23,9 +23,10 @@ def prompts_of(lens, seed=1):
 def hf_generate(model, prompts, new, cache=None, **kw):
     ids, mask, _ = left_pad(prompts, 0, "cpu")
     extra = {cache_kwarg(model): cache} if cache is not None else {}
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
-                         **extra, **kw)
-    return out[:, ids.shape[1]:]
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0, **extra, **kw
+    )
+    return out[:, ids.shape[1] :]
 
 
 @pytest.mark.parametrize("lens", [[16], [11], [16, 37, 5]], ids=["one_page", "partial_page", "ragged_batch"])
@@ -51,11 +52,13 @@ def test_budget_covering_the_context_gives_the_dense_tokens(lens):
         for b, n in enumerate(cache.lens):
             phys = pc.page_table[b, : -(-n // 16)].long()
             stored = pc.k_cache[phys].transpose(0, 1).reshape(2, -1, 32)[:, :n]  # [Hkv, n, D]
-            want = dyn.layers[layer].keys[b, :, T - lens[b]:]  # drop the left padding
+            want = dyn.layers[layer].keys[b, :, T - lens[b] :]  # drop the left padding
             torch.testing.assert_close(stored, want[:, :n], rtol=1e-5, atol=1e-5)
     assert all(layer.keys is None for layer in cache.layers)  # no contiguous copy kept
     pages = sum(-(-(max(lens) + new) // 16) for _ in lens)
-    assert cache.kv_bytes() == 3 * (2 * pages * 2 * 16 * 32 * 4 + 2 * pages * 2 * 32 * 4 + len(lens) * (pages // len(lens) + 1) * 4)
+    assert cache.kv_bytes() == 3 * (
+        2 * pages * 2 * 16 * 32 * 4 + 2 * pages * 2 * 32 * 4 + len(lens) * (pages // len(lens) + 1) * 4
+    )
 
 
 def test_small_budget_selects_what_the_reference_selects():
@@ -66,13 +69,29 @@ def test_small_budget_selects_what_the_reference_selects():
     lens, new = [100, 70], 3
     P = prompts_of(lens, seed=2)
     picks = {}
-    enable_quest(model, QuestAttention(budget=32, page_size=16, dense_layers=1, backend="reference",
-                                       on_select=lambda l, s: picks.setdefault("batched", []).append((l, s.clone()))))
+    enable_quest(
+        model,
+        QuestAttention(
+            budget=32,
+            page_size=16,
+            dense_layers=1,
+            backend="reference",
+            on_select=lambda l, s: picks.setdefault("batched", []).append((l, s.clone())),
+        ),
+    )
     batched = hf_generate(model, P, new, QuestCache(model, max_cache_len=110))
     for b in range(2):
         key = f"row{b}"
-        enable_quest(model, QuestAttention(budget=32, page_size=16, dense_layers=1, backend="reference",
-                                           on_select=lambda l, s, key=key: picks.setdefault(key, []).append((l, s.clone()))))
+        enable_quest(
+            model,
+            QuestAttention(
+                budget=32,
+                page_size=16,
+                dense_layers=1,
+                backend="reference",
+                on_select=lambda l, s, key=key: picks.setdefault(key, []).append((l, s.clone())),
+            ),
+        )
         single = hf_generate(model, [P[b]], new)  # DynamicCache: the hook's own path
         assert torch.equal(single[0], batched[b])
         got = [(l, s[b]) for l, s in picks["batched"]]
@@ -92,15 +111,27 @@ def test_kernels_backend_matches_the_reference_backend():
     runs = {}
     for backend in ("reference", "kernels"):
         picked = []
-        enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1, backend=backend,
-                                           on_select=lambda l, s, picked=picked: picked.append(s.clone())))
+        enable_quest(
+            model,
+            QuestAttention(
+                budget=16,
+                page_size=8,
+                dense_layers=1,
+                backend=backend,
+                on_select=lambda l, s, picked=picked: picked.append(s.clone()),
+            ),
+        )
         cache = QuestCache(model, max_cache_len=44)
         ids, mask, _ = left_pad(P, 0, "cpu")
         kw = {cache_kwarg(model): cache}
         with torch.no_grad():
             model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **kw)
-            logits = model(input_ids=torch.tensor([[5], [7]]), position_ids=torch.tensor([[40], [23]]),
-                           attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1), **kw).logits
+            logits = model(
+                input_ids=torch.tensor([[5], [7]]),
+                position_ids=torch.tensor([[40], [23]]),
+                attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
+                **kw,
+            ).logits
         runs[backend] = (logits.float(), picked, cache)
     (ref, p_ref, c_ref), (ker, p_ker, c_ker) = runs["reference"], runs["kernels"]
     assert len(p_ref) == len(p_ker) == 1
@@ -131,8 +162,15 @@ def test_chunked_prefill_and_sampling():
     torch.manual_seed(0)
     P = prompts_of([9, 14], seed=5)
     ids, mask, _ = left_pad(P, 0, "cpu")
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=True, top_k=20,
-                         pad_token_id=0, **{kw_name: QuestCache(model, max_cache_len=18)})
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=True,
+        top_k=20,
+        pad_token_id=0,
+        **{kw_name: QuestCache(model, max_cache_len=18)},
+    )
     assert out.shape == (2, 14 + 4) and int(out.max()) < 96
 
 
@@ -147,12 +185,26 @@ def test_refusals_are_clear():
     ids, mask, _ = left_pad(P, 0, "cpu")
     kw = cache_kwarg(model)
     with pytest.raises(NotImplementedError, match="beam search"):
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, num_beams=2, do_sample=False,
-                       pad_token_id=0, **{kw: QuestCache(model, max_cache_len=32)})
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=3,
+            num_beams=2,
+            do_sample=False,
+            pad_token_id=0,
+            **{kw: QuestCache(model, max_cache_len=32)},
+        )
     cache = QuestCache(model, max_cache_len=32, batch_size=2)
     with pytest.raises(ValueError, match="beam search"):  # refused before anything is written
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, num_beams=2, do_sample=False,
-                       pad_token_id=0, **{kw: cache})
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=3,
+            num_beams=2,
+            do_sample=False,
+            pad_token_id=0,
+            **{kw: cache},
+        )
     assert cache.pages == [None, None]
     small = QuestCache(model, max_cache_len=15)
     with pytest.raises(ValueError, match="max_cache_len = 15"):
@@ -188,8 +240,17 @@ def test_selection_reuse_same_on_both_backends_and_reused_between_selections():
     runs = {}
     for backend in ("reference", "kernels"):
         picked: list = []
-        enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1, backend=backend, reselect_every=3,
-                                           on_select=lambda l, s, picked=picked: picked.append(s.clone().cpu())))
+        enable_quest(
+            model,
+            QuestAttention(
+                budget=16,
+                page_size=8,
+                dense_layers=1,
+                backend=backend,
+                reselect_every=3,
+                on_select=lambda l, s, picked=picked: picked.append(s.clone().cpu()),
+            ),
+        )
         cache = QuestCache(model, max_cache_len=52)
         ids, mask, _ = left_pad(P, 0, "cpu")
         kw = {cache_kwarg(model): cache}

@@ -40,8 +40,12 @@ def test_static_quest_step_uses_the_paged_decode_and_advances():
 
     model = tiny_llama(layers=2)
     sizes = []
-    enable_quest(model, QuestAttention(budget=16, page_size=8, dense_layers=1,
-                                       on_select=lambda l, s: sizes.append(int((s >= 0).sum(-1).max()))))
+    enable_quest(
+        model,
+        QuestAttention(
+            budget=16, page_size=8, dense_layers=1, on_select=lambda l, s: sizes.append(int((s >= 0).sum(-1).max()))
+        ),
+    )
     P = prompts_of([30, 21], seed=7)
     made, host = [], {}
     orig, orig_prep, orig_adv = QuestCache.__init__, QuestCache.prepare_static, QuestCache.advance

@@ -38,8 +38,9 @@ def test_graph_replays_give_the_eager_tokens():
     r = {m: generate(model, P, 12, cache="quest", mode=m) for m in ("eager", "static", "graph")}
     assert torch.equal(r["static"].tokens, r["graph"].tokens)
     assert torch.equal(r["eager"].tokens, r["static"].tokens)
-    settings = QuestAttention(budget=256, page_size=16, dense_layers=1,
-                              on_select=lambda l, s: picked.append(int((s >= 0).sum(-1).max())))
+    settings = QuestAttention(
+        budget=256, page_size=16, dense_layers=1, on_select=lambda l, s: picked.append(int((s >= 0).sum(-1).max()))
+    )
     enable_quest(model, settings)
     generate(model, P, 3, cache="quest", mode="eager")
     assert picked and max(picked) == 16  # 256 tokens = 16 pages: sparse on the long prompts

@@ -16,8 +16,16 @@ def test_rerank_changes_the_selection_and_covers_like_dense():
     ref = run_decode(model, IDS, 2)
     seen = {0: [], 2: []}
     for rr in (0, 2):
-        enable_quest(model, QuestAttention(budget=48, page_size=16, dense_layers=1, rerank=rr,
-                                           on_select=lambda l, s, rr=rr: seen[rr].append(s.clone())))
+        enable_quest(
+            model,
+            QuestAttention(
+                budget=48,
+                page_size=16,
+                dense_layers=1,
+                rerank=rr,
+                on_select=lambda l, s, rr=rr: seen[rr].append(s.clone()),
+            ),
+        )
         out = run_decode(model, IDS, 2)
         assert torch.isfinite(out).all()
     assert len(seen[0]) == len(seen[2]) == 4 and all(s.shape == (1, 2, 3) for s in seen[2])

@@ -15,8 +15,24 @@ from questkern.profiling import ncu as N
 from questkern.profiling.runner import check_name, run_profile, workload_argv
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "profiling"
-TINY = ["--seq", "48", "--batch", "1", "--heads", "2/1", "--head-dim", "32", "--page-size", "8", "--budget", "16",
-        "--steps", "2", "--warmup", "1"]
+TINY = [
+    "--seq",
+    "48",
+    "--batch",
+    "1",
+    "--heads",
+    "2/1",
+    "--head-dim",
+    "32",
+    "--page-size",
+    "8",
+    "--budget",
+    "16",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+]
 
 
 def tiny_shape(**kw):
@@ -26,7 +42,9 @@ def tiny_shape(**kw):
 
 def test_nvtx_filter_strings():
     assert N.nvtx_include_filters(["questkern.select", "questkern.sparse_decode"]) == [
-        "questkern@questkern.select/", "questkern@questkern.sparse_decode/"]
+        "questkern@questkern.select/",
+        "questkern@questkern.sparse_decode/",
+    ]
     with pytest.raises(ValueError):
         N.nvtx_include_filters(["questkern.a/b"])
     with pytest.raises(ValueError):
@@ -36,8 +54,12 @@ def test_nvtx_filter_strings():
 
 
 def test_profiled_ranges():
-    assert N.profiled_ranges("quest") == ["questkern.select", "questkern.sparse_decode", "questkern.combine",
-                                          "questkern.metadata"]
+    assert N.profiled_ranges("quest") == [
+        "questkern.select",
+        "questkern.sparse_decode",
+        "questkern.combine",
+        "questkern.metadata",
+    ]
     assert N.profiled_ranges("dense", append=False) == ["questkern.dense_decode", "questkern.combine"]
     with pytest.raises(ValueError):
         N.profiled_ranges("sparse")
@@ -47,7 +69,7 @@ def test_ncu_command_shape():
     wl = ["python", "-m", "questkern.profiling.workload", "--seq", "64"]
     cmd = N.ncu_command("/opt/ncu", wl, "out/profile", ["questkern.select", "questkern.sparse_decode"])
     assert cmd[:2] == ["/opt/ncu", "--nvtx"]
-    assert cmd[-len(wl):] == wl
+    assert cmd[-len(wl) :] == wl
     inc = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--nvtx-include"]
     assert inc == ["questkern@questkern.select/", "questkern@questkern.sparse_decode/"]
     secs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--section"]
@@ -71,8 +93,13 @@ def test_shape_flags_are_bench_flags_with_one_value():
     with pytest.raises(SystemExit, match="--seq takes one value"):
         shape_from_args(args)
     default = shape_from_args(build_parser().parse_args(["profile"]))
-    assert (default["seq_len"], default["q_heads"], default["head_dim"], default["budget"], default["page_size"]) == \
-        (32768, 32, 128, 2048, 16)
+    assert (default["seq_len"], default["q_heads"], default["head_dim"], default["budget"], default["page_size"]) == (
+        32768,
+        32,
+        128,
+        2048,
+        16,
+    )
     argv = workload_argv(shape, python="py")
     assert argv[:3] == ["py", "-m", "questkern.profiling.workload"]
     assert argv[argv.index("--heads") + 1] == "2/1"
@@ -138,8 +165,11 @@ print("==PROF== Disconnected")
 
 def _fake_ncu(tmp_path, fail=False):
     path = tmp_path / "ncu"
-    path.write_text(FAKE_NCU.format(python=sys.executable, fixture=str(FIX / "ncu_raw.csv"),
-                                    log=str(tmp_path / "ncu-args.json"), fail=fail))
+    path.write_text(
+        FAKE_NCU.format(
+            python=sys.executable, fixture=str(FIX / "ncu_raw.csv"), log=str(tmp_path / "ncu-args.json"), fail=fail
+        )
+    )
     path.chmod(0o755)
     return str(path)
 
@@ -162,14 +192,16 @@ def test_ncu_path_with_stand_in_ncu(tmp_path, pretend_gpu):
     assert res.tool == "ncu" and d.parent.name == "fixture-gpu-a"
     args = json.loads((tmp_path / "ncu-args.json").read_text())
     assert args[0] == "--nvtx" and "questkern@questkern.select/" in args
-    wl = args[args.index(sys.executable):]
+    wl = args[args.index(sys.executable) :]
     assert wl[1:3] == ["-m", "questkern.profiling.workload"] and "--meta" in wl
-    assert {"profile.ncu-rep", "raw.csv", "ncu.log", "summary.csv", "command.txt", "meta.json"} <= {p.name for p in d.iterdir()}
+    assert {"profile.ncu-rep", "raw.csv", "ncu.log", "summary.csv", "command.txt", "meta.json"} <= {
+        p.name for p in d.iterdir()
+    }
     s = pd.read_csv(d / "summary.csv")
     assert (s["tool"] == "ncu").all() and set(s["op"]) == {"metadata", "select", "sparse_decode", "combine"}
     lines = (d / "command.txt").read_text().splitlines()
     ncu_line = next(ln for ln in lines if " --nvtx " in ln and ln.split("=")[0] != "#")
-    assert shlex.split(ncu_line)[-len(wl):] == wl  # the recorded line is the command that ran
+    assert shlex.split(ncu_line)[-len(wl) :] == wl  # the recorded line is the command that ran
     assert any(ln.startswith(shlex.quote(ncu) + " --import") for ln in lines)
 
 

@@ -33,8 +33,10 @@ def test_ncu_raw_csv_units_and_groups():
 
 
 def test_ncu_nanoseconds_and_dense_mode():
-    text = ('"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n'
-            '"0","_decode_split_kernel","12,000"\n"1","_decode_split_kernel","14,000"\n')
+    text = (
+        '"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n'
+        '"0","_decode_split_kernel","12,000"\n"1","_decode_split_kernel","14,000"\n'
+    )
     s = summarize_ncu(text, steps=2, mode="dense")
     assert s["op"].tolist() == ["dense_decode"]
     assert s["duration_us"].iloc[0] == pytest.approx(13.0)
@@ -43,13 +45,21 @@ def test_ncu_nanoseconds_and_dense_mode():
 
 
 def test_ncu_nvtx_column_names_the_op():
-    text = ('"ID","Kernel Name","NVTX","gpu__time_duration.sum"\n"","","","usecond"\n'
-            '"0","_combine_kernel","questkern:questkern.sparse_decode/questkern.combine","2.0"\n')
+    text = (
+        '"ID","Kernel Name","NVTX","gpu__time_duration.sum"\n"","","","usecond"\n'
+        '"0","_combine_kernel","questkern:questkern.sparse_decode/questkern.combine","2.0"\n'
+    )
     assert summarize_ncu(text, steps=1)["op"].tolist() == ["combine"]
 
 
-@pytest.mark.parametrize("text,msg", [("==PROF== nothing\n", "empty"), ('"ID","Name"\n"0","x"\n', "Kernel Name"),
-                                      ('"ID","Kernel Name"\n"","" \n"0","k"\n', "gpu__time_duration")])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("==PROF== nothing\n", "empty"),
+        ('"ID","Name"\n"0","x"\n', "Kernel Name"),
+        ('"ID","Kernel Name"\n"","" \n"0","k"\n', "gpu__time_duration"),
+    ],
+)
 def test_ncu_bad_exports(text, msg):
     with pytest.raises(ValueError, match=msg):
         summarize_ncu(text, steps=1)
@@ -62,6 +72,7 @@ def test_kernel_op_names():
     import questkern.ops.metadata.kernel as mk
     import questkern.ops.select.kernel as sk
     import questkern.ops.select.adaptive as ak
+
     for mod in (dk, mk, sk, ak):
         for name in dir(mod):
             if name.endswith("_kernel") and name.startswith("_") and hasattr(getattr(mod, name), "run"):
@@ -76,15 +87,19 @@ def _ev(name, ts, dur, cat="user_annotation", pid=1, tid=1):
 
 
 def test_torch_trace_filter_and_exclusive_time():
-    trace = {"traceEvents": [
-        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "python"}},
-        _ev("questkern.sparse_decode", 100, 50), _ev("questkern.combine", 130, 10), _ev("aten::empty", 105, 2, "cpu_op"),
-        _ev("aten::outside", 300, 5, "cpu_op"),
-        _ev("questkern.sparse_decode", 1000, 30, "gpu_user_annotation", pid=0, tid=7),
-        _ev("_decode_split_kernel", 1001, 20, "kernel", pid=0, tid=7),
-        _ev("_combine_kernel", 1022, 5, "kernel", pid=0, tid=7),
-        _ev("_stray_kernel", 2000, 5, "kernel", pid=0, tid=7),
-    ]}
+    trace = {
+        "traceEvents": [
+            {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "python"}},
+            _ev("questkern.sparse_decode", 100, 50),
+            _ev("questkern.combine", 130, 10),
+            _ev("aten::empty", 105, 2, "cpu_op"),
+            _ev("aten::outside", 300, 5, "cpu_op"),
+            _ev("questkern.sparse_decode", 1000, 30, "gpu_user_annotation", pid=0, tid=7),
+            _ev("_decode_split_kernel", 1001, 20, "kernel", pid=0, tid=7),
+            _ev("_combine_kernel", 1022, 5, "kernel", pid=0, tid=7),
+            _ev("_stray_kernel", 2000, 5, "kernel", pid=0, tid=7),
+        ]
+    }
     f = filter_trace(trace)
     names = [e["name"] for e in f["traceEvents"]]
     assert "aten::outside" not in names and "_stray_kernel" not in names
@@ -101,6 +116,8 @@ def test_torch_trace_filter_and_exclusive_time():
 
 
 def test_breakdown_from_ranges_when_no_kernels():
-    s = summarize_torch_trace({"traceEvents": [_ev("questkern.select", 0, 30), _ev("questkern.select", 100, 10)]}, steps=2)
+    s = summarize_torch_trace(
+        {"traceEvents": [_ev("questkern.select", 0, 30), _ev("questkern.select", 100, 10)]}, steps=2
+    )
     b = step_breakdown(s)
     assert b["basis"].tolist() == ["cpu"] and b["per_step_us"].tolist() == [20.0]

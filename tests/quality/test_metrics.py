@@ -66,8 +66,9 @@ def test_adaptive_pages_match_reference(step, mode, agg):
     ks = M.adaptive_pages(s, order, 1 / math.sqrt(D) / div, thresholds, 2, 10)
     seen = set()
     for i, t in enumerate(thresholds):
-        _, counts = select_pages_adaptive_ref(q[None], kmin, kmax, table, lens, PAGE, AdaptiveBudget(t, 32, 160),
-                                              mode, agg, return_k=True)
+        _, counts = select_pages_adaptive_ref(
+            q[None], kmin, kmax, table, lens, PAGE, AdaptiveBudget(t, 32, 160), mode, agg, return_k=True
+        )
         assert torch.equal(ks[i].clamp(max=s.shape[1]), counts[0])
         seen.update(counts[0].tolist())
     assert len(seen) > 2  # the thresholds really change K

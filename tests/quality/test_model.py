@@ -27,15 +27,19 @@ def test_prompts_hit_their_length(smollm):
     assert 360 <= len(p.ids) <= 400
     s, e = p.needle_span
     assert p.key in tok.decode(p.ids[s:e]) and 0.3 < s / len(p.ids) < 0.7
-    assert tok.decode(p.ids[-p.tail:]).strip().endswith("pass key is")
+    assert tok.decode(p.ids[-p.tail :]).strip().endswith("pass key is")
     t = text_prompt(tok, 300)
     assert len(t.ids) == 300 and len(natural_text(1000)) >= 1000
 
 
 def test_trace_and_end_to_end_passkey(smollm):
     model, tok = smollm
-    assert (model.config.num_hidden_layers, model.config.num_attention_heads, model.config.num_key_value_heads,
-            model.config.head_dim) == (30, 9, 3, 64)
+    assert (
+        model.config.num_hidden_layers,
+        model.config.num_attention_heads,
+        model.config.num_key_value_heads,
+        model.config.head_dim,
+    ) == (30, 9, 3, 64)
     p = passkey_prompt(tok, 320, 0.3)
     trace, rows = run_prompt(model, tok, p, [E2EConfig("dense"), E2EConfig("fixed", 16, 64)], log=lambda s: None)
     T = p.tail + ANSWER_TOKENS - 1

@@ -9,8 +9,7 @@ import torch
 
 from questkern.ops.select.naive import select_pages_ref
 from questkern.ops.metadata.minmax import page_minmax
-from questkern.quality.selection import (Variant, exact_page_mass, page_bounds, select_mask, sparse_attention,
-                                         token_mask)
+from questkern.quality.selection import Variant, exact_page_mass, page_bounds, select_mask, sparse_attention, token_mask
 
 
 def _qk(Hq=6, Hkv=2, S=77, D=8, seed=0):
@@ -21,8 +20,17 @@ def _qk(Hq=6, Hkv=2, S=77, D=8, seed=0):
 def _ref_mask(q, k, P, budget, mode, agg):
     kmin, kmax = page_minmax(k, P)
     n = kmin.shape[0]
-    sel = select_pages_ref(q[None], kmin, kmax, torch.arange(n, dtype=torch.int32)[None],
-                           torch.tensor([k.shape[1]], dtype=torch.int32), P, budget, mode, agg)[0]
+    sel = select_pages_ref(
+        q[None],
+        kmin,
+        kmax,
+        torch.arange(n, dtype=torch.int32)[None],
+        torch.tensor([k.shape[1]], dtype=torch.int32),
+        P,
+        budget,
+        mode,
+        agg,
+    )[0]
     m = torch.zeros(sel.shape[0], n, dtype=torch.bool)
     for r in range(sel.shape[0]):
         ids = sel[r][sel[r] >= 0].long()
@@ -30,8 +38,10 @@ def _ref_mask(q, k, P, budget, mode, agg):
     return m
 
 
-@pytest.mark.parametrize("P,budget,mode,agg", [(8, 24, "shared", "sum"), (16, 48, "per_head", "sum"),
-                                               (4, 20, "shared", "max"), (8, 200, "shared", "sum")])
+@pytest.mark.parametrize(
+    "P,budget,mode,agg",
+    [(8, 24, "shared", "sum"), (16, 48, "per_head", "sum"), (4, 20, "shared", "max"), (8, 200, "shared", "sum")],
+)
 def test_default_variant_is_todays_rule(P, budget, mode, agg):
     q, k, _ = _qk(S=77 if P != 4 else 61)
     got = select_mask(Variant(budget, page_size=P, gqa_mode=mode, aggregate=agg), q, k, 1 / math.sqrt(8))
@@ -133,8 +143,12 @@ def test_labels_and_bytes():
 def test_labels_parse_back():
     from questkern.quality.selection import parse_variant
 
-    for v in (Variant(None), Variant(1024), Variant(512, page_size=8, gqa_mode="per_head", rerank=2),
-              Variant(2048, aggregate="softmax", sub_page=4, sinks=1, recent=64, dense_layers=(21, 23))):
+    for v in (
+        Variant(None),
+        Variant(1024),
+        Variant(512, page_size=8, gqa_mode="per_head", rerank=2),
+        Variant(2048, aggregate="softmax", sub_page=4, sinks=1, recent=64, dense_layers=(21, 23)),
+    ):
         assert parse_variant(v.name) == v
     with pytest.raises(ValueError, match="variant label"):
         parse_variant("p16 b1024 shared-sum turbo")

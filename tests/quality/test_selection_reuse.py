@@ -137,9 +137,15 @@ def test_hook_counts_and_resets():
 
 
 def test_labels_round_trip():
-    for label in ("p16 b2048 shared-sum every4", "p16 b2048 shared-sum drift0.9", "p16 b2048 shared-sum every8 drift0.9",
-                  "p64 b2048 shared-sum sub16 every16", "p16 b1024 per_head rerank2 every2 drift-0.25 dense21-23",
-                  "p16 b2048 shared-sum drift1", "p16 b2048 shared-sum drift-1"):
+    for label in (
+        "p16 b2048 shared-sum every4",
+        "p16 b2048 shared-sum drift0.9",
+        "p16 b2048 shared-sum every8 drift0.9",
+        "p64 b2048 shared-sum sub16 every16",
+        "p16 b1024 per_head rerank2 every2 drift-0.25 dense21-23",
+        "p16 b2048 shared-sum drift1",
+        "p16 b2048 shared-sum drift-1",
+    ):
         v = parse_variant(label)
         assert v.name == label and parse_variant(v.label()) == v
     assert parse_variant("p16 b2048 shared-sum drift0.9") == Variant(2048, reselect_every=None, drift=0.9)

@@ -62,8 +62,9 @@ def test_slice_end_to_end(smollm):
     rows, diag = [], []
     for task in S.EXACT_TASKS:
         hs = S.build(task, tok, 640, 1)
-        r, d = S.run_haystack(model, tok, hs, [covering, tiny], diag_variants=[tiny], skip_if_dense_wrong=False,
-                              log=lambda m: None)
+        r, d = S.run_haystack(
+            model, tok, hs, [covering, tiny], diag_variants=[tiny], skip_if_dense_wrong=False, log=lambda m: None
+        )
         rows += r
         diag += d
     assert len(rows) == 5 * 3  # 1 + 4 questions, 3 variants each
@@ -91,8 +92,9 @@ def test_selection_reuse_end_to_end_counts_selections(smollm):
     model, tok = smollm
     every, reuse = Variant(32, page_size=8), Variant(32, page_size=8, reselect_every=4)
     hs = S.build("niah_single", tok, 640, 1)
-    rows, _ = S.run_haystack(model, tok, hs, [every, reuse, every.with_(sub_page=4)], skip_if_dense_wrong=False,
-                             log=lambda m: None)
+    rows, _ = S.run_haystack(
+        model, tok, hs, [every, reuse, every.with_(sub_page=4)], skip_if_dense_wrong=False, log=lambda m: None
+    )
     by = {r["variant"]: r for r in rows}
     per_step = (model.config.num_hidden_layers - 2) * model.config.num_key_value_heads
     assert by["dense"]["steps"] == 0 == by["dense"]["selections"]

@@ -13,9 +13,23 @@ def _acc():
     rows = []
     for q in range(4):
         dense_ok = int(q < 3)
-        for v, ok in (("dense", dense_ok), ("p16 b1024 shared-sum", int(q == 0)), ("p16 b1024 shared-sum rerank4", dense_ok)):
-            rows.append({"task": "niah_single", "context": 8192, "haystack": f"h{q}", "question": 0, "variant": v,
-                         "budget": None if v == "dense" else 1024, "correct": ok, "score": float(ok)})
+        for v, ok in (
+            ("dense", dense_ok),
+            ("p16 b1024 shared-sum", int(q == 0)),
+            ("p16 b1024 shared-sum rerank4", dense_ok),
+        ):
+            rows.append(
+                {
+                    "task": "niah_single",
+                    "context": 8192,
+                    "haystack": f"h{q}",
+                    "question": 0,
+                    "variant": v,
+                    "budget": None if v == "dense" else 1024,
+                    "correct": ok,
+                    "score": float(ok),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -25,9 +39,23 @@ def _heads():
         for layer in (1, 5):
             for h in range(2):
                 mass = 0.5 if (layer, h) == (5, 1) else 0.01
-                rows.append({"task": "niah_single", "context": 8192, "haystack": f"h{q}", "question": 0, "dense_correct": 1,
-                             "layer": layer, "q_head": h, "kv_head": 0, "needle_mass": mass,
-                             "kept[a]": float(q == 0), "recall[a]": 0.9, "kept[b]": 1.0, "recall[b]": 0.95})
+                rows.append(
+                    {
+                        "task": "niah_single",
+                        "context": 8192,
+                        "haystack": f"h{q}",
+                        "question": 0,
+                        "dense_correct": 1,
+                        "layer": layer,
+                        "q_head": h,
+                        "kv_head": 0,
+                        "needle_mass": mass,
+                        "kept[a]": float(q == 0),
+                        "recall[a]": 0.9,
+                        "kept[b]": 1.0,
+                        "recall[b]": 0.95,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -43,14 +71,22 @@ def test_heads_tables_pick_retrieval_heads():
     lay, kept = heads_tables(_heads())
     assert lay.loc[(lay.layer == 5), "needle_mass_max"].max() == 0.5
     k = kept.set_index("variant")
-    assert k.loc["a", "retrieval_heads"] == 2 and k.loc["a", "needle_all_kept"] == 0.5 and k.loc["b", "needle_all_kept"] == 1.0
+    assert (
+        k.loc["a", "retrieval_heads"] == 2
+        and k.loc["a", "needle_all_kept"] == 0.5
+        and k.loc["b", "needle_all_kept"] == 1.0
+    )
 
 
 def test_cli_writes_tables_and_figures(tmp_path):
     _acc().to_csv(tmp_path / "s_accuracy.csv", index=False)
     _heads().to_csv(tmp_path / "s_heads.csv", index=False)
     assert main([str(tmp_path / "s"), "--out-dir", str(tmp_path / "quality"), "--name", "x"]) == 0
-    assert {p.name for p in (tmp_path / "quality").iterdir()} == {"x_accuracy.csv", "x_heads_layers.csv", "x_heads_kept.csv"}
+    assert {p.name for p in (tmp_path / "quality").iterdir()} == {
+        "x_accuracy.csv",
+        "x_heads_layers.csv",
+        "x_heads_kept.csv",
+    }
     titles = [t for t, _ in quality_figures(tmp_path)]
     assert titles == ["Quality suite x", "Head diagnostics x"]
 

@@ -64,7 +64,9 @@ def test_study_tables(study):
         rec = g.sort_values("param")["recall_mean"].to_numpy()
         assert (rec[1:] >= rec[:-1] - 1e-6).all() and abs(rec[-1] - 1) < 1e-5  # 2048 tokens covers 300
     ad = base[base.policy == "adaptive"].sort_values(["temperature", "param"])
-    assert (ad.groupby(["page_size", "temperature"])["tokens_mean"].diff().dropna() >= 0).all()  # higher threshold, more pages
+    assert (
+        ad.groupby(["page_size", "temperature"])["tokens_mean"].diff().dropna() >= 0
+    ).all()  # higher threshold, more pages
     assert set(ad["temperature"]) == {1.0, 2.0, 4.0, 8.0}
     fp32 = base.set_index(["page_size", "policy", "param"])["recall_mean"]
     bf16 = r[(r.meta == "bf16")].set_index(["page_size", "policy", "param"])["recall_mean"]
@@ -104,12 +106,31 @@ def test_cli_study_and_figures(trace_dir, tmp_path):
     from questkern.cli import main
     from questkern.quality.figures import quality_figures
 
-    assert main(["quality", "study", "--trace-dir", str(trace_dir), "--out-dir", str(tmp_path), "--page-sizes", "16",
-                 "--dense-layers", "1"]) == 0
+    assert (
+        main(
+            [
+                "quality",
+                "study",
+                "--trace-dir",
+                str(trace_dir),
+                "--out-dir",
+                str(tmp_path),
+                "--page-sizes",
+                "16",
+                "--dense-layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "quality_recall.csv").exists()
     figs = quality_figures(tmp_path)
-    assert [t for t, _ in figs] == ["Recall vs budget", "Fixed vs adaptive budget", "GQA modes and metadata",
-                                    "Recall per layer and head"]
+    assert [t for t, _ in figs] == [
+        "Recall vs budget",
+        "Fixed vs adaptive budget",
+        "GQA modes and metadata",
+        "Recall per layer and head",
+    ]
     assert all(len(f.data) > 0 for _, f in figs)
 
 

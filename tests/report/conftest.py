@@ -11,8 +11,22 @@ def fixture_report(tmp_path_factory):
     from questkern.report import read_manifest
 
     out = tmp_path_factory.mktemp("report")
-    rc = main(["report", "--name", "example", "--data", str(DATA), "--profiles", str(PROFILES),
-               "--no-tuning", "--out-dir", str(out), "--gpu", "fixture-gpu-a"])
+    rc = main(
+        [
+            "report",
+            "--name",
+            "example",
+            "--data",
+            str(DATA),
+            "--profiles",
+            str(PROFILES),
+            "--no-tuning",
+            "--out-dir",
+            str(out),
+            "--gpu",
+            "fixture-gpu-a",
+        ]
+    )
     assert rc == 0
     path = out / "example.html"
     return path, read_manifest(path.read_text(encoding="utf-8"))

@@ -11,11 +11,16 @@ GPU = "fixture-gpu-a"
 OTHER_GPU = "fixture-gpu-b"
 EXPECTED_PLOTS = [
     "summary-fixture-gpu-a",
-    "speedup-fixture-gpu-a-1-32-8-128-bf16", "speedup-fixture-gpu-a-1-32-32-128-bf16",
-    "recall-synthetic-32768", "recall-synthetic-8192",
+    "speedup-fixture-gpu-a-1-32-8-128-bf16",
+    "speedup-fixture-gpu-a-1-32-32-128-bf16",
+    "recall-synthetic-32768",
+    "recall-synthetic-8192",
     "quality-attention-recall",
-    "latency-fixture-gpu-a-1-32-8-128-bf16", "latency-fixture-gpu-a-1-32-32-128-bf16",
-    "bandwidth-fixture-gpu-a-1-32-8-128-bf16", "bandwidth-fixture-gpu-a-1-32-32-128-bf16",
-    "breakdown-fixture-gpu-a-1-32-8-128-bf16-16-2048-shared", "breakdown-fixture-gpu-a-1-32-32-128-bf16-16-2048-shared",
+    "latency-fixture-gpu-a-1-32-8-128-bf16",
+    "latency-fixture-gpu-a-1-32-32-128-bf16",
+    "bandwidth-fixture-gpu-a-1-32-8-128-bf16",
+    "bandwidth-fixture-gpu-a-1-32-32-128-bf16",
+    "breakdown-fixture-gpu-a-1-32-8-128-bf16-16-2048-shared",
+    "breakdown-fixture-gpu-a-1-32-32-128-bf16-16-2048-shared",
     "profile-fixture-gpu-a",
 ]

@@ -35,8 +35,10 @@ def test_summary_is_what_the_reader_sees_first(fixture_report):
 def test_check_catches_errors_and_empty_plots(fixture_report, tmp_path):
     """The check can fail: a script error and a plot div without data are reported."""
     page = fixture_report[0].read_text(encoding="utf-8")
-    broken = page.replace("</body>", '<div id="empty-plot" class="plotly-graph-div"></div>'
-                                      '<script>throw new Error("boom from test")</script></body>')
+    broken = page.replace(
+        "</body>",
+        '<div id="empty-plot" class="plotly-graph-div"></div><script>throw new Error("boom from test")</script></body>',
+    )
     bad = tmp_path / "broken.html"
     bad.write_text(broken, encoding="utf-8")
     result = check_page(bad)

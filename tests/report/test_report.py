@@ -21,8 +21,17 @@ def test_fixture_report_plots_and_sections(fixture_report):
     path, manifest = fixture_report
     assert manifest["plots"] == EXPECTED_PLOTS
     # the summary first, then sections in order of importance; the environment last
-    assert manifest["sections"] == ["summary", "speedup", "tuning", "quality", "latency", "bandwidth", "breakdown",
-                                    "mixed", "environment"]
+    assert manifest["sections"] == [
+        "summary",
+        "speedup",
+        "tuning",
+        "quality",
+        "latency",
+        "bandwidth",
+        "breakdown",
+        "mixed",
+        "environment",
+    ]
     assert manifest["main"] == "summary-fixture-gpu-a"  # the summary's figure
     assert manifest["gpus"] == [GPU] and not manifest["interpreter"]
 
@@ -67,12 +76,18 @@ def test_ratios_never_mix_gpus():
         raw = pd.read_csv(DATA / gpu / "bench.csv")
         raw = raw[(raw["q_heads"] == 32) & (raw["kv_heads"] == 32) & (raw["seq_len"] == 32768)].set_index("op")
         row = tab[(tab["gpu"] == gpu) & (tab["kv_heads"] == 32) & (tab["seq_len"] == 32768)].iloc[0]
-        assert row["speedup_vs_dense"] == pytest.approx(raw.loc["dense_decode", "median_us"] / raw.loc["quest_step", "median_us"])
-        assert row["speedup_vs_sdpa"] == pytest.approx(raw.loc["sdpa", "median_us"] / raw.loc["quest_step", "median_us"])
+        assert row["speedup_vs_dense"] == pytest.approx(
+            raw.loc["dense_decode", "median_us"] / raw.loc["quest_step", "median_us"]
+        )
+        assert row["speedup_vs_sdpa"] == pytest.approx(
+            raw.loc["sdpa", "median_us"] / raw.loc["quest_step", "median_us"]
+        )
         assert row["byte_bound"] == pytest.approx(raw.loc["dense_decode", "bytes"] / raw.loc["quest_step", "bytes"])
     # the two GPUs measured the same case with different times: the ratios differ
-    a, b = (tab[(tab["gpu"] == g) & (tab["kv_heads"] == 32) & (tab["seq_len"] == 32768)].iloc[0] for g in
-            ("fixture-gpu-a", "fixture-gpu-b"))
+    a, b = (
+        tab[(tab["gpu"] == g) & (tab["kv_heads"] == 32) & (tab["seq_len"] == 32768)].iloc[0]
+        for g in ("fixture-gpu-a", "fixture-gpu-b")
+    )
     assert a["speedup_vs_dense"] != pytest.approx(b["speedup_vs_dense"])
     assert a["byte_bound"] == pytest.approx(b["byte_bound"])  # bytes do not depend on the GPU
 
@@ -129,8 +144,9 @@ def _study(storage: str) -> None:
     for i, (w, c) in enumerate([(2, 8), (4, 16), (8, 32), (4, 64), (2, 32), (8, 8), (4, 8), (2, 64)]):
         lat = 10.0 + 3 * (w == 8) + 0.05 * c + 0.3 * i % 2
         rec = 0.8 + 0.002 * c
-        study.add_trial(optuna.trial.create_trial(params={"num_warps": w, "chunk_pages": c}, distributions=dist,
-                                                  values=[lat, rec]))
+        study.add_trial(
+            optuna.trial.create_trial(params={"num_warps": w, "chunk_pages": c}, distributions=dist, values=[lat, rec])
+        )
 
 
 def test_tuning_sections_from_table_and_study(tmp_path):
@@ -138,17 +154,37 @@ def test_tuning_sections_from_table_and_study(tmp_path):
     from questkern.configs.table import make_entry, new_table
 
     table = new_table("fixture-gpu-a", "Synthetic fixture GPU A")
-    key = EntryKey.for_call("select", dtype="bfloat16", head_dim=128, group=1, page_size=16, seq_len=32768, batch=1,
-                            budget=2048, gqa_mode="shared")
-    table["entries"].append(make_entry(key, {"chunk_pages": 32, "block_d": 128, "num_warps": 4, "num_stages": 1,
-                                             "merge_warps": 4}, 9.5, 12.0, trials=8))
+    key = EntryKey.for_call(
+        "select",
+        dtype="bfloat16",
+        head_dim=128,
+        group=1,
+        page_size=16,
+        seq_len=32768,
+        batch=1,
+        budget=2048,
+        gqa_mode="shared",
+    )
+    table["entries"].append(
+        make_entry(
+            key,
+            {"chunk_pages": 32, "block_d": 128, "num_warps": 4, "num_stages": 1, "merge_warps": 4},
+            9.5,
+            12.0,
+            trials=8,
+        )
+    )
     (tmp_path / "fixture-gpu-a.json").write_text(json.dumps(table))
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     _study(storage)
     inputs = gather([DATA / "fixture-gpu-a"], [tmp_path / "none"], [tmp_path], storage)
     page, manifest = render(inputs, title="t")
-    for pid in ("history-select-h100-latency-us", "history-select-h100-recall", "importance-select-h100-latency-us",
-                "pareto-select-h100"):
+    for pid in (
+        "history-select-h100-latency-us",
+        "history-select-h100-recall",
+        "importance-select-h100-latency-us",
+        "pareto-select-h100",
+    ):
         assert pid in manifest["plots"], manifest["plots"]
     assert "chunk_pages=32" in page and "tuned vs default (×)" in page
     with pytest.raises(ReportDataError, match="not in"):
@@ -156,8 +192,19 @@ def test_tuning_sections_from_table_and_study(tmp_path):
 
 
 def test_cli_never_overwrites(tmp_path, fixture_report):
-    args = ["report", "--name", "example", "--data", str(DATA / "fixture-gpu-b"), "--profiles", str(PROFILES),
-            "--tuning", str(tmp_path), "--out-dir", str(fixture_report[0].parent)]
+    args = [
+        "report",
+        "--name",
+        "example",
+        "--data",
+        str(DATA / "fixture-gpu-b"),
+        "--profiles",
+        str(PROFILES),
+        "--tuning",
+        str(tmp_path),
+        "--out-dir",
+        str(fixture_report[0].parent),
+    ]
     before = fixture_report[0].read_bytes()
     with pytest.raises(SystemExit, match="exists; pass --force"):
         main(args)
@@ -223,21 +270,40 @@ def _bench_text(**override):
     return ",".join(cols) + "\n" + ",".join(cols.values()) + "\n"
 
 
-@pytest.mark.parametrize("name,content,expect", [
-    ("bench.csv", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text CSV file"),
-    ("bench.csv", b"", "empty file"),
-    ("bench.csv", b"gpu,op,seq_len\nx,select,8\n", "lacks columns ['median_us']"),
-    ("bench.csv", _bench_text(seq_len="long").encode(), "column 'seq_len' must hold numbers, got 'long' in data row 1"),
-    ("bench.csv", _bench_text(median_us="fast").encode(), "column 'median_us' must hold numbers, got 'fast'"),
-    ("bench.csv", b"gpu,op,seq_len,median_us\n", "has a header but no rows"),
-    ("quality_x.csv", b"metric,value\nrecall,high\n", "column 'value' must hold numbers"),
-])
+@pytest.mark.parametrize(
+    "name,content,expect",
+    [
+        ("bench.csv", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text CSV file"),
+        ("bench.csv", b"", "empty file"),
+        ("bench.csv", b"gpu,op,seq_len\nx,select,8\n", "lacks columns ['median_us']"),
+        (
+            "bench.csv",
+            _bench_text(seq_len="long").encode(),
+            "column 'seq_len' must hold numbers, got 'long' in data row 1",
+        ),
+        ("bench.csv", _bench_text(median_us="fast").encode(), "column 'median_us' must hold numbers, got 'fast'"),
+        ("bench.csv", b"gpu,op,seq_len,median_us\n", "has a header but no rows"),
+        ("quality_x.csv", b"metric,value\nrecall,high\n", "column 'value' must hold numbers"),
+    ],
+)
 def test_report_bad_data_file_is_one_line_error(tmp_path, capsys, name, content, expect):
     f = tmp_path / name
     f.write_bytes(content)
     with pytest.raises(SystemExit) as e:
-        main(["report", "--name", "x", "--data", str(f), "--no-tuning", "--profiles", str(tmp_path / "none"),
-              "--out-dir", str(tmp_path / "out")])
+        main(
+            [
+                "report",
+                "--name",
+                "x",
+                "--data",
+                str(f),
+                "--no-tuning",
+                "--profiles",
+                str(tmp_path / "none"),
+                "--out-dir",
+                str(tmp_path / "out"),
+            ]
+        )
     msg = str(e.value.code)
     assert msg.startswith("questkern report: ") and str(f) in msg and expect in msg
     assert not (tmp_path / "out" / "x.html").exists()
@@ -249,8 +315,23 @@ def test_report_folder_csv_that_is_no_input_is_skipped_and_said_so(tmp_path, cap
     (d / "bench.csv").write_text(_bench_text())
     (d / "notes.csv").write_text("a,b\n1,2\n")
     (d / "empty.csv").write_text("")
-    assert main(["report", "--name", "x", "--data", str(d), "--no-tuning", "--profiles", str(tmp_path / "none"),
-                 "--out-dir", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--name",
+                "x",
+                "--data",
+                str(d),
+                "--no-tuning",
+                "--profiles",
+                str(tmp_path / "none"),
+                "--out-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"skipped {d / 'notes.csv'}: neither a bench CSV" in err and f"skipped {d / 'empty.csv'}: empty file" in err
 
@@ -297,8 +378,24 @@ def test_one_gpu_per_report(tmp_path, monkeypatch, capsys):
     (tmp_path / "tables").mkdir()
     for g in (GPU, OTHER_GPU):
         (tmp_path / "tables" / f"{g}.json").write_text(json.dumps(new_table(g, g)))
-    assert main(["report", "--name", "x", "--data", str(DATA), "--gpu", OTHER_GPU, "--tuning", "tables",
-                 "--out-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--name",
+                "x",
+                "--data",
+                str(DATA),
+                "--gpu",
+                OTHER_GPU,
+                "--tuning",
+                "tables",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"note: left out 41 bench rows of GPU {GPU}" in out and f"left out tuning table tables/{GPU}.json" in out
     assert "left out profile" not in out  # profiles/<other key>/ is not even read
@@ -336,18 +433,37 @@ def test_model_bench_in_the_summary(tmp_path):
     rows = []
     for gpu in (GPU, OTHER_GPU):
         for att, us in (("sdpa", 2000.0), ("none", 1000.0), ("dense", 1900.0), ("quest", 1250.0)):
-            rows.append({c: "" for c in MODEL_COLUMNS} | dict(
-                gpu=gpu, gpu_name=gpu, model="llama3-8b", layers=32, batch=8, seq_len=32768, attention=att,
-                ms_per_token=us / 1e3, tokens_per_s=8 / (us * 1e-6), speedup_vs_sdpa=2000.0 / us,
-                bound_speedup=1.6 if att == "quest" else "", gain_captured=0.8 if att == "quest" else "",
-                timestamp="2026-01-01T00:00:00+00:00"))
+            rows.append(
+                {c: "" for c in MODEL_COLUMNS}
+                | dict(
+                    gpu=gpu,
+                    gpu_name=gpu,
+                    model="llama3-8b",
+                    layers=32,
+                    batch=8,
+                    seq_len=32768,
+                    attention=att,
+                    ms_per_token=us / 1e3,
+                    tokens_per_s=8 / (us * 1e-6),
+                    speedup_vs_sdpa=2000.0 / us,
+                    bound_speedup=1.6 if att == "quest" else "",
+                    gain_captured=0.8 if att == "quest" else "",
+                    timestamp="2026-01-01T00:00:00+00:00",
+                )
+            )
     (tmp_path / "m").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "m" / "bench_model-20260101T000000Z.csv", index=False)
     inputs = gather([DATA / GPU, tmp_path / "m"], [], [], gpu=GPU)
     assert any(f"model bench rows of GPU {OTHER_GPU}" in n for n in inputs.notices)
     page, manifest = render(inputs, title="t")
     summary = page.split('id="summary"')[1].split('id="speedup"')[0]
-    for name in ("Quest (tokens/s)", "SDPA (tokens/s)", "speedup vs SDPA (×)", "bound vs SDPA (×)", "gain captured (%)"):
+    for name in (
+        "Quest (tokens/s)",
+        "SDPA (tokens/s)",
+        "speedup vs SDPA (×)",
+        "bound vs SDPA (×)",
+        "gain captured (%)",
+    ):
         assert f"<th>{name}</th>" in summary, name
     assert "<td>6400</td>" in summary and "<td>4000</td>" in summary and "<td>1.6</td>" in summary
     assert "<td>80</td>" in summary and "model" in manifest["sections"]
@@ -360,8 +476,10 @@ def test_log_axes_label_every_decade_and_plots_hold_few_series():
     bench = load_bench([DATA / GPU / "bench.csv"])
     for p in F.latency_plots(bench):
         assert list(p.fig.layout.yaxis.tickvals) and all(t for t in p.fig.layout.yaxis.ticktext)
-    many = go.Figure([go.Scatter(x=[1], y=[1]) for _ in range(F.MAX_SERIES + 1)], layout=dict(
-        title="t", xaxis_title="x (s)", yaxis_title="y (s)"))
+    many = go.Figure(
+        [go.Scatter(x=[1], y=[1]) for _ in range(F.MAX_SERIES + 1)],
+        layout=dict(title="t", xaxis_title="x (s)", yaxis_title="y (s)"),
+    )
     with pytest.raises(ValueError, match="series"):
         F.check_figure(F.Plot("x", "t", many))
     recall = pd.read_csv(DATA / "quality_recall.csv")

@@ -26,10 +26,33 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
-                  seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
-                  PAGE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGES_PER_BLOCK: tl.constexpr,
-                  DENSE: tl.constexpr, HAS_PHYS: tl.constexpr, UPCAST: tl.constexpr):
+def _decode_block(
+    start,
+    hi,
+    b_q,
+    b_m,
+    b_l,
+    b_acc,
+    p_sel,
+    p_sphys,
+    p_tab,
+    k_cache,
+    v_cache,
+    p_kv,
+    seq_len,
+    qk_scale,
+    stride_kp,
+    m_d,
+    o_pb,
+    o_t,
+    PAGE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGES_PER_BLOCK: tl.constexpr,
+    DENSE: tl.constexpr,
+    HAS_PHYS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """One block of PAGES_PER_BLOCK pages: gather K/V, online-softmax update of (m, l, acc)."""
     slot = start + o_pb  # [PAGES_PER_BLOCK]
     m_slot = slot < hi
@@ -50,10 +73,12 @@ def _decode_block(start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cach
         b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
         b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0), [BLOCK_N, BLOCK_D])
     else:  # selected pages are read once per step: evict them first (H100, runs/020: step 1-9% faster)
-        b_k = tl.reshape(tl.load(k_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"),
-                         [BLOCK_N, BLOCK_D])
-        b_v = tl.reshape(tl.load(v_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"),
-                         [BLOCK_N, BLOCK_D])
+        b_k = tl.reshape(
+            tl.load(k_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"), [BLOCK_N, BLOCK_D]
+        )
+        b_v = tl.reshape(
+            tl.load(v_cache + p_tile, mask=m_tile, other=0.0, eviction_policy="evict_first"), [BLOCK_N, BLOCK_D]
+        )
     m_n = tl.reshape(m_tok, [BLOCK_N])
     if UPCAST:
         b_k = b_k.to(tl.float32)
@@ -103,7 +128,8 @@ def _split_weights_rows(b_lse, m_s):
 @triton.jit
 def _decode_split_kernel(
     q,  # [B, Hq, D]
-    k_cache, v_cache,  # [P, Hkv, PAGE, D]
+    k_cache,
+    v_cache,  # [P, Hkv, PAGE, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     sel,  # [B, Hsel, K] int32 logical pages, -1 padded (ignored when DENSE)
@@ -115,13 +141,21 @@ def _decode_split_kernel(
     qk_scale,  # sm_scale * log2(e)
     n_slots,  # K (sparse) or max_pages (dense)
     num_splits,
-    stride_qb, stride_qh,
-    stride_kp, stride_kh, stride_kt,
+    stride_qb,
+    stride_qh,
+    stride_kp,
+    stride_kh,
+    stride_kt,
     stride_tb,
-    stride_sb, stride_sh,
-    stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
-    stride_ob, stride_oh,
+    stride_sb,
+    stride_sh,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_lb,
+    stride_lh,
+    stride_ob,
+    stride_oh,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -191,15 +225,61 @@ def _decode_split_kernel(
         # issued ahead of the previous iteration's math
         for it in tl.static_range(STATIC_ITERS):
             b_m, b_l, b_acc = _decode_block(
-                lo + it * PAGES_PER_BLOCK, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
-                seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
-                PAGE, BLOCK_D, BLOCK_N, PAGES_PER_BLOCK, DENSE, HAS_PHYS, UPCAST)
+                lo + it * PAGES_PER_BLOCK,
+                hi,
+                b_q,
+                b_m,
+                b_l,
+                b_acc,
+                p_sel,
+                p_sphys,
+                p_tab,
+                k_cache,
+                v_cache,
+                p_kv,
+                seq_len,
+                qk_scale,
+                stride_kp,
+                m_d,
+                o_pb,
+                o_t,
+                PAGE,
+                BLOCK_D,
+                BLOCK_N,
+                PAGES_PER_BLOCK,
+                DENSE,
+                HAS_PHYS,
+                UPCAST,
+            )
     else:
         for start in range(lo, hi, PAGES_PER_BLOCK):
             b_m, b_l, b_acc = _decode_block(
-                start, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
-                seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
-                PAGE, BLOCK_D, BLOCK_N, PAGES_PER_BLOCK, DENSE, HAS_PHYS, UPCAST)
+                start,
+                hi,
+                b_q,
+                b_m,
+                b_l,
+                b_acc,
+                p_sel,
+                p_sphys,
+                p_tab,
+                k_cache,
+                v_cache,
+                p_kv,
+                seq_len,
+                qk_scale,
+                stride_kp,
+                m_d,
+                o_pb,
+                o_t,
+                PAGE,
+                BLOCK_D,
+                BLOCK_N,
+                PAGES_PER_BLOCK,
+                DENSE,
+                HAS_PHYS,
+                UPCAST,
+            )
 
     b_o = b_acc / tl.maximum(b_l, 1e-30)[:, None]
     heads = (h0 + o_h).to(tl.int64)
@@ -225,15 +305,23 @@ def _decode_split_kernel(
                 m_s = o_s < num_splits
                 for g in tl.static_range(GROUP):  # unrolled: the heads' loads overlap
                     h = (h0 + g).to(tl.int64)
-                    b_lse = tl.load(lse_part + i_b.to(tl.int64) * stride_lb + h * stride_lh + o_s, mask=m_s,
-                                    other=float("-inf"), cache_modifier=".cg")  # [BLOCK_S]
-                    b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + h * stride_ph + o_s[:, None] * stride_ps
-                                   + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.0,
-                                   cache_modifier=".cg")  # [BLOCK_S, BLOCK_D]
+                    b_lse = tl.load(
+                        lse_part + i_b.to(tl.int64) * stride_lb + h * stride_lh + o_s,
+                        mask=m_s,
+                        other=float("-inf"),
+                        cache_modifier=".cg",
+                    )  # [BLOCK_S]
+                    b_os = tl.load(
+                        o_part + i_b.to(tl.int64) * stride_pb + h * stride_ph + o_s[:, None] * stride_ps + o_d[None, :],
+                        mask=m_s[:, None] & m_d[None, :],
+                        other=0.0,
+                        cache_modifier=".cg",
+                    )  # [BLOCK_S, BLOCK_D]
                     w = _split_weights(b_lse, m_s)
                     res = tl.sum(w[:, None] * b_os, axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
-                    tl.store(out + i_b.to(tl.int64) * stride_ob + h * stride_oh + o_d, res.to(out.dtype.element_ty),
-                             mask=m_d)
+                    tl.store(
+                        out + i_b.to(tl.int64) * stride_ob + h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d
+                    )
                 tl.atomic_xchg(p_cnt, 0)
 
 
@@ -243,9 +331,13 @@ def _combine_kernel(
     lse_part,  # [B, Hq, S] float32 (log2 units)
     out,  # [B, Hq, D]
     NUM_SPLITS,
-    stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
-    stride_ob, stride_oh,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_lb,
+    stride_lh,
+    stride_ob,
+    stride_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -267,12 +359,16 @@ def _combine_kernel(
     tl.store(out + i_b.to(tl.int64) * stride_ob + i_h * stride_oh + o_d, res.to(out.dtype.element_ty), mask=m_d)
 
 
-def decode_workspace(B: int, Hq: int, num_splits: int, D: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode_workspace(
+    B: int, Hq: int, num_splits: int, D: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split-K buffers: partial outputs [B, Hq, S, D], log-sum-exps [B, Hq, S] and the
     arrival counters [B, Hq] of the fused combine (zeroed here; each call leaves them zero)."""
-    return (torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=device),
-            torch.empty(B, Hq, num_splits, dtype=torch.float32, device=device),
-            torch.zeros(B, Hq, dtype=torch.int32, device=device))
+    return (
+        torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=device),
+        torch.empty(B, Hq, num_splits, dtype=torch.float32, device=device),
+        torch.zeros(B, Hq, dtype=torch.int32, device=device),
+    )
 
 
 def decode_num_splits(config: DecodeConfig, B: int, Hq: int, Hkv: int, per_head: bool, n_slots: int, device) -> int:
@@ -314,8 +410,9 @@ def paged_decode(
     group = 1 if per_head else G
     block_h = max(16, next_pow2(group))  # tl.dot needs >= 16 rows: pad the group with masked heads
     if cfg.pages_per_block * PAGE < 16:
-        raise ValueError(f"DecodeConfig.pages_per_block * page_size must be >= 16 (tl.dot), "
-                         f"got {cfg.pages_per_block} x {PAGE}")
+        raise ValueError(
+            f"DecodeConfig.pages_per_block * page_size must be >= 16 (tl.dot), got {cfg.pages_per_block} x {PAGE}"
+        )
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)
     sel = selected if not dense else page_table  # placeholder pointer when dense
     grid = (B, Hq if per_head else Hkv, S)
@@ -325,30 +422,72 @@ def paged_decode(
     blocks_per_split = -(-(-(-n_slots // S)) // cfg.pages_per_block)
     static_iters = blocks_per_split if (not dense and blocks_per_split <= 2) else 0  # more spills (runs/008)
     _decode_split_kernel[grid](
-        q, k_cache, v_cache, page_table, seq_lens, sel, sel if selected_phys is None else selected_phys,
-        o_part, lse_part, out, counters,
-        scale * _LOG2E, n_slots, S,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q,
+        k_cache,
+        v_cache,
+        page_table,
+        seq_lens,
+        sel,
+        sel if selected_phys is None else selected_phys,
+        o_part,
+        lse_part,
+        out,
+        counters,
+        scale * _LOG2E,
+        n_slots,
+        S,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
         page_table.stride(0),
-        sel.stride(0), sel.stride(1),
+        sel.stride(0),
+        sel.stride(1),
         *(o_part.stride()[:3] if S > 1 else (0, 0, 0)),
         *(lse_part.stride()[:2] if S > 1 else (0, 0)),
-        out.stride(0), out.stride(1),
-        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=group, BLOCK_H=block_h,
-        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SINGLE_SPLIT=S == 1, STATIC_ITERS=static_iters,
-        FUSE_COMBINE=cfg.fuse_combine, BLOCK_S=next_pow2(S),
-        DENSE=dense, HAS_PHYS=selected_phys is not None, UPCAST=dot_upcast(q.dtype), PDL=pdl,
-        status=seq_lens if status is None else status, STATUS=status is not None and dense,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        out.stride(0),
+        out.stride(1),
+        PAGE=PAGE,
+        HEAD_DIM=D,
+        BLOCK_D=next_pow2(D),
+        GROUP=group,
+        BLOCK_H=block_h,
+        PER_HEAD=per_head,
+        KV_GROUP=G,
+        PAGES_PER_BLOCK=cfg.pages_per_block,
+        SINGLE_SPLIT=S == 1,
+        STATIC_ITERS=static_iters,
+        FUSE_COMBINE=cfg.fuse_combine,
+        BLOCK_S=next_pow2(S),
+        DENSE=dense,
+        HAS_PHYS=selected_phys is not None,
+        UPCAST=dot_upcast(q.dtype),
+        PDL=pdl,
+        status=seq_lens if status is None else status,
+        STATUS=status is not None and dense,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        launch_pdl=pdl,
     )
     if S > 1 and not cfg.fuse_combine:
         _combine_kernel[(B, Hq)](
-            o_part, lse_part, out, S,
-            o_part.stride(0), o_part.stride(1), o_part.stride(2),
-            lse_part.stride(0), lse_part.stride(1),
-            out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=next_pow2(D), BLOCK_S=next_pow2(S), PDL=pdl, num_warps=cfg.combine_warps,
+            o_part,
+            lse_part,
+            out,
+            S,
+            o_part.stride(0),
+            o_part.stride(1),
+            o_part.stride(2),
+            lse_part.stride(0),
+            lse_part.stride(1),
+            out.stride(0),
+            out.stride(1),
+            HEAD_DIM=D,
+            BLOCK_D=next_pow2(D),
+            BLOCK_S=next_pow2(S),
+            PDL=pdl,
+            num_warps=cfg.combine_warps,
             launch_pdl=pdl,
         )
     return out

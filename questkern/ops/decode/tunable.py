@@ -74,8 +74,12 @@ class DecodeTunable:
 
     def default(self, bucket, page_size: int, budget: int | None, num_sms: int) -> dict:
         cfg = C.default_decode_config(page_size, bucket.head_dim)
-        p: dict = {"pages_per_block": cfg.pages_per_block, "num_splits": default_splits(bucket, page_size, budget, num_sms),
-                   "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        p: dict = {
+            "pages_per_block": cfg.pages_per_block,
+            "num_splits": default_splits(bucket, page_size, budget, num_sms),
+            "num_warps": cfg.num_warps,
+            "num_stages": cfg.num_stages,
+        }
         if p["num_splits"] > 1 and _has_field("fuse_combine"):
             p["fuse_combine"] = cfg.fuse_combine
         if separate_combine(p):
@@ -93,9 +97,14 @@ class DecodeTunable:
 
     def config(self, params: dict) -> C.DecodeConfig:
         extra = {"fuse_combine": params["fuse_combine"]} if "fuse_combine" in params else {}
-        return C.DecodeConfig(pages_per_block=params["pages_per_block"], num_splits=params["num_splits"],
-                              num_warps=params["num_warps"], num_stages=params["num_stages"],
-                              combine_warps=params.get("combine_warps", C.DecodeConfig.combine_warps), **extra)
+        return C.DecodeConfig(
+            pages_per_block=params["pages_per_block"],
+            num_splits=params["num_splits"],
+            num_warps=params["num_warps"],
+            num_stages=params["num_stages"],
+            combine_warps=params.get("combine_warps", C.DecodeConfig.combine_warps),
+            **extra,
+        )
 
     def build(self, bucket, inputs, config, budget):
         from questkern.ops.decode import decode_workspace, paged_decode
@@ -116,13 +125,30 @@ class DecodeTunable:
         out = torch.full_like(q, float("nan"))
 
         def launch():
-            paged_decode(q, c.k_cache, c.v_cache, c.page_table, c.seq_lens, selected, None, config,
-                         num_splits=S, out=out, workspace=ws, selected_phys=selected_phys)
+            paged_decode(
+                q,
+                c.k_cache,
+                c.v_cache,
+                c.page_table,
+                c.seq_lens,
+                selected,
+                None,
+                config,
+                num_splits=S,
+                out=out,
+                workspace=ws,
+                selected_phys=selected_phys,
+            )
 
         def check():
             ref = w.attention_ref(selected, ref_key)
-            torch.testing.assert_close(out.float(), ref, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
-                                       "from the float32 reference: " + " ".join(m.split()))
+            torch.testing.assert_close(
+                out.float(),
+                ref,
+                **TOLERANCES[q.dtype],
+                msg=lambda m: "output differs from the float32 reference: " + " ".join(m.split()),
+            )
+
         return launch, check
 
 

@@ -68,8 +68,11 @@ def _metadata_build_kernel(
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     first_page,  # [B] int32: first logical page to (re)build
-    stride_kp, stride_kh, stride_kt,
-    stride_mp, stride_mh,
+    stride_kp,
+    stride_kh,
+    stride_kt,
+    stride_mp,
+    stride_mh,
     stride_tb,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -99,8 +102,9 @@ def _metadata_build_kernel(
             m_s = live & (j * SUBPAGE < n_valid)  # a sub-page with no valid token yet is not written
         for d0 in tl.static_range(0, HEAD_DIM, BLOCK_D):
             m_d = (d0 + o_d) < HEAD_DIM
-            b_k = tl.load(p_k + o_t[:, None] * stride_kt + (d0 + o_d)[None, :],
-                          mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [SUBPAGE, BLOCK_D]
+            b_k = tl.load(
+                p_k + o_t[:, None] * stride_kt + (d0 + o_d)[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0
+            ).to(tl.float32)  # [SUBPAGE, BLOCK_D]
             bad = tl.max((m_t[:, None] & _not_finite(b_k)).to(tl.int32), axis=0) > 0  # [BLOCK_D] a non-finite key
             b_k = tl.where(_not_finite(b_k), 0.0, b_k)  # no NaN reaches the min/max (GPU min/max drop NaN)
             b_min = tl.min(tl.where(m_t[:, None], b_k, float("inf")), axis=0)
@@ -121,14 +125,20 @@ def _metadata_build_kernel(
 def _append_kernel(
     k_new,  # [B, Hkv, D]
     v_new,  # [B, Hkv, D]
-    k_cache, v_cache,  # [P, Hkv, PAGE, D]
-    kmin, kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
+    k_cache,
+    v_cache,  # [P, Hkv, PAGE, D]
+    kmin,
+    kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
     page_table,  # [B, max_pages]
     seq_lens,  # [B] int32: read as the position to write, then incremented
     active,  # [B] int32: 0 skips the sequence
-    stride_nb, stride_nh,
-    stride_kp, stride_kh, stride_kt,
-    stride_mp, stride_mh,
+    stride_nb,
+    stride_nh,
+    stride_kp,
+    stride_kh,
+    stride_kt,
+    stride_mp,
+    stride_mh,
     stride_tb,
     NUM_KV_HEADS: tl.constexpr,
     PAGE: tl.constexpr,
@@ -167,9 +177,13 @@ def _append_kernel(
     tl.store(k_cache + p_kv, b_k.to(k_cache.dtype.element_ty), mask=m_hd)
     tl.store(v_cache + p_kv, b_v.to(v_cache.dtype.element_ty), mask=m_hd)
     if META_FP8:  # e5m2 NaN by its bits (the interpreter converts e5m2 NaN to a finite value)
-        was_bad = ((old_min.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C) | ((old_max.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C)
+        was_bad = ((old_min.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C) | (
+            (old_max.to(tl.uint8, bitcast=True) & 0x7F) > 0x7C
+        )
     else:
-        was_bad = (old_min.to(tl.float32) != old_min.to(tl.float32)) | (old_max.to(tl.float32) != old_max.to(tl.float32))
+        was_bad = (old_min.to(tl.float32) != old_min.to(tl.float32)) | (
+            old_max.to(tl.float32) != old_max.to(tl.float32)
+        )
     if META_FP8:  # safe-rounded in float32; min/max of e5m2 values store exactly
         b_lo = _round_e5m2(b_k.to(tl.float32), True)
         b_hi = _round_e5m2(b_k.to(tl.float32), False)
@@ -227,12 +241,24 @@ def metadata_build(
     if n <= 0 or B == 0:
         return
     _metadata_build_kernel[(n, B, H)](
-        k_cache, kmin, kmax, page_table, seq_lens, first_page,
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        kmin.stride(0), kmin.stride(1),
+        k_cache,
+        kmin,
+        kmax,
+        page_table,
+        seq_lens,
+        first_page,
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        kmin.stride(0),
+        kmin.stride(1),
         page_table.stride(0),
-        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=min(triton.next_power_of_2(D), 64), META_FP8=kmin.dtype == torch.float8_e5m2,
-        num_warps=cfg.num_warps, **sub_args(kmin),
+        PAGE=PAGE,
+        HEAD_DIM=D,
+        BLOCK_D=min(triton.next_power_of_2(D), 64),
+        META_FP8=kmin.dtype == torch.float8_e5m2,
+        num_warps=cfg.num_warps,
+        **sub_args(kmin),
     )
 
 
@@ -256,11 +282,29 @@ def append_decode(
     if active is None:
         active = torch.ones(B, dtype=torch.int32, device=k_new.device)
     _append_kernel[(B,)](
-        k_new, v_new, k_cache, v_cache, kmin, kmax, page_table, seq_lens, active,
-        k_new.stride(0), k_new.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        kmin.stride(0), kmin.stride(1),
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        kmin,
+        kmax,
+        page_table,
+        seq_lens,
+        active,
+        k_new.stride(0),
+        k_new.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        kmin.stride(0),
+        kmin.stride(1),
         page_table.stride(0),
-        NUM_KV_HEADS=H, PAGE=PAGE, HEAD_DIM=D, BLOCK_H=triton.next_power_of_2(H), BLOCK_D=triton.next_power_of_2(D),
-        META_FP8=kmin.dtype == torch.float8_e5m2, num_warps=min(cfg.num_warps, 4), **sub_args(kmin),
+        NUM_KV_HEADS=H,
+        PAGE=PAGE,
+        HEAD_DIM=D,
+        BLOCK_H=triton.next_power_of_2(H),
+        BLOCK_D=triton.next_power_of_2(D),
+        META_FP8=kmin.dtype == torch.float8_e5m2,
+        num_warps=min(cfg.num_warps, 4),
+        **sub_args(kmin),
     )

@@ -15,7 +15,6 @@ from questkern._dtypes import META_DTYPES
 from questkern.ops.metadata.naive import round_safe
 
 
-
 def page_minmax(keys: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """keys [H, S, D] of one sequence -> (kmin, kmax) [n_pages, H, D] float32 over valid tokens."""
     H, S, D = keys.shape

@@ -81,7 +81,7 @@ def metadata_build_ref(
                 valid = min(SUBPAGE, n - p * PAGE - j * SUBPAGE)
                 if valid <= 0:
                     break  # no valid token in this sub-page (nor in the later ones)
-                k = k_cache[phys, :, j * SUBPAGE:j * SUBPAGE + valid, :].float()  # [H, valid, D]
+                k = k_cache[phys, :, j * SUBPAGE : j * SUBPAGE + valid, :].float()  # [H, valid, D]
                 bad = (~torch.isfinite(k)).any(dim=1)  # [H, D] channels holding a NaN or +-inf key
                 lo = round_safe(k.amin(dim=1), kmin.dtype, "down").masked_fill(bad, float("nan"))
                 hi = round_safe(k.amax(dim=1), kmax.dtype, "up").masked_fill(bad, float("nan"))

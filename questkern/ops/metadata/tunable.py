@@ -36,6 +36,7 @@ class MetadataTunable:
             if not (torch.equal(kmin.float(), rmin) and torch.equal(kmax.float(), rmax)):
                 bad = int(((kmin.float() != rmin) | (kmax.float() != rmax)).any(-1).any(-1).sum())
                 raise AssertionError(f"page metadata differs from the reference on {bad} pages")
+
         return launch, check
 
 

@@ -33,8 +33,17 @@ import triton.language as tl
 from questkern._details import dot_upcast
 from questkern.config import SelectConfig, next_pow2
 from questkern.ops.select.adaptive_naive import AdaptiveBudget
-from questkern.ops.select.kernel import (_emit_selection, _finite_heads, _group_scores, _nan_to_inf, _page_scores,
-                                         _planned_pages, _topk_mask, select_block_g, select_plan)
+from questkern.ops.select.kernel import (
+    _emit_selection,
+    _finite_heads,
+    _group_scores,
+    _nan_to_inf,
+    _page_scores,
+    _planned_pages,
+    _topk_mask,
+    select_block_g,
+    select_plan,
+)
 
 _LOG2E = 1.4426950408889634
 
@@ -74,9 +83,30 @@ def _exp2_from(z, z_ref):
 
 
 @triton.jit
-def _adaptive_row(scores, v_all, v_c, is_last, ids, phys, p_row, p_srow, p_prow, p_aux, i_c, n_pages, last_phys,
-                  K_MIN, K_MAX, threshold, zscale, NC: tl.constexpr, KC: tl.constexpr, FILL: tl.constexpr,
-                  ONE_STAGE: tl.constexpr, WRITE_PHYS: tl.constexpr):
+def _adaptive_row(
+    scores,
+    v_all,
+    v_c,
+    is_last,
+    ids,
+    phys,
+    p_row,
+    p_srow,
+    p_prow,
+    p_aux,
+    i_c,
+    n_pages,
+    last_phys,
+    K_MIN,
+    K_MAX,
+    threshold,
+    zscale,
+    NC: tl.constexpr,
+    KC: tl.constexpr,
+    FILL: tl.constexpr,
+    ONE_STAGE: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
+):
     """One selection row within a tile: the final row (one stage) or the tile's K_MAX - 1
     best candidates plus its softmax partials (two stages). NaN scores rank as +inf, and
     +inf scores share the whole mass (the softmax's limit; README)."""
@@ -114,22 +144,29 @@ def _adaptive_row(scores, v_all, v_c, is_last, ids, phys, p_row, p_srow, p_prow,
 @triton.jit
 def _adaptive_tile_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D]
+    kmin,
+    kmax,  # [P, Hkv, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     out_idx,  # one stage: [B, Hsel, K_MAX]; two stages: candidates [B, Hsel, NC * KC]
     out_score,  # two stages: [B, Hsel, NC * KC] float32 candidate scores
     out_phys,  # like out_idx, physical page ids (written when WRITE_PHYS)
     aux,  # two stages: [B, Hsel, 2 * NC + 1] float32: tile max, tile sum of exp2, last-page logit
-    K_MIN, K_MAX,  # pages, the last page included
+    K_MIN,
+    K_MAX,  # pages, the last page included
     threshold,  # target estimated mass
     zscale,  # sm_scale / (A * temperature) * log2(e): scores -> base-2 logits
-    max_pages, num_pages,
-    stride_qb, stride_qh,
-    stride_mp, stride_mh,
+    max_pages,
+    num_pages,
+    stride_qb,
+    stride_qh,
+    stride_mp,
+    stride_mh,
     stride_tb,
-    stride_ob, stride_oh,
-    stride_ab, stride_ah,
+    stride_ob,
+    stride_oh,
+    stride_ab,
+    stride_ah,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -165,8 +202,9 @@ def _adaptive_tile_kernel(
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
     # upper-bound scores [BLOCK_G, CHUNK], one row per query head
-    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE,
-                       1, 0)  # SUB = 1: hierarchical metadata is refused by select_pages_adaptive
+    b_s = _page_scores(
+        q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, 1, 0
+    )  # SUB = 1: hierarchical metadata is refused by select_pages_adaptive
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
@@ -179,15 +217,59 @@ def _adaptive_tile_kernel(
     if SHARED:
         b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_all, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
-        _adaptive_row(b_agg, m_all, m_c, is_last, o_c, phys, p_out + r, p_sco + r, p_phy + r, p_aux + i_h * stride_ah,
-                      i_c, n_pages, last_phys, K_MIN, K_MAX, threshold, zscale, NC, KC, FILL, ONE_STAGE, WRITE_PHYS)
+        _adaptive_row(
+            b_agg,
+            m_all,
+            m_c,
+            is_last,
+            o_c,
+            phys,
+            p_out + r,
+            p_sco + r,
+            p_phy + r,
+            p_aux + i_h * stride_ah,
+            i_c,
+            n_pages,
+            last_phys,
+            K_MIN,
+            K_MAX,
+            threshold,
+            zscale,
+            NC,
+            KC,
+            FILL,
+            ONE_STAGE,
+            WRITE_PHYS,
+        )
     else:
         for g in tl.static_range(GROUP):
             b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
             h = i_h * GROUP + g
             r = h * stride_oh + tile
-            _adaptive_row(b_row, m_all, m_c, is_last, o_c, phys, p_out + r, p_sco + r, p_phy + r, p_aux + h * stride_ah,
-                          i_c, n_pages, last_phys, K_MIN, K_MAX, threshold, zscale, NC, KC, FILL, ONE_STAGE, WRITE_PHYS)
+            _adaptive_row(
+                b_row,
+                m_all,
+                m_c,
+                is_last,
+                o_c,
+                phys,
+                p_out + r,
+                p_sco + r,
+                p_phy + r,
+                p_aux + h * stride_ah,
+                i_c,
+                n_pages,
+                last_phys,
+                K_MIN,
+                K_MAX,
+                threshold,
+                zscale,
+                NC,
+                KC,
+                FILL,
+                ONE_STAGE,
+                WRITE_PHYS,
+            )
 
 
 @triton.jit
@@ -200,12 +282,18 @@ def _adaptive_merge_kernel(
     out_phys,  # [B, Hsel, K_MAX] int32 (written when WRITE_PHYS)
     page_table,  # [B, max_pages]
     seq_lens,  # [B]
-    K_MIN, K_MAX, N_CAND,
-    threshold, zscale,
+    K_MIN,
+    K_MAX,
+    N_CAND,
+    threshold,
+    zscale,
     stride_tb,
-    stride_cb, stride_ch,
-    stride_ab, stride_ah,
-    stride_ob, stride_oh,
+    stride_cb,
+    stride_ch,
+    stride_ab,
+    stride_ah,
+    stride_ob,
+    stride_oh,
     PAGE: tl.constexpr,
     NC: tl.constexpr,
     BLOCK_NC: tl.constexpr,
@@ -252,10 +340,12 @@ def adaptive_workspace(B: int, rows: int, max_pages: int, k_max: int, config: Se
     and softmax partials [B, rows, 2 * tiles + 1]."""
     n_chunks, kc = select_plan(max_pages, k_max, config)
     n = n_chunks * kc
-    return (torch.empty(B, rows, n, dtype=torch.int32, device=device),
-            torch.empty(B, rows, n, dtype=torch.float32, device=device),
-            torch.empty(B, rows, n, dtype=torch.int32, device=device),
-            torch.empty(B, rows, 2 * n_chunks + 1, dtype=torch.float32, device=device))
+    return (
+        torch.empty(B, rows, n, dtype=torch.int32, device=device),
+        torch.empty(B, rows, n, dtype=torch.float32, device=device),
+        torch.empty(B, rows, n, dtype=torch.int32, device=device),
+        torch.empty(B, rows, 2 * n_chunks + 1, dtype=torch.float32, device=device),
+    )
 
 
 def select_pages_adaptive(
@@ -280,8 +370,10 @@ def select_pages_adaptive(
     if not isinstance(adaptive, AdaptiveBudget):
         raise TypeError(f"adaptive must be an AdaptiveBudget, got {type(adaptive).__name__}")
     if kmin.dim() == 4:
-        raise ValueError("adaptive: the adaptive budget does not take hierarchical metadata yet (kmin is 4-D "
-                         f"{tuple(kmin.shape)}, sub-pages); use a fixed budget")
+        raise ValueError(
+            "adaptive: the adaptive budget does not take hierarchical metadata yet (kmin is 4-D "
+            f"{tuple(kmin.shape)}, sub-pages); use a fixed budget"
+        )
     B, Hq, D = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
@@ -299,34 +391,109 @@ def select_pages_adaptive(
     if not write_phys:
         out_phys = out  # never written
     common = dict(
-        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
-        SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc, NC=n_chunks,
-        FILL=next_pow2(k_max), IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype), WRITE_PHYS=write_phys,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PAGE=page_size,
+        HEAD_DIM=D,
+        BLOCK_D=min(cfg.block_d, D),
+        GROUP=G,
+        BLOCK_G=select_block_g(G),
+        SHARED=shared,
+        AGG_MAX=aggregate == "max",
+        CHUNK=cfg.chunk_pages,
+        KC=kc,
+        NC=n_chunks,
+        FILL=next_pow2(k_max),
+        IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype),
+        WRITE_PHYS=write_phys,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     thr = float(adaptive.threshold)
     head = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
     flag = dict(status=seq_lens if status is None else status, STATUS=status is not None)
     if n_chunks == 1:
         _adaptive_tile_kernel[(B, Hkv, 1)](
-            q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, k_min, k_max, thr, zscale,
-            max_pages, kmin.shape[0], *head, out.stride(0), out.stride(1), 0, 0, ONE_STAGE=True, **flag, **common,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            out,
+            out,
+            out_phys,
+            out,
+            k_min,
+            k_max,
+            thr,
+            zscale,
+            max_pages,
+            kmin.shape[0],
+            *head,
+            out.stride(0),
+            out.stride(1),
+            0,
+            0,
+            ONE_STAGE=True,
+            **flag,
+            **common,
         )
         return out
     if workspace is None:
         workspace = adaptive_workspace(B, rows, max_pages, k_max, cfg, q.device)
     cand_idx, cand_score, cand_phys, aux = workspace
     _adaptive_tile_kernel[(B, Hkv, n_chunks)](
-        q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, aux, k_min, k_max, thr, zscale,
-        max_pages, kmin.shape[0], *head, cand_idx.stride(0), cand_idx.stride(1), aux.stride(0), aux.stride(1),
-        ONE_STAGE=False, **flag, **common,
+        q,
+        kmin,
+        kmax,
+        page_table,
+        seq_lens,
+        cand_idx,
+        cand_score,
+        cand_phys,
+        aux,
+        k_min,
+        k_max,
+        thr,
+        zscale,
+        max_pages,
+        kmin.shape[0],
+        *head,
+        cand_idx.stride(0),
+        cand_idx.stride(1),
+        aux.stride(0),
+        aux.stride(1),
+        ONE_STAGE=False,
+        **flag,
+        **common,
     )
     n_cand = n_chunks * kc
     _adaptive_merge_kernel[(B, rows)](
-        cand_idx, cand_score, cand_phys, aux, out, out_phys, page_table, seq_lens, k_min, k_max, n_cand, thr, zscale,
-        page_table.stride(0), cand_idx.stride(0), cand_idx.stride(1), aux.stride(0), aux.stride(1),
-        out.stride(0), out.stride(1),
-        PAGE=page_size, NC=n_chunks, BLOCK_NC=next_pow2(n_chunks), BLOCK_N=next_pow2(n_cand),
-        FILL=common["FILL"], WRITE_PHYS=write_phys, max_pages=max_pages, num_warps=cfg.merge_warps,
+        cand_idx,
+        cand_score,
+        cand_phys,
+        aux,
+        out,
+        out_phys,
+        page_table,
+        seq_lens,
+        k_min,
+        k_max,
+        n_cand,
+        thr,
+        zscale,
+        page_table.stride(0),
+        cand_idx.stride(0),
+        cand_idx.stride(1),
+        aux.stride(0),
+        aux.stride(1),
+        out.stride(0),
+        out.stride(1),
+        PAGE=page_size,
+        NC=n_chunks,
+        BLOCK_NC=next_pow2(n_chunks),
+        BLOCK_N=next_pow2(n_cand),
+        FILL=common["FILL"],
+        WRITE_PHYS=write_phys,
+        max_pages=max_pages,
+        num_warps=cfg.merge_warps,
     )
     return out

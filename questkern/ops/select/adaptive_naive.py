@@ -56,7 +56,11 @@ class AdaptiveBudget:
     temperature: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold <= 1.0:
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0.0 < self.threshold <= 1.0
+        ):
             raise ValueError(f"AdaptiveBudget.threshold must be a number in (0, 1], got {self.threshold!r}")
         for name in ("min_budget", "max_budget"):
             v = getattr(self, name)
@@ -84,8 +88,10 @@ def _row_scores(q, kmin, kmax, page_table, seq_lens, page_size, gqa_mode, aggreg
     B, Hq, _ = q.shape
     Hkv = kmin.shape[1]
     G = Hq // Hkv
-    out = [selection_rows_ref(s.double(), Hkv, gqa_mode, aggregate, torch.isfinite(q[b].float()).all(-1))  # [R, n]
-           for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size))]
+    out = [
+        selection_rows_ref(s.double(), Hkv, gqa_mode, aggregate, torch.isfinite(q[b].float()).all(-1))  # [R, n]
+        for b, s in enumerate(page_scores_ref(q, kmin, kmax, page_table, seq_lens, page_size))
+    ]
     div = G if (gqa_mode == "shared" and aggregate == "sum") else 1
     return out, div
 
@@ -99,7 +105,9 @@ def _mass(z: torch.Tensor) -> torch.Tensor:
     return torch.where(has, lim, torch.softmax(torch.where(has, torch.zeros_like(z), z), dim=1))
 
 
-def adaptive_k_ref(scores: torch.Tensor, threshold: float, k_min: int, k_max: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_k_ref(
+    scores: torch.Tensor, threshold: float, k_min: int, k_max: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scores [R, n] (upper bounds, already aggregated) -> (K [R] int64, order [R, n-1]).
 
     ``scale`` multiplies the scores into estimated logits (sm_scale / A).
@@ -159,8 +167,16 @@ def select_pages_adaptive_ref(
 
 
 def adaptive_margin_ref(
-    q, kmin, kmax, page_table, seq_lens, page_size: int, adaptive: AdaptiveBudget,
-    gqa_mode: str = "shared", aggregate: str = "sum", sm_scale: float | None = None,
+    q,
+    kmin,
+    kmax,
+    page_table,
+    seq_lens,
+    page_size: int,
+    adaptive: AdaptiveBudget,
+    gqa_mode: str = "shared",
+    aggregate: str = "sum",
+    sm_scale: float | None = None,
 ) -> float:
     """Smallest |prefix mass - threshold| over all rows and prefixes (float64).
 
@@ -175,6 +191,8 @@ def adaptive_margin_ref(
         n = s.shape[1]
         m = _mass(s * (scale0 / (div * adaptive.temperature)))
         order = torch.sort(s[:, : n - 1], dim=1, descending=True, stable=True).indices
-        prefix = torch.cat([m[:, n - 1 :], m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)], dim=1)
+        prefix = torch.cat(
+            [m[:, n - 1 :], m[:, n - 1 : n] + torch.cumsum(torch.gather(m[:, : n - 1], 1, order), dim=1)], dim=1
+        )
         best = min(best, float((prefix - adaptive.threshold).abs().min()))
     return best

@@ -105,8 +105,15 @@ def _topk_mask(scores, valid, k):
         c1 = thr_u | (1 << sh)
         c2 = thr_u | (2 << sh)
         c3 = thr_u | (3 << sh)
-        n1, n2, n3 = tl.reduce(((key >= (c1 ^ INT_MIN)).to(tl.int32), (key >= (c2 ^ INT_MIN)).to(tl.int32),
-                                (key >= (c3 ^ INT_MIN)).to(tl.int32)), 0, _sum3)
+        n1, n2, n3 = tl.reduce(
+            (
+                (key >= (c1 ^ INT_MIN)).to(tl.int32),
+                (key >= (c2 ^ INT_MIN)).to(tl.int32),
+                (key >= (c3 ^ INT_MIN)).to(tl.int32),
+            ),
+            0,
+            _sum3,
+        )
         n2 = tl.where(bit >= 1, n2, 0)
         n3 = tl.where(bit >= 1, n3, 0)
         thr_u = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, thr_u)))
@@ -172,9 +179,24 @@ def _emit_selection(p_row, p_prow, sel, ids, phys, n_pages, last_phys, K, FILL: 
 
 
 @triton.jit
-def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phys, K, KC: tl.constexpr,
-              FILL: tl.constexpr, ONE_STAGE: tl.constexpr, TOPK: tl.constexpr, WRITE_PHYS: tl.constexpr,
-              RADIX: tl.constexpr):
+def _tile_row(
+    scores,
+    valid,
+    ids,
+    phys,
+    p_row,
+    p_srow,
+    p_prow,
+    n_pages,
+    last_phys,
+    K,
+    KC: tl.constexpr,
+    FILL: tl.constexpr,
+    ONE_STAGE: tl.constexpr,
+    TOPK: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
+    RADIX: tl.constexpr,
+):
     """Top-K of one selection row within a tile: final output (one stage) or the tile's
     KC best candidates with their scores (two stages). Without TOPK (a tile no larger
     than K - 1) every valid page is a candidate."""
@@ -200,8 +222,22 @@ def _tile_row(scores, valid, ids, phys, p_row, p_srow, p_prow, n_pages, last_phy
 
 
 @triton.jit
-def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr, stride_ms):
+def _page_scores(
+    q,
+    kmin,
+    kmax,
+    p_q,
+    p_meta,
+    m_g,
+    m_load,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
+    SUB: tl.constexpr,
+    stride_ms,
+):
     """Upper-bound scores [BLOCK_G, CHUNK] of a tile of pages for a group's query heads:
     ``dot(relu(q), kmax) + dot(min(q, 0), kmin)`` over the head dim in BLOCK_D slices
     (tensor cores; BLOCK_G >= 16), or the same as products and a row sum when BLOCK_G == 1.
@@ -216,15 +252,28 @@ def _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr
         b_s = tl.full([BLOCK_G, CHUNK], float("-inf"), dtype=tl.float32)
         q_bad = tl.zeros([BLOCK_G], dtype=tl.int32)
         for j in tl.static_range(SUB):
-            b_j, q_bad = _bound_tile(q, kmin, kmax, p_q, p_meta + j * stride_ms, m_g, m_load, HEAD_DIM, BLOCK_D,
-                                     BLOCK_G, CHUNK, IEEE)  # [BLOCK_G, CHUNK] bounds of sub-page j
+            b_j, q_bad = _bound_tile(
+                q, kmin, kmax, p_q, p_meta + j * stride_ms, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE
+            )  # [BLOCK_G, CHUNK] bounds of sub-page j
             b_s = tl.maximum(b_s, _nan_to_inf(b_j))
     return tl.where(q_bad[:, None] > 0, float("nan"), b_s)
 
 
 @triton.jit
-def _bound_tile(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_G: tl.constexpr, CHUNK: tl.constexpr, IEEE: tl.constexpr):
+def _bound_tile(
+    q,
+    kmin,
+    kmax,
+    p_q,
+    p_meta,
+    m_g,
+    m_load,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """(bounds [BLOCK_G, CHUNK] of the metadata rows at ``p_meta``, [BLOCK_G] query heads
     holding NaN or +-inf): the body of ``_page_scores`` for one (sub-)page per row."""
     b_s = tl.zeros([BLOCK_G, CHUNK], dtype=tl.float32)
@@ -235,8 +284,9 @@ def _bound_tile(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr,
         q32 = b_q.to(tl.float32)
         q_bad = tl.maximum(q_bad, tl.max(((q32 != q32) | (tl.abs(q32) == float("inf"))).to(tl.int32), axis=1))
         # metadata is streamed once per step: evict it first (H100, runs/020: select 0-17% faster)
-        b_lo = tl.load(kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0,
-                       eviction_policy="evict_first")  # [CHUNK, BLOCK_D]
+        b_lo = tl.load(
+            kmin + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0, eviction_policy="evict_first"
+        )  # [CHUNK, BLOCK_D]
         b_hi = tl.load(kmax + p_meta + o_d[None, :], mask=m_load[:, None], other=0.0, eviction_policy="evict_first")
         if b_lo.dtype.is_fp8():  # e5m2 metadata: exact in the query's 16-bit type (never q in fp8);
             # +-inf (keys past +-57344) -> +-the largest finite query-dtype value, as in the
@@ -255,8 +305,9 @@ def _bound_tile(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM: tl.constexpr,
         q_pos = tl.maximum(b_q, zero).to(b_hi.dtype)
         q_neg = tl.minimum(b_q, zero).to(b_lo.dtype)
         if BLOCK_G == 1:  # one query head: float32 FMAs and a row sum (no dot operands staged in shared memory)
-            b_s += tl.sum(q_pos.to(tl.float32) * b_hi.to(tl.float32) + q_neg.to(tl.float32) * b_lo.to(tl.float32),
-                          axis=1)[None, :]
+            b_s += tl.sum(
+                q_pos.to(tl.float32) * b_hi.to(tl.float32) + q_neg.to(tl.float32) * b_lo.to(tl.float32), axis=1
+            )[None, :]
         elif IEEE:
             b_s += tl.dot(q_pos.to(tl.float32), tl.trans(b_hi.to(tl.float32)), input_precision="ieee")
             b_s += tl.dot(q_neg.to(tl.float32), tl.trans(b_lo.to(tl.float32)), input_precision="ieee")
@@ -282,7 +333,8 @@ def _group_scores(b_s, m_g, m_pages, AGG_MAX: tl.constexpr):
 @triton.jit
 def _select_tile_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
+    kmin,
+    kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     out_idx,  # one stage: [B, Hsel, K]; two stages: candidates [B, Hsel, NC * KC]
@@ -292,12 +344,17 @@ def _select_tile_kernel(
     final_phys,  # FUSED_MERGE: [B, Hsel, K] their physical ids
     counters,  # FUSED_MERGE: [B, Hkv] int32 tile arrival counters, zero between calls
     K,  # pages per selection, the last page included
-    max_pages, num_pages,
-    stride_fb, stride_fh,
-    stride_qb, stride_qh,
-    stride_mp, stride_mh,
+    max_pages,
+    num_pages,
+    stride_fb,
+    stride_fh,
+    stride_qb,
+    stride_qh,
+    stride_mp,
+    stride_mh,
     stride_tb,
-    stride_ob, stride_oh,
+    stride_ob,
+    stride_oh,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -346,8 +403,7 @@ def _select_tile_kernel(
     p_meta = phys[:, None] * stride_mp + i_h * stride_mh
 
     # upper-bound scores [BLOCK_G, CHUNK], one row per query head
-    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, SUB,
-                       stride_ms)
+    b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_load, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, SUB, stride_ms)
 
     p_out = out_idx + i_b.to(tl.int64) * stride_ob
     p_sco = out_score + i_b.to(tl.int64) * stride_ob
@@ -359,26 +415,77 @@ def _select_tile_kernel(
     if SHARED:
         b_agg = _group_scores(b_s, _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G), m_c, AGG_MAX)  # [CHUNK]
         r = i_h * stride_oh + tile
-        _tile_row(b_agg, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
-                  ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
+        _tile_row(
+            b_agg,
+            m_c,
+            o_c,
+            phys,
+            p_out + r,
+            p_sco + r,
+            p_phy + r,
+            n_pages,
+            last_phys,
+            K,
+            KC,
+            FILL,
+            ONE_STAGE,
+            TOPK,
+            WRITE_PHYS,
+            RADIX,
+        )
     else:
         for g in tl.static_range(GROUP):
             b_row = tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0)  # [CHUNK] scores of query head g
             r = (i_h * GROUP + g) * stride_oh + tile
-            _tile_row(b_row, m_c, o_c, phys, p_out + r, p_sco + r, p_phy + r, n_pages, last_phys, K, KC, FILL,
-                      ONE_STAGE, TOPK, WRITE_PHYS, RADIX)
+            _tile_row(
+                b_row,
+                m_c,
+                o_c,
+                phys,
+                p_out + r,
+                p_sco + r,
+                p_phy + r,
+                n_pages,
+                last_phys,
+                K,
+                KC,
+                FILL,
+                ONE_STAGE,
+                TOPK,
+                WRITE_PHYS,
+                RADIX,
+            )
 
     if FUSED_MERGE:  # rows finish at different times: one row's merge overlaps other rows' tiles
-        _arrive_and_merge(counters + i_b * tl.num_programs(1) + i_h, tl.num_programs(2), p_out, p_sco, p_phy, stride_oh,
-                          final_idx + i_b.to(tl.int64) * stride_fb, final_phys + i_b.to(tl.int64) * stride_fb,
-                          stride_fh, p_tab, n_pages, K, tl.num_programs(2) * KC, i_h, GROUP, SHARED, BLOCK_M, FILL,
-                          WRITE_PHYS, RADIX)
+        _arrive_and_merge(
+            counters + i_b * tl.num_programs(1) + i_h,
+            tl.num_programs(2),
+            p_out,
+            p_sco,
+            p_phy,
+            stride_oh,
+            final_idx + i_b.to(tl.int64) * stride_fb,
+            final_phys + i_b.to(tl.int64) * stride_fb,
+            stride_fh,
+            p_tab,
+            n_pages,
+            K,
+            tl.num_programs(2) * KC,
+            i_h,
+            GROUP,
+            SHARED,
+            BLOCK_M,
+            FILL,
+            WRITE_PHYS,
+            RADIX,
+        )
 
 
 @triton.jit
 def _select_score_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
+    kmin,
+    kmax,  # [P, Hkv, D] or [P, Hkv, SUB, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     cand_idx,  # [B, Hsel, NC * CHUNK] int32: page p at slot p, -1 = not a candidate
@@ -387,12 +494,19 @@ def _select_score_kernel(
     final_idx,  # FUSED_MERGE: [B, Hsel, K] the selection
     final_phys,  # FUSED_MERGE: [B, Hsel, K] its physical ids (written when WRITE_PHYS)
     counters,  # FUSED_MERGE: [B, Hkv] int32 program arrival counters, zero between calls
-    K, max_pages, num_pages, n_chunks,
-    stride_qb, stride_qh,
-    stride_mp, stride_mh,
+    K,
+    max_pages,
+    num_pages,
+    n_chunks,
+    stride_qb,
+    stride_qh,
+    stride_mp,
+    stride_mh,
     stride_tb,
-    stride_cb, stride_ch,
-    stride_fb, stride_fh,
+    stride_cb,
+    stride_ch,
+    stride_fb,
+    stride_fh,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -448,8 +562,9 @@ def _select_score_kernel(
         phys = tl.minimum(tl.maximum(phys, 0), num_pages - 1).to(tl.int64)
         m_c = o_c < n_pages - 1  # candidates: every page but the last
         p_meta = phys[:, None] * stride_mp + i_h * stride_mh
-        b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & sparse, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE,
-                           SUB, stride_ms)
+        b_s = _page_scores(
+            q, kmin, kmax, p_q, p_meta, m_g, m_c & sparse, HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, SUB, stride_ms
+        )
         ids = tl.where(m_c, o_c, -1)
         if SHARED:
             r = p_cand + i_h * stride_ch + o_c
@@ -466,16 +581,53 @@ def _select_score_kernel(
                     tl.store(cand_phys + r, phys.to(tl.int32))
 
     if FUSED_MERGE:
-        _arrive_and_merge(counters + i_b * tl.num_programs(1) + i_h, n_progs, cand_idx + p_cand, cand_score + p_cand,
-                          cand_phys + p_cand, stride_ch, final_idx + i_b.to(tl.int64) * stride_fb,
-                          final_phys + i_b.to(tl.int64) * stride_fb, stride_fh, p_tab, n_pages, K, n_chunks * CHUNK,
-                          i_h, GROUP, SHARED, BLOCK_M, FILL, WRITE_PHYS, RADIX)
+        _arrive_and_merge(
+            counters + i_b * tl.num_programs(1) + i_h,
+            n_progs,
+            cand_idx + p_cand,
+            cand_score + p_cand,
+            cand_phys + p_cand,
+            stride_ch,
+            final_idx + i_b.to(tl.int64) * stride_fb,
+            final_phys + i_b.to(tl.int64) * stride_fb,
+            stride_fh,
+            p_tab,
+            n_pages,
+            K,
+            n_chunks * CHUNK,
+            i_h,
+            GROUP,
+            SHARED,
+            BLOCK_M,
+            FILL,
+            WRITE_PHYS,
+            RADIX,
+        )
 
 
 @triton.jit
-def _arrive_and_merge(p_cnt, n_progs, p_cidx, p_csco, p_cphys, stride_ch, p_fidx, p_fphys, stride_fh, p_tab, n_pages,
-                      K, n_cand, i_h, GROUP: tl.constexpr, SHARED: tl.constexpr, BLOCK_M: tl.constexpr,
-                      FILL: tl.constexpr, WRITE_PHYS: tl.constexpr, RADIX: tl.constexpr):
+def _arrive_and_merge(
+    p_cnt,
+    n_progs,
+    p_cidx,
+    p_csco,
+    p_cphys,
+    stride_ch,
+    p_fidx,
+    p_fphys,
+    stride_fh,
+    p_tab,
+    n_pages,
+    K,
+    n_cand,
+    i_h,
+    GROUP: tl.constexpr,
+    SHARED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    FILL: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
+    RADIX: tl.constexpr,
+):
     """Fused merge of stage 1: this program's candidate stores are ordered before one
     acq_rel arrival on the row's counter (bar.sync + a cumulative release); the last of
     the ``n_progs`` programs of KV head ``i_h`` reads every candidate of its rows from L2,
@@ -488,21 +640,58 @@ def _arrive_and_merge(p_cnt, n_progs, p_cidx, p_csco, p_cphys, stride_ch, p_fidx
     arrived = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
     if arrived == n_progs - 1:
         if SHARED:
-            _merge_row(p_cidx + i_h * stride_ch, p_csco + i_h * stride_ch, p_cphys + i_h * stride_ch,
-                       p_fidx + i_h * stride_fh, p_fphys + i_h * stride_fh, p_tab, n_pages, K, n_cand, BLOCK_M, FILL,
-                       WRITE_PHYS, RADIX)
+            _merge_row(
+                p_cidx + i_h * stride_ch,
+                p_csco + i_h * stride_ch,
+                p_cphys + i_h * stride_ch,
+                p_fidx + i_h * stride_fh,
+                p_fphys + i_h * stride_fh,
+                p_tab,
+                n_pages,
+                K,
+                n_cand,
+                BLOCK_M,
+                FILL,
+                WRITE_PHYS,
+                RADIX,
+            )
         else:
             for g in tl.static_range(GROUP):
                 r = i_h * GROUP + g
-                _merge_row(p_cidx + r * stride_ch, p_csco + r * stride_ch, p_cphys + r * stride_ch,
-                           p_fidx + r * stride_fh, p_fphys + r * stride_fh, p_tab, n_pages, K, n_cand, BLOCK_M, FILL,
-                           WRITE_PHYS, RADIX)
+                _merge_row(
+                    p_cidx + r * stride_ch,
+                    p_csco + r * stride_ch,
+                    p_cphys + r * stride_ch,
+                    p_fidx + r * stride_fh,
+                    p_fphys + r * stride_fh,
+                    p_tab,
+                    n_pages,
+                    K,
+                    n_cand,
+                    BLOCK_M,
+                    FILL,
+                    WRITE_PHYS,
+                    RADIX,
+                )
         tl.atomic_xchg(p_cnt, 0)
 
 
 @triton.jit
-def _merge_row(p_cidx, p_csco, p_cphys, p_out, p_oph, p_tab, n_pages, K, N_CAND,
-               BLOCK_N: tl.constexpr, FILL: tl.constexpr, WRITE_PHYS: tl.constexpr, RADIX: tl.constexpr):
+def _merge_row(
+    p_cidx,
+    p_csco,
+    p_cphys,
+    p_out,
+    p_oph,
+    p_tab,
+    n_pages,
+    K,
+    N_CAND,
+    BLOCK_N: tl.constexpr,
+    FILL: tl.constexpr,
+    WRITE_PHYS: tl.constexpr,
+    RADIX: tl.constexpr,
+):
     """Final top-K of one row over its tiles' candidates (read from L2: they may come from
     other CTAs of the same launch), then the row's output."""
     o_n = tl.arange(0, BLOCK_N)
@@ -530,10 +719,13 @@ def _select_merge_kernel(
     out_phys,  # [B, Hsel, K] int32 (written when WRITE_PHYS)
     page_table,  # [B, max_pages]
     seq_lens,  # [B]
-    K, N_CAND,
+    K,
+    N_CAND,
     stride_tb,
-    stride_cb, stride_ch,
-    stride_ob, stride_oh,
+    stride_cb,
+    stride_ch,
+    stride_ob,
+    stride_oh,
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     FILL: tl.constexpr,
@@ -556,8 +748,21 @@ def _select_merge_kernel(
     n_pages = _planned_pages(tl.load(seq_lens + i_b), PAGE, max_pages, seq_lens, False)
     c = i_b.to(tl.int64) * stride_cb + i_r * stride_ch
     r = i_b.to(tl.int64) * stride_ob + i_r * stride_oh
-    _merge_row(cand_idx + c, cand_score + c, cand_phys + c, out_idx + r, out_phys + r,
-               page_table + i_b.to(tl.int64) * stride_tb, n_pages, K, N_CAND, BLOCK_N, FILL, WRITE_PHYS, RADIX)
+    _merge_row(
+        cand_idx + c,
+        cand_score + c,
+        cand_phys + c,
+        out_idx + r,
+        out_phys + r,
+        page_table + i_b.to(tl.int64) * stride_tb,
+        n_pages,
+        K,
+        N_CAND,
+        BLOCK_N,
+        FILL,
+        WRITE_PHYS,
+        RADIX,
+    )
 
 
 def select_plan(max_pages: int, k_pages: int, config: SelectConfig) -> tuple[int, int]:
@@ -594,7 +799,8 @@ def select_pages(
     out_phys: torch.Tensor | None = None,  # [B, Hsel, k_pages] int32 physical ids (written when given)
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     status: torch.Tensor | None = None,  # [1] int32: bit 0 set when a sequence outgrew the page table
-    gate: torch.Tensor | None = None,  # [B, Hkv] int32 (questkern.ops.select.reuse): rows of a 0 entry are left as they are
+    gate: torch.Tensor
+    | None = None,  # [B, Hkv] int32 (questkern.ops.select.reuse): rows of a 0 entry are left as they are
 ) -> torch.Tensor:
     """Launch the selection; returns ``out``. Inputs are assumed validated (see questkern.api).
     A sequence longer than the page table (``page_table.shape[1]`` pages) is read up to it only.
@@ -615,21 +821,59 @@ def select_pages(
     if not write_phys:
         out_phys = out  # never written
     common = dict(
-        PAGE=page_size, HEAD_DIM=D, BLOCK_D=min(cfg.block_d, D), GROUP=G, BLOCK_G=select_block_g(G),
-        SHARED=shared, AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, KC=kc,
-        FILL=next_pow2(k_pages), IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype),
-        TOPK=cfg.chunk_pages > k_pages - 1, WRITE_PHYS=write_phys, RADIX=cfg.topk == "radix",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PAGE=page_size,
+        HEAD_DIM=D,
+        BLOCK_D=min(cfg.block_d, D),
+        GROUP=G,
+        BLOCK_G=select_block_g(G),
+        SHARED=shared,
+        AGG_MAX=aggregate == "max",
+        CHUNK=cfg.chunk_pages,
+        KC=kc,
+        FILL=next_pow2(k_pages),
+        IEEE=kmin.dtype == torch.float32 or dot_upcast(q.dtype),
+        TOPK=cfg.chunk_pages > k_pages - 1,
+        WRITE_PHYS=write_phys,
+        RADIX=cfg.topk == "radix",
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0))
-    flag = dict(status=seq_lens if status is None else status, STATUS=status is not None,
-                gate=seq_lens if gate is None else gate, GATED=gate is not None)
+    flag = dict(
+        status=seq_lens if status is None else status,
+        STATUS=status is not None,
+        gate=seq_lens if gate is None else gate,
+        GATED=gate is not None,
+    )
     sub = sub_args(kmin)  # SUB and the sub-page stride (SUB = 1 for 3-D metadata)
     if n_chunks == 1:
         _select_tile_kernel[(B, Hkv, 1)](
-            q, kmin, kmax, page_table, seq_lens, out, out, out_phys, out, out, out, k_pages, max_pages,
-            kmin.shape[0], 0, 0, *strides, out.stride(0), out.stride(1), ONE_STAGE=True, FUSED_MERGE=False,
-            BLOCK_M=16, TRIGGER=use_pdl(q.device), **flag, **sub, **common,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            out,
+            out,
+            out_phys,
+            out,
+            out,
+            out,
+            k_pages,
+            max_pages,
+            kmin.shape[0],
+            0,
+            0,
+            *strides,
+            out.stride(0),
+            out.stride(1),
+            ONE_STAGE=True,
+            FUSED_MERGE=False,
+            BLOCK_M=16,
+            TRIGGER=use_pdl(q.device),
+            **flag,
+            **sub,
+            **common,
         )
         return out
     if workspace is None:
@@ -639,41 +883,118 @@ def select_pages(
     if stream_scores(cfg, k_pages):
         progs = -(-n_chunks // cfg.tiles_per_program)
         _select_score_kernel[(progs, Hkv, B)](
-            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
-            max_pages, kmin.shape[0], n_chunks, *strides, cand_idx.stride(0), cand_idx.stride(1),
-            out.stride(0), out.stride(1),
-            PAGE=page_size, HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], GROUP=G, BLOCK_G=common["BLOCK_G"],
-            SHARED=shared, AGG_MAX=common["AGG_MAX"], CHUNK=cfg.chunk_pages, IEEE=common["IEEE"],
-            WRITE_PHYS=write_phys, NUM_STAGES=cfg.num_stages, FUSED_MERGE=cfg.fused_merge,
-            BLOCK_M=next_pow2(n_cand), FILL=common["FILL"], RADIX=common["RADIX"], TRIGGER=False,
-            num_warps=cfg.num_warps, **flag, **sub,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            cand_idx,
+            cand_score,
+            cand_phys,
+            out,
+            out_phys,
+            counters,
+            k_pages,
+            max_pages,
+            kmin.shape[0],
+            n_chunks,
+            *strides,
+            cand_idx.stride(0),
+            cand_idx.stride(1),
+            out.stride(0),
+            out.stride(1),
+            PAGE=page_size,
+            HEAD_DIM=D,
+            BLOCK_D=common["BLOCK_D"],
+            GROUP=G,
+            BLOCK_G=common["BLOCK_G"],
+            SHARED=shared,
+            AGG_MAX=common["AGG_MAX"],
+            CHUNK=cfg.chunk_pages,
+            IEEE=common["IEEE"],
+            WRITE_PHYS=write_phys,
+            NUM_STAGES=cfg.num_stages,
+            FUSED_MERGE=cfg.fused_merge,
+            BLOCK_M=next_pow2(n_cand),
+            FILL=common["FILL"],
+            RADIX=common["RADIX"],
+            TRIGGER=False,
+            num_warps=cfg.num_warps,
+            **flag,
+            **sub,
         )
     else:
         _select_tile_kernel[(B, Hkv, n_chunks)](
-            q, kmin, kmax, page_table, seq_lens, cand_idx, cand_score, cand_phys, out, out_phys, counters, k_pages,
-            max_pages, kmin.shape[0], out.stride(0), out.stride(1), *strides, cand_idx.stride(0), cand_idx.stride(1),
-            ONE_STAGE=False, FUSED_MERGE=cfg.fused_merge, BLOCK_M=next_pow2(n_cand), TRIGGER=cfg.fused_merge and use_pdl(q.device), **flag, **sub, **common,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            cand_idx,
+            cand_score,
+            cand_phys,
+            out,
+            out_phys,
+            counters,
+            k_pages,
+            max_pages,
+            kmin.shape[0],
+            out.stride(0),
+            out.stride(1),
+            *strides,
+            cand_idx.stride(0),
+            cand_idx.stride(1),
+            ONE_STAGE=False,
+            FUSED_MERGE=cfg.fused_merge,
+            BLOCK_M=next_pow2(n_cand),
+            TRIGGER=cfg.fused_merge and use_pdl(q.device),
+            **flag,
+            **sub,
+            **common,
         )
     if cfg.fused_merge:
         return out
     _select_merge_kernel[(B, rows)](
-        cand_idx, cand_score, cand_phys, out, out_phys, page_table, seq_lens, k_pages, n_cand, page_table.stride(0),
-        cand_idx.stride(0), cand_idx.stride(1), out.stride(0), out.stride(1),
-        PAGE=page_size, BLOCK_N=next_pow2(n_cand), FILL=common["FILL"], WRITE_PHYS=write_phys, RADIX=common["RADIX"],
-        TRIGGER=use_pdl(q.device), max_pages=max_pages, gate=flag["gate"], GATE_DIV=rows // Hkv,
-        GATED=gate is not None, num_warps=cfg.merge_warps,
+        cand_idx,
+        cand_score,
+        cand_phys,
+        out,
+        out_phys,
+        page_table,
+        seq_lens,
+        k_pages,
+        n_cand,
+        page_table.stride(0),
+        cand_idx.stride(0),
+        cand_idx.stride(1),
+        out.stride(0),
+        out.stride(1),
+        PAGE=page_size,
+        BLOCK_N=next_pow2(n_cand),
+        FILL=common["FILL"],
+        WRITE_PHYS=write_phys,
+        RADIX=common["RADIX"],
+        TRIGGER=use_pdl(q.device),
+        max_pages=max_pages,
+        gate=flag["gate"],
+        GATE_DIV=rows // Hkv,
+        GATED=gate is not None,
+        num_warps=cfg.merge_warps,
     )
     return out
 
 
-def select_workspace(B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig,
-                     device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_workspace(
+    B: int, rows: int, max_pages: int, k_pages: int, config: SelectConfig, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Buffers of the two-stage path: candidate (page ids, scores, physical ids), each
     [B, rows, tiles * KC], and the fused merge's arrival counters [B, rows] (zeroed here;
     every call leaves them zero)."""
     n_chunks, kc = select_plan(max_pages, k_pages, config)
     n = n_chunks * kc
-    return (torch.empty(B, rows, n, dtype=torch.int32, device=device),
-            torch.empty(B, rows, n, dtype=torch.float32, device=device),
-            torch.empty(B, rows, n, dtype=torch.int32, device=device),
-            torch.zeros(B, rows, dtype=torch.int32, device=device))
+    return (
+        torch.empty(B, rows, n, dtype=torch.int32, device=device),
+        torch.empty(B, rows, n, dtype=torch.float32, device=device),
+        torch.empty(B, rows, n, dtype=torch.int32, device=device),
+        torch.zeros(B, rows, dtype=torch.int32, device=device),
+    )

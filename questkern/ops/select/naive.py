@@ -63,8 +63,9 @@ def page_scores_ref(
     return out
 
 
-def selection_rows_ref(scores: torch.Tensor, num_kv_heads: int, gqa_mode: str, aggregate: str = "sum",
-                       heads: torch.Tensor | None = None) -> torch.Tensor:
+def selection_rows_ref(
+    scores: torch.Tensor, num_kv_heads: int, gqa_mode: str, aggregate: str = "sum", heads: torch.Tensor | None = None
+) -> torch.Tensor:
     """[Hq, n] per-query-head scores -> [Hsel, n] selection-row scores: per_head keeps them;
     shared aggregates each KV head's group by ``sum`` or ``max`` over the heads in ``heads``
     ([Hq] bool, default all; a non-finite query head is left out), a NaN score counting as +inf."""

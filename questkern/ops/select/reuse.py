@@ -29,8 +29,12 @@ def _reuse_gate_kernel(
     state,  # [B, Hkv, 4] int32: seq_len at the last step (-1: none), first physical page, pages, steps since selection
     force,  # [B, Hkv] int32: 1 = select at this step (QuestDecode.reselect); cleared here
     q_sel,  # [B, Hkv, GROUP * HEAD_DIM] float32: the queries of the last selection (DRIFT)
-    max_pages, every, threshold,
-    stride_qb, stride_qh, stride_tb,
+    max_pages,
+    every,
+    threshold,
+    stride_qb,
+    stride_qh,
+    stride_tb,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     GROUP: tl.constexpr,
@@ -88,31 +92,64 @@ class ReuseState:
     drift_threshold: float | None
 
 
-def reuse_state(batch: int, num_kv_heads: int, group: int, head_dim: int, reselect_every: int | None,
-                drift_threshold: float | None, device) -> ReuseState:
+def reuse_state(
+    batch: int,
+    num_kv_heads: int,
+    group: int,
+    head_dim: int,
+    reselect_every: int | None,
+    drift_threshold: float | None,
+    device,
+) -> ReuseState:
     """Fresh state: every sequence selects at its first step."""
     state = torch.zeros(batch, num_kv_heads, 4, dtype=torch.int32, device=device)
     state[..., 0] = -1
     n = group * head_dim if drift_threshold is not None else 1
-    return ReuseState(gate=torch.ones(batch, num_kv_heads, dtype=torch.int32, device=device), state=state,
-                      force=torch.zeros(batch, num_kv_heads, dtype=torch.int32, device=device),
-                      q_sel=torch.zeros(batch, num_kv_heads, n, dtype=torch.float32, device=device),
-                      reselect_every=reselect_every, drift_threshold=drift_threshold)
+    return ReuseState(
+        gate=torch.ones(batch, num_kv_heads, dtype=torch.int32, device=device),
+        state=state,
+        force=torch.zeros(batch, num_kv_heads, dtype=torch.int32, device=device),
+        q_sel=torch.zeros(batch, num_kv_heads, n, dtype=torch.float32, device=device),
+        reselect_every=reselect_every,
+        drift_threshold=drift_threshold,
+    )
 
 
-def reuse_gate(q: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor, page_size: int, st: ReuseState,
-               status: torch.Tensor | None = None) -> torch.Tensor:
+def reuse_gate(
+    q: torch.Tensor,
+    page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    page_size: int,
+    st: ReuseState,
+    status: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Launch the gate for this step; returns ``st.gate`` [B, Hkv] int32. Inputs assumed validated."""
     B, Hq, D = q.shape
     Hkv = st.gate.shape[1]
     G = Hq // Hkv
     _reuse_gate_kernel[(B, Hkv)](
-        q, page_table, seq_lens, st.gate, st.state, st.force, st.q_sel, page_table.shape[1],
-        st.reselect_every or 0, 0.0 if st.drift_threshold is None else float(st.drift_threshold),
-        q.stride(0), q.stride(1), page_table.stride(0),
-        PAGE=page_size, HEAD_DIM=D, GROUP=G, BLOCK_GD=next_pow2(G * D), AGE=st.reselect_every is not None,
-        DRIFT=st.drift_threshold is not None, status=seq_lens if status is None else status,
-        STATUS=status is not None, num_warps=1 if st.drift_threshold is None else 4,
+        q,
+        page_table,
+        seq_lens,
+        st.gate,
+        st.state,
+        st.force,
+        st.q_sel,
+        page_table.shape[1],
+        st.reselect_every or 0,
+        0.0 if st.drift_threshold is None else float(st.drift_threshold),
+        q.stride(0),
+        q.stride(1),
+        page_table.stride(0),
+        PAGE=page_size,
+        HEAD_DIM=D,
+        GROUP=G,
+        BLOCK_GD=next_pow2(G * D),
+        AGE=st.reselect_every is not None,
+        DRIFT=st.drift_threshold is not None,
+        status=seq_lens if status is None else status,
+        STATUS=status is not None,
+        num_warps=1 if st.drift_threshold is None else 4,
     )
     return st.gate
 

@@ -30,8 +30,9 @@ import torch
 class ReuseStateRef:
     """Host-side mirror of the reuse state of one plan (float32, any device)."""
 
-    def __init__(self, batch: int, num_kv_heads: int, page_size: int, reselect_every: int | None,
-                 drift_threshold: float | None):
+    def __init__(
+        self, batch: int, num_kv_heads: int, page_size: int, reselect_every: int | None, drift_threshold: float | None
+    ):
         self.page_size, self.every, self.threshold = page_size, reselect_every, drift_threshold
         self.last_len = torch.full((batch, num_kv_heads), -1, dtype=torch.long)
         self.first = torch.zeros(batch, num_kv_heads, dtype=torch.long)
@@ -50,7 +51,13 @@ class ReuseStateRef:
         first = page_table[:, :1].long().cpu().expand(B, Hkv)
         pages = (lens + self.page_size - 1) // self.page_size
         pages = pages.clamp(max=page_table.shape[1])
-        new = (self.last_len < 0) | (lens < self.last_len) | (lens > self.last_len + 1) | (first != self.first) | self.force
+        new = (
+            (self.last_len < 0)
+            | (lens < self.last_len)
+            | (lens > self.last_len + 1)
+            | (first != self.first)
+            | self.force
+        )
         go = new | (pages != self.pages)
         if self.every is not None:
             go |= self.age + 1 >= self.every
@@ -67,8 +74,9 @@ class ReuseStateRef:
         self.force.zero_()
         return go
 
-    def step(self, q: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor,
-             fresh: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, q: torch.Tensor, page_table: torch.Tensor, seq_lens: torch.Tensor, fresh: torch.Tensor
+    ) -> torch.Tensor:
         """The rows used at this step: ``fresh`` [B, rows, K] (every-step selection) where
         the KV head selects, the stored rows elsewhere."""
         go = self.gate(q, page_table, seq_lens)  # [B, Hkv]

@@ -32,8 +32,9 @@ def one_stage(bucket, params: dict) -> bool:
     from questkern.ops.select.kernel import select_plan
 
     ps, bud = page_budget(bucket, params)
-    n_chunks, _ = select_plan(bucket.max_pages(ps), bucket.k_pages(ps, bud),
-                              C.SelectConfig(chunk_pages=params["chunk_pages"]))
+    n_chunks, _ = select_plan(
+        bucket.max_pages(ps), bucket.k_pages(ps, bud), C.SelectConfig(chunk_pages=params["chunk_pages"])
+    )
     return n_chunks == 1
 
 
@@ -43,8 +44,9 @@ def score_stream(bucket, params: dict) -> bool:
     from questkern.ops.select.kernel import stream_scores
 
     ps, bud = page_budget(bucket, params)
-    return (not one_stage(bucket, params)) and stream_scores(C.SelectConfig(chunk_pages=params["chunk_pages"]),
-                                                             bucket.k_pages(ps, bud))
+    return (not one_stage(bucket, params)) and stream_scores(
+        C.SelectConfig(chunk_pages=params["chunk_pages"]), bucket.k_pages(ps, bud)
+    )
 
 
 class SelectTunable:
@@ -59,8 +61,10 @@ class SelectTunable:
         if _has_field("topk"):  # top-K algorithm (bisection / radix select)
             params.append(Param("topk", SELECT_TOPK))
         if _has_field("tiles_per_program"):  # the score stream (tiles < K)
-            params += [Param("tiles_per_program", (1, 2, 4), active=lambda p: score_stream(bucket, p)),
-                       Param("num_stages", (1, 2, 3), active=lambda p: score_stream(bucket, p))]
+            params += [
+                Param("tiles_per_program", (1, 2, 4), active=lambda p: score_stream(bucket, p)),
+                Param("num_stages", (1, 2, 3), active=lambda p: score_stream(bucket, p)),
+            ]
         return params
 
     def default(self, bucket, page_size: int, budget: int | None, num_sms: int) -> dict:
@@ -78,7 +82,9 @@ class SelectTunable:
     def violation(self, bucket, params: dict, page_size: int, budget: int | None, num_sms: int) -> str | None:
         need = max(16, next_pow2(bucket.max_pages(page_size) - 1))
         if params["chunk_pages"] > need:
-            return f"chunk_pages {params['chunk_pages']} > {need}, all a {bucket.max_pages(page_size)}-page context needs"
+            return (
+                f"chunk_pages {params['chunk_pages']} > {need}, all a {bucket.max_pages(page_size)}-page context needs"
+            )
         if params["block_d"] > bucket.head_dim:
             return f"block_d {params['block_d']} > head_dim {bucket.head_dim}"
         per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["num_warps"])
@@ -89,9 +95,14 @@ class SelectTunable:
     def config(self, params: dict) -> C.SelectConfig:
         extra = {"topk": params["topk"]} if "topk" in params else {}
         extra.update({k: params[k] for k in ("tiles_per_program",) if k in params})
-        return C.SelectConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"],
-                              num_warps=params["num_warps"], num_stages=params.get("num_stages", 1),
-                              merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps), **extra)
+        return C.SelectConfig(
+            chunk_pages=params["chunk_pages"],
+            block_d=params["block_d"],
+            num_warps=params["num_warps"],
+            num_stages=params.get("num_stages", 1),
+            merge_warps=params.get("merge_warps", C.SelectConfig.merge_warps),
+            **extra,
+        )
 
     def build(self, bucket, inputs, config, budget):
         from questkern.ops.select import select_pages, select_workspace
@@ -105,15 +116,30 @@ class SelectTunable:
         ws = select_workspace(q.shape[0], ref.shape[1], c.page_table.shape[1], K, config, inputs.device)
 
         def launch():  # as QuestDecode.run launches it: logical and physical ids
-            select_pages(q, c.kmin, c.kmax, c.page_table, c.seq_lens, c.page_size, K, b.gqa_mode, b.aggregate,
-                         config, out=out, out_phys=phys, workspace=ws)
+            select_pages(
+                q,
+                c.kmin,
+                c.kmax,
+                c.page_table,
+                c.seq_lens,
+                c.page_size,
+                K,
+                b.gqa_mode,
+                b.aggregate,
+                config,
+                out=out,
+                out_phys=phys,
+                workspace=ws,
+            )
 
         def check():
             for got, want, what in ((out, ref, "selection"), (phys, phys_ref, "physical page ids")):
                 if not torch.equal(got, want):
                     rows = int((got != want).any(-1).sum())
-                    raise AssertionError(f"{what} differ from the reference in {rows} of "
-                                         f"{ref.shape[0] * ref.shape[1]} rows")
+                    raise AssertionError(
+                        f"{what} differ from the reference in {rows} of {ref.shape[0] * ref.shape[1]} rows"
+                    )
+
         return launch, check
 
 

@@ -39,8 +39,16 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from questkern._details import dot_upcast, is_interpreter, use_pdl
 from questkern.config import StepConfig, choose_step_splits, next_pow2
 from questkern.ops.decode.kernel import _LOG2E, _combine_kernel, _decode_block, _split_lse, _split_weights_rows
-from questkern.ops.select.kernel import (_finite_heads, _page_scores, _planned_pages, _group_scores, _select_score_kernel,
-                                         _topk_mask, _topk_mask_radix, select_block_g)
+from questkern.ops.select.kernel import (
+    _finite_heads,
+    _page_scores,
+    _planned_pages,
+    _group_scores,
+    _select_score_kernel,
+    _topk_mask,
+    _topk_mask_radix,
+    select_block_g,
+)
 
 
 @triton.jit
@@ -60,11 +68,38 @@ def _grid_barrier(p_count, p_gen, n_progs):
 
 
 @triton.jit
-def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, max_pages, num_pages, n_chunks,
-                 n_rows, batch, stride_qb, stride_qh, stride_mp, stride_mh, stride_tb, stride_cb, stride_ch,
-                 PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_G: tl.constexpr, SHARED: tl.constexpr, AGG_MAX: tl.constexpr, CHUNK: tl.constexpr,
-                 IEEE: tl.constexpr):
+def _score_tiles(
+    i_p,
+    n_progs,
+    q,
+    kmin,
+    kmax,
+    page_table,
+    seq_lens,
+    scores,
+    K,
+    max_pages,
+    num_pages,
+    n_chunks,
+    n_rows,
+    batch,
+    stride_qb,
+    stride_qh,
+    stride_mp,
+    stride_mh,
+    stride_tb,
+    stride_cb,
+    stride_ch,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    SHARED: tl.constexpr,
+    AGG_MAX: tl.constexpr,
+    CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Persistent stage 1: program ``i_p`` of ``n_progs`` scores tiles i_p, i_p + n_progs,
     ... of the flattened (batch, KV head, tile) space (the score stream's work, spread over
     the whole grid)."""
@@ -83,23 +118,29 @@ def _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, m
         m_c = o_c < n_pages - 1
         p_q = q + i_b.to(tl.int64) * stride_qb + (i_h * GROUP + o_g)[:, None] * stride_qh
         p_meta = phys[:, None] * stride_mp + i_h * stride_mh
-        b_s = _page_scores(q, kmin, kmax, p_q, p_meta, m_g, m_c & (n_pages > K), HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK,
-                           IEEE, 1, 0)  # SUB = 1: hierarchical metadata is refused by quest_step
+        b_s = _page_scores(
+            q, kmin, kmax, p_q, p_meta, m_g, m_c & (n_pages > K), HEAD_DIM, BLOCK_D, BLOCK_G, CHUNK, IEEE, 1, 0
+        )  # SUB = 1: hierarchical metadata is refused by quest_step
         p_row = scores + i_b.to(tl.int64) * stride_cb
         if SHARED:
             m_gf = _finite_heads(p_q, m_g, HEAD_DIM, BLOCK_D, BLOCK_G)  # a non-finite query head is left out
             tl.store(p_row + i_h * stride_ch + o_c, _group_scores(b_s, m_gf, m_c, AGG_MAX), mask=o_c < n_chunks * CHUNK)
         else:
             for g in tl.static_range(GROUP):
-                tl.store(p_row + (i_h * GROUP + g) * stride_ch + o_c,
-                         tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0), mask=o_c < n_chunks * CHUNK)
+                tl.store(
+                    p_row + (i_h * GROUP + g) * stride_ch + o_c,
+                    tl.sum(tl.where(o_g[:, None] == g, b_s, 0.0), axis=0),
+                    mask=o_c < n_chunks * CHUNK,
+                )
 
 
 @triton.jit
 def _topk_decode_kernel(
     q,  # [B, Hq, D]
-    kmin, kmax,  # [P, Hkv, D] (read by the persistent stage 1 only)
-    k_cache, v_cache,  # [P, Hkv, PAGE, D]
+    kmin,
+    kmax,  # [P, Hkv, D] (read by the persistent stage 1 only)
+    k_cache,
+    v_cache,  # [P, Hkv, PAGE, D]
     page_table,  # [B, max_pages] int32
     seq_lens,  # [B] int32
     scores,  # [B, rows, W] float32: page scores of every candidate page (slot p = page p)
@@ -111,16 +152,32 @@ def _topk_decode_kernel(
     counters,  # [B, rows] int32 arrival counters of the fused combine, zero between calls
     barrier,  # [2] int32: the persistent grid barrier's counter and generation
     qk_scale,  # sm_scale * log2(e)
-    K, W, max_pages, num_pages, num_splits, n_chunks, num_kv_heads,
-    stride_qb, stride_qh,
-    stride_mp, stride_mh,
-    stride_kp, stride_kh, stride_kt,
+    K,
+    W,
+    max_pages,
+    num_pages,
+    num_splits,
+    n_chunks,
+    num_kv_heads,
+    stride_qb,
+    stride_qh,
+    stride_mp,
+    stride_mh,
+    stride_kp,
+    stride_kh,
+    stride_kt,
     stride_tb,
-    stride_cb, stride_ch,
-    stride_sb, stride_sh,
-    stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
-    stride_ob, stride_oh,
+    stride_cb,
+    stride_ch,
+    stride_sb,
+    stride_sh,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_lb,
+    stride_lh,
+    stride_ob,
+    stride_oh,
     PAGE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -141,8 +198,12 @@ def _topk_decode_kernel(
     PDL: tl.constexpr,  # launched with PDL after the score stream: wait for it before reading scores
     PERSISTENT: tl.constexpr,  # stage 1 here too, then a grid barrier
     # persistent stage 1 only:
-    SCORE_BLOCK_D: tl.constexpr, SCORE_BLOCK_G: tl.constexpr, SHARED: tl.constexpr, AGG_MAX: tl.constexpr,
-    CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    SCORE_BLOCK_D: tl.constexpr,
+    SCORE_BLOCK_G: tl.constexpr,
+    SHARED: tl.constexpr,
+    AGG_MAX: tl.constexpr,
+    CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
     status=None,  # [1] int32 plan status: bit 0 = a sequence grew past the planned width (STATUS)
     STATUS: tl.constexpr = False,
 ):
@@ -162,8 +223,11 @@ def _topk_decode_kernel(
     m_h = o_h < GROUP
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < HEAD_DIM
-    b_q = tl.load(q + i_b.to(tl.int64) * stride_qb + (h0 + o_h)[:, None] * stride_qh + o_d[None, :],
-                  mask=m_h[:, None] & m_d[None, :], other=0.0)  # [BLOCK_H, BLOCK_D]
+    b_q = tl.load(
+        q + i_b.to(tl.int64) * stride_qb + (h0 + o_h)[:, None] * stride_qh + o_d[None, :],
+        mask=m_h[:, None] & m_d[None, :],
+        other=0.0,
+    )  # [BLOCK_H, BLOCK_D]
     if UPCAST:
         b_q = b_q.to(tl.float32)
     o_w = tl.arange(0, BLOCK_W)
@@ -175,9 +239,38 @@ def _topk_decode_kernel(
     if PERSISTENT:
         n_progs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
         i_p = (i_b * tl.num_programs(1) + i_x) * tl.num_programs(0) + i_s
-        _score_tiles(i_p, n_progs, q, kmin, kmax, page_table, seq_lens, scores, K, max_pages, num_pages, n_chunks,
-                     num_kv_heads, tl.num_programs(2), stride_qb, stride_qh, stride_mp, stride_mh, stride_tb, stride_cb, stride_ch,
-                     PAGE, HEAD_DIM, SCORE_BLOCK_D, KV_GROUP, SCORE_BLOCK_G, SHARED, AGG_MAX, CHUNK, IEEE)
+        _score_tiles(
+            i_p,
+            n_progs,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            scores,
+            K,
+            max_pages,
+            num_pages,
+            n_chunks,
+            num_kv_heads,
+            tl.num_programs(2),
+            stride_qb,
+            stride_qh,
+            stride_mp,
+            stride_mh,
+            stride_tb,
+            stride_cb,
+            stride_ch,
+            PAGE,
+            HEAD_DIM,
+            SCORE_BLOCK_D,
+            KV_GROUP,
+            SCORE_BLOCK_G,
+            SHARED,
+            AGG_MAX,
+            CHUNK,
+            IEEE,
+        )
         _grid_barrier(barrier, barrier + 1, n_progs)
     elif PDL:
         gdc_wait()  # the score stream has finished and its scores are visible
@@ -223,16 +316,42 @@ def _topk_decode_kernel(
     b_acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for it in tl.static_range(SLOTS // PAGES_PER_BLOCK):
         b_m, b_l, b_acc = _decode_block(
-            lo + it * PAGES_PER_BLOCK, hi, b_q, b_m, b_l, b_acc, p_sel, p_sphys, p_tab, k_cache, v_cache, p_kv,
-            seq_len, qk_scale, stride_kp, m_d, o_pb, o_t,
-            PAGE, BLOCK_D, BLOCK_N, PAGES_PER_BLOCK, False, True, UPCAST)
+            lo + it * PAGES_PER_BLOCK,
+            hi,
+            b_q,
+            b_m,
+            b_l,
+            b_acc,
+            p_sel,
+            p_sphys,
+            p_tab,
+            k_cache,
+            v_cache,
+            p_kv,
+            seq_len,
+            qk_scale,
+            stride_kp,
+            m_d,
+            o_pb,
+            o_t,
+            PAGE,
+            BLOCK_D,
+            BLOCK_N,
+            PAGES_PER_BLOCK,
+            False,
+            True,
+            UPCAST,
+        )
 
     b_o = b_acc / tl.maximum(b_l, 1e-30)[:, None]
     heads = (h0 + o_h).to(tl.int64)
     m_out = m_h[:, None] & m_d[None, :]
     if SINGLE_SPLIT:
-        tl.store(out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :],
-                 b_o.to(out.dtype.element_ty), mask=m_out)
+        tl.store(
+            out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :],
+            b_o.to(out.dtype.element_ty),
+            mask=m_out,
+        )
     else:
         p_o = o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + i_s * stride_ps
         tl.store(p_o + o_d[None, :], b_o, mask=m_out)
@@ -246,18 +365,30 @@ def _topk_decode_kernel(
                 o_s = tl.arange(0, BLOCK_S)
                 m_s = o_s < num_splits
                 p_l = lse_part + i_b.to(tl.int64) * stride_lb + heads[:, None] * stride_lh + o_s[None, :]
-                b_lse = tl.load(p_l, mask=m_h[:, None] & m_s[None, :], other=float("-inf"),
-                                cache_modifier=".cg")  # [BLOCK_H, BLOCK_S]
+                b_lse = tl.load(
+                    p_l, mask=m_h[:, None] & m_s[None, :], other=float("-inf"), cache_modifier=".cg"
+                )  # [BLOCK_H, BLOCK_S]
                 b_w = _split_weights_rows(b_lse, m_s[None, :])  # [BLOCK_H, BLOCK_S]
                 b_res = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
                 for s in range(0, num_splits):
-                    b_os = tl.load(o_part + i_b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + s * stride_ps
-                                   + o_d[None, :], mask=m_out, other=0.0, cache_modifier=".cg")  # [BLOCK_H, BLOCK_D]
+                    b_os = tl.load(
+                        o_part
+                        + i_b.to(tl.int64) * stride_pb
+                        + heads[:, None] * stride_ph
+                        + s * stride_ps
+                        + o_d[None, :],
+                        mask=m_out,
+                        other=0.0,
+                        cache_modifier=".cg",
+                    )  # [BLOCK_H, BLOCK_D]
                     b_ws = tl.sum(tl.where(o_s[None, :] == s, b_w, 0.0), axis=1)  # [BLOCK_H]
                     b_res += b_ws[:, None] * b_os
                 b_res = b_res / tl.maximum(tl.sum(b_w, axis=1), 1e-30)[:, None]
-                tl.store(out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :],
-                         b_res.to(out.dtype.element_ty), mask=m_out)
+                tl.store(
+                    out + i_b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + o_d[None, :],
+                    b_res.to(out.dtype.element_ty),
+                    mask=m_out,
+                )
                 tl.atomic_xchg(p_cnt, 0)
 
 
@@ -272,8 +403,13 @@ def step_plan(batch: int, rows: int, max_pages: int, k_pages: int, config: StepC
     per = -(-k_pages // want)
     slots = -(-per // config.pages_per_block) * config.pages_per_block
     splits = -(-k_pages // slots)
-    return dict(n_chunks=n_chunks, width=n_chunks * config.chunk_pages, splits=splits, slots=slots,
-                block_w=next_pow2(max(1, max_pages - 1)))
+    return dict(
+        n_chunks=n_chunks,
+        width=n_chunks * config.chunk_pages,
+        splits=splits,
+        slots=slots,
+        block_w=next_pow2(max(1, max_pages - 1)),
+    )
 
 
 def step_workspace(batch: int, num_q_heads: int, rows: int, head_dim: int, geometry: dict, device):
@@ -314,8 +450,10 @@ def quest_step(
     """One Quest decode step (selection + sparse attention) in two launches (one when
     persistent). Returns (out, selected). Inputs are assumed validated (questkern.api)."""
     if kmin.dim() == 4:
-        raise ValueError("quest_step (path='fused') does not take hierarchical metadata yet (kmin is 4-D "
-                         f"{tuple(kmin.shape)}, sub-pages); use path='classic'")
+        raise ValueError(
+            "quest_step (path='fused') does not take hierarchical metadata yet (kmin is 4-D "
+            f"{tuple(kmin.shape)}, sub-pages); use path='classic'"
+        )
     B, Hq, D = q.shape
     P, Hkv, PAGE, _ = k_cache.shape
     G = Hq // Hkv
@@ -348,44 +486,137 @@ def quest_step(
     if not persistent:
         progs = -(-geo["n_chunks"] // cfg.tiles_per_program)
         _select_score_kernel[(progs, Hkv, B)](
-            q, kmin, kmax, page_table, seq_lens, cand_idx, scores, cand_idx, selected, selected_phys,
-            workspace["counters"], k_pages, max_pages, P, geo["n_chunks"],
-            q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), page_table.stride(0),
-            scores.stride(0), scores.stride(1), selected.stride(0), selected.stride(1),
-            PAGE=PAGE, HEAD_DIM=D, BLOCK_D=block_d, GROUP=G, BLOCK_G=block_g, SHARED=not per_head,
-            AGG_MAX=aggregate == "max", CHUNK=cfg.chunk_pages, IEEE=ieee, WRITE_PHYS=False,
-            NUM_STAGES=cfg.score_stages, FUSED_MERGE=False, BLOCK_M=16, FILL=16, RADIX=False, TRIGGER=pdl,
+            q,
+            kmin,
+            kmax,
+            page_table,
+            seq_lens,
+            cand_idx,
+            scores,
+            cand_idx,
+            selected,
+            selected_phys,
+            workspace["counters"],
+            k_pages,
+            max_pages,
+            P,
+            geo["n_chunks"],
+            q.stride(0),
+            q.stride(1),
+            kmin.stride(0),
+            kmin.stride(1),
+            page_table.stride(0),
+            scores.stride(0),
+            scores.stride(1),
+            selected.stride(0),
+            selected.stride(1),
+            PAGE=PAGE,
+            HEAD_DIM=D,
+            BLOCK_D=block_d,
+            GROUP=G,
+            BLOCK_G=block_g,
+            SHARED=not per_head,
+            AGG_MAX=aggregate == "max",
+            CHUNK=cfg.chunk_pages,
+            IEEE=ieee,
+            WRITE_PHYS=False,
+            NUM_STAGES=cfg.score_stages,
+            FUSED_MERGE=False,
+            BLOCK_M=16,
+            FILL=16,
+            RADIX=False,
+            TRIGGER=pdl,
             num_warps=cfg.score_warps,
         )
     _topk_decode_kernel[grid](
-        q, kmin, kmax, k_cache, v_cache, page_table, seq_lens, scores, selected, selected_phys,
-        o_part, lse_part, out, workspace["counters"], workspace["barrier"],
-        scale, k_pages, geo["width"], max_pages, P, S, geo["n_chunks"], Hkv,
-        q.stride(0), q.stride(1),
-        kmin.stride(0), kmin.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q,
+        kmin,
+        kmax,
+        k_cache,
+        v_cache,
+        page_table,
+        seq_lens,
+        scores,
+        selected,
+        selected_phys,
+        o_part,
+        lse_part,
+        out,
+        workspace["counters"],
+        workspace["barrier"],
+        scale,
+        k_pages,
+        geo["width"],
+        max_pages,
+        P,
+        S,
+        geo["n_chunks"],
+        Hkv,
+        q.stride(0),
+        q.stride(1),
+        kmin.stride(0),
+        kmin.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
         page_table.stride(0),
-        scores.stride(0), scores.stride(1),
-        selected.stride(0), selected.stride(1),
+        scores.stride(0),
+        scores.stride(1),
+        selected.stride(0),
+        selected.stride(1),
         *(o_part.stride()[:3] if S > 1 else (0, 0, 0)),
         *(lse_part.stride()[:2] if S > 1 else (0, 0)),
-        out.stride(0), out.stride(1),
-        PAGE=PAGE, HEAD_DIM=D, BLOCK_D=next_pow2(D), GROUP=1 if per_head else G, BLOCK_H=max(16, next_pow2(G)),
-        PER_HEAD=per_head, KV_GROUP=G, PAGES_PER_BLOCK=cfg.pages_per_block, SLOTS=geo["slots"], BLOCK_SLOTS=next_pow2(geo["slots"]),
-        BLOCK_W=geo["block_w"], PHYS_UPFRONT=geo["block_w"] <= 4096, SINGLE_SPLIT=S == 1,
-        FUSE_COMBINE=cfg.fuse_combine and S > 1, BLOCK_S=next_pow2(S), RADIX=cfg.topk == "radix",
-        UPCAST=dot_upcast(q.dtype), PDL=pdl and not persistent, PERSISTENT=persistent,
-        SCORE_BLOCK_D=block_d, SCORE_BLOCK_G=block_g, SHARED=not per_head, AGG_MAX=aggregate == "max",
-        CHUNK=cfg.chunk_pages, IEEE=ieee, status=seq_lens if status is None else status, STATUS=status is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl and not persistent,
+        out.stride(0),
+        out.stride(1),
+        PAGE=PAGE,
+        HEAD_DIM=D,
+        BLOCK_D=next_pow2(D),
+        GROUP=1 if per_head else G,
+        BLOCK_H=max(16, next_pow2(G)),
+        PER_HEAD=per_head,
+        KV_GROUP=G,
+        PAGES_PER_BLOCK=cfg.pages_per_block,
+        SLOTS=geo["slots"],
+        BLOCK_SLOTS=next_pow2(geo["slots"]),
+        BLOCK_W=geo["block_w"],
+        PHYS_UPFRONT=geo["block_w"] <= 4096,
+        SINGLE_SPLIT=S == 1,
+        FUSE_COMBINE=cfg.fuse_combine and S > 1,
+        BLOCK_S=next_pow2(S),
+        RADIX=cfg.topk == "radix",
+        UPCAST=dot_upcast(q.dtype),
+        PDL=pdl and not persistent,
+        PERSISTENT=persistent,
+        SCORE_BLOCK_D=block_d,
+        SCORE_BLOCK_G=block_g,
+        SHARED=not per_head,
+        AGG_MAX=aggregate == "max",
+        CHUNK=cfg.chunk_pages,
+        IEEE=ieee,
+        status=seq_lens if status is None else status,
+        STATUS=status is not None,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        launch_pdl=pdl and not persistent,
     )
     if S > 1 and not cfg.fuse_combine:
         _combine_kernel[(B, Hq)](
-            o_part, lse_part, out, S,
-            o_part.stride(0), o_part.stride(1), o_part.stride(2),
-            lse_part.stride(0), lse_part.stride(1),
-            out.stride(0), out.stride(1),
-            HEAD_DIM=D, BLOCK_D=next_pow2(D), BLOCK_S=next_pow2(S), PDL=pdl, num_warps=cfg.combine_warps,
+            o_part,
+            lse_part,
+            out,
+            S,
+            o_part.stride(0),
+            o_part.stride(1),
+            o_part.stride(2),
+            lse_part.stride(0),
+            lse_part.stride(1),
+            out.stride(0),
+            out.stride(1),
+            HEAD_DIM=D,
+            BLOCK_D=next_pow2(D),
+            BLOCK_S=next_pow2(S),
+            PDL=pdl,
+            num_warps=cfg.combine_warps,
             launch_pdl=pdl,
         )
     return out, selected

@@ -54,9 +54,18 @@ class StepTunable:
 
     def default(self, bucket, page_size: int, budget: int | None, num_sms: int) -> dict:
         st = C.default_step_config(bucket.max_pages(page_size), bucket.head_dim, page_size)
-        p: dict = dict(chunk_pages=st.chunk_pages, block_d=st.block_d, score_warps=st.score_warps, tiles_per_program=st.tiles_per_program,
-                       splits=default_splits(bucket, page_size, budget, num_sms), pages_per_block=st.pages_per_block,
-                       num_warps=st.num_warps, num_stages=st.num_stages, topk=st.topk, persistent=st.persistent)
+        p: dict = dict(
+            chunk_pages=st.chunk_pages,
+            block_d=st.block_d,
+            score_warps=st.score_warps,
+            tiles_per_program=st.tiles_per_program,
+            splits=default_splits(bucket, page_size, budget, num_sms),
+            pages_per_block=st.pages_per_block,
+            num_warps=st.num_warps,
+            num_stages=st.num_stages,
+            topk=st.topk,
+            persistent=st.persistent,
+        )
         if p["splits"] > 1:
             p["fuse_combine"] = st.fuse_combine
             if not st.fuse_combine:
@@ -66,7 +75,9 @@ class StepTunable:
     def violation(self, bucket, params: dict, page_size: int, budget: int | None, num_sms: int) -> str | None:
         need = max(16, next_pow2(bucket.max_pages(page_size) - 1))
         if params["chunk_pages"] > need:
-            return f"chunk_pages {params['chunk_pages']} > {need}, all a {bucket.max_pages(page_size)}-page context needs"
+            return (
+                f"chunk_pages {params['chunk_pages']} > {need}, all a {bucket.max_pages(page_size)}-page context needs"
+            )
         per_thread = 2 * params["chunk_pages"] * params["block_d"] / (32 * params["score_warps"])
         if per_thread > REG_BUDGET:
             return f"chunk_pages*block_d score tile needs {per_thread:.0f} elements/thread > {REG_BUDGET}"
@@ -79,18 +90,27 @@ class StepTunable:
             return f"splits {params['splits']} > {useful} blocks of selected pages"
         grid = params["splits"] * bucket.batch * bucket.head_programs()
         if params["persistent"] and grid > num_sms:
-            return (f"persistent needs the whole stage-2 grid ({params['splits']} x "
-                    f"{bucket.batch * bucket.head_programs()} programs) on the {num_sms} SMs at once")
+            return (
+                f"persistent needs the whole stage-2 grid ({params['splits']} x "
+                f"{bucket.batch * bucket.head_programs()} programs) on the {num_sms} SMs at once"
+            )
         return None
 
     def config(self, params: dict) -> C.StepConfig:
-        return C.StepConfig(chunk_pages=params["chunk_pages"], block_d=params["block_d"], score_warps=params["score_warps"],
-                            tiles_per_program=params["tiles_per_program"], splits=params["splits"],
-                            pages_per_block=params["pages_per_block"], num_warps=params["num_warps"],
-                            num_stages=params["num_stages"], topk=params["topk"],
-                            fuse_combine=params.get("fuse_combine", False),
-                            combine_warps=params.get("combine_warps", C.StepConfig.combine_warps),
-                            persistent=params["persistent"])
+        return C.StepConfig(
+            chunk_pages=params["chunk_pages"],
+            block_d=params["block_d"],
+            score_warps=params["score_warps"],
+            tiles_per_program=params["tiles_per_program"],
+            splits=params["splits"],
+            pages_per_block=params["pages_per_block"],
+            num_warps=params["num_warps"],
+            num_stages=params["num_stages"],
+            topk=params["topk"],
+            fuse_combine=params.get("fuse_combine", False),
+            combine_warps=params.get("combine_warps", C.StepConfig.combine_warps),
+            persistent=params["persistent"],
+        )
 
     def build(self, bucket, inputs, config, budget):
         from questkern.ops.step import quest_step, step_plan, step_workspace
@@ -107,18 +127,39 @@ class StepTunable:
         phys = torch.full_like(ref, -7)
 
         def launch():
-            quest_step(q, c.kmin, c.kmax, c.k_cache, c.v_cache, c.page_table, c.seq_lens, K, gqa_mode=b.gqa_mode,
-                       aggregate=b.aggregate, config=config, out=out, selected=sel, selected_phys=phys,
-                       workspace=ws, num_sms=num_sms)
+            quest_step(
+                q,
+                c.kmin,
+                c.kmax,
+                c.k_cache,
+                c.v_cache,
+                c.page_table,
+                c.seq_lens,
+                K,
+                gqa_mode=b.gqa_mode,
+                aggregate=b.aggregate,
+                config=config,
+                out=out,
+                selected=sel,
+                selected_phys=phys,
+                workspace=ws,
+                num_sms=num_sms,
+            )
 
         def check():
             if not torch.equal(sel, ref):
                 rows = int((sel != ref).any(-1).sum())
-                raise AssertionError(f"selection differs from the reference in {rows} of "
-                                     f"{ref.shape[0] * ref.shape[1]} rows")
+                raise AssertionError(
+                    f"selection differs from the reference in {rows} of {ref.shape[0] * ref.shape[1]} rows"
+                )
             want = w.attention_ref(ref, ("sparse", budget, b.gqa_mode, b.aggregate))
-            torch.testing.assert_close(out.float(), want, **TOLERANCES[q.dtype], msg=lambda m: "output differs "
-                                       "from the float32 reference: " + " ".join(m.split()))
+            torch.testing.assert_close(
+                out.float(),
+                want,
+                **TOLERANCES[q.dtype],
+                msg=lambda m: "output differs from the float32 reference: " + " ".join(m.split()),
+            )
+
         return launch, check
 
 

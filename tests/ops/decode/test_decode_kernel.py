@@ -22,15 +22,18 @@ def _inputs(B, Hq, Hkv, D, PS, lens, dtype, seed=0):
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-@pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,dtype,ppb,splits", [
-    (1, 2, 1, 64, 16, [100], None, None, torch.float16, 2, 1),  # dense, one split (no combine)
-    (3, 4, 1, 64, 16, [100, 37, 1], None, None, torch.bfloat16, 2, 3),  # dense, mixed, a 1-token sequence
-    (2, 8, 1, 128, 8, [150, 9], None, None, torch.float16, 4, None),  # dense, GQA 8, page 8, heuristic splits
-    (2, 4, 1, 64, 16, [300, 37], 64, "shared", torch.bfloat16, 2, 2),  # sparse shared GQA 4
-    (2, 4, 2, 64, 16, [300, 37], 64, "per_head", torch.bfloat16, 2, 2),  # sparse per_head GQA 2
-    (2, 2, 2, 128, 8, [300, 1], 64, "per_head", torch.float16, 4, 4),  # MHA, more splits than work
-    (1, 8, 1, 64, 32, [333], 96, "shared", torch.float16, 1, 2),  # page 32, one page per block
-])
+@pytest.mark.parametrize(
+    "B,Hq,Hkv,D,PS,lens,budget,mode,dtype,ppb,splits",
+    [
+        (1, 2, 1, 64, 16, [100], None, None, torch.float16, 2, 1),  # dense, one split (no combine)
+        (3, 4, 1, 64, 16, [100, 37, 1], None, None, torch.bfloat16, 2, 3),  # dense, mixed, a 1-token sequence
+        (2, 8, 1, 128, 8, [150, 9], None, None, torch.float16, 4, None),  # dense, GQA 8, page 8, heuristic splits
+        (2, 4, 1, 64, 16, [300, 37], 64, "shared", torch.bfloat16, 2, 2),  # sparse shared GQA 4
+        (2, 4, 2, 64, 16, [300, 37], 64, "per_head", torch.bfloat16, 2, 2),  # sparse per_head GQA 2
+        (2, 2, 2, 128, 8, [300, 1], 64, "per_head", torch.float16, 4, 4),  # MHA, more splits than work
+        (1, 8, 1, 64, 32, [333], 96, "shared", torch.float16, 1, 2),  # page 32, one page per block
+    ],
+)
 def test_decode_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, dtype, ppb, splits, fuse):
     q, k, v, table, seq_lens = _inputs(B, Hq, Hkv, D, PS, lens, dtype)
     sel = None
@@ -38,7 +41,17 @@ def test_decode_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, dtype, 
         kmin = torch.randn(table.max() + 1, Hkv, D)
         sel = select_pages_ref(q, kmin, kmin + 1, table, seq_lens, PS, budget, mode)
     out = torch.full_like(q, float("nan"))  # every element must be written
-    paged_decode(q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=ppb, fuse_combine=fuse), num_splits=splits, out=out)
+    paged_decode(
+        q,
+        k,
+        v,
+        table,
+        seq_lens,
+        sel,
+        config=DecodeConfig(pages_per_block=ppb, fuse_combine=fuse),
+        num_splits=splits,
+        out=out,
+    )
     ref = paged_attention_ref(q, k, v, table, seq_lens, sel)
     torch.testing.assert_close(out.float(), ref, **TOL[dtype])
 
@@ -46,6 +59,7 @@ def test_decode_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, dtype, 
 def test_fused_combine_rearms_its_counters():
     """Repeated calls on one workspace (as in CUDA-graph replays) stay correct."""
     from questkern.ops.decode import decode_workspace
+
     q, k, v, table, seq_lens = _inputs(2, 4, 2, 64, 16, [90, 40], torch.float16, seed=7)
     ws = decode_workspace(2, 4, 3, 64, q.device)
     ref = paged_attention_ref(q, k, v, table, seq_lens, None)
@@ -61,8 +75,9 @@ def test_dense_decode_equals_sdpa():
     out = paged_decode(q, k, v, table, seq_lens, None, num_splits=3)
     kc = k[table[0].long()].permute(1, 0, 2, 3).reshape(2, -1, 64)[:, :77]  # [Hkv, L, D]
     vc = v[table[0].long()].permute(1, 0, 2, 3).reshape(2, -1, 64)[:, :77]
-    ref = F.scaled_dot_product_attention(q.float()[0, :, None], kc.float().repeat_interleave(2, 0),
-                                         vc.float().repeat_interleave(2, 0))[:, 0]
+    ref = F.scaled_dot_product_attention(
+        q.float()[0, :, None], kc.float().repeat_interleave(2, 0), vc.float().repeat_interleave(2, 0)
+    )[:, 0]
     torch.testing.assert_close(out[0].float(), ref, **TOL[torch.float16])
 
 
@@ -108,8 +123,9 @@ def test_split_with_nan_makes_its_rows_nan_like_dense(where, fuse, sparse):
         sel = select_pages_ref(q.nan_to_num(0.5), kmin, kmax, table, seq_lens, PS, 64, "shared")
         assert (sel[0, 1] == 14).any()
     out = torch.full_like(q, 7.0)
-    paged_decode(q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=2, fuse_combine=fuse),
-                 num_splits=4, out=out)
+    paged_decode(
+        q, k, v, table, seq_lens, sel, config=DecodeConfig(pages_per_block=2, fuse_combine=fuse), num_splits=4, out=out
+    )
     ref = paged_attention_ref(q, k, v, table, seq_lens, sel)
     nan_rows = torch.isnan(ref).any(-1)
     assert nan_rows.sum() in (1, 2) and torch.equal(torch.isnan(out), torch.isnan(ref))

@@ -18,13 +18,16 @@ def _sub_valid(table, lens, page, sub):
     return out
 
 
-@pytest.mark.parametrize("page,sub_page,lens,D,dtype,meta", [
-    (64, 16, [150, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one short sequence
-    (32, 8, [64, 1, 45], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
-    (64, 16, [130, 17], 128, torch.bfloat16, torch.float8_e5m2),  # safe-rounded fp8 metadata
-    (32, 8, [70, 9], 64, torch.float16, torch.float8_e5m2),
-    (16, 4, [23], 64, torch.float16, torch.float16),  # the smallest sub-page
-])
+@pytest.mark.parametrize(
+    "page,sub_page,lens,D,dtype,meta",
+    [
+        (64, 16, [150, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one short sequence
+        (32, 8, [64, 1, 45], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
+        (64, 16, [130, 17], 128, torch.bfloat16, torch.float8_e5m2),  # safe-rounded fp8 metadata
+        (32, 8, [70, 9], 64, torch.float16, torch.float8_e5m2),
+        (16, 4, [23], 64, torch.float16, torch.float16),  # the smallest sub-page
+    ],
+)
 def test_hier_build_matches_reference(page, sub_page, lens, D, dtype, meta):
     B, H, SUB = len(lens), 2, page // sub_page
     table, P, seq_lens = random_page_table(B, lens, page)
@@ -52,10 +55,15 @@ def test_hier_build_matches_reference(page, sub_page, lens, D, dtype, meta):
             assert torch.equal(ref_max[p, :, :n].float().amax(1).nan_to_num(99.0), flat_max[p].nan_to_num(99.0))
 
 
-@pytest.mark.parametrize("page,sub_page,dtype,meta", [
-    (64, 16, torch.bfloat16, torch.bfloat16), (32, 8, torch.float16, torch.float32),
-    (64, 16, torch.bfloat16, torch.float8_e5m2), (32, 8, torch.float16, torch.float8_e5m2),
-])
+@pytest.mark.parametrize(
+    "page,sub_page,dtype,meta",
+    [
+        (64, 16, torch.bfloat16, torch.bfloat16),
+        (32, 8, torch.float16, torch.float32),
+        (64, 16, torch.bfloat16, torch.float8_e5m2),
+        (32, 8, torch.float16, torch.float8_e5m2),
+    ],
+)
 def test_hier_append_equals_rebuild(page, sub_page, dtype, meta):
     """Token-by-token appends (each sub-page's first token starting afresh, over stale
     values) give exactly the rebuild; a NaN key poisons its sub-page's channel only."""

@@ -9,13 +9,16 @@ from questkern.cache import PagedKVCache
 from questkern.ops.metadata import append_decode, metadata_build, metadata_build_ref
 
 
-@pytest.mark.parametrize("page_size,lens,D,dtype,meta", [
-    (16, [37, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one single-page sequence
-    (8, [8, 1, 23], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
-    (32, [100], 64, torch.float16, torch.float16),
-    (16, [37, 5], 128, torch.bfloat16, torch.float8_e5m2),  # safe-rounded fp8 metadata
-    (8, [8, 1, 23], 64, torch.float16, torch.float8_e5m2),
-])
+@pytest.mark.parametrize(
+    "page_size,lens,D,dtype,meta",
+    [
+        (16, [37, 5], 64, torch.bfloat16, torch.bfloat16),  # partial last pages, one single-page sequence
+        (8, [8, 1, 23], 128, torch.float16, torch.float32),  # exact multiple, one token, fp32 metadata
+        (32, [100], 64, torch.float16, torch.float16),
+        (16, [37, 5], 128, torch.bfloat16, torch.float8_e5m2),  # safe-rounded fp8 metadata
+        (8, [8, 1, 23], 64, torch.float16, torch.float8_e5m2),
+    ],
+)
 def test_build_matches_reference(page_size, lens, D, dtype, meta):
     B, H = len(lens), 2
     table, P, seq_lens = random_page_table(B, lens, page_size)
@@ -70,8 +73,15 @@ def test_build_from_first_page_leaves_earlier_pages():
         assert torch.equal(kmin[phys].float(), ref_min[phys])
 
 
-@pytest.mark.parametrize("dtype,meta", [(torch.bfloat16, None), (torch.float16, torch.float32),
-                                        (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e5m2)])
+@pytest.mark.parametrize(
+    "dtype,meta",
+    [
+        (torch.bfloat16, None),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float8_e5m2),
+        (torch.float16, torch.float8_e5m2),
+    ],
+)
 def test_append_equals_rebuild(dtype, meta):
     """Running min/max over decode appends equals a rebuild from the keys, across page boundaries."""
     torch.manual_seed(0)
@@ -82,8 +92,9 @@ def test_append_equals_rebuild(dtype, meta):
         cache.append_decode(torch.randn(B, H, D).to(dtype), torch.randn(B, H, D).to(dtype))
     assert cache.lens == [22, 17, 10]
     assert cache.seq_lens.tolist() == [22, 17, 10]
-    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens,
-                                          torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax))
+    ref_min, ref_max = metadata_build_ref(
+        cache.k_cache, cache.page_table, cache.seq_lens, torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax)
+    )
     for b, n in enumerate(cache.lens):
         pages = cache.page_table[b, : -(-n // PS)].long()
         assert torch.equal(cache.kmin[pages].float(), ref_min[pages].float())
@@ -110,8 +121,13 @@ def test_append_writes_slot_and_skips_inactive():
 
 # ---------------------------------------------------------------- NaN and infinity (README: one rule)
 
-_META = [(torch.bfloat16, None), (torch.float16, torch.float32), (torch.float16, None),
-         (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e5m2)]
+_META = [
+    (torch.bfloat16, None),
+    (torch.float16, torch.float32),
+    (torch.float16, None),
+    (torch.bfloat16, torch.float8_e5m2),
+    (torch.float16, torch.float8_e5m2),
+]
 
 
 def _poison(k, where):
@@ -127,8 +143,9 @@ def _poison(k, where):
 def _check_nan_rule(cache, bad_pages):
     """Every channel of a page holding a non-finite key is NaN in kmin and kmax; the rest
     equal the reference, and the reference says the same."""
-    ref_min, ref_max = metadata_build_ref(cache.k_cache, cache.page_table, cache.seq_lens,
-                                          torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax))
+    ref_min, ref_max = metadata_build_ref(
+        cache.k_cache, cache.page_table, cache.seq_lens, torch.zeros_like(cache.kmin), torch.zeros_like(cache.kmax)
+    )
     for b, n in enumerate(cache.lens):
         pages = cache.page_table[b, : -(-n // cache.page_size)].long()
         got_min, got_max = cache.kmin[pages].float(), cache.kmax[pages].float()

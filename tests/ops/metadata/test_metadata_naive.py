@@ -13,8 +13,12 @@ NARROW = [torch.bfloat16, torch.float16, torch.float8_e5m2]
 @pytest.mark.parametrize("dt", NARROW)
 def test_round_safe_bounds_and_tightness(dt):
     g = torch.Generator().manual_seed(1)
-    x = torch.cat([torch.randn(4000, generator=g) * 10 ** torch.randint(-9, 6, (4000,), generator=g).float(),
-                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 7e4, -7e4, 1e6, -1e6])])
+    x = torch.cat(
+        [
+            torch.randn(4000, generator=g) * 10 ** torch.randint(-9, 6, (4000,), generator=g).float(),
+            torch.tensor([0.0, -0.0, 1e-30, -1e-30, 7e4, -7e4, 1e6, -1e6]),
+        ]
+    )
     lo, hi = round_safe(x, dt, "down"), round_safe(x, dt, "up")
     assert (lo <= x).all() and (hi >= x).all()
     assert torch.equal(lo.to(dt).float(), lo) and torch.equal(hi.to(dt).float(), hi)  # representable

@@ -16,9 +16,11 @@ def test_page_minmax_matches_metadata_reference():
     n = 3
     k_cache = torch.zeros(n, 3, 16, 32)
     for p in range(n):
-        t = keys[:, p * 16:(p + 1) * 16]
+        t = keys[:, p * 16 : (p + 1) * 16]
         k_cache[p, :, : t.shape[1]] = t
-    ref_min, ref_max = metadata_build_ref(k_cache, torch.arange(n, dtype=torch.int32)[None], torch.tensor([37], dtype=torch.int32))
+    ref_min, ref_max = metadata_build_ref(
+        k_cache, torch.arange(n, dtype=torch.int32)[None], torch.tensor([37], dtype=torch.int32)
+    )
     assert torch.equal(kmin, ref_min) and torch.equal(kmax, ref_max)
 
 

@@ -44,7 +44,9 @@ def test_rerank_zero_is_todays_rule(mode, agg):
     assert torch.equal(a, select_pages_ref(q, kmin, kmax, table, lens, 8, 40, mode, agg))
 
 
-@pytest.mark.parametrize("mode,budget,rerank", [("shared", 40, 2), ("per_head", 40, 3), ("shared", 24, 20), ("per_head", 1000, 2)])
+@pytest.mark.parametrize(
+    "mode,budget,rerank", [("shared", 40, 2), ("per_head", 40, 3), ("shared", 24, 20), ("per_head", 1000, 2)]
+)
 def test_rerank_matches_the_suite_rule(mode, budget, rerank):
     q, keys, kmin, kmax, kc, table, lens = _paged()
     scale = 1 / math.sqrt(12)

@@ -38,8 +38,12 @@ def safe_threshold(case, page, adaptive, mode, agg):
     """Nudge the threshold until every prefix mass is at least MARGIN away from it."""
     q, kmin, kmax, table, lens = case
     for i in range(50):
-        ad = AdaptiveBudget(adaptive.threshold * (1 - 0.0137 * i) if i else adaptive.threshold, adaptive.min_budget,
-                            adaptive.max_budget, adaptive.temperature)
+        ad = AdaptiveBudget(
+            adaptive.threshold * (1 - 0.0137 * i) if i else adaptive.threshold,
+            adaptive.min_budget,
+            adaptive.max_budget,
+            adaptive.temperature,
+        )
         if adaptive_margin_ref(q, kmin, kmax, table, lens, page, ad, mode, agg) > MARGIN:
             return ad
     raise AssertionError("no threshold with a safe margin found")  # pragma: no cover
@@ -78,11 +82,25 @@ def test_kernel_bf16_metadata_and_sm_scale():
     ad = safe_threshold(case, 16, AdaptiveBudget(0.85, 32, 512), "shared", "sum")
     q, kmin, kmax, table, lens = case
     for scale in (None, 0.05):
-        if scale is not None and adaptive_margin_ref(q, kmin, kmax, table, lens, 16, ad, "shared", "sum", scale) <= MARGIN:
+        if (
+            scale is not None
+            and adaptive_margin_ref(q, kmin, kmax, table, lens, 16, ad, "shared", "sum", scale) <= MARGIN
+        ):
             continue  # pragma: no cover - the fixed seed keeps a margin
         ref = select_pages_adaptive_ref(q, kmin, kmax, table, lens, 16, ad, "shared", "sum", scale)
-        got = select_pages_adaptive(q, kmin, kmax, table, lens, 16, ad, "shared", "sum", sm_scale=scale,
-                                    config=SelectConfig(chunk_pages=64, block_d=64))
+        got = select_pages_adaptive(
+            q,
+            kmin,
+            kmax,
+            table,
+            lens,
+            16,
+            ad,
+            "shared",
+            "sum",
+            sm_scale=scale,
+            config=SelectConfig(chunk_pages=64, block_d=64),
+        )
         assert torch.equal(got, ref)
 
 
@@ -145,7 +163,9 @@ def test_adaptive_budget_validation():
         case = make_case([100], 2, 1)
         select_pages_adaptive(*case, 16, 0.9)
     assert AdaptiveBudget(0.9, 40, 100).page_bounds(16) == (3, 7)
-    assert AdaptiveBudget(0.9, 40, 100).page_bounds(16, 5) == (3, 5) and AdaptiveBudget(0.9, 40, 100).page_bounds(16, 2) == (2, 2)
+    assert AdaptiveBudget(0.9, 40, 100).page_bounds(16, 5) == (3, 5) and AdaptiveBudget(0.9, 40, 100).page_bounds(
+        16, 2
+    ) == (2, 2)
 
 
 @pytest.mark.parametrize("mode,agg,chunk", [("shared", "sum", 64), ("shared", "max", 16), ("per_head", "sum", 16)])

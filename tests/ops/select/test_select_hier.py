@@ -43,8 +43,9 @@ def test_hier_select_matches_reference(B, Hq, Hkv, D, PS, SP, lens, budget, mode
     out = select_pages(q, kmin, kmax, table, seq_lens, PS, k_pages, mode, agg, cfg, out_phys=phys, workspace=ws)
     ref = select_pages_ref(q, kmin, kmax, table, seq_lens, PS, budget, mode, agg)
     assert torch.equal(out, ref)
-    want_phys = torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, rows, -1).long(), 2,
-                                                   out.clamp(min=0).long()).int(), -1)
+    want_phys = torch.where(
+        out >= 0, torch.gather(table[:, None, :].expand(-1, rows, -1).long(), 2, out.clamp(min=0).long()).int(), -1
+    )
     assert torch.equal(phys, want_phys)
     for b, n in enumerate(lens):  # the last page is always attended
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))

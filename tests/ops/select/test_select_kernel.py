@@ -29,12 +29,17 @@ FUSED = {3, 4, 5}  # two-stage cases also run with the merge fused into the tile
 
 def _physical_ids(table, out):
     """[B, rows, K] logical selection -> the physical page ids the kernel writes (-1 kept)."""
-    return torch.where(out >= 0, torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2,
-                                              out.clamp(min=0).long()).int(), -1)
+    return torch.where(
+        out >= 0,
+        torch.gather(table[:, None, :].expand(-1, out.shape[1], -1).long(), 2, out.clamp(min=0).long()).int(),
+        -1,
+    )
 
 
-@pytest.mark.parametrize("B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk,fused",
-                         [c + (False,) for c in CASES] + [CASES[i] + (True,) for i in sorted(FUSED)])
+@pytest.mark.parametrize(
+    "B,Hq,Hkv,D,PS,lens,budget,mode,agg,dtype,chunk,topk,fused",
+    [c + (False,) for c in CASES] + [CASES[i] + (True,) for i in sorted(FUSED)],
+)
 def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtype, chunk, topk, fused):
     table, P, seq_lens = random_page_table(B, lens, PS)
     kmin = integer_tensor((P, Hkv, D), -4, 4, dtype, seed=1)
@@ -54,10 +59,17 @@ def test_select_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dt
         assert torch.all((out[b] == -(-n // PS) - 1).any(dim=-1))
 
 
-@pytest.mark.parametrize("mode,agg,tiles,stages,fused,topk", [
-    ("shared", "sum", 1, 1, False, "bisect"), ("shared", "max", 2, 2, False, "bisect"),
-    ("per_head", "sum", 4, 3, False, "bisect"), ("shared", "sum", 32, 2, False, "bisect"),
-    ("shared", "sum", 2, 1, True, "bisect"), ("per_head", "max", 1, 2, True, "radix")])
+@pytest.mark.parametrize(
+    "mode,agg,tiles,stages,fused,topk",
+    [
+        ("shared", "sum", 1, 1, False, "bisect"),
+        ("shared", "max", 2, 2, False, "bisect"),
+        ("per_head", "sum", 4, 3, False, "bisect"),
+        ("shared", "sum", 32, 2, False, "bisect"),
+        ("shared", "sum", 2, 1, True, "bisect"),
+        ("per_head", "max", 1, 2, True, "radix"),
+    ],
+)
 def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused, topk):
     """Tiles smaller than K: stage 1 only scores (``_select_score_kernel``), each program
     streaming ``tiles_per_program`` tiles (more than there are, too), mixed lengths, GQA 4;
@@ -68,8 +80,9 @@ def test_select_score_stream_matches_reference(mode, agg, tiles, stages, fused, 
     kmax = kmin + integer_tensor((P, 2, 64), 0, 4, torch.bfloat16, seed=12)
     q = integer_tensor((3, 8, 64), -3, 4, torch.bfloat16, seed=13)
     k_pages = budget // PS
-    cfg = SelectConfig(chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages, fused_merge=fused,
-                       topk=topk)
+    cfg = SelectConfig(
+        chunk_pages=16, block_d=32, tiles_per_program=tiles, num_stages=stages, fused_merge=fused, topk=topk
+    )
     assert stream_scores(cfg, k_pages)
     phys = torch.full((3, 2 if mode == "shared" else 8, k_pages), -7, dtype=torch.int32)
     ws = select_workspace(3, phys.shape[1], table.shape[1], k_pages, cfg, q.device)
@@ -89,11 +102,14 @@ def test_select_fp32_metadata():
     assert torch.equal(out, select_pages_ref(q, kmin, kmax, table, seq_lens, 16, 80, "shared", "sum"))
 
 
-@pytest.mark.parametrize("Hq,Hkv,mode,dtype,chunk", [
-    (4, 4, "per_head", torch.bfloat16, 16),  # MHA: float32 products; two stages
-    (8, 2, "shared", torch.float16, 16),  # GQA 4: tensor-core dots on metadata upcast to fp16
-    (8, 1, "per_head", torch.bfloat16, 64),  # GQA 8, one stage
-])
+@pytest.mark.parametrize(
+    "Hq,Hkv,mode,dtype,chunk",
+    [
+        (4, 4, "per_head", torch.bfloat16, 16),  # MHA: float32 products; two stages
+        (8, 2, "shared", torch.float16, 16),  # GQA 4: tensor-core dots on metadata upcast to fp16
+        (8, 1, "per_head", torch.bfloat16, 64),  # GQA 8, one stage
+    ],
+)
 def test_select_fp8_metadata(Hq, Hkv, mode, dtype, chunk):
     """float8_e5m2 metadata (small integers: exact in e5m2, scores exact), some of it +-inf
     as a key past +-57344 leaves it: read as +-the largest query-dtype value on both sides
@@ -154,13 +170,16 @@ def _topk_ref(s, v, k):
 def test_topk_mask_on_awkward_floats(radix):
     """Negative, -0.0, +-inf, subnormal, duplicate, all-equal and sign-split scores; k from 0 to past N."""
     g = torch.Generator().manual_seed(0)
-    pools = [torch.randn(64, generator=g) * 1e3, torch.randint(-3, 3, (64,), generator=g).float(),
-             torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 3.0, -3.0] * 8),
-             -torch.rand(64, generator=g),
-             torch.full((64,), 5.0),  # all equal: the search has no bit to find
-             torch.cat([torch.full((32,), -3e38), torch.full((32,), 3e38)]),  # keys differ in the sign bit
-             1.0 + torch.randint(0, 4, (64,), generator=g).float() * 2.0 ** -20,  # differ only in low bits
-             torch.randn(64, generator=g) * 1e-42]  # subnormal
+    pools = [
+        torch.randn(64, generator=g) * 1e3,
+        torch.randint(-3, 3, (64,), generator=g).float(),
+        torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 3.0, -3.0] * 8),
+        -torch.rand(64, generator=g),
+        torch.full((64,), 5.0),  # all equal: the search has no bit to find
+        torch.cat([torch.full((32,), -3e38), torch.full((32,), 3e38)]),  # keys differ in the sign bit
+        1.0 + torch.randint(0, 4, (64,), generator=g).float() * 2.0**-20,  # differ only in low bits
+        torch.randn(64, generator=g) * 1e-42,
+    ]  # subnormal
     for i, s in enumerate(pools):
         for k in (0, 1, 7, 63, 64, 80):
             v = torch.rand(64, generator=g) > 0.2
@@ -204,8 +223,16 @@ def _nan_inputs(meta_dtype, Hq, Hkv, lens, PS, seed=20):
 
 @pytest.mark.parametrize("mode,agg", [("shared", "sum"), ("shared", "max"), ("per_head", "sum")])
 @pytest.mark.parametrize("meta", [torch.bfloat16, torch.float8_e5m2])
-@pytest.mark.parametrize("cfg", [dict(chunk_pages=64), dict(chunk_pages=16), dict(chunk_pages=16, topk="radix"),
-                                 dict(chunk_pages=16, fused_merge=True)], ids=["one-stage", "tile-topk", "radix", "fused"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(chunk_pages=64),
+        dict(chunk_pages=16),
+        dict(chunk_pages=16, topk="radix"),
+        dict(chunk_pages=16, fused_merge=True),
+    ],
+    ids=["one-stage", "tile-topk", "radix", "fused"],
+)
 def test_nan_metadata_pages_always_selected_and_nan_query_heads_left_out(mode, agg, meta, cfg):
     """The rule on every select path: a page with NaN metadata ranks as +inf (taken by every
     row of its KV head); a query head holding NaN/inf does not change its group's shared
@@ -225,13 +252,17 @@ def test_nan_metadata_pages_always_selected_and_nan_query_heads_left_out(mode, a
         q2[0, 1:3] = 0
         keep = torch.tensor([True, False, False, True] + [True] * 4)
         from questkern.ops.select.naive import page_scores_ref, selection_rows_ref, topk_pages_ref
+
         s = page_scores_ref(q2, kmin, kmax, table, seq_lens, PS)[0]
         want = topk_pages_ref(selection_rows_ref(s, Hkv, mode, agg, keep), k_pages)
         assert torch.equal(out[0], want)
 
 
-@pytest.mark.parametrize("cfg", [dict(chunk_pages=16), dict(chunk_pages=16, fused_merge=True), dict(chunk_pages=64)],
-                         ids=["two-stage", "fused-merge", "one-stage"])
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(chunk_pages=16), dict(chunk_pages=16, fused_merge=True), dict(chunk_pages=64)],
+    ids=["two-stage", "fused-merge", "one-stage"],
+)
 @pytest.mark.parametrize("k_pages", [4, 25])  # tile top-K / score stream
 def test_sequence_longer_than_the_page_table_is_clamped_and_flagged(cfg, k_pages):
     """seq_lens past the page-table width (grown after plan): the selection is that of the

@@ -46,13 +46,16 @@ def _loop(c, w, ref, steps, Hq, budget, gqa, seed, query_every=3, hook=None):
     return gates
 
 
-@pytest.mark.parametrize("Hq,Hkv,D,page,gqa,every,drift,lens", [
-    (4, 4, 64, 16, "shared", 3, None, [37, 100]),         # MHA, lengths not a multiple of the page
-    (8, 2, 128, 16, "shared", 4, 0.5, [150, 16, 61]),     # GQA 4, one full page, drift and age
-    (8, 1, 64, 8, "per_head", 2, None, [90, 33]),         # GQA 8, per_head rows share their KV head's gate
-    (8, 2, 64, 16, "per_head", None, 0.2, [120, 70]),     # drift alone (no age limit)
-    (4, 2, 64, 16, "shared", 16, None, [9, 200]),         # budget >= context for the short one
-])
+@pytest.mark.parametrize(
+    "Hq,Hkv,D,page,gqa,every,drift,lens",
+    [
+        (4, 4, 64, 16, "shared", 3, None, [37, 100]),  # MHA, lengths not a multiple of the page
+        (8, 2, 128, 16, "shared", 4, 0.5, [150, 16, 61]),  # GQA 4, one full page, drift and age
+        (8, 1, 64, 8, "per_head", 2, None, [90, 33]),  # GQA 8, per_head rows share their KV head's gate
+        (8, 2, 64, 16, "per_head", None, 0.2, [120, 70]),  # drift alone (no age limit)
+        (4, 2, 64, 16, "shared", 16, None, [9, 200]),  # budget >= context for the short one
+    ],
+)
 def test_reuse_matches_reference(Hq, Hkv, D, page, gqa, every, drift, lens):
     budget = 48
     c = _cache(lens, Hkv, D, page)
@@ -64,12 +67,16 @@ def test_reuse_matches_reference(Hq, Hkv, D, page, gqa, every, drift, lens):
     assert sum(gates) < 20 * len(lens) * Hkv  # and some steps reuse
 
 
-@pytest.mark.parametrize("cfg,budget", [
-    (SelectConfig(chunk_pages=16, tiles_per_program=1), 160),                    # score stream + merge
-    (SelectConfig(chunk_pages=16), 64),                                          # tile top-K + merge
-    (SelectConfig(chunk_pages=16, fused_merge=True), 64),                        # tile top-K, last tile merges
-    (SelectConfig(chunk_pages=16, tiles_per_program=2, fused_merge=True), 160),  # stream, last program merges
-], ids=["stream", "tile-merge", "tile-fused-merge", "stream-fused-merge"])
+@pytest.mark.parametrize(
+    "cfg,budget",
+    [
+        (SelectConfig(chunk_pages=16, tiles_per_program=1), 160),  # score stream + merge
+        (SelectConfig(chunk_pages=16), 64),  # tile top-K + merge
+        (SelectConfig(chunk_pages=16, fused_merge=True), 64),  # tile top-K, last tile merges
+        (SelectConfig(chunk_pages=16, tiles_per_program=2, fused_merge=True), 160),  # stream, last program merges
+    ],
+    ids=["stream", "tile-merge", "tile-fused-merge", "stream-fused-merge"],
+)
 def test_reuse_on_the_two_stage_paths(cfg, budget):
     lens, Hq, Hkv, page = [300, 190], 8, 2, 8  # 38 and 24 pages: more than one tile of 16
     c = _cache(lens, Hkv, 64, page)
@@ -161,17 +168,20 @@ def test_new_plan_starts_fresh_and_growth_is_flagged():
     assert w.check()
 
 
-@pytest.mark.parametrize("kw,err,match", [
-    (dict(reselect_every=0), ValueError, "reselect_every must be an int >= 1 or None"),
-    (dict(reselect_every=2.5), ValueError, "reselect_every"),
-    (dict(reselect_every=True), ValueError, "reselect_every"),
-    (dict(drift_threshold=1.5), ValueError, r"drift_threshold must be a number in \[-1, 1\]"),
-    (dict(drift_threshold=float("nan")), ValueError, "drift_threshold"),
-    (dict(drift_threshold="0.9"), TypeError, "drift_threshold"),
-    (dict(reselect_every=None), ValueError, "needs a drift_threshold"),
-    (dict(reselect_every=4, path="fused"), ValueError, "classic path"),
-    (dict(reselect_every=4, budget=None), ValueError, "need a budget"),
-])
+@pytest.mark.parametrize(
+    "kw,err,match",
+    [
+        (dict(reselect_every=0), ValueError, "reselect_every must be an int >= 1 or None"),
+        (dict(reselect_every=2.5), ValueError, "reselect_every"),
+        (dict(reselect_every=True), ValueError, "reselect_every"),
+        (dict(drift_threshold=1.5), ValueError, r"drift_threshold must be a number in \[-1, 1\]"),
+        (dict(drift_threshold=float("nan")), ValueError, "drift_threshold"),
+        (dict(drift_threshold="0.9"), TypeError, "drift_threshold"),
+        (dict(reselect_every=None), ValueError, "needs a drift_threshold"),
+        (dict(reselect_every=4, path="fused"), ValueError, "classic path"),
+        (dict(reselect_every=4, budget=None), ValueError, "need a budget"),
+    ],
+)
 def test_reuse_options_are_checked(kw, err, match):
     kw = {"budget": 64, **kw}
     with pytest.raises(err, match=match):
@@ -192,8 +202,14 @@ def test_reselect_checks_its_argument():
         w.reselect()
     w.plan(c, num_q_heads=2)
     before = w._reuse.force.clone()
-    for bad, err in [([2], ValueError), ([-1], ValueError), ("0", TypeError), ([True], TypeError),
-                     (torch.tensor([1, 0]), ValueError), (torch.ones(3, dtype=torch.bool), ValueError)]:
+    for bad, err in [
+        ([2], ValueError),
+        ([-1], ValueError),
+        ("0", TypeError),
+        ([True], TypeError),
+        (torch.tensor([1, 0]), ValueError),
+        (torch.ones(3, dtype=torch.bool), ValueError),
+    ]:
         with pytest.raises(err, match="sequences"):
             w.reselect(bad)
     assert torch.equal(w._reuse.force, before)  # a rejected call changes nothing

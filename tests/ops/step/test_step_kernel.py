@@ -20,8 +20,19 @@ CASES = [
     (2, 8, 2, 128, 16, [1000, 100], 64, "per_head", "sum", torch.float16, dict(topk="radix", splits=2)),
     (2, 2, 2, 128, 32, [2000, 47], 256, "shared", "sum", torch.bfloat16, dict(fuse_combine=True, splits=4)),
     (1, 4, 4, 64, 64, [1500], 128, "per_head", "sum", torch.float16, dict(pages_per_block=1)),  # page 64, K = 2
-    (2, 8, 8, 128, 16, [48, 600], 96, "shared", "sum", torch.bfloat16, dict(chunk_pages=16, tiles_per_program=2,
-                                                                            score_stages=2, splits=1)),  # 3-page row
+    (
+        2,
+        8,
+        8,
+        128,
+        16,
+        [48, 600],
+        96,
+        "shared",
+        "sum",
+        torch.bfloat16,
+        dict(chunk_pages=16, tiles_per_program=2, score_stages=2, splits=1),
+    ),  # 3-page row
     (1, 16, 2, 64, 16, [3000], 512, "shared", "sum", torch.bfloat16, dict(fuse_combine=True, num_warps=2)),  # GQA 8
 ]
 
@@ -43,13 +54,30 @@ def test_step_matches_reference(B, Hq, Hkv, D, PS, lens, budget, mode, agg, dtyp
     phys = torch.full_like(sel, -7)
     out = torch.full_like(q, float("nan"))
     for _ in range(2):  # twice on one workspace: the fused combine's counters rearm
-        quest_step(q, kmin, kmax, k_cache, v_cache, table, seq_lens, k_pages, gqa_mode=mode, aggregate=agg,
-                   config=config, out=out, selected=sel, selected_phys=phys, workspace=ws, num_sms=4)
+        quest_step(
+            q,
+            kmin,
+            kmax,
+            k_cache,
+            v_cache,
+            table,
+            seq_lens,
+            k_pages,
+            gqa_mode=mode,
+            aggregate=agg,
+            config=config,
+            out=out,
+            selected=sel,
+            selected_phys=phys,
+            workspace=ws,
+            num_sms=4,
+        )
     assert torch.count_nonzero(ws["counters"]) == 0
     ref_out, ref_sel = quest_step_ref(q, kmin, kmax, k_cache, v_cache, table, seq_lens, budget, mode, agg)
     assert torch.equal(sel, ref_sel[:, :, :k_pages])
-    want_phys = torch.where(sel >= 0, torch.gather(table[:, None, :].expand(-1, rows, -1).long(), 2,
-                                                   sel.clamp(min=0).long()).int(), -1)
+    want_phys = torch.where(
+        sel >= 0, torch.gather(table[:, None, :].expand(-1, rows, -1).long(), 2, sel.clamp(min=0).long()).int(), -1
+    )
     assert torch.equal(phys, want_phys)
     torch.testing.assert_close(out.float(), ref_out, **TOL[dtype])
 
@@ -78,8 +106,21 @@ def test_step_nan_rule_matches_reference(mode, agg, cfg):
     rows = Hq if mode == "per_head" else Hkv
     geo = step_plan(B, rows, table.shape[1], k_pages, config, num_sms=4)
     ws = step_workspace(B, Hq, rows, D, geo, q.device)
-    out, sel = quest_step(q, kmin, kmax, k_cache, v_cache, table, seq_lens, k_pages, gqa_mode=mode, aggregate=agg,
-                          config=config, workspace=ws, num_sms=4)
+    out, sel = quest_step(
+        q,
+        kmin,
+        kmax,
+        k_cache,
+        v_cache,
+        table,
+        seq_lens,
+        k_pages,
+        gqa_mode=mode,
+        aggregate=agg,
+        config=config,
+        workspace=ws,
+        num_sms=4,
+    )
     ref_out, ref_sel = quest_step_ref(q, kmin, kmax, k_cache, v_cache, table, seq_lens, budget, mode, agg)
     assert torch.equal(sel, ref_sel)
     assert torch.equal(torch.isnan(out), torch.isnan(ref_out))
