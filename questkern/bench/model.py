@@ -73,6 +73,7 @@ class ModelCase:
     gqa_mode: str = "shared"
     path: str = "auto"
     meta_dtype: torch.dtype | None = None
+    sub_page_size: int | None = None  # hierarchical pages: key min/max per sub-page of this many tokens
 
     def quest_layers(self) -> int:
         return max(0, self.shape.layers - self.dense_layers)
@@ -210,7 +211,8 @@ class ModelStep:
         k_pages = min(-(-c.budget // c.page_size), n_pages)
         meta_elt = (c.meta_dtype or c.dtype).itemsize
         rows = s.q_heads if (c.gqa_mode == "per_head" and s.group > 1) else s.kv_heads
-        meta = 2 * c.batch * n_pages * s.kv_heads * s.head_dim * meta_elt
+        subs = c.page_size // c.sub_page_size if c.sub_page_size else 1  # metadata rows per page
+        meta = 2 * c.batch * n_pages * subs * s.kv_heads * s.head_dim * meta_elt
         sel = 2 * c.batch * k_pages * c.page_size * rows * s.head_dim * elt
         return c.dense_layers * kv_layer + c.quest_layers() * (meta + sel)
 
@@ -235,6 +237,7 @@ def _filled_cache(case: ModelCase, T: int, g, device) -> PagedKVCache:
         device=device,
         shuffle=True,
         meta_dtype=case.meta_dtype,
+        sub_page_size=case.sub_page_size,
     )
     chunk = 8192
     for start in range(0, T - 1, chunk):
@@ -328,6 +331,7 @@ def summarize(case: ModelCase, times: dict, copy_gbps: float) -> list[dict]:
                 budget=case.budget if att.startswith("quest") else "",
                 dense_layers=case.dense_layers if att.startswith("quest") else "",
                 page_size=case.page_size,
+                sub_page_size=case.sub_page_size or "",
                 gqa_mode=case.gqa_mode if att.startswith("quest") else "",
                 ms_per_token=us / 1e3,
                 tokens_per_s=case.batch / (us * 1e-6),

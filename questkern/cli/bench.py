@@ -115,8 +115,9 @@ def register(sub) -> None:
         help="hierarchical pages (LServe): page sizes of --page-size larger than N keep one key min/max "
         "per sub-page of N tokens and select whole pages by the max of their sub-pages' bounds; the "
         "others run as ordinary pages. E.g. --page-size 16,64 --sub-page-size 16 compares page-16 "
-        "select with p64/sub16 select at equal metadata bytes (column sub_page_size). Classic path "
-        "only; a power of two in 4..32 (default: none)",
+        "select with p64/sub16 select at equal metadata bytes (column sub_page_size); with --model, "
+        "every layer's cache uses it (--page-size must be larger). Classic path only; a power of two "
+        "in 4..32 (default: none)",
     )
     p.add_argument(
         "--vs-heuristic",
@@ -288,6 +289,7 @@ MODEL_COLUMNS = [
     "attention",
     "dtype",
     "page_size",
+    "sub_page_size",
     "budget",
     "dense_layers",
     "gqa_mode",
@@ -361,6 +363,7 @@ def run_model(args, note: str | None) -> int:
                 gqa_mode=args.gqa_mode,
                 path=args.path,
                 meta_dtype=args.meta_dtype[0],
+                sub_page_size=args.sub_page_size,
             )
             print(f"batch {b}, context {L}:", flush=True)
             try:
@@ -604,15 +607,20 @@ def _sub_page(args, page_size: int) -> int | None:
 
 
 def _check_sub_page_args(args) -> None:
-    """--sub-page-size: a power of two in 4..32, smaller than some --page-size, classic path,
-    no --model (refused before any case runs)."""
+    """--sub-page-size: a power of two in 4..32, smaller than some --page-size (with --model: than
+    its one page size), classic path (refused before any case runs)."""
     n = getattr(args, "sub_page_size", None)
     if n is None:
         return
     if n not in (4, 8, 16, 32):
         raise ValueError(f"--sub-page-size must be a power of two in 4..32, got {n}")
     if args.model is not None:
-        raise ValueError("--sub-page-size times the kernels of one attention layer: it does not take --model")
+        if args.page_size[0] <= n:
+            raise ValueError(
+                f"--sub-page-size {n} with --model needs a --page-size larger than it "
+                f"(the model runs --page-size {args.page_size[0]})"
+            )
+        return
     if args.path == "fused" or args.compare_paths:
         raise ValueError("--sub-page-size runs the classic path only: no --path fused, no --compare-paths")
     if (torch.cuda.is_available() or "page_size" in _given(args)) and not any(ps > n for ps in args.page_size):

@@ -67,7 +67,7 @@ def test_bench_cli_sub_page_size_applies_to_larger_pages(tmp_path, capsys):
         (["--sub-page-size", "16", "--page-size", "16"], "needs a --page-size larger than it"),
         (["--sub-page-size", "16", "--page-size", "64", "--path", "fused"], "classic path only"),
         (["--sub-page-size", "16", "--page-size", "64", "--compare-paths"], "classic path only"),
-        (["--sub-page-size", "8", "--model", "tiny"], "does not take --model"),
+        (["--sub-page-size", "16", "--model", "tiny", "--page-size", "16"], "with --model needs a --page-size larger"),
     ],
 )
 def test_bench_cli_refuses_bad_sub_page_options_before_any_case(argv, match, tmp_path, capsys):
@@ -76,3 +76,58 @@ def test_bench_cli_refuses_bad_sub_page_options_before_any_case(argv, match, tmp
     captured = capsys.readouterr()
     assert match in captured.err and "[1/" not in captured.out
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_model_cases_run_on_hierarchical_caches(tmp_path, capsys):
+    """--model with --sub-page-size: every layer's cache keeps 4-D metadata, the rows name it, and
+    the bound counts the sub-pages' metadata bytes (the bytes of page 16 for p64/sub16)."""
+    from questkern.bench.model import ModelCase, ModelStep, _Weights, paged_caches
+    from questkern.bench.models import PRESETS
+
+    shape = PRESETS["tiny"]
+    dev = torch.device("cpu")
+    base = dict(dtype=torch.bfloat16, budget=128, dense_layers=1)
+    hier = ModelCase(shape, 1, 300, page_size=64, sub_page_size=16, **base)
+    caches = paged_caches(hier, dev)
+    assert all(c.kmin.shape[2] == 4 and c.sub_page_size == 16 for c in caches)
+    w = _Weights(shape, hier.dtype, dev)
+    b_hier = ModelStep(hier, "quest", w, dev, caches).attention_bytes()
+    b_plain = ModelStep(
+        ModelCase(shape, 1, 300, page_size=64, **base),
+        "quest",
+        w,
+        dev,
+        paged_caches(ModelCase(shape, 1, 300, page_size=64, **base), dev),
+    ).attention_bytes()
+    n_pages, sel = 5, 2 * 2 * 64 * shape.kv_heads * shape.head_dim * 2  # 300 tokens; K = 2 pages of 64
+    meta = lambda subs: 2 * n_pages * subs * shape.kv_heads * shape.head_dim * 2  # noqa: E731
+    dense = 2 * 300 * shape.kv_heads * shape.head_dim * 2
+    assert b_plain == dense + (shape.layers - 1) * (meta(1) + sel)
+    assert b_hier == dense + (shape.layers - 1) * (meta(4) + sel)
+    out = tmp_path / "m.csv"
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--seq",
+            "300",
+            "--batch",
+            "1",
+            "--page-size",
+            "64",
+            "--sub-page-size",
+            "16",
+            "--budget",
+            "128",
+            "--dense-layers",
+            "1",
+            "--rep-ms",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    rows = list(csv.DictReader(out.open()))
+    assert rows and {r["sub_page_size"] for r in rows} == {"16"} and {r["page_size"] for r in rows} == {"64"}
