@@ -3,6 +3,8 @@
 #   kernel  the attention step at batch 1/8 and the mixed batch-32 case, fused vs classic path vs SDPA
 #   model   the whole token step of llama3-8b-shaped models (SDPA / dense / Quest fused / Quest classic / none)
 #   hier    issue 19: page-16 select vs hierarchical p64/sub16 select (equal metadata bytes), GQA 32/8
+#   reuse   issue 19: llama3-8b token step, every-step Quest vs reuse every 4/8 and drift 0.9, with SDPA
+#   model-hier  issue 19: llama3-8b token step with every layer's cache p64/sub16 (compare with `model`)
 # Run from the repo root on the GPU machine; writes under reports/data/<gpu-key>/ (and copies to $OUT if set).
 set -uo pipefail
 export PYTHONPATH=.:${PYTHONPATH:-}
@@ -19,6 +21,12 @@ model)
 hier)
   python3 -m questkern bench --check --seq 32k,128k --batch 1,8 --heads 32/8 --head-dim 128 --dtype bf16 --budget 2048 \
     --page-size 16,64 --sub-page-size 16 --out "$D/bench_hier.csv" --force 2>&1 | tee "$D/bench_hier.log" ;;
+reuse)
+  python3 -m questkern bench --model llama3-8b --seq 32k,128k --batch 1,8 --reselect-every 4,8 --drift 0.9 \
+    --out "$D/bench_model_reuse.csv" --force 2>&1 | tee "$D/bench_model_reuse.log" ;;
+model-hier)
+  python3 -m questkern bench --model llama3-8b --seq 32k,128k --batch 1,8 --page-size 64 --sub-page-size 16 \
+    --out "$D/bench_model_hier.csv" --force 2>&1 | tee "$D/bench_model_hier.log" ;;
 *)
-  echo "usage: $0 [kernel|model|hier]" >&2; exit 2 ;;
+  echo "usage: $0 [kernel|model|hier|reuse|model-hier]" >&2; exit 2 ;;
 esac
