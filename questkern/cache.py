@@ -32,7 +32,7 @@ from questkern._details import default_device
 from questkern._nvtx import annotate
 from questkern.configs.runtime import resolve_config
 from questkern.ops.metadata import append_decode, metadata_build
-from questkern.ops.metadata.naive import round_safe
+from questkern.ops.metadata.naive import round_safe, sub_pages_view
 
 
 def _check_device(device) -> torch.device:
@@ -386,20 +386,16 @@ class PagedKVCache:
             k, valid = k.view(shape), valid.view(shape[0], 1, shape[2], sub, 1)
             lo = round_safe(torch.where(valid, k, float("inf")).amin(3), self.kmin.dtype, "down")  # [n, Hkv, SUB, D]
             hi = round_safe(torch.where(valid, k, float("-inf")).amax(3), self.kmax.dtype, "up")
-            if self.sub_page_size is None:
-                self.kmin[phys] = lo[:, :, 0].to(self.kmin.dtype)
-                self.kmax[phys] = hi[:, :, 0].to(self.kmax.dtype)
-            else:
-                has = valid.any(3)  # [n, 1, SUB, 1] sub-pages holding a valid token
-                self.kmin[phys] = torch.where(has, lo.to(self.kmin.dtype), self.kmin[phys])
-                self.kmax[phys] = torch.where(has, hi.to(self.kmax.dtype), self.kmax[phys])
+            has = valid.any(3)  # [n, 1, SUB, 1] sub-pages holding a valid token (whole pages: always)
+            for meta, val in ((sub_pages_view(self.kmin), lo), (sub_pages_view(self.kmax), hi)):
+                meta[phys] = torch.where(has, val.to(meta.dtype), meta[phys])
 
 
 def _check_sub_page_size(sub_page_size, page_size: int) -> None:
     """``sub_page_size``: a power of two >= V.MIN_SUB_PAGE dividing page_size, smaller than it."""
     if isinstance(sub_page_size, bool) or not isinstance(sub_page_size, int):
         raise TypeError(f"sub_page_size must be an int or None, got {type(sub_page_size).__name__}")
-    ok = [s for s in (4, 8, 16, 32) if s >= V.MIN_SUB_PAGE and s < page_size and page_size % s == 0]
+    ok = [s for s in V.SUB_PAGE_SIZES if s >= V.MIN_SUB_PAGE and s < page_size and page_size % s == 0]
     if sub_page_size not in ok:
         raise ValueError(
             f"sub_page_size must be a power of two >= {V.MIN_SUB_PAGE} that divides page_size = "
@@ -448,11 +444,8 @@ def append_decode_torch(k, v, k_cache, v_cache, kmin, kmax, page_table, seq_lens
     kf = kb.float()
     lo = round_safe(kf, kmin.dtype, "down")  # float32 values of the metadata dtype (min/max of them are exact)
     hi = round_safe(kf, kmax.dtype, "up")
-    if kmin.dim() == 4:  # [P, Hkv, SUB, D]: the sub-page slot // sub of each page
-        j = slot // sub
-        kmin[phys, :, j] = torch.where(first, lo, torch.minimum(kmin[phys, :, j].float(), lo)).to(kmin.dtype)
-        kmax[phys, :, j] = torch.where(first, hi, torch.maximum(kmax[phys, :, j].float(), hi)).to(kmax.dtype)
-    else:
-        kmin[phys] = torch.where(first, lo, torch.minimum(kmin[phys].float(), lo)).to(kmin.dtype)
-        kmax[phys] = torch.where(first, hi, torch.maximum(kmax[phys].float(), hi)).to(kmax.dtype)
+    j = slot // sub  # the sub-page of each token (0 for whole pages)
+    lo4, hi4 = sub_pages_view(kmin), sub_pages_view(kmax)
+    lo4[phys, :, j] = torch.where(first, lo, torch.minimum(lo4[phys, :, j].float(), lo)).to(kmin.dtype)
+    hi4[phys, :, j] = torch.where(first, hi, torch.maximum(hi4[phys, :, j].float(), hi)).to(kmax.dtype)
     seq_lens.add_(live.to(seq_lens.dtype))

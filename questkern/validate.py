@@ -13,6 +13,7 @@ PAGE_SIZES = (8, 16, 32, 64)
 META_DTYPES = (torch.float32, torch.float8_e5m2)
 GQA_MODES = ("shared", "per_head")
 MIN_SUB_PAGE = 4  # tokens per sub-page of hierarchical metadata, at least
+SUB_PAGE_SIZES = (4, 8, 16, 32)  # sub_page_size values PagedKVCache and `bench --sub-page-size` take
 AGGREGATES = ("sum", "max")
 
 

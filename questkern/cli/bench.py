@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from questkern import validate as V
 from questkern.cli import describe, invocation
 from questkern.cli._out import OutputExists, output_file
 from questkern._shapes import add_shape_args, parse_nonnegative_int, parse_positive_int
@@ -612,7 +613,7 @@ def _check_sub_page_args(args) -> None:
     n = getattr(args, "sub_page_size", None)
     if n is None:
         return
-    if n not in (4, 8, 16, 32):
+    if n not in V.SUB_PAGE_SIZES:
         raise ValueError(f"--sub-page-size must be a power of two in 4..32, got {n}")
     if args.model is not None:
         if args.page_size[0] <= n:

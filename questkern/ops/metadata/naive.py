@@ -51,6 +51,12 @@ def round_safe(x: torch.Tensor, dtype: torch.dtype, direction: str) -> torch.Ten
     return r.float()
 
 
+def sub_pages_view(meta: torch.Tensor) -> torch.Tensor:
+    """Metadata as [P, Hkv, SUB, D]: 4-D (hierarchical) metadata itself, 3-D metadata as a
+    view with one sub-page per page (writes through it land in ``meta``)."""
+    return meta if meta.dim() == 4 else meta.unsqueeze(2)
+
+
 def metadata_build_ref(
     k_cache: torch.Tensor,  # [P, Hkv, PAGE, D]
     page_table: torch.Tensor,  # [B, max_pages] int32
@@ -70,8 +76,8 @@ def metadata_build_ref(
         kmin = torch.zeros(P, H, D, dtype=torch.float32, device=k_cache.device)
         kmax = torch.zeros(P, H, D, dtype=torch.float32, device=k_cache.device)
     assert kmax is not None
-    hier = kmin.dim() == 4
-    SUB = kmin.shape[2] if hier else 1
+    lo4, hi4 = sub_pages_view(kmin), sub_pages_view(kmax)  # [P, Hkv, SUB, D] (SUB = 1: whole pages)
+    SUB = lo4.shape[2]
     SUBPAGE = PAGE // SUB
     for b in range(page_table.shape[0]):
         n = int(seq_lens[b])
@@ -85,10 +91,6 @@ def metadata_build_ref(
                 bad = (~torch.isfinite(k)).any(dim=1)  # [H, D] channels holding a NaN or +-inf key
                 lo = round_safe(k.amin(dim=1), kmin.dtype, "down").masked_fill(bad, float("nan"))
                 hi = round_safe(k.amax(dim=1), kmax.dtype, "up").masked_fill(bad, float("nan"))
-                if hier:
-                    kmin[phys, :, j] = lo.to(kmin.dtype)
-                    kmax[phys, :, j] = hi.to(kmax.dtype)
-                else:
-                    kmin[phys] = lo.to(kmin.dtype)
-                    kmax[phys] = hi.to(kmax.dtype)
+                lo4[phys, :, j] = lo.to(kmin.dtype)
+                hi4[phys, :, j] = hi.to(kmax.dtype)
     return kmin, kmax
